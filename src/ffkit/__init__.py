@@ -1,0 +1,58 @@
+"""ffkit: Forward-Forward family networks from one set of parts.
+
+Goodness functions (:mod:`ffkit.goodness`), local losses (:mod:`ffkit.losses`), layers (:mod:`ffkit.layers`),
+label and negative-data encoders (:mod:`ffkit.data`), evaluation read-outs (:mod:`ffkit.evaluation`), model
+builders (:mod:`ffkit.models`) and the :class:`LocalTrainer` engine.
+"""
+
+from ._version import __version__
+from . import goodness, losses  # noqa: I001  (plain-function modules, used as ffkit.goodness.mean)
+from .data import (
+    AdaptiveNegative,
+    FixedNegative,
+    LabelChannel,
+    LabelOverlay,
+    RandomNegative,
+    load_dataset,
+)
+from .evaluation import EvalReport, SIPResult, collect_scores, select_layers
+from .goodness import DTGTemperature
+from .layers import CWConv, FFLayer, FFLinear, LayerOutput, ParamFreeResidual, TrifectaConv
+from .models import create_model, list_models, register_model
+from .network import FFNetwork
+from .objectives import ClassScoreObjective, Objective, PosNegObjective
+from .train import DivergenceError, LocalTrainer, load_checkpoint, save_checkpoint
+
+__all__ = [
+    "__version__",
+    "goodness",
+    "losses",
+    "DTGTemperature",
+    "FFLayer",
+    "LayerOutput",
+    "CWConv",
+    "ParamFreeResidual",
+    "FFLinear",
+    "TrifectaConv",
+    "LabelOverlay",
+    "LabelChannel",
+    "RandomNegative",
+    "FixedNegative",
+    "AdaptiveNegative",
+    "load_dataset",
+    "FFNetwork",
+    "Objective",
+    "ClassScoreObjective",
+    "PosNegObjective",
+    "LocalTrainer",
+    "DivergenceError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "collect_scores",
+    "select_layers",
+    "SIPResult",
+    "EvalReport",
+    "create_model",
+    "list_models",
+    "register_model",
+]

@@ -1,0 +1,61 @@
+"""Argument checks shared by the public functions, so every error names the argument and what was expected."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["check_tensor", "check_groups", "check_labels", "check_positive"]
+
+
+def check_tensor(value: object, name: str, *, min_dim: int = 1, floating: bool = True) -> torch.Tensor:
+    """Return ``value`` if it is a tensor of at least ``min_dim`` dims (floating if asked), else raise."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.dim() < min_dim:
+        raise ValueError(f"{name} must have at least {min_dim} dimension(s), got shape {tuple(value.shape)}")
+    if floating and not value.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
+    return value
+
+
+def check_groups(h: torch.Tensor, groups: int, name: str = "h") -> None:
+    """Check that dim 1 of ``h`` splits into ``groups`` equal consecutive groups."""
+    if isinstance(groups, bool) or not isinstance(groups, int):
+        raise TypeError(f"groups must be an int, got {type(groups).__name__}")
+    if groups < 1:
+        raise ValueError(f"groups must be >= 1, got {groups}")
+    if h.dim() < 2:
+        raise ValueError(f"{name} must be [B, C, ...] to be grouped, got shape {tuple(h.shape)}")
+    if h.shape[1] % groups != 0:
+        raise ValueError(
+            f"{name} has {h.shape[1]} channels, which do not split into groups={groups} equal groups "
+            f"(channels must be a multiple of the group count)"
+        )
+
+
+def check_labels(y: object, num_classes: int, name: str = "labels", batch_size: int | None = None) -> torch.Tensor:
+    """Check class labels: an integer tensor ``[B]`` with values in ``[0, num_classes)``."""
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of class indices, got {type(y).__name__}")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor of class indices, got dtype {y.dtype}")
+    if y.dim() != 1:
+        raise ValueError(f"{name} must be 1-D [B], got shape {tuple(y.shape)}")
+    if batch_size is not None and y.shape[0] != batch_size:
+        raise ValueError(f"{name} has {y.shape[0]} entries but the batch has {batch_size} samples")
+    if y.numel() > 0:
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= num_classes:
+            raise ValueError(
+                f"{name} must lie in [0, {num_classes}) for num_classes={num_classes}, got values in [{lo}, {hi}]"
+            )
+    return y
+
+
+def check_positive(value: object, name: str, *, allow_zero: bool = False) -> float:
+    """Check a positive (or non-negative) real number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+    return float(value)

@@ -1,0 +1,245 @@
+"""The ``ffkit`` command: ``ffkit train``, ``ffkit test``, ``ffkit models``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from ._version import __version__
+
+__all__ = ["main", "build_parser"]
+
+DEFAULT_MODEL = "deeperforward_tinycnn"
+DEFAULT_DATASET = "fashion-mnist"
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> CUDA if available else CPU; anything else must be a device torch knows and can use."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a valid device; expected 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name!r}: CUDA is not available on this machine; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name!r}: only 'cpu' and 'cuda' devices are supported")
+    return device
+
+
+def _positive(kind: type):
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}") from None
+        if v <= 0:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+        return v
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ffkit", description="Train and test Forward-Forward family networks.")
+    p.add_argument("--version", action="version", version=f"ffkit {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model with LocalTrainer and report per-layer test accuracy")
+    t.add_argument("--model", default=DEFAULT_MODEL, help=f"a builder from 'ffkit models' (default {DEFAULT_MODEL})")
+    t.add_argument("--dataset", default=DEFAULT_DATASET, help="mnist, fashion-mnist, cifar10, cifar100 or svhn")
+    t.add_argument("--epochs", type=_positive(int), default=1)
+    t.add_argument("--batch-size", type=_positive(int), default=128)
+    t.add_argument("--lr", type=_positive(float), default=0.08, help="initial lr (cosine to lr/10); paper: 0.08")
+    t.add_argument("--weight-decay", type=float, default=5e-4)
+    t.add_argument("--width-multiplier", type=_positive(float), default=None, help="scale every layer's width")
+    t.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--data-dir", default=None, help="dataset root (default $FFKIT_DATA_DIR or ~/.cache/ffkit/data)")
+    t.add_argument("--out", default=None, help="run directory for checkpoint.pt, metrics.json/csv (default runs/MODEL-DATASET)")
+    t.add_argument("--limit", type=_positive(int), default=None, help="train on the first N training samples only")
+    t.add_argument(
+        "--eval-limit", type=_positive(int), default=None,
+        help="evaluate on the first N held-out and test samples only (quick checks; full sets by default)",
+    )
+    t.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    t.add_argument(
+        "--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
+        help="resume from CHECKPOINT (default: OUT/checkpoint.pt) and train until --epochs",
+    )
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--json", action="store_true", help="print a machine-readable summary as the last line")
+
+    e = sub.add_parser("test", help="evaluate a checkpoint: per-layer, all-layer and SIP test accuracy")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--dataset", default=None, help="default: the dataset the checkpoint was trained on")
+    e.add_argument("--data-dir", default=None)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--batch-size", type=_positive(int), default=256)
+    e.add_argument("--eval-limit", type=_positive(int), default=None)
+    e.add_argument("--json", action="store_true")
+
+    sub.add_parser("models", help="list the registered model builders")
+    return p
+
+
+def _first(dataset: Dataset, n: int | None) -> Dataset:
+    return Subset(dataset, range(min(n, len(dataset)))) if n is not None else dataset
+
+
+def _paper_recipe(model: str, dataset: str) -> str:
+    return (
+        f"ffkit train --model {model} --dataset {dataset} --epochs 150 --batch-size 128 --lr 0.08 "
+        f"--weight-decay 5e-4   (DeeperForward's full recipe; ~150x this run's time on this machine)"
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .data import dataset_info, load_dataset
+    from .models import create_model
+    from .train import LocalTrainer
+
+    wall_start = time.perf_counter()
+    device = resolve_device(args.device)
+    info = dataset_info(args.dataset)
+    out = Path(args.out) if args.out else Path("runs") / f"{args.model}-{info.name}"
+    if args.workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    torch.manual_seed(args.seed)
+    kwargs: dict[str, Any] = {"num_classes": info.num_classes, "in_channels": info.in_channels}
+    if args.width_multiplier is not None:
+        kwargs["width_multiplier"] = args.width_multiplier
+    net = create_model(args.model, **kwargs)
+
+    train_set = _first(load_dataset(info.name, "train", args.data_dir, holdout_seed=args.seed), args.limit)
+    holdout = _first(load_dataset(info.name, "holdout", args.data_dir, holdout_seed=args.seed), args.eval_limit)
+    test = _first(load_dataset(info.name, "test", args.data_dir), args.eval_limit)
+    loader_kw = {"num_workers": args.workers, "pin_memory": device.type == "cuda"}
+    train_loader = DataLoader(
+        train_set, batch_size=args.batch_size, shuffle=True, generator=torch.Generator(), **loader_kw
+    )
+    eval_bs = max(256, args.batch_size)
+    holdout_loader = DataLoader(holdout, batch_size=eval_bs, **loader_kw)
+    test_loader = DataLoader(test, batch_size=eval_bs, **loader_kw)
+
+    trainer = LocalTrainer(
+        net, lr=args.lr, weight_decay=args.weight_decay, total_steps=args.epochs * len(train_loader), device=device
+    )
+    metadata = {
+        "dataset": info.name, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
+        "seed": args.seed, "limit": args.limit, "epochs": args.epochs,
+    }
+    if args.resume is not None:
+        ckpt = Path(args.resume) if args.resume else out / "checkpoint.pt"
+        payload = trainer.resume(ckpt)
+        trained_on = payload.get("metadata", {}).get("dataset")
+        if trained_on is not None and trained_on != info.name:
+            raise ValueError(f"checkpoint {ckpt} was trained on {trained_on!r}, not {info.name!r}")
+        print(f"resumed from {ckpt} after epoch {trainer.epoch}", flush=True)
+    n_params = sum(p.numel() for p in net.parameters())
+    print(
+        f"ffkit {__version__}: training {args.model} ({len(net)} layers, {n_params / 1e6:.2f}M parameters) on "
+        f"{info.name} ({len(train_set)} training images, {len(holdout)} held-out, {len(test)} test) "
+        f"for {args.epochs} epoch(s) on {device}; run directory {out}",
+        flush=True,
+    )
+    history = trainer.fit(
+        train_loader, epochs=args.epochs, holdout=holdout_loader, test=test_loader, out_dir=out, seed=args.seed,
+        progress=not args.no_progress, log=lambda s: print(s, flush=True), metadata=metadata,
+    )
+    last = history[-1]
+    test_rep = last["test"]
+    s, e = test_rep["sip_range"]
+    train_images = sum(r["train_images"] for r in history)
+    train_seconds = sum(r["train_seconds"] for r in history)
+    print(
+        f"\nTest accuracy: {100 * test_rep['sip']:.2f}% (SIP layers {s + 1}..{e + 1}, chosen on the held-out split); "
+        f"all layers {100 * test_rep['all_layers']:.2f}%; best single layer {100 * max(test_rep['per_layer']):.2f}%"
+    )
+    print(f"Checkpoint: {out / 'checkpoint.pt'}   metrics: {out / 'metrics.json'}")
+    print(f"Full paper recipe: {_paper_recipe(args.model, info.name)}")
+    if args.json:
+        summary = {
+            "model": args.model, "dataset": info.name, "epochs": trainer.epoch,
+            "test_accuracy": test_rep["sip"], "test_accuracy_all_layers": test_rep["all_layers"],
+            "test_accuracy_per_layer": test_rep["per_layer"], "sip_range": [s, e],
+            "wall_seconds": time.perf_counter() - wall_start, "train_seconds": train_seconds,
+            "images_per_s": train_images / train_seconds, "train_images": train_images, "device": str(device),
+        }
+        print(json.dumps(summary))
+    return 0
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from .data import dataset_info, load_dataset
+    from .evaluation import collect_scores, make_report
+    from .models import create_model
+    from .train import load_checkpoint
+
+    device = resolve_device(args.device)
+    payload = load_checkpoint(args.checkpoint, map_location="cpu")
+    name = payload.get("model_name")
+    if name is None:
+        raise ValueError(f"{args.checkpoint} does not record which model it holds; it was not written by 'ffkit train'")
+    net = create_model(name, **payload.get("model_kwargs", {}))
+    try:
+        net.load_state_dict(payload["network"])
+    except RuntimeError as err:
+        raise ValueError(f"{args.checkpoint} does not match model {name!r}: {err}") from None
+    dataset = args.dataset or payload.get("metadata", {}).get("dataset")
+    if dataset is None:
+        raise ValueError("the checkpoint does not record its dataset; pass --dataset")
+    info = dataset_info(dataset)
+    test = _first(load_dataset(info.name, "test", args.data_dir), args.eval_limit)
+    net.to(device)
+    scores, labels = collect_scores(net, DataLoader(test, batch_size=args.batch_size), device)
+    start, end = (int(v) for v in net.inference_range)
+    rep = make_report(scores, labels, (start, end))
+    epoch = payload.get("trainer", {}).get("epoch")
+    print(f"{name} on {info.name} test ({rep.num_samples} images), checkpoint after epoch {epoch}")
+    print("  layer      " + " ".join(f"{i + 1:>6d}" for i in range(len(rep.per_layer))))
+    print("  test acc   " + " ".join(f"{100 * v:6.2f}" for v in rep.per_layer))
+    print(f"  one-pass, all layers: {100 * rep.all_layers:.2f}%")
+    print(f"  one-pass, SIP layers {start + 1}..{end + 1}: {100 * rep.sip:.2f}%")
+    print(f"  last 3 layers: {100 * rep.last3:.2f}%")
+    if args.json:
+        print(json.dumps({"model": name, "dataset": info.name, **rep.to_dict()}))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import get_model_builder, list_models
+
+    for name in list_models():
+        doc = (get_model_builder(name).__doc__ or "").strip().splitlines()
+        print(f"{name:28s} {doc[0] if doc else ''}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {"train": cmd_train, "test": cmd_test, "models": cmd_models}[args.command]
+    try:
+        return handler(args)
+    except (ValueError, TypeError, FileNotFoundError, ImportError, FloatingPointError) as err:
+        if os.environ.get("FFKIT_DEBUG"):
+            raise
+        print(f"ffkit {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; resume with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

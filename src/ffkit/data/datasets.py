@@ -1,0 +1,419 @@
+"""Image classification datasets for ffkit, loaded with torchvision.
+
+Every dataset yields ``(x, y)`` pairs where ``x`` is a ``float32`` tensor of
+shape ``[C, 32, 32]`` with values in ``[0, 1]`` and ``y`` is a Python ``int``.
+MNIST and Fashion-MNIST (``C = 1``) are resized from 28x28 to 32x32; CIFAR-10,
+CIFAR-100 and SVHN (``C = 3``) are natively 32x32. No normalisation is applied:
+the models normalise their input themselves.
+
+Nothing is ever downloaded. Missing files raise :class:`DatasetNotFoundError`
+with the exact directory and file names torchvision expects and where to get
+them. Fashion-MNIST is found automatically when the Debian/Ubuntu package
+``dataset-fashion-mnist`` is installed (see :func:`prepare_fashion_mnist`).
+
+Splits:
+    ``"train_full"`` is the official training set and ``"test"`` the official
+    test set. ``"train"`` and ``"holdout"`` partition ``"train_full"`` with a
+    seeded random permutation; the holdout part is used for layer selection.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision import datasets as tv_datasets
+from torchvision.datasets import VisionDataset
+from torchvision.transforms import v2
+
+__all__ = [
+    "DATASETS",
+    "DEBIAN_FASHION_MNIST_DIR",
+    "SPLITS",
+    "DatasetInfo",
+    "DatasetNotFoundError",
+    "dataset_info",
+    "dataset_tensors",
+    "default_data_dir",
+    "load_dataset",
+    "prepare_fashion_mnist",
+]
+
+IMAGE_SIZE = 32
+
+DATASETS: tuple[str, ...] = ("mnist", "fashion-mnist", "cifar10", "cifar100", "svhn")
+"""Canonical names of the supported datasets."""
+
+SPLITS: tuple[str, ...] = ("train", "holdout", "train_full", "test")
+"""Valid ``split`` values for :func:`load_dataset`."""
+
+DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+"""Where Debian/Ubuntu's ``dataset-fashion-mnist`` installs the gzipped IDX files."""
+
+# File names of the un-gzipped IDX files torchvision's MNIST/FashionMNIST read
+# from ``<root>/<ClassName>/raw/``.
+_IDX_FILES: tuple[str, ...] = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Static facts about a dataset.
+
+    Attributes:
+        name: Canonical dataset name (one of :data:`DATASETS`).
+        num_classes: Number of classes; labels are ``0 .. num_classes - 1``.
+        in_channels: Image channels ``C`` of a sample ``[C, 32, 32]``.
+        image_size: Side length of the (square) images ffkit yields, always 32.
+        train_size: Size of the full official training set (``"train_full"``).
+        holdout_size: Size of the ``"holdout"`` split carved out of the
+            official training set; ``"train"`` has ``train_size - holdout_size``
+            samples.
+    """
+
+    name: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    train_size: int
+    holdout_size: int
+
+
+_INFOS: dict[str, DatasetInfo] = {
+    "mnist": DatasetInfo("mnist", 10, 1, IMAGE_SIZE, 60_000, 10_000),
+    "fashion-mnist": DatasetInfo("fashion-mnist", 10, 1, IMAGE_SIZE, 60_000, 10_000),
+    "cifar10": DatasetInfo("cifar10", 10, 3, IMAGE_SIZE, 50_000, 5_000),
+    "cifar100": DatasetInfo("cifar100", 100, 3, IMAGE_SIZE, 50_000, 5_000),
+    "svhn": DatasetInfo("svhn", 10, 3, IMAGE_SIZE, 73_257, 7_326),
+}
+
+# Aliases are matched after lower-casing and dropping "-", "_", "." and spaces,
+# so "CIFAR-10", "cifar_10" and "Fashion MNIST" all resolve.
+_ALIASES: dict[str, str] = {
+    "mnist": "mnist",
+    "fashionmnist": "fashion-mnist",
+    "fmnist": "fashion-mnist",
+    "cifar10": "cifar10",
+    "cifar100": "cifar100",
+    "svhn": "svhn",
+}
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The files of a dataset are missing (or corrupted) under the data directory.
+
+    The message names the dataset, the exact directory and file names that are
+    expected, and how to obtain the files. Nothing is ever downloaded.
+    """
+
+
+def _canonical_name(name: str) -> str:
+    if not isinstance(name, str):
+        raise TypeError(
+            f"dataset name must be a str, got {type(name).__name__}: {name!r}"
+        )
+    key = re.sub(r"[-_.\s]", "", name.lower())
+    if key not in _ALIASES:
+        raise ValueError(
+            f"unknown dataset {name!r}; valid names are {', '.join(DATASETS)} "
+            "(case-insensitive; aliases like 'fmnist', 'cifar-10', 'cifar_100' work)"
+        )
+    return _ALIASES[key]
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """Return the :class:`DatasetInfo` of a dataset.
+
+    Args:
+        name: Dataset name, canonical or an alias, case-insensitive (e.g.
+            ``"fmnist"``, ``"Fashion_MNIST"``, ``"CIFAR-10"``).
+
+    Returns:
+        The dataset's :class:`DatasetInfo`; ``info.name`` is canonical.
+
+    Raises:
+        TypeError: If ``name`` is not a ``str``.
+        ValueError: If ``name`` is not a known dataset.
+    """
+    return _INFOS[_canonical_name(name)]
+
+
+def default_data_dir() -> Path:
+    """Return the default data directory.
+
+    Returns:
+        ``$FFKIT_DATA_DIR`` if that variable is set and non-empty, else
+        ``~/.cache/ffkit/data``.
+    """
+    env = os.environ.get("FFKIT_DATA_DIR")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "ffkit" / "data"
+
+
+def prepare_fashion_mnist(
+    root: str | os.PathLike[str],
+    source: str | os.PathLike[str] = DEBIAN_FASHION_MNIST_DIR,
+) -> bool:
+    """Put Fashion-MNIST where torchvision looks for it, from a local copy.
+
+    torchvision's ``FashionMNIST(download=False)`` only accepts the four
+    *un-gzipped* IDX files in ``<root>/FashionMNIST/raw/`` (all four, whichever
+    split is loaded). If any is missing there and ``source`` holds all the
+    missing ones as ``.gz`` files (as the Debian package
+    ``dataset-fashion-mnist`` installs them), they are decompressed into place.
+    Each file is written to a temporary file in the target directory and then
+    renamed, so an interrupted run never leaves a truncated file behind.
+
+    Args:
+        root: ffkit data directory (the torchvision ``root``).
+        source: Directory holding ``train-images-idx3-ubyte.gz`` etc.
+
+    Returns:
+        True if all four raw files are (now) in place, False otherwise (in
+        which case nothing was written).
+    """
+    raw = Path(root) / "FashionMNIST" / "raw"
+    missing = [f for f in _IDX_FILES if not (raw / f).is_file()]
+    if not missing:
+        return True
+    src = Path(source)
+    if not all((src / f"{f}.gz").is_file() for f in missing):
+        return False
+    raw.mkdir(parents=True, exist_ok=True)
+    for f in missing:
+        fd, tmp_name = tempfile.mkstemp(dir=raw, prefix=f".{f}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as out, gzip.open(src / f"{f}.gz", "rb") as inp:
+                shutil.copyfileobj(inp, out, length=1 << 20)
+            os.replace(tmp_name, raw / f)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+    return True
+
+
+# ---------------------------------------------------------------------------
+# Per-dataset loading
+
+
+def _transform(resize: bool) -> v2.Compose:
+    steps: list[Callable] = [v2.ToImage()]
+    if resize:
+        # Resizing the uint8 image (before scaling) keeps values exactly in
+        # [0, 1] and maps constant images to themselves; bilinear never
+        # overshoots, and antialias only matters if the size ever shrinks.
+        steps.append(v2.Resize((IMAGE_SIZE, IMAGE_SIZE), antialias=True))
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.ToPureTensor()]
+    return v2.Compose(steps)
+
+
+def _expected_files(name: str, root: Path) -> tuple[Path, list[str]]:
+    """Directory and file names torchvision requires for ``name`` (any split)."""
+    if name in ("mnist", "fashion-mnist"):
+        sub = "MNIST" if name == "mnist" else "FashionMNIST"
+        return root / sub / "raw", list(_IDX_FILES)
+    if name == "cifar10":
+        batches = [f"data_batch_{i}" for i in range(1, 6)]
+        return root / "cifar-10-batches-py", [*batches, "test_batch", "batches.meta"]
+    if name == "cifar100":
+        return root / "cifar-100-python", ["train", "test", "meta"]
+    return root, ["train_32x32.mat", "test_32x32.mat"]
+
+
+def _how_to_get(name: str, root: Path) -> str:
+    if name == "mnist":
+        return (
+            "Download the four .gz files from http://yann.lecun.com/exdb/mnist/\n"
+            "(mirror: https://ossci-datasets.s3.amazonaws.com/mnist/) and gunzip them\n"
+            "into that directory."
+        )
+    if name == "fashion-mnist":
+        return (
+            "Easiest: `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu):\n"
+            f"ffkit finds its files in {DEBIAN_FASHION_MNIST_DIR} automatically\n"
+            "and unpacks them into the directory above. "
+            "Or download the four .gz files from\n"
+            "https://github.com/zalandoresearch/fashion-mnist and gunzip them there."
+        )
+    if name in ("cifar10", "cifar100"):
+        archive = f"{'cifar-10' if name == 'cifar10' else 'cifar-100'}-python.tar.gz"
+        return (
+            f"Download {archive} (python version) from\n"
+            "https://www.cs.toronto.edu/~kriz/cifar.html and extract it with\n"
+            f"`tar -xzf {archive} -C {root}`."
+        )
+    return (
+        "Download train_32x32.mat and test_32x32.mat (format 2: cropped digits) from\n"
+        "http://ufldl.stanford.edu/housenumbers/ into that directory."
+    )
+
+
+def _not_found(name: str, root: Path, cause: str) -> DatasetNotFoundError:
+    directory, files = _expected_files(name, root)
+    status = {f: "ok" if (directory / f).is_file() else "MISSING" for f in files}
+    header = f"Dataset {name!r} not found. torchvision needs these files in "
+    lines = [f"{header}{directory}{os.sep}"]
+    lines += [f"  {directory / f}  ({s})" for f, s in status.items()]
+    if "MISSING" not in status.values():
+        # torchvision also fails on MD5 mismatches (CIFAR, SVHN).
+        lines.append(f"All are present but torchvision rejected them ({cause});")
+        lines.append("they are probably corrupted or incompletely downloaded.")
+    lines += [
+        _how_to_get(name, root),
+        "Files are never downloaded automatically. To use another data directory,",
+        "pass --data-dir DIR (or set FFKIT_DATA_DIR) with the layout above under DIR.",
+    ]
+    return DatasetNotFoundError("\n".join(lines))
+
+
+def _torchvision_dataset(name: str, root: Path, train: bool) -> VisionDataset:
+    """Build the torchvision dataset, turning its 'not found' errors into ours."""
+    if name == "svhn":
+        try:
+            # torchvision imports scipy only after hashing the whole .mat file.
+            import scipy.io  # noqa: F401
+        except ImportError as err:
+            raise ImportError(
+                "SVHN needs scipy to read its .mat files: `pip install scipy` "
+                "(or `pip install ffkit[svhn]`)."
+            ) from err
+    if name == "fashion-mnist":
+        # Read the module global at call time so it can be redirected (e.g. in tests).
+        prepare_fashion_mnist(root, DEBIAN_FASHION_MNIST_DIR)
+
+    transform = _transform(resize=name in ("mnist", "fashion-mnist"))
+    common = {
+        "root": root,
+        "transform": transform,
+        "target_transform": int,
+        "download": False,
+    }
+    try:
+        if name == "mnist":
+            return tv_datasets.MNIST(train=train, **common)
+        if name == "fashion-mnist":
+            return tv_datasets.FashionMNIST(train=train, **common)
+        if name == "cifar10":
+            return tv_datasets.CIFAR10(train=train, **common)
+        if name == "cifar100":
+            return tv_datasets.CIFAR100(train=train, **common)
+        return tv_datasets.SVHN(split="train" if train else "test", **common)
+    except RuntimeError as err:
+        # torchvision signals missing *and* MD5-mismatched files with a bare
+        # RuntimeError ("Dataset not found or corrupted. You can use download=True").
+        if "not found" not in str(err).lower():
+            raise
+        raise _not_found(name, root, str(err)) from None
+
+
+def _holdout_count(info: DatasetInfo, n: int) -> int:
+    # For the real datasets n == info.train_size and n // 5 >= info.holdout_size,
+    # so this is exactly info.holdout_size; the cap only matters for smaller
+    # (e.g. synthetic test) copies, which still get a proper 80/20-ish split.
+    return min(info.holdout_size, n // 5)
+
+
+def load_dataset(
+    name: str,
+    split: str,
+    root: str | os.PathLike[str] | None = None,
+    *,
+    holdout_seed: int = 0,
+) -> Dataset:
+    """Load a split of a dataset from local files (never downloads).
+
+    Samples are ``(x, y)`` with ``x`` a ``float32`` tensor ``[C, 32, 32]`` in
+    ``[0, 1]`` (``C`` = ``dataset_info(name).in_channels``) and ``y`` an ``int``
+    in ``[0, num_classes)``. For SVHN the digit 0 (stored as label 10) is
+    label 0.
+
+    The ``"train"``/``"holdout"`` partition of the official training set of
+    size ``n`` is a random permutation from
+    ``torch.Generator().manual_seed(holdout_seed)``: ``"train"`` is its first
+    ``n - h`` indices, ``"holdout"`` the last ``h``, with
+    ``h = min(info.holdout_size, n // 5)``. For the real datasets this is
+    exactly ``info.holdout_size``; the cap only applies to smaller copies
+    (e.g. synthetic data in tests).
+
+    Args:
+        name: Dataset name or alias (see :func:`dataset_info`).
+        split: One of ``"train"``, ``"holdout"``, ``"train_full"``, ``"test"``.
+        root: Data directory; ``None`` means :func:`default_data_dir`.
+        holdout_seed: Seed of the train/holdout permutation.
+
+    Returns:
+        The torchvision dataset (``"train_full"``, ``"test"``) or a
+        :class:`torch.utils.data.Subset` of it (``"train"``, ``"holdout"``).
+
+    Raises:
+        ValueError: Unknown dataset name or split.
+        TypeError: ``name`` is not a ``str``.
+        DatasetNotFoundError: The dataset files are missing or corrupted.
+        ImportError: SVHN was requested but scipy is not installed.
+    """
+    info = dataset_info(name)
+    if split not in SPLITS:
+        raise ValueError(
+            f"unknown split {split!r}; valid splits are {', '.join(SPLITS)}"
+        )
+    root_path = Path(root).expanduser() if root is not None else default_data_dir()
+
+    dataset = _torchvision_dataset(info.name, root_path, train=split != "test")
+    if split in ("train_full", "test"):
+        return dataset
+
+    n = len(dataset)
+    n_holdout = _holdout_count(info, n)
+    perm = torch.randperm(
+        n, generator=torch.Generator().manual_seed(holdout_seed)
+    ).tolist()
+    indices = perm[: n - n_holdout] if split == "train" else perm[n - n_holdout :]
+    return Subset(dataset, indices)
+
+
+def dataset_tensors(
+    dataset: Dataset, limit: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Materialise a dataset (or its first ``limit`` samples) as two tensors.
+
+    Meant for holding small datasets in memory; loads in the current process
+    with large batches.
+
+    Args:
+        dataset: A map-style dataset of ``(x [C, H, W], y int)`` samples, such
+            as one returned by :func:`load_dataset`.
+        limit: If given, only the first ``limit`` samples are used.
+
+    Returns:
+        ``(x, y)`` with ``x`` ``float32`` of shape ``[N, C, H, W]`` and ``y``
+        ``int64`` of shape ``[N]``, ``N = min(len(dataset), limit)``.
+
+    Raises:
+        ValueError: If ``limit`` is negative or no samples would be loaded.
+    """
+    n = len(dataset)  # type: ignore[arg-type]
+    if limit is not None:
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        n = min(n, limit)
+        dataset = Subset(dataset, range(n))
+    if n == 0:
+        raise ValueError("cannot materialise an empty dataset")
+    xs, ys = [], []
+    for x, y in DataLoader(dataset, batch_size=4096, shuffle=False):
+        xs.append(x)
+        ys.append(y)
+    return torch.cat(xs).to(torch.float32), torch.cat(ys).to(torch.int64)

@@ -1,0 +1,115 @@
+"""Negative labels for positive/negative training: the image with a wrong label is a negative sample."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from .._validation import check_labels
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..network import FFNetwork
+
+__all__ = ["NegativeLabels", "RandomNegative", "FixedNegative", "AdaptiveNegative", "get_negatives"]
+
+
+class NegativeLabels:
+    """Chooses one wrong label per sample. Call as ``sampler(y, x=..., network=..., index=...) -> [B]``."""
+
+    def __init__(self, num_classes: int) -> None:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+        self.num_classes = num_classes
+
+    def __call__(
+        self,
+        y: torch.Tensor,
+        *,
+        x: torch.Tensor | None = None,
+        network: FFNetwork | None = None,
+        index: torch.Tensor | None = None,
+    ) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(num_classes={self.num_classes})"
+
+
+class RandomNegative(NegativeLabels):
+    """A uniformly drawn wrong label, drawn anew each time (Hinton's and Pipeline-FF's RandomNEG).
+
+    Args:
+        num_classes: ``K``.
+        generator: optional ``torch.Generator`` for reproducible draws (else the global RNG).
+    """
+
+    def __init__(self, num_classes: int, generator: torch.Generator | None = None) -> None:
+        super().__init__(num_classes)
+        self.generator = generator
+
+    def __call__(self, y, *, x=None, network=None, index=None):
+        check_labels(y, self.num_classes, "y")
+        offset = torch.randint(1, self.num_classes, y.shape, generator=self.generator).to(y.device)
+        return (y + offset) % self.num_classes
+
+
+class FixedNegative(NegativeLabels):
+    """The same wrong label for a sample every epoch (Pipeline-FF's FixedNEG).
+
+    The wrong label is a fixed hash of the sample's dataset index, so it needs no table and survives resuming:
+    ``y_neg = (y + 1 + (index * 2654435761 + seed) mod (K - 1)) mod K``.
+    """
+
+    def __init__(self, num_classes: int, seed: int = 0) -> None:
+        super().__init__(num_classes)
+        self.seed = int(seed)
+
+    def __call__(self, y, *, x=None, network=None, index=None):
+        check_labels(y, self.num_classes, "y")
+        if index is None:
+            raise ValueError("FixedNegative needs the samples' dataset indices (index=...) to keep labels fixed")
+        offset = 1 + (index.to(torch.int64) * 2654435761 + self.seed) % (self.num_classes - 1)
+        return (y + offset.to(y.device)) % self.num_classes
+
+
+class AdaptiveNegative(NegativeLabels):
+    """The hardest wrong label under the current model (Pipeline-FF's AdaptiveNEG; Hinton 2022, Sec. 3.3).
+
+    The network scores every label (no gradient), the true label is masked out and the best-scoring wrong label
+    is taken (``sample=True`` draws from the softmax over wrong labels instead, as Hinton does).
+    """
+
+    def __init__(self, num_classes: int, *, sample: bool = False, generator: torch.Generator | None = None) -> None:
+        super().__init__(num_classes)
+        self.sample = sample
+        self.generator = generator
+
+    def __call__(self, y, *, x=None, network=None, index=None):
+        check_labels(y, self.num_classes, "y")
+        if x is None or network is None:
+            raise ValueError("AdaptiveNegative needs the inputs x and the network to score every label")
+        was_training = network.training
+        network.eval()
+        try:
+            with torch.no_grad():
+                scores = network.class_scores(x).float()
+        finally:
+            network.train(was_training)
+        scores = scores.scatter(1, y.view(-1, 1), float("-inf"))
+        if self.sample:
+            probs = torch.softmax(scores, dim=1)
+            return torch.multinomial(probs.cpu(), 1, generator=self.generator).view(-1).to(y.device)
+        return scores.argmax(dim=1)
+
+
+_NEGATIVES = {"random": RandomNegative, "fixed": FixedNegative, "adaptive": AdaptiveNegative}
+
+
+def get_negatives(name: str, num_classes: int) -> NegativeLabels:
+    """Build a negative-label sampler by name: ``"random"``, ``"fixed"`` or ``"adaptive"``."""
+    try:
+        cls = _NEGATIVES[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown negatives {name!r}; expected one of {sorted(_NEGATIVES)}") from None
+    return cls(num_classes)

@@ -1,0 +1,115 @@
+"""Goodness functions: how much a layer's activity says "this is positive data" (or "this is class k").
+
+* :func:`mean` -- DeeperForward's mean goodness (Sun et al., ICLR 2025, Eq. 5 and Eq. 8 for the channel-wise form).
+* :func:`squared` -- Hinton's goodness, the sum of squared activities (The Forward-Forward Algorithm, 2022, Sec. 2);
+  ``reduction="mean"`` gives the mean of squares used by The Trifecta (Dooms et al.).
+* :class:`DTGTemperature` -- DTG-FF's learnable temperature ``tau = tau_min + (tau_max - tau_min) * sigmoid(s)``.
+
+With ``groups=G`` the channel dimension (dim 1) is cut into ``G`` equal consecutive blocks and one goodness is
+returned per block: block ``k`` belongs to class ``k``, which is how a channel-wise (CW) layer produces class scores.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ._validation import check_groups, check_positive, check_tensor
+
+__all__ = ["mean", "squared", "DTGTemperature", "get_goodness"]
+
+
+def _grouped(h: torch.Tensor, groups: int | None) -> torch.Tensor:
+    """View ``h`` as ``[B, G, rest]`` (``G = 1`` when ungrouped) without copying when possible."""
+    if groups is None:
+        return h.reshape(h.shape[0], 1, -1)
+    check_groups(h, groups)
+    return h.reshape(h.shape[0], groups, -1)
+
+
+def mean(h: torch.Tensor, groups: int | None = None) -> torch.Tensor:
+    """Mean goodness (DeeperForward Eq. 5; channel-wise form Eq. 8).
+
+    Args:
+        h: activities ``[B, ...]`` (usually non-negative, after ReLU).
+        groups: if given, split dim 1 into this many equal consecutive channel groups.
+
+    Returns:
+        ``[B]`` -- the mean of every non-batch element; or ``[B, G]`` with ``groups=G`` -- each group's mean.
+
+    Example:
+        >>> mean(torch.tensor([[1.0, 2.0, 3.0, 6.0]]), groups=2)
+        tensor([[1.5000, 4.5000]])
+    """
+    check_tensor(h, "h", min_dim=2 if groups is not None else 1)
+    g = _grouped(h, groups).mean(dim=2)
+    return g if groups is not None else g.squeeze(1)
+
+
+def squared(h: torch.Tensor, groups: int | None = None, reduction: str = "sum") -> torch.Tensor:
+    """Squared goodness (Hinton 2022, Sec. 2: ``G = sum_j y_j^2``).
+
+    Args:
+        h: activities ``[B, ...]``.
+        groups: if given, split dim 1 into this many equal consecutive channel groups.
+        reduction: ``"sum"`` (Hinton) or ``"mean"`` (mean of squares, as The Trifecta uses).
+
+    Returns:
+        ``[B]``, or ``[B, G]`` with ``groups=G``.
+    """
+    check_tensor(h, "h", min_dim=2 if groups is not None else 1)
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+    sq = _grouped(h, groups).square()
+    g = sq.sum(dim=2) if reduction == "sum" else sq.mean(dim=2)
+    return g if groups is not None else g.squeeze(1)
+
+
+class DTGTemperature(nn.Module):
+    """Learnable goodness temperature of DTG-FF.
+
+    ``tau = tau_min + (tau_max - tau_min) * sigmoid(s)`` with one learnable scalar ``s`` initialised to 0,
+    so ``tau`` starts half-way between the bounds and can never leave ``(tau_min, tau_max)``.
+    Calling the module divides goodness or logits (any shape) by ``tau``.
+
+    Args:
+        tau_min: lower bound, ``> 0``.
+        tau_max: upper bound, ``> tau_min``.
+
+    Shape:
+        input ``[*]`` -> output ``[*]``.
+    """
+
+    def __init__(self, tau_min: float = 0.1, tau_max: float = 10.0) -> None:
+        super().__init__()
+        check_positive(tau_min, "tau_min")
+        check_positive(tau_max, "tau_max")
+        if tau_max <= tau_min:
+            raise ValueError(f"tau_max must be greater than tau_min, got tau_min={tau_min}, tau_max={tau_max}")
+        self.tau_min = float(tau_min)
+        self.tau_max = float(tau_max)
+        self.s = nn.Parameter(torch.zeros(()))
+
+    @property
+    def tau(self) -> torch.Tensor:
+        """The current temperature (a 0-dim tensor)."""
+        return self.tau_min + (self.tau_max - self.tau_min) * torch.sigmoid(self.s)
+
+    def forward(self, g: torch.Tensor) -> torch.Tensor:
+        return g / self.tau
+
+    def extra_repr(self) -> str:
+        return f"tau_min={self.tau_min}, tau_max={self.tau_max}"
+
+
+_GOODNESS = {"mean": mean, "squared": squared}
+
+
+def get_goodness(name: str):
+    """Resolve a goodness function by name (``"mean"`` or ``"squared"``), for configs and recipes."""
+    if callable(name):
+        return name
+    try:
+        return _GOODNESS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown goodness {name!r}; expected one of {sorted(_GOODNESS)}") from None

@@ -1,0 +1,38 @@
+"""What every ffkit layer returns, and the base class the engines rely on."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+__all__ = ["LayerOutput", "FFLayer"]
+
+
+class LayerOutput(NamedTuple):
+    """One layer's result for one batch.
+
+    Attributes:
+        features: what the next layer receives, ``[B, C, H, W]`` or ``[B, D]``. Engines detach it, so no gradient
+            ever flows back into this layer from a later one.
+        scores: per-class goodness ``[B, K]`` for channel-wise layers (one-pass classification), else ``None``.
+        goodness: one goodness per sample ``[B]`` for layers trained on positive/negative data, else ``None``.
+    """
+
+    features: torch.Tensor
+    scores: torch.Tensor | None = None
+    goodness: torch.Tensor | None = None
+
+
+class FFLayer(nn.Module):
+    """Base class of ffkit's locally trained layers.
+
+    A subclass implements ``forward(x, shortcut=None) -> LayerOutput``. ``accepts_shortcut`` says whether the
+    layer combines a tensor from an earlier layer (a residual shortcut); the network wires it in.
+    """
+
+    accepts_shortcut: bool = False
+
+    def forward(self, x: torch.Tensor, shortcut: torch.Tensor | None = None) -> LayerOutput:  # pragma: no cover
+        raise NotImplementedError

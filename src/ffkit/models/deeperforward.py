@@ -1,0 +1,126 @@
+"""DeeperForward networks (Sun et al., "DeeperForward: Enhanced Forward-Forward Training for Deeper and Better
+Performance", ICLR 2025): CW-Conv layers with mean goodness, GroupNorm between layers, parameter-free residuals,
+trained with a local cross-entropy on each layer's class scores.
+
+The architectures follow the authors' released code (see ``ANCHORS.md``): bias-free 3x3 convs (5x5 for TinyCNN's first
+two) with Kaiming init, 2x average pooling for downsampling, network input layer-normalised over ``(C, H, W)``.
+Widths are multiplied by ``width_multiplier`` and rounded up to a multiple of ``num_classes`` (each class owns
+``C / K`` channels).
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..layers import CWConv
+from ..network import FFNetwork
+from ..objectives import ClassScoreObjective
+from ._registry import register_model
+
+__all__ = ["deeperforward_tinycnn", "deeperforward_cnn14", "deeperforward_resnet17", "scaled_width"]
+
+
+def scaled_width(channels: int, width_multiplier: float, num_classes: int) -> int:
+    """``channels * width_multiplier`` rounded up to a positive multiple of ``num_classes``."""
+    if not (isinstance(width_multiplier, (int, float)) and width_multiplier > 0):
+        raise ValueError(f"width_multiplier must be a positive number, got {width_multiplier!r}")
+    return max(1, math.ceil(channels * width_multiplier / num_classes - 1e-9)) * num_classes
+
+
+def _check_common(num_classes: int, in_channels: int) -> None:
+    for name, v in (("num_classes", num_classes), ("in_channels", in_channels)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+
+
+def _network(layers: list[CWConv], num_classes: int, in_channels: int, shortcuts=None) -> FFNetwork:
+    return FFNetwork(
+        layers,
+        ClassScoreObjective(),
+        num_classes=num_classes,
+        in_channels=in_channels,
+        input_norm=True,
+        shortcuts=shortcuts,
+    )
+
+
+@register_model
+def deeperforward_tinycnn(
+    *, num_classes: int = 10, in_channels: int = 3, width_multiplier: float = 1.0, dropout: float = 0.2
+) -> FFNetwork:
+    """DeeperForward TinyCNN: 4 CW-Conv layers, 100 (5x5) - 200 (5x5) - 400 (3x3) - 400 (3x3), with 2x average
+    pooling before the 2nd and 3rd layers. Paper: CIFAR-10 79.49, MNIST 99.50, F-MNIST 91.83 (150 epochs).
+
+    Shape: ``[B, in_channels, 32, 32] -> [B, num_classes]``.
+    """
+    _check_common(num_classes, in_channels)
+    w = [scaled_width(c, width_multiplier, num_classes) for c in (100, 200, 400, 400)]
+    layers = [
+        CWConv(in_channels, w[0], num_classes, kernel_size=5, dropout=dropout),
+        CWConv(w[0], w[1], num_classes, kernel_size=5, pool=2, dropout=dropout),
+        CWConv(w[1], w[2], num_classes, kernel_size=3, pool=2, dropout=dropout),
+        CWConv(w[2], w[3], num_classes, kernel_size=3, dropout=dropout),
+    ]
+    return _network(layers, num_classes, in_channels)
+
+
+@register_model
+def deeperforward_cnn14(
+    *, num_classes: int = 10, in_channels: int = 3, width_multiplier: float = 1.0, dropout: float = 0.2
+) -> FFNetwork:
+    """DeeperForward VGG-like CNN with 14 CW-Conv layers in five blocks: [70, 70], [140 x3], [280 x3], [560 x3],
+    [560 x3], with 2x average pooling before the first conv of blocks 2-5. Paper: CIFAR-10 81.76, F-MNIST 92.44.
+
+    Shape: ``[B, in_channels, 32, 32] -> [B, num_classes]``.
+    """
+    _check_common(num_classes, in_channels)
+    blocks = [[70, 70], [140] * 3, [280] * 3, [560] * 3, [560] * 3]
+    layers, prev = [], in_channels
+    for b, block in enumerate(blocks):
+        for j, c in enumerate(block):
+            c = scaled_width(c, width_multiplier, num_classes)
+            layers.append(CWConv(prev, c, num_classes, pool=2 if (b > 0 and j == 0) else 1, dropout=dropout))
+            prev = c
+    return _network(layers, num_classes, in_channels)
+
+
+@register_model
+def deeperforward_resnet17(
+    *, num_classes: int = 10, in_channels: int = 3, width_multiplier: float = 1.0, dropout: float = 0.2
+) -> FFNetwork:
+    """DeeperForward ResNet17 (ResNet18-like): a 100-channel stem (layer 1) and four stages of four CW-Conv layers
+    at 100 / 200 / 400 / 800 channels. Stages 2-4 open with a stride-2 conv (0-based layers 5, 9, 13, as in
+    ANCHORS.md; identity adds into 0-based layers 2, 6, 10, 14 and concatenations into 4, 8, 12, 16). Each
+    stage's second layer adds the features from two layers earlier (identity shortcut, average-pooled after a size
+    change); each stage's fourth layer concatenates them, doubling its width (its conv produces ``C`` channels, the
+    shortcut adds ``C``). Paper: CIFAR-10 86.22, MNIST 99.63, F-MNIST 93.13.
+
+    Shape: ``[B, in_channels, 32, 32] -> [B, num_classes]``.
+    """
+    _check_common(num_classes, in_channels)
+    # Stage widths double exactly, so that each concatenation (width w + w) equals the next stage's width.
+    base = scaled_width(100, width_multiplier, num_classes)
+    widths = [base, 2 * base, 4 * base, 8 * base]
+    layers: list[CWConv] = [CWConv(in_channels, widths[0], num_classes, dropout=dropout)]
+    out_ch = [widths[0]]
+    shortcuts = {}
+    for s, w in enumerate(widths):
+        for j in range(4):
+            i = len(layers)  # 0-based index of the layer being built
+            prev = out_ch[-1]
+            stride = 2 if (s > 0 and j == 0) else 1
+            if j == 1:  # identity add from two layers back
+                shortcuts[i] = i - 2
+                layers.append(CWConv(prev, w, num_classes, stride=stride, dropout=dropout, shortcut_channels=w))
+                out_ch.append(w)
+            elif j == 3:  # concatenate the features from two layers back: width doubles
+                shortcuts[i] = i - 2
+                sc = out_ch[i - 2]
+                layers.append(CWConv(prev, w + sc, num_classes, dropout=dropout, shortcut_channels=sc))
+                out_ch.append(w + sc)
+            else:
+                layers.append(CWConv(prev, w, num_classes, stride=stride, dropout=dropout))
+                out_ch.append(w)
+    return _network(layers, num_classes, in_channels, shortcuts)

@@ -1,0 +1,145 @@
+"""``FFNetwork``: a stack of locally trained layers, the wiring between them, and how they are trained and vote."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._validation import check_labels
+from .layers.base import FFLayer, LayerOutput
+from .objectives import Objective
+
+__all__ = ["FFNetwork"]
+
+
+class FFNetwork(nn.Module):
+    """A Forward-Forward-family network.
+
+    Every layer's input is detached, so a layer's loss can only reach its own parameters (and, for the first
+    layer, a learned label encoder). Layers may take a residual shortcut from any earlier layer's features.
+
+    Args:
+        layers: the layers, in order (each an :class:`~ffkit.layers.FFLayer`).
+        objective: how layers are trained and how they vote (:mod:`ffkit.objectives`).
+        num_classes: ``K``.
+        in_channels: channels the network expects (dim 1 of the input).
+        input_norm: layer-normalise each input over ``(C, H, W)`` with no affine parameters (DeeperForward).
+        shortcuts: ``{target_layer: source_layer}``: ``target`` also receives ``source``'s (detached) features.
+        input_size: optional ``(H, W)`` the network expects; checked when given.
+
+    Shape:
+        ``forward(x [B, C, H, W]) -> [B, K]``: class scores summed over the inference range (see
+        :meth:`set_inference_range`); :meth:`layer_scores` gives every layer's ``[L, B, K]``.
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[FFLayer],
+        objective: Objective,
+        *,
+        num_classes: int,
+        in_channels: int,
+        input_norm: bool = False,
+        shortcuts: Mapping[int, int] | None = None,
+        input_size: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__()
+        if len(layers) == 0:
+            raise ValueError("layers must not be empty")
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, FFLayer):
+                raise TypeError(f"layers[{i}] must be an ffkit FFLayer, got {type(layer).__name__}")
+        self.layers = nn.ModuleList(layers)
+        self.objective = objective
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.input_norm = input_norm
+        self.input_size = tuple(input_size) if input_size is not None else None
+        self.shortcuts: dict[int, int] = dict(shortcuts or {})
+        for target, source in self.shortcuts.items():
+            if not 0 <= source < target < len(layers):
+                raise ValueError(f"shortcut {source} -> {target} must go forward between existing layers")
+            if not layers[target].accepts_shortcut:
+                raise ValueError(f"layer {target} receives a shortcut but was built without shortcut_channels")
+        for i, layer in enumerate(layers):
+            if layer.accepts_shortcut and i not in self.shortcuts:
+                raise ValueError(f"layer {i} expects a shortcut but none is wired to it")
+        # The last use of each shortcut source, so its features can be freed as soon as possible.
+        self._last_use = {}
+        for target, source in sorted(self.shortcuts.items()):
+            self._last_use[source] = max(self._last_use.get(source, -1), target)
+        self.register_buffer("inference_range", torch.tensor([0, len(layers) - 1]))
+        self.model_name: str | None = None
+        self.model_kwargs: dict = {}
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    # -- input checks -------------------------------------------------------------------------------------------
+    def check_input(self, x: object, y: object | None = None) -> None:
+        """Raise a clear error if ``x`` (and labels ``y``) do not fit this network."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"input must be a floating-point tensor, got dtype {x.dtype} (convert images to float)")
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"input must have shape [B, {self.in_channels}, H, W] for this model "
+                f"(in_channels={self.in_channels}), got {tuple(x.shape)}"
+            )
+        if self.input_size is not None and tuple(x.shape[-2:]) != self.input_size:
+            raise ValueError(
+                f"input must be {self.input_size[0]}x{self.input_size[1]} pixels for this model, "
+                f"got {x.shape[-2]}x{x.shape[-1]}"
+            )
+        if y is not None:
+            check_labels(y, self.num_classes, "labels", batch_size=x.shape[0])
+
+    # -- running the layers -------------------------------------------------------------------------------------
+    def iter_layers(self, inputs: torch.Tensor, *, end: int | None = None) -> Iterator[tuple[int, LayerOutput]]:
+        """Run layers ``0..end`` one at a time, yielding ``(index, LayerOutput)``.
+
+        The consumer may update layer ``l`` before asking for layer ``l + 1``: each layer runs exactly once, on the
+        detached features the previous layer produced, which is DeeperForward's memory-saving order (Alg. 2).
+        """
+        last = len(self.layers) - 1 if end is None else end
+        h = F.layer_norm(inputs, inputs.shape[1:]) if self.input_norm else inputs
+        kept: dict[int, torch.Tensor] = {}
+        for i in range(last + 1):
+            shortcut = kept[self.shortcuts[i]] if i in self.shortcuts else None
+            out = self.layers[i](h, shortcut)
+            yield i, out
+            h = out.features.detach()
+            if i in self._last_use:
+                kept[i] = h
+            for src in [s for s, t in self._last_use.items() if t == i]:
+                kept.pop(src, None)
+
+    def layer_scores(self, x: torch.Tensor, end: int | None = None) -> torch.Tensor:
+        """Class scores of every layer up to ``end``: ``[L', B, K]``."""
+        self.check_input(x)
+        return self.objective.layer_scores(self, x, end=end)
+
+    def class_scores(self, x: torch.Tensor) -> torch.Tensor:
+        """Class scores ``[B, K]`` summed over the inference range (all layers unless SIP pruned some)."""
+        start, end = (int(v) for v in self.inference_range)
+        return self.layer_scores(x, end=end)[start:].sum(dim=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.class_scores(x)
+
+    def set_inference_range(self, start: int, end: int) -> None:
+        """Predict with layers ``start..end`` (inclusive) only; later layers are never run (SIP's pruning)."""
+        if not 0 <= start <= end < len(self.layers):
+            raise ValueError(f"inference range must satisfy 0 <= start <= end < {len(self.layers)}, got {start}..{end}")
+        self.inference_range.copy_(torch.tensor([start, end]))
+
+    def local_parameters(self, index: int) -> list[nn.Parameter]:
+        """Parameters updated by layer ``index``'s loss: its own, plus a learned input encoder's for layer 0."""
+        params = list(self.layers[index].parameters())
+        if index == 0:
+            params += list(self.objective.parameters())
+        return params

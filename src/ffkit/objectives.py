@@ -1,0 +1,145 @@
+"""How a network's layers are trained and how they vote: the two families of FF objectives.
+
+* :class:`ClassScoreObjective` -- channel-wise layers output per-class scores ``[B, K]``; each layer minimises a
+  local cross-entropy on them (DeeperForward, CwComp). Prediction needs one pass.
+* :class:`PosNegObjective` -- the label is part of the input (overlay or label channel); each layer separates
+  positive (true label) from negative (wrong label) samples by goodness, with the threshold loss (Hinton) or SymBa
+  (The Trifecta). Prediction needs one pass per label.
+
+Both expose ``layer_scores(network, x) -> [L, B, K]``, so evaluation (per layer, last-k, SIP) is shared.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple
+
+import torch
+from torch import nn
+
+from . import losses
+from .data.negatives import NegativeLabels
+from .layers.base import LayerOutput
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .network import FFNetwork
+
+__all__ = ["Objective", "PreparedBatch", "ClassScoreObjective", "PosNegObjective"]
+
+
+class PreparedBatch(NamedTuple):
+    """What the first layer receives and what the layer losses need.
+
+    Attributes:
+        inputs: first-layer input, ``[B, ...]`` (or ``[2B, ...]``: positives then negatives).
+        target: class labels ``[B]``.
+        batch_size: ``B``.
+    """
+
+    inputs: torch.Tensor
+    target: torch.Tensor
+    batch_size: int
+
+
+class Objective(nn.Module):
+    """Base class. Subclasses define ``prepare``, ``layer_loss`` and ``layer_scores``."""
+
+    def prepare(
+        self, network: FFNetwork, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None
+    ) -> PreparedBatch:  # pragma: no cover
+        raise NotImplementedError
+
+    def layer_loss(self, out: LayerOutput, batch: PreparedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(loss, correct)``: the layer's scalar loss and how many samples it got right (a tensor)."""
+        raise NotImplementedError  # pragma: no cover
+
+    def layer_scores(self, network: FFNetwork, x: torch.Tensor, end: int | None = None) -> torch.Tensor:
+        """Per-layer class scores ``[L', B, K]`` for layers ``0..end`` (all when ``end`` is None)."""
+        raise NotImplementedError  # pragma: no cover
+
+
+class ClassScoreObjective(Objective):
+    """Local cross-entropy on each layer's per-class scores (DeeperForward).
+
+    Args:
+        label_smoothing: label smoothing of the cross-entropy.
+    """
+
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.label_smoothing = label_smoothing
+
+    def prepare(self, network, x, y, index=None):
+        return PreparedBatch(inputs=x, target=y, batch_size=x.shape[0])
+
+    def layer_loss(self, out, batch):
+        if out.scores is None:
+            raise TypeError("ClassScoreObjective needs layers that return class scores (e.g. CWConv)")
+        loss = losses.local_ce(out.scores, batch.target, label_smoothing=self.label_smoothing)
+        correct = (out.scores.detach().argmax(dim=1) == batch.target).sum()
+        return loss, correct
+
+    def layer_scores(self, network, x, end=None):
+        return torch.stack([out.scores for _, out in network.iter_layers(x, end=end)])
+
+    def extra_repr(self) -> str:
+        return f"label_smoothing={self.label_smoothing}"
+
+
+class PosNegObjective(Objective):
+    """Positive/negative training with the label in the input (Hinton's FF; The Trifecta).
+
+    Positives are ``encoder(x, y)``, negatives ``encoder(x, y_neg)`` with ``y_neg`` from ``negatives``; both go
+    through the layers as one batch ``[2B, ...]`` and each layer's goodness is split into ``g_pos, g_neg``.
+
+    Args:
+        encoder: a label encoder module, ``encoder(x, y) -> input`` (:class:`~ffkit.data.LabelOverlay`,
+            :class:`~ffkit.data.LabelChannel`).
+        negatives: a :class:`~ffkit.data.NegativeLabels` sampler.
+        loss: ``"symba"`` or ``"threshold"``.
+        alpha: SymBa's scale.
+        threshold: the threshold loss's ``theta``.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        negatives: NegativeLabels,
+        *,
+        loss: str = "symba",
+        alpha: float = 4.0,
+        threshold: float = 2.0,
+    ) -> None:
+        super().__init__()
+        if loss not in ("symba", "threshold"):
+            raise ValueError(f"loss must be 'symba' or 'threshold', got {loss!r}")
+        self.encoder = encoder
+        self.negatives = negatives
+        self.loss = loss
+        self.alpha = alpha
+        self.threshold = threshold
+
+    def prepare(self, network, x, y, index=None):
+        y_neg = self.negatives(y, x=x, network=network, index=index)
+        inputs = torch.cat([self.encoder(x, y), self.encoder(x, y_neg)], dim=0)
+        return PreparedBatch(inputs=inputs, target=y, batch_size=x.shape[0])
+
+    def layer_loss(self, out, batch):
+        if out.goodness is None:
+            raise TypeError("PosNegObjective needs layers that return a goodness per sample")
+        g_pos, g_neg = out.goodness[: batch.batch_size], out.goodness[batch.batch_size :]
+        if self.loss == "symba":
+            loss = losses.symba(g_pos, g_neg, alpha=self.alpha)
+        else:
+            loss = losses.ff_threshold(g_pos, g_neg, threshold=self.threshold)
+        return loss, (g_pos.detach() > g_neg.detach()).sum()
+
+    def layer_scores(self, network, x, end=None):
+        per_label = []
+        for k in range(network.num_classes):
+            y = torch.full((x.shape[0],), k, dtype=torch.long, device=x.device)
+            g = [out.goodness for _, out in network.iter_layers(self.encoder(x, y), end=end)]
+            per_label.append(torch.stack(g))
+        return torch.stack(per_label, dim=2)
+
+    def extra_repr(self) -> str:
+        return f"loss={self.loss}, alpha={self.alpha}, threshold={self.threshold}"

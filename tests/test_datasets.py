@@ -1,0 +1,524 @@
+"""Tests for ffkit.data.datasets.
+
+The datasets cannot be downloaded here, so most tests write a handful of
+samples in each dataset's real on-disk format (IDX files, CIFAR pickles, SVHN
+.mat files) and load them through the real torchvision classes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import pickle
+import struct
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision.datasets as tvd
+from torchvision.transforms.v2 import functional as F
+
+from ffkit.data import datasets as ds
+from ffkit.data.datasets import (
+    DATASETS,
+    DatasetInfo,
+    DatasetNotFoundError,
+    dataset_info,
+    dataset_tensors,
+    default_data_dir,
+    load_dataset,
+    prepare_fashion_mnist,
+)
+
+N_TRAIN, N_TEST = 12, 6
+rng = np.random.default_rng(1234)
+
+
+# ---------------------------------------------------------------------------
+# Writers for the real on-disk formats
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write a uint8 array as an IDX file (magic 0x0000 0x08 ndim, big-endian dims)."""
+    assert array.dtype == np.uint8
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(
+        f">{array.ndim}I", *array.shape
+    )
+    path.write_bytes(header + array.tobytes())
+
+
+def fake_images(n: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Random uint8 images; image 0 is all 255 and image 1 all 0."""
+    images = rng.integers(0, 256, size=(n, *shape), dtype=np.uint8)
+    images[0] = 255
+    images[1] = 0
+    return images
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def write_mnist_like(raw: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    raw.mkdir(parents=True)
+    data = {}
+    for prefix, n in (("train", N_TRAIN), ("t10k", N_TEST)):
+        images = fake_images(n, (28, 28))
+        labels = (np.arange(n) * 7 % 10).astype(np.uint8)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+        data["train" if prefix == "train" else "test"] = (images, labels)
+    return data
+
+
+def cifar_rows(images: np.ndarray) -> np.ndarray:
+    """HWC images -> CIFAR rows of 3072 bytes (all R, then all G, then all B)."""
+    return images.transpose(0, 3, 1, 2).reshape(len(images), -1)
+
+
+def write_pickle(path: Path, obj: object) -> None:
+    path.write_bytes(pickle.dumps(obj))
+
+
+def write_cifar10(root: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    base = root / "cifar-10-batches-py"
+    base.mkdir(parents=True)
+    images = fake_images(N_TRAIN, (32, 32, 3))
+    labels = [int(v) for v in np.arange(N_TRAIN) * 3 % 10]
+    chunks = np.array_split(
+        np.arange(N_TRAIN), 5
+    )  # torchvision concatenates data_batch_1..5
+    for i, idx in enumerate(chunks, start=1):
+        write_pickle(
+            base / f"data_batch_{i}",
+            {
+                "batch_label": f"batch {i}",
+                "data": cifar_rows(images[idx]),
+                "labels": [labels[j] for j in idx],
+            },
+        )
+    test_images = fake_images(N_TEST, (32, 32, 3))
+    test_labels = [int(v) for v in np.arange(N_TEST) % 10]
+    write_pickle(
+        base / "test_batch", {"data": cifar_rows(test_images), "labels": test_labels}
+    )
+    write_pickle(
+        base / "batches.meta", {"label_names": [f"class{i}" for i in range(10)]}
+    )
+    # torchvision verifies the MD5 of every file against the official archive.
+    # Point its checksum table at our files so the real check still runs.
+    monkeypatch.setattr(
+        tvd.CIFAR10,
+        "train_list",
+        [[f"data_batch_{i}", md5(base / f"data_batch_{i}")] for i in range(1, 6)],
+    )
+    monkeypatch.setattr(
+        tvd.CIFAR10, "test_list", [["test_batch", md5(base / "test_batch")]]
+    )
+    monkeypatch.setattr(
+        tvd.CIFAR10, "meta", {**tvd.CIFAR10.meta, "md5": md5(base / "batches.meta")}
+    )
+    return {
+        "train": (images, np.array(labels)),
+        "test": (test_images, np.array(test_labels)),
+    }
+
+
+def write_cifar100(root: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    base = root / "cifar-100-python"
+    base.mkdir(parents=True)
+    data = {}
+    for split, n in (("train", N_TRAIN), ("test", N_TEST)):
+        images = fake_images(n, (32, 32, 3))
+        fine = [int(v) for v in np.arange(n) * 37 % 100]
+        write_pickle(
+            base / split,
+            {
+                "data": cifar_rows(images),
+                "fine_labels": fine,
+                "coarse_labels": [f // 5 for f in fine],
+            },
+        )
+        data[split] = (images, np.array(fine))
+    write_pickle(
+        base / "meta",
+        {
+            "fine_label_names": [f"f{i}" for i in range(100)],
+            "coarse_label_names": [f"c{i}" for i in range(20)],
+        },
+    )
+    monkeypatch.setattr(tvd.CIFAR100, "train_list", [["train", md5(base / "train")]])
+    monkeypatch.setattr(tvd.CIFAR100, "test_list", [["test", md5(base / "test")]])
+    monkeypatch.setattr(
+        tvd.CIFAR100, "meta", {**tvd.CIFAR100.meta, "md5": md5(base / "meta")}
+    )
+    return data
+
+
+def write_svhn(root: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    sio = pytest.importorskip("scipy.io")
+    root.mkdir(parents=True, exist_ok=True)
+    data = {}
+    split_list = {k: list(v) for k, v in tvd.SVHN.split_list.items()}
+    for split, n in (("train", N_TRAIN), ("test", N_TEST)):
+        images = fake_images(n, (32, 32, 3))
+        raw_labels = (np.arange(n) % 10 + 1).astype(
+            np.uint8
+        )  # SVHN stores digit 0 as 10
+        path = root / f"{split}_32x32.mat"
+        sio.savemat(
+            path, {"X": images.transpose(1, 2, 3, 0), "y": raw_labels[:, None]}
+        )  # X is [H, W, C, N]
+        split_list[split][2] = md5(path)
+        data[split] = (images, raw_labels.astype(np.int64) % 10)
+    monkeypatch.setattr(tvd.SVHN, "split_list", split_list)
+    return data
+
+
+def write_fashion(root: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    return write_mnist_like(root / "FashionMNIST" / "raw")
+
+
+def write_mnist(root: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    return write_mnist_like(root / "MNIST" / "raw")
+
+
+WRITERS: dict[str, Callable[[Path, pytest.MonkeyPatch], dict]] = {
+    "mnist": write_mnist,
+    "fashion-mnist": write_fashion,
+    "cifar10": write_cifar10,
+    "cifar100": write_cifar100,
+    "svhn": write_svhn,
+}
+
+
+def expected_x(name: str, image: np.ndarray) -> torch.Tensor:
+    """Expected ffkit sample for a stored uint8 image (HW for MNIST-like, else HWC)."""
+    if image.ndim == 2:
+        t = torch.from_numpy(image)[None]
+        return F.resize(t, [32, 32], antialias=True).float() / 255
+    return torch.from_numpy(image).permute(2, 0, 1).float() / 255
+
+
+@pytest.fixture(autouse=True)
+def no_debian_fashion_mnist(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Keep the installed Debian Fashion-MNIST out of tests that do not ask for it."""
+    monkeypatch.setattr(ds, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "no-debian-package")
+
+
+# ---------------------------------------------------------------------------
+# Loading fake datasets
+
+
+@pytest.mark.parametrize("name", DATASETS)
+def test_load_fake_dataset(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = WRITERS[name](tmp_path, monkeypatch)
+    info = dataset_info(name)
+    for split in ("train_full", "test"):
+        images, labels = data["train" if split == "train_full" else "test"]
+        dataset = load_dataset(name, split, tmp_path)
+        assert len(dataset) == len(images)
+        for i in range(len(dataset)):
+            x, y = dataset[i]
+            assert type(x) is torch.Tensor
+            assert x.shape == (info.in_channels, 32, 32)
+            assert x.dtype == torch.float32
+            assert 0.0 <= x.min() and x.max() <= 1.0
+            assert type(y) is int and y == labels[i]
+            torch.testing.assert_close(
+                x, expected_x(name, images[i]), atol=1e-6, rtol=0
+            )
+        # Constant images survive the resize exactly.
+        assert torch.equal(dataset[0][0], torch.ones(info.in_channels, 32, 32))
+        assert torch.equal(dataset[1][0], torch.zeros(info.in_channels, 32, 32))
+
+
+@pytest.mark.parametrize("name", DATASETS)
+def test_train_holdout_split(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    WRITERS[name](tmp_path, monkeypatch)
+    full = load_dataset(name, "train_full", tmp_path)
+    train = load_dataset(name, "train", tmp_path)
+    holdout = load_dataset(name, "holdout", tmp_path)
+    assert isinstance(train, torch.utils.data.Subset) and isinstance(
+        holdout, torch.utils.data.Subset
+    )
+    n_holdout = min(dataset_info(name).holdout_size, N_TRAIN // 5)
+    assert len(holdout) == n_holdout and len(train) == N_TRAIN - n_holdout
+    assert set(train.indices).isdisjoint(holdout.indices)
+    assert sorted([*train.indices, *holdout.indices]) == list(range(N_TRAIN))
+    x, y = holdout[0]
+    x_full, y_full = full[holdout.indices[0]]
+    assert y == y_full and torch.equal(x, x_full)
+
+    again = load_dataset(name, "holdout", tmp_path, holdout_seed=0)
+    assert list(again.indices) == list(holdout.indices)
+    other = load_dataset(name, "train", tmp_path, holdout_seed=1)
+    assert list(other.indices) != list(train.indices)
+
+
+def test_holdout_size_is_official_for_full_size_sets() -> None:
+    for name in DATASETS:
+        info = dataset_info(name)
+        assert ds._holdout_count(info, info.train_size) == info.holdout_size
+
+
+def test_dataset_tensors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, labels = write_mnist(tmp_path, monkeypatch)["train"]
+    dataset = load_dataset("mnist", "train_full", tmp_path)
+    x, y = dataset_tensors(dataset)
+    assert x.shape == (N_TRAIN, 1, 32, 32) and x.dtype == torch.float32
+    assert y.dtype == torch.int64 and y.tolist() == labels.tolist()
+    torch.testing.assert_close(x[5], dataset[5][0])
+
+    x, y = dataset_tensors(dataset, limit=5)
+    assert x.shape == (5, 1, 32, 32) and y.tolist() == labels[:5].tolist()
+    assert dataset_tensors(dataset, limit=100)[0].shape[0] == N_TRAIN
+    with pytest.raises(ValueError):
+        dataset_tensors(dataset, limit=0)
+
+
+# ---------------------------------------------------------------------------
+# Missing / corrupted files
+
+
+@pytest.mark.parametrize(
+    ("name", "subdir", "url"),
+    [
+        ("mnist", "MNIST/raw", "http://yann.lecun.com/exdb/mnist/"),
+        (
+            "fashion-mnist",
+            "FashionMNIST/raw",
+            "https://github.com/zalandoresearch/fashion-mnist",
+        ),
+        (
+            "cifar10",
+            "cifar-10-batches-py",
+            "https://www.cs.toronto.edu/~kriz/cifar.html",
+        ),
+        ("cifar100", "cifar-100-python", "https://www.cs.toronto.edu/~kriz/cifar.html"),
+        ("svhn", "", "http://ufldl.stanford.edu/housenumbers/"),
+    ],
+)
+@pytest.mark.parametrize("split", ["test", "train"])
+def test_missing_files(
+    name: str, subdir: str, url: str, split: str, tmp_path: Path
+) -> None:
+    if name == "svhn":
+        pytest.importorskip("scipy")
+    root = tmp_path / "data"
+    with pytest.raises(DatasetNotFoundError) as excinfo:
+        load_dataset(name, split, root)
+    message = str(excinfo.value)
+    assert isinstance(excinfo.value, FileNotFoundError)
+    assert repr(name) in message
+    assert str(root / subdir) in message
+    assert url in message and "--data-dir" in message
+    assert "Traceback" not in message and excinfo.value.__cause__ is None
+    expected_file = {
+        "svhn": "test_32x32.mat",
+        "cifar10": "test_batch",
+        "cifar100": "meta",
+    }.get(name, "t10k-images-idx3-ubyte")
+    assert expected_file in message
+    if name == "fashion-mnist":
+        assert "sudo apt-get install dataset-fashion-mnist" in message
+
+
+def test_missing_single_mnist_file_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_mnist(tmp_path, monkeypatch)
+    (tmp_path / "MNIST" / "raw" / "train-labels-idx1-ubyte").unlink()
+    # torchvision wants all four files even for the test split.
+    with pytest.raises(
+        DatasetNotFoundError, match=r"train-labels-idx1-ubyte  \(MISSING\)"
+    ):
+        load_dataset("mnist", "test", tmp_path)
+
+
+def test_corrupted_cifar_reports_checksum(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_cifar10(tmp_path, monkeypatch)
+    monkeypatch.undo()  # restore the official MD5s: our fake files no longer match
+    with pytest.raises(DatasetNotFoundError, match="corrupted"):
+        load_dataset("cifar10", "test", tmp_path)
+
+
+def test_svhn_without_scipy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "scipy.io", None)
+    with pytest.raises(ImportError, match="pip install scipy"):
+        load_dataset("svhn", "test", tmp_path)
+
+
+# ---------------------------------------------------------------------------
+# Fashion-MNIST from a local (Debian-style) copy
+
+
+def test_prepare_fashion_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = write_mnist_like(tmp_path / "plain")
+    source = tmp_path / "source"
+    source.mkdir()
+    for f in (tmp_path / "plain").iterdir():
+        (source / f"{f.name}.gz").write_bytes(gzip.compress(f.read_bytes()))
+    root = tmp_path / "data"
+
+    assert prepare_fashion_mnist(root, source) is True
+    raw = root / "FashionMNIST" / "raw"
+    assert sorted(p.name for p in raw.iterdir()) == sorted(
+        p.name for p in (tmp_path / "plain").iterdir()
+    )
+    for f in (tmp_path / "plain").iterdir():
+        assert (raw / f.name).read_bytes() == f.read_bytes()
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise AssertionError("prepare_fashion_mnist decompressed again")
+
+    monkeypatch.setattr(gzip, "open", fail)
+    assert prepare_fashion_mnist(root, source) is True
+    monkeypatch.undo()
+
+    monkeypatch.setattr(ds, "DEBIAN_FASHION_MNIST_DIR", source)
+    root2 = tmp_path / "data2"
+    dataset = load_dataset("fmnist", "test", root2)  # found automatically
+    assert len(dataset) == N_TEST and dataset[2][1] == fake["test"][1][2]
+
+
+def test_prepare_fashion_mnist_without_source(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(b"partial"))
+    root = tmp_path / "data"
+    assert prepare_fashion_mnist(root, source) is False
+    assert not (root / "FashionMNIST").exists()
+
+
+def test_prepare_fashion_mnist_interrupted_leaves_no_file(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    for f in ds._IDX_FILES:
+        (source / f"{f}.gz").write_bytes(b"this is not gzip data")
+    root = tmp_path / "data"
+    with pytest.raises(gzip.BadGzipFile):
+        prepare_fashion_mnist(root, source)
+    assert list((root / "FashionMNIST" / "raw").iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def real_fmnist_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("real-fmnist")
+    assert prepare_fashion_mnist(root, Path("/usr/share/datasets/fashion-mnist"))
+    return root
+
+
+@pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+    reason="Debian package dataset-fashion-mnist is not installed",
+)
+def test_real_fashion_mnist(
+    real_fmnist_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        ds, "DEBIAN_FASHION_MNIST_DIR", Path("/usr/share/datasets/fashion-mnist")
+    )
+    test = load_dataset("fashion-mnist", "test", real_fmnist_root)
+    assert len(test) == 10_000
+    x, y = test[0]
+    assert (
+        x.shape == (1, 32, 32)
+        and x.dtype == torch.float32
+        and 0 <= x.min()
+        and x.max() <= 1
+    )
+    assert y == 9  # the first Fashion-MNIST test image is an ankle boot
+    xs, ys = dataset_tensors(test, limit=256)
+    assert xs.shape == (256, 1, 32, 32) and set(ys.tolist()) <= set(range(10))
+
+    sizes = {
+        s: len(load_dataset("fmnist", s, real_fmnist_root))
+        for s in ("train_full", "train", "holdout")
+    }
+    assert sizes == {"train_full": 60_000, "train": 50_000, "holdout": 10_000}
+    holdout = load_dataset("fmnist", "holdout", real_fmnist_root)
+    assert holdout[0][0].shape == (1, 32, 32) and holdout[-1][0].shape == (1, 32, 32)
+
+
+# ---------------------------------------------------------------------------
+# Names, infos and defaults
+
+
+def test_dataset_info_values() -> None:
+    assert dataset_info("mnist") == DatasetInfo("mnist", 10, 1, 32, 60_000, 10_000)
+    assert dataset_info("fashion-mnist").holdout_size == 10_000
+    assert (
+        dataset_info("cifar10").holdout_size == 5_000
+        and dataset_info("cifar10").in_channels == 3
+    )
+    assert (
+        dataset_info("cifar100").num_classes == 100
+        and dataset_info("cifar100").holdout_size == 5_000
+    )
+    assert (dataset_info("svhn").train_size, dataset_info("svhn").holdout_size) == (
+        73_257,
+        7_326,
+    )
+    assert all(
+        dataset_info(n).name == n and dataset_info(n).image_size == 32 for n in DATASETS
+    )
+    with pytest.raises(AttributeError):
+        dataset_info("mnist").num_classes = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("alias", "canonical"),
+    [
+        ("MNIST", "mnist"),
+        ("fmnist", "fashion-mnist"),
+        ("Fashion_MNIST", "fashion-mnist"),
+        ("fashionmnist", "fashion-mnist"),
+        ("cifar-10", "cifar10"),
+        ("CIFAR_10", "cifar10"),
+        ("cifar-100", "cifar100"),
+        ("Cifar_100", "cifar100"),
+        ("SVHN", "svhn"),
+    ],
+)
+def test_dataset_aliases(alias: str, canonical: str) -> None:
+    assert dataset_info(alias).name == canonical
+
+
+def test_bad_names_and_splits(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="'imagenet'") as excinfo:
+        dataset_info("imagenet")
+    assert all(n in str(excinfo.value) for n in DATASETS)
+    with pytest.raises(ValueError, match="'cifar1000'"):
+        load_dataset("cifar1000", "train", tmp_path)
+    with pytest.raises(ValueError, match="'validation'") as excinfo:
+        load_dataset("mnist", "validation", tmp_path)
+    assert all(
+        s in str(excinfo.value) for s in ("train", "holdout", "train_full", "test")
+    )
+    with pytest.raises(TypeError):
+        dataset_info(10)  # type: ignore[arg-type]
+
+
+def test_default_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("FFKIT_DATA_DIR", str(tmp_path / "elsewhere"))
+    assert default_data_dir() == tmp_path / "elsewhere"
+    monkeypatch.delenv("FFKIT_DATA_DIR")
+    assert default_data_dir() == Path.home() / ".cache" / "ffkit" / "data"
+
+
+def test_load_uses_default_data_dir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    write_mnist(tmp_path, monkeypatch)
+    monkeypatch.setenv("FFKIT_DATA_DIR", str(tmp_path))
+    assert len(load_dataset("mnist", "test")) == N_TEST
