@@ -127,9 +127,9 @@ class LocalTrainer:
             loss, n_right = net.objective.layer_loss(out, batch)
             if not torch.isfinite(loss):
                 raise DivergenceError(
-                    f"layer {i} ({type(net.layers[i]).__name__}) produced a non-finite loss ({loss.item()}) "
-                    f"at epoch {self.epoch + 1}, step {self.step_count + 1}; lower the learning rate "
-                    f"(now {self.current_lr(i):.3g}) or check the input data"
+                    f"layer {i + 1} of {len(net)} (index {i}, {type(net.layers[i]).__name__}) produced a "
+                    f"non-finite loss ({loss.item()}) at epoch {self.epoch + 1}, step {self.step_count + 1}; lower "
+                    f"the learning rate (now {self.current_lr(i):.3g}) or check the input data"
                 )
             opt = self.optimizers[i]
             if opt is not None:

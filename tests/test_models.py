@@ -1,0 +1,121 @@
+"""One parametrised test over every registered model, as timm and torchvision do: forward, one local step,
+no gradient across a layer boundary, and the parameter count of the published architecture."""
+
+import pytest
+import torch
+
+import ffkit
+from ffkit.models import create_model, list_models
+
+# Parameter counts worked out by hand from the architectures (in_channels=1, num_classes=10, bias-free convs):
+#   TinyCNN: 1*100*25 + 100*200*25 + 200*400*9 + 400*400*9 = 2,662,500
+#   CNN14:   9*(1*70 + 70*70 + 70*140 + 2*140*140 + 140*280 + 2*280*280 + 280*560 + 5*560*560) = 17,772,930
+#   ResNet17 (conv channels; concat layers' convs produce half their output):
+#            9*(1*100 + 4*100*100 + 4*200*200 + 4*400*400 + 4*800*800) = 30,600,900
+EXPECTED_PARAMS = {
+    "deeperforward_tinycnn": 2_662_500,
+    "deeperforward_cnn14": 17_772_930,
+    "deeperforward_resnet17": 30_600_900,
+}
+EXPECTED_LAYERS = {"deeperforward_tinycnn": 4, "deeperforward_cnn14": 14, "deeperforward_resnet17": 17}
+
+
+def test_every_model_has_expectations():
+    assert sorted(EXPECTED_PARAMS) == list_models()
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_parameter_count_and_depth(name):
+    net = create_model(name, num_classes=10, in_channels=1)
+    assert sum(p.numel() for p in net.parameters()) == EXPECTED_PARAMS[name]
+    assert len(net) == EXPECTED_LAYERS[name]
+    assert net.model_name == name
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_forward_shapes(name):
+    net = create_model(name, num_classes=10, in_channels=3, width_multiplier=0.2)
+    x = torch.rand(2, 3, 32, 32)
+    net.eval()
+    assert net(x).shape == (2, 10)
+    assert net.layer_scores(x).shape == (len(net), 2, 10)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_no_gradient_across_layer_boundaries(name):
+    """Each layer's loss has a gradient for its own parameters and none for any other layer's."""
+    net = create_model(name, num_classes=10, in_channels=1, width_multiplier=0.2)
+    x, y = torch.rand(4, 1, 32, 32), torch.tensor([0, 1, 2, 3])
+    batch = net.objective.prepare(net, x, y)
+    all_params = {i: list(layer.parameters()) for i, layer in enumerate(net.layers)}
+    seen = 0
+    for i, out in net.iter_layers(batch.inputs):
+        loss, _ = net.objective.layer_loss(out, batch)
+        others = [p for j, ps in all_params.items() if j != i for p in ps]
+        grads = torch.autograd.grad(loss, all_params[i] + others, allow_unused=True)
+        own, foreign = grads[: len(all_params[i])], grads[len(all_params[i]) :]
+        assert all(g is not None and g.abs().sum() > 0 for g in own), f"layer {i} gets no gradient of its own"
+        assert all(g is None for g in foreign), f"layer {i}'s loss reaches another layer's parameters"
+        seen += 1
+    assert seen == len(net)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_one_local_step_updates_every_layer_once(name):
+    """In a real LocalTrainer step every parameter receives exactly one gradient: from its own layer's loss."""
+    net = create_model(name, num_classes=10, in_channels=1, width_multiplier=0.2)
+    trainer = ffkit.LocalTrainer(net, lr=1e-3, total_steps=1)
+    calls = {}
+    for i, layer in enumerate(net.layers):
+        for n, p in layer.named_parameters():
+            calls[(i, n)] = 0
+            p.register_hook(lambda g, key=(i, n): calls.__setitem__(key, calls[key] + 1))
+    before = [p.detach().clone() for p in net.parameters()]
+    res = trainer.train_step(torch.rand(4, 1, 32, 32), torch.tensor([0, 1, 2, 3]))
+    assert set(calls.values()) == {1}
+    assert res.losses.shape == (len(net),) and torch.isfinite(res.losses).all()
+    assert all(not torch.equal(b, p) for b, p in zip(before, net.parameters()))
+
+
+def test_width_multiplier_rounds_to_class_multiple():
+    net = create_model("deeperforward_tinycnn", num_classes=10, in_channels=1, width_multiplier=0.15)
+    assert [layer.out_channels for layer in net.layers] == [20, 30, 60, 60]
+    net = create_model("deeperforward_resnet17", num_classes=10, in_channels=1, width_multiplier=0.15)
+    outs = [layer.out_channels for layer in net.layers]
+    assert outs[4] == 2 * outs[0] and outs[16] == 2 * outs[14]
+
+
+def test_cifar100_widths_are_class_multiples():
+    net = create_model("deeperforward_cnn14", num_classes=100, in_channels=3)
+    assert all(layer.out_channels % 100 == 0 for layer in net.layers)
+
+
+def test_registry_errors():
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        create_model("nope")
+    with pytest.raises(TypeError, match="valid arguments"):
+        create_model("deeperforward_tinycnn", widht_multiplier=2)
+    with pytest.raises(ValueError, match="already registered"):
+
+        @ffkit.register_model
+        def deeperforward_tinycnn(*, num_classes: int = 10):  # noqa: F811
+            raise AssertionError
+
+
+def test_wrong_input_shape_for_model():
+    net = create_model("deeperforward_tinycnn", num_classes=10, in_channels=1, width_multiplier=0.2)
+    with pytest.raises(ValueError, match=r"\[B, 1, H, W\]"):
+        net(torch.rand(2, 3, 32, 32))
+    with pytest.raises(ValueError, match=r"\[B, 1, H, W\]"):
+        net(torch.rand(32, 32))
+    with pytest.raises(TypeError, match="floating-point"):
+        net(torch.zeros(2, 1, 32, 32, dtype=torch.uint8))
+
+
+def test_resnet17_shortcut_wiring():
+    net = create_model("deeperforward_resnet17", num_classes=10, in_channels=1)
+    assert net.shortcuts == {2: 0, 4: 2, 6: 4, 8: 6, 10: 8, 12: 10, 14: 12, 16: 14}
+    modes = {i: net.layers[i].residual.mode for i in net.shortcuts}
+    assert [i for i, m in modes.items() if m == "add"] == [2, 6, 10, 14]
+    assert [i for i, m in modes.items() if m == "concat"] == [4, 8, 12, 16]
+    assert [i for i, layer in enumerate(net.layers) if layer.conv.stride == (2, 2)] == [5, 9, 13]

@@ -1,0 +1,250 @@
+"""LocalTrainer: update order and locality, checkpoints and resuming, divergence, and both objective families."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+import ffkit
+from ffkit import goodness, losses
+from ffkit.layers import CWConv, FFLinear, TrifectaConv
+from ffkit.models import create_model
+from ffkit.train import checkpoint as ckpt_mod
+
+
+def small_cw_net(dropout: float = 0.0) -> ffkit.FFNetwork:
+    layers = [
+        CWConv(1, 8, 4, kernel_size=3, dropout=dropout),
+        CWConv(8, 8, 4, pool=2, dropout=dropout),
+        CWConv(8, 16, 4, dropout=dropout, shortcut_channels=8),
+    ]
+    return ffkit.FFNetwork(
+        layers, ffkit.ClassScoreObjective(), num_classes=4, in_channels=1, input_norm=True, shortcuts={2: 0}
+    )
+
+
+def test_step_matches_hand_written_layerwise_reference():
+    """Each layer runs once on the previous layer's detached pre-update features, then takes one SGD step."""
+    torch.manual_seed(1)
+    net = small_cw_net()
+    ref = [[p.detach().clone() for p in layer.parameters()] for layer in net.layers]
+    x, y = torch.rand(6, 1, 8, 8), torch.tensor([0, 1, 2, 3, 0, 1])
+    lr = 0.1
+    trainer = ffkit.LocalTrainer(net, lr=lr, optimizer="sgd", weight_decay=0.0, schedule="constant")
+    for opt in trainer.optimizers:  # plain SGD to keep the reference simple
+        opt.param_groups[0]["momentum"] = 0.0
+    trainer.train_step(x, y)
+
+    # Reference, written from the paper's description with functional ops only.
+    h = F.layer_norm(x, x.shape[1:])
+    (w0,), (w1,), (w2,) = ref
+    feats = []
+    expected = []
+    for i, w in enumerate([w0, w1, w2]):
+        w = w.clone().requires_grad_(True)
+        inp = F.avg_pool2d(h, 2) if i == 1 else h
+        z = F.conv2d(inp, w, padding=1)
+        if i == 2:  # 8 conv channels + 8 shortcut channels, concatenated per class group
+            s = feats[0]
+            z = torch.cat([z.reshape(6, 4, 2, 4, 4), F.avg_pool2d(s, 2).reshape(6, 4, 2, 4, 4)], 2).reshape(6, 16, 4, 4)
+        a = F.relu(z)
+        scores = a.reshape(6, 4, -1).mean(2)
+        loss = F.cross_entropy(scores, y)
+        (g,) = torch.autograd.grad(loss, w)
+        expected.append(w.detach() - lr * g)
+        h = F.group_norm(a.detach(), 4)
+        feats.append(h)
+    for layer, exp in zip(net.layers, expected):
+        torch.testing.assert_close(layer.conv.weight.detach(), exp)
+
+
+def _data(n=48, classes=4):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(n, 1, 8, 8, generator=g)
+    y = torch.arange(n) % classes
+    x[torch.arange(n), 0, y, y] += 2.0  # a learnable signal
+    return TensorDataset(x, y)
+
+
+def _loader(ds):
+    return DataLoader(ds, batch_size=16, shuffle=True, generator=torch.Generator())
+
+
+def test_resume_reproduces_uninterrupted_run(tmp_path):
+    ds = _data()
+    torch.manual_seed(0)
+    a = ffkit.LocalTrainer(small_cw_net(dropout=0.3), lr=0.01, total_steps=6)
+    a.fit(_loader(ds), epochs=2, out_dir=tmp_path / "a", log=None)
+
+    torch.manual_seed(0)
+    b = ffkit.LocalTrainer(small_cw_net(dropout=0.3), lr=0.01, total_steps=6)
+    b.fit(_loader(ds), epochs=1, out_dir=tmp_path / "b", log=None)
+    torch.manual_seed(123)  # a resumed process starts with other RNG state; the checkpoint restores it
+    c = ffkit.LocalTrainer(small_cw_net(dropout=0.3), lr=0.01, total_steps=6)
+    c.resume(tmp_path / "b" / "checkpoint.pt")
+    assert c.epoch == 1 and c.step_count == 3
+    c.fit(_loader(ds), epochs=2, out_dir=tmp_path / "b", log=None)
+
+    for pa, pc in zip(a.network.parameters(), c.network.parameters()):
+        torch.testing.assert_close(pa, pc, rtol=0, atol=0)
+    assert [r["train_loss"] for r in a.history] == [r["train_loss"] for r in c.history]
+    assert (tmp_path / "b" / "metrics.csv").read_text().count("\n") == 1 + 2 * 3
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    trainer = ffkit.LocalTrainer(small_cw_net(), lr=0.01, total_steps=3)
+    path = trainer.save(tmp_path / "checkpoint.pt")
+    good = path.read_bytes()
+
+    def broken_save(obj, f, *a, **k):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        trainer.save(path)
+    assert path.read_bytes() == good
+    assert os.listdir(tmp_path) == ["checkpoint.pt"]  # no temporary file left behind
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path):
+    trainer = ffkit.LocalTrainer(small_cw_net(), lr=0.01, total_steps=3)
+    path = trainer.save(tmp_path / "c.pt")
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        trainer.resume(path)
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        trainer.resume(tmp_path / "missing.pt")
+
+
+def test_checkpoint_from_another_model_is_rejected(tmp_path):
+    tiny = create_model("deeperforward_tinycnn", num_classes=10, in_channels=1, width_multiplier=0.1)
+    path = ffkit.LocalTrainer(tiny, total_steps=1).save(tmp_path / "tiny.pt")
+    other = create_model("deeperforward_cnn14", num_classes=10, in_channels=1, width_multiplier=0.1)
+    with pytest.raises(ValueError, match="from model 'deeperforward_tinycnn', not 'deeperforward_cnn14'"):
+        ffkit.LocalTrainer(other, total_steps=1).resume(path)
+    wider = create_model("deeperforward_tinycnn", num_classes=10, in_channels=1, width_multiplier=0.2)
+    with pytest.raises(ValueError, match="built with"):
+        ffkit.LocalTrainer(wider, total_steps=1).resume(path)
+
+
+def test_divergence_names_the_layer():
+    net = small_cw_net()
+    trainer = ffkit.LocalTrainer(net, lr=0.01, total_steps=2)
+    x = torch.rand(4, 1, 8, 8)
+    with torch.no_grad():
+        net.layers[1].conv.weight.fill_(float("nan"))
+    with pytest.raises(ffkit.DivergenceError, match=r"layer 2 of 3 \(index 1, CWConv\).*epoch 1, step 1"):
+        trainer.train_step(x, torch.tensor([0, 1, 2, 3]))
+
+
+def test_bad_labels_and_inputs():
+    trainer = ffkit.LocalTrainer(small_cw_net(), lr=0.01, total_steps=2)
+    x = torch.rand(4, 1, 8, 8)
+    with pytest.raises(ValueError, match=r"\[0, 4\).*\[0, 7\]"):
+        trainer.train_step(x, torch.tensor([0, 1, 2, 7]))
+    with pytest.raises(ValueError, match=r"\[0, 4\)"):
+        trainer.train_step(x, torch.tensor([0, -1, 2, 3]))
+    with pytest.raises(TypeError, match="integer"):
+        trainer.train_step(x, torch.tensor([0.0, 1.0, 2.0, 3.0]))
+    with pytest.raises(ValueError, match=r"\[B, 1, H, W\]"):
+        trainer.train_step(torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 3]))
+    with pytest.raises(ValueError, match="4 entries but the batch has 3"):
+        trainer.train_step(torch.rand(3, 1, 8, 8), torch.tensor([0, 1, 2, 3]))
+
+
+def test_trainer_argument_errors():
+    with pytest.raises(TypeError, match="FFNetwork"):
+        ffkit.LocalTrainer(torch.nn.Linear(2, 2), total_steps=1)
+    with pytest.raises(ValueError, match="total_steps"):
+        ffkit.LocalTrainer(small_cw_net())
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        ffkit.LocalTrainer(small_cw_net(), optimizer="adagrad", total_steps=1)
+    with pytest.raises(ValueError, match="epochs"):
+        ffkit.LocalTrainer(small_cw_net(), total_steps=1).fit(_loader(_data()), epochs=0)
+
+
+def test_cosine_schedule_goes_from_lr_to_final_lr():
+    trainer = ffkit.LocalTrainer(small_cw_net(), lr=0.08, total_steps=4)
+    x, y = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
+    assert trainer.current_lr(0) == pytest.approx(0.08)
+    for _ in range(4):
+        trainer.train_step(x, y)
+    assert all(trainer.current_lr(i) == pytest.approx(0.008) for i in range(3))
+
+
+def test_sip_range_prunes_inference():
+    net = small_cw_net()
+    net.eval()
+    x = torch.rand(5, 1, 8, 8)
+    full = net.layer_scores(x)
+    net.set_inference_range(1, 1)
+    calls = []
+    net.layers[2].register_forward_hook(lambda *a: calls.append(1))
+    torch.testing.assert_close(net(x), full[1])
+    assert calls == []  # the layer after the range never ran
+    with pytest.raises(ValueError, match="inference range"):
+        net.set_inference_range(2, 1)
+
+
+def test_training_learns_and_fit_selects_layers(tmp_path):
+    ds = _data(n=96)
+    trainer = ffkit.LocalTrainer(small_cw_net(), lr=0.01, total_steps=6 * 6)
+    hist = trainer.fit(_loader(ds), epochs=6, holdout=DataLoader(ds, 32), test=DataLoader(ds, 32), log=None)
+    assert hist[-1]["test"]["all_layers"] > 0.9
+    assert hist[-1]["train_loss"][0] < hist[0]["train_loss"][0]
+    s, e = hist[-1]["test"]["sip_range"]
+    assert (s, e) == tuple(int(v) for v in trainer.network.inference_range)
+
+
+def _posneg_net(layers, encoder, negatives, loss="symba"):
+    return ffkit.FFNetwork(
+        layers, ffkit.PosNegObjective(encoder, negatives, loss=loss, threshold=1.0), num_classes=4, in_channels=1
+    )
+
+
+def test_label_channel_trifecta_layers_train_with_symba():
+    torch.manual_seed(0)
+    enc = ffkit.LabelChannel(4, 8, 8, learned=True)
+    net = _posneg_net(
+        [TrifectaConv(2, 8), TrifectaConv(8, 8, maxpool=True)], enc, ffkit.RandomNegative(4)
+    )
+    trainer = ffkit.LocalTrainer(net, lr=0.01, total_steps=1)
+    before = enc.matrix.detach().clone()
+    x, y = torch.rand(6, 1, 8, 8), torch.tensor([0, 1, 2, 3, 0, 1])
+    batch = net.objective.prepare(net, x, y)
+    assert batch.inputs.shape == (12, 2, 8, 8)
+    out = next(net.iter_layers(batch.inputs))[1]
+    g = out.goodness
+    expected = losses.symba(g[:6], g[6:], alpha=4.0)
+    assert torch.isclose(net.objective.layer_loss(out, batch)[0], expected)
+    torch.testing.assert_close(g, goodness.squared(out.features, reduction="mean"))
+    trainer.train_step(x, y)
+    assert not torch.equal(before, enc.matrix)  # the learned label channel trains with the first layer
+    scores = net.layer_scores(x)
+    assert scores.shape == (2, 6, 4)
+
+
+def test_overlay_mlp_with_adaptive_negatives_and_threshold_loss():
+    torch.manual_seed(0)
+    net = _posneg_net(
+        [FFLinear(64, 32), FFLinear(32, 32)], ffkit.LabelOverlay(4), ffkit.AdaptiveNegative(4), loss="threshold"
+    )
+    x, y = torch.rand(8, 1, 8, 8), torch.arange(8) % 4
+    trainer = ffkit.LocalTrainer(net, lr=0.01, schedule="constant")
+    res = trainer.train_step(x, y)
+    assert res.losses.shape == (2,)
+    # one pass per label: scores[l, b, k] is layer l's goodness of x_b overlaid with label k
+    scores = net.layer_scores(x)
+    k = 2
+    xk = ffkit.LabelOverlay(4)(x, torch.full((8,), k))
+    torch.testing.assert_close(scores[1, :, k], next(o for i, o in net.iter_layers(xk) if i == 1).goodness)
+
+
+def test_fit_writes_run_directory(tmp_path):
+    trainer = ffkit.LocalTrainer(small_cw_net(), lr=0.01, total_steps=3)
+    trainer.fit(_loader(_data()), epochs=1, test=DataLoader(_data(), 16), out_dir=tmp_path, log=None)
+    assert {p.name for p in Path(tmp_path).iterdir()} == {"checkpoint.pt", "metrics.json", "metrics.csv"}
