@@ -107,7 +107,7 @@ def _paper_recipe(model: str, dataset: str) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     from .data import dataset_info, load_dataset
     from .models import create_model
-    from .train import LocalTrainer
+    from .train import LocalTrainer, check_same_model, load_checkpoint
 
     wall_start = time.perf_counter()
     device = resolve_device(args.device)
@@ -120,6 +120,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.width_multiplier is not None:
         kwargs["width_multiplier"] = args.width_multiplier
     net = create_model(args.model, **kwargs)
+    ckpt = None
+    if args.resume is not None:  # check the checkpoint before spending time on data
+        ckpt = Path(args.resume) if args.resume else out / "checkpoint.pt"
+        check_same_model(load_checkpoint(ckpt), net, ckpt)
 
     train_set = _first(load_dataset(info.name, "train", args.data_dir, holdout_seed=args.seed), args.limit)
     holdout = _first(load_dataset(info.name, "holdout", args.data_dir, holdout_seed=args.seed), args.eval_limit)
@@ -139,8 +143,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "dataset": info.name, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
         "seed": args.seed, "limit": args.limit, "epochs": args.epochs,
     }
-    if args.resume is not None:
-        ckpt = Path(args.resume) if args.resume else out / "checkpoint.pt"
+    if ckpt is not None:
         payload = trainer.resume(ckpt)
         trained_on = payload.get("metadata", {}).get("dataset")
         if trained_on is not None and trained_on != info.name:

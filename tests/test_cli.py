@@ -1,0 +1,117 @@
+"""The ``ffkit`` command end to end on real Fashion-MNIST (from the Debian package), with small widths and slices."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ffkit.cli import main
+from ffkit.data import DEBIAN_FASHION_MNIST_DIR
+
+needs_fmnist = pytest.mark.skipif(
+    not DEBIAN_FASHION_MNIST_DIR.is_dir(), reason="Debian package dataset-fashion-mnist is not installed"
+)
+
+QUICK = ["--width-multiplier", "0.2", "--limit", "512", "--eval-limit", "256", "--no-progress", "--lr", "0.01"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("data"))
+
+
+@needs_fmnist
+def test_train_test_and_resume_on_real_fashion_mnist(tmp_path, data_dir, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--dataset", "fashion-mnist", "--data-dir", data_dir, "--out", str(out), "--json", *QUICK]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    summary = json.loads(text.strip().splitlines()[-1])
+    assert summary["epochs"] == 1 and summary["dataset"] == "fashion-mnist"
+    assert len(summary["test_accuracy_per_layer"]) == 4
+    assert 0.0 < summary["test_accuracy"] <= 1.0 and summary["images_per_s"] > 0
+    assert "train acc" in text and "Full paper recipe: ffkit train" in text
+    assert {"checkpoint.pt", "metrics.json", "metrics.csv"} <= {p.name for p in out.iterdir()}
+
+    assert main(["test", "--checkpoint", str(out / "checkpoint.pt"), "--data-dir", data_dir, "--eval-limit", "256",
+                 "--json"]) == 0
+    test_out = capsys.readouterr().out
+    rep = json.loads(test_out.strip().splitlines()[-1])
+    assert "one-pass, SIP layers" in test_out and len(rep["per_layer"]) == 4
+    # the same checkpoint and test slice give the same per-layer accuracy as the training run reported
+    assert rep["per_layer"] == pytest.approx(summary["test_accuracy_per_layer"])
+
+    assert main([*args, "--epochs", "2", "--resume"]) == 0
+    resumed = capsys.readouterr().out
+    assert "resumed from" in resumed and "after epoch 1" in resumed
+    assert json.loads(resumed.strip().splitlines()[-1])["epochs"] == 2
+    assert len(json.loads((out / "metrics.json").read_text())) == 2
+
+
+@needs_fmnist
+def test_short_run_learns_fashion_mnist(tmp_path, data_dir, capsys):
+    """A quick real-data run must beat chance by a wide margin (10 classes: chance is 10%)."""
+    args = ["train", "--dataset", "fmnist", "--data-dir", data_dir, "--out", str(tmp_path), "--json",
+            "--width-multiplier", "0.2", "--limit", "3072", "--eval-limit", "1000", "--no-progress", "--epochs", "2",
+            "--lr", "0.01"]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["test_accuracy"] > 0.65
+
+
+def test_models_lists_builders(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in ("deeperforward_tinycnn", "deeperforward_cnn14", "deeperforward_resnet17"):
+        assert name in out
+
+
+def test_missing_dataset_says_where_files_go(tmp_path, capsys):
+    assert main(["train", "--dataset", "mnist", "--data-dir", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "MNIST" in err and str(tmp_path) in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--model", "resnet9000"], "unknown model 'resnet9000'"),
+        (["train", "--dataset", "imagenet"], "imagenet"),
+        (["train", "--device", "cuda:7"], "--device"),
+        (["train", "--device", "tpu"], "--device"),
+    ],
+)
+def test_bad_arguments_are_clear_errors(args, message, capsys):
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_checkpoint_of_another_model_is_rejected(tmp_path, capsys):
+    import ffkit
+
+    net = ffkit.create_model("deeperforward_tinycnn", num_classes=10, in_channels=1, width_multiplier=0.1)
+    path = ffkit.LocalTrainer(net, total_steps=1).save(tmp_path / "checkpoint.pt")
+    rc = main(["train", "--model", "deeperforward_cnn14", "--width-multiplier", "0.1", "--out", str(tmp_path),
+               "--resume", "--no-progress", "--data-dir", str(tmp_path / "d")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "deeperforward_tinycnn" in err
+    assert main(["test", "--checkpoint", str(tmp_path / "nope.pt")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    assert path.exists()
+
+
+def test_negative_epochs_rejected_by_parser(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--epochs", "0"])
+    assert "positive int" in capsys.readouterr().err
+
+
+def test_console_script_and_module_entry_point():
+    res = subprocess.run([sys.executable, "-m", "ffkit", "--version"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.startswith("ffkit ")
+    exe = Path(sys.executable).parent / "ffkit"
+    if exe.exists():
+        res = subprocess.run([str(exe), "models"], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0 and "deeperforward_tinycnn" in res.stdout
