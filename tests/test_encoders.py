@@ -370,7 +370,9 @@ def test_adaptive_negative_with_real_network():
 # -- get_negatives -------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, cls", [("random", RandomNegative), ("fixed", FixedNegative), ("adaptive", AdaptiveNegative)])
+@pytest.mark.parametrize(
+    "name, cls", [("random", RandomNegative), ("fixed", FixedNegative), ("adaptive", AdaptiveNegative)]
+)
 def test_get_negatives(name, cls):
     neg = get_negatives(name, 5)
     assert type(neg) is cls

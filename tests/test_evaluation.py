@@ -195,7 +195,8 @@ def test_make_report_sip_range_list_becomes_tuple():
 
 def test_make_report_last3_with_more_layers():
     # Prepend two layers that are confidently wrong on every sample; all_layers changes, last3 does not.
-    # Wrong layer margins: +10 for y=0, -10 for y=1 -> 0..4 margins = [-17, -16, 9, 9] -> preds [0, 0, 1, 1] -> 0.
+    # Each wrong layer has margin -5 where y=1 and +5 where y=0 (acc 0). Over 0..4 the margins are
+    # [-10, -10, 10, 10] + [3, -1, -2, -2] = [-7, -11, 8, 8] -> preds [0, 0, 1, 1] -> acc 0.
     wrong = torch.tensor([[5.0, 0.0], [5.0, 0.0], [0.0, 5.0], [0.0, 5.0]])
     scores = torch.cat([wrong.expand(2, 4, 2), SCORES])
     rep = make_report(scores, LABELS)

@@ -128,9 +128,7 @@ def test_squared_4d_ungrouped():
 
 def test_squared_4d_grouped():
     assert_close(goodness.squared(_four_d(), groups=2), torch.tensor([[130.0, 68.0], [520.0, 272.0]]))
-    assert_close(
-        goodness.squared(_four_d(), groups=2, reduction="mean"), torch.tensor([[16.25, 8.5], [65.0, 34.0]])
-    )
+    assert_close(goodness.squared(_four_d(), groups=2, reduction="mean"), torch.tensor([[16.25, 8.5], [65.0, 34.0]]))
 
 
 def test_squared_gradient():

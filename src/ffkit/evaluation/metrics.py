@@ -25,7 +25,8 @@ def range_accuracy(scores: torch.Tensor, labels: torch.Tensor, start: int, end: 
     _check(scores, labels)
     if not 0 <= start <= end < scores.shape[0]:
         raise ValueError(f"layer range must satisfy 0 <= start <= end < {scores.shape[0]}, got {start}..{end}")
-    return (scores[start : end + 1].sum(dim=0).argmax(dim=1) == labels).float().mean().item()
+    # float64 sums, as in SIP's selection, so a range scores the same whichever function computes it
+    return (scores[start : end + 1].double().sum(dim=0).argmax(dim=1) == labels).double().mean().item()
 
 
 def last_k_accuracy(scores: torch.Tensor, labels: torch.Tensor, k: int) -> float:

@@ -30,7 +30,7 @@ class CWConv(FFLayer):
         in_channels: input channels.
         out_channels: output channels; must be a multiple of ``num_classes``.
         num_classes: ``K``.
-        kernel_size: conv kernel size (square). Padding defaults to ``kernel_size // 2`` (size-preserving).
+        kernel_size: conv kernel size (square). Padding defaults to ``kernel_size // 2`` (size-preserving for odd kernels).
         stride: conv stride (DeeperForward's ResNet opens stages with stride 2).
         padding: conv padding; ``None`` for ``kernel_size // 2``.
         pool: average-pool the input by this factor before the conv (1: none). DeeperForward downsamples this way.
