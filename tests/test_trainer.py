@@ -248,3 +248,38 @@ def test_fit_writes_run_directory(tmp_path):
     trainer = ffkit.LocalTrainer(small_cw_net(), lr=0.01, total_steps=3)
     trainer.fit(_loader(_data()), epochs=1, test=DataLoader(_data(), 16), out_dir=tmp_path, log=None)
     assert {p.name for p in Path(tmp_path).iterdir()} == {"checkpoint.pt", "metrics.json", "metrics.csv"}
+
+
+def _trifecta_stack(n_layers: int = 5) -> ffkit.FFNetwork:
+    layers = [TrifectaConv(2 if i == 0 else 4, 4) for i in range(n_layers)]
+    return _posneg_net(layers, ffkit.LabelChannel(4, 8, 8), ffkit.RandomNegative(4))
+
+
+def test_overlapping_local_updates_cross_exactly_one_boundary():
+    """OLU: at even steps odd layers update (with the layer before them); at odd steps even layers do."""
+    net = _trifecta_stack(5)
+    trainer = ffkit.LocalTrainer(net, lr=1e-3, schedule="constant", overlap=True)
+    # each optimizer holds its own and the previous layer's parameters
+    assert len(trainer.optimizers[0].param_groups[0]["params"]) == len(list(net.layers[0].parameters()))
+    assert len(trainer.optimizers[3].param_groups[0]["params"]) == 2 * len(list(net.layers[3].parameters()))
+    sources: dict[int, list[int]] = {i: [] for i in range(5)}
+    # A layer's loss is back-propagated right after that layer's forward and before the next layer's, so the
+    # layer that ran last is the one whose loss a gradient comes from.
+    current = {"layer": None}
+    for i, layer in enumerate(net.layers):
+        layer.register_forward_hook(lambda m, a, o, i=i: current.__setitem__("layer", i))
+        layer.conv.weight.register_hook(lambda g, i=i: sources[i].append(current["layer"]))
+    x, y = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
+    trainer.train_step(x, y)  # step 0: layers 1 and 3 update
+    assert sources == {0: [1], 1: [1], 2: [3], 3: [3], 4: []}
+    for v in sources.values():
+        v.clear()
+    trainer.train_step(x, y)  # step 1: layers 0, 2 and 4 update
+    assert sources == {0: [0], 1: [2], 2: [2], 3: [4], 4: [4]}
+    assert trainer.updates_at(0)(1) and not trainer.updates_at(1)(1)
+
+
+def test_without_overlap_every_layer_updates_alone():
+    net = _trifecta_stack(3)
+    trainer = ffkit.LocalTrainer(net, lr=1e-3, schedule="constant")
+    assert all(trainer.updates_at(t)(k) for t in range(2) for k in range(3))

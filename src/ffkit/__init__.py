@@ -5,8 +5,8 @@ label and negative-data encoders (:mod:`ffkit.data`), evaluation read-outs (:mod
 builders (:mod:`ffkit.models`) and the :class:`LocalTrainer` engine.
 """
 
+from . import goodness, losses
 from ._version import __version__
-from . import goodness, losses  # noqa: I001  (plain-function modules, used as ffkit.goodness.mean)
 from .data import (
     AdaptiveNegative,
     FixedNegative,
@@ -17,11 +17,11 @@ from .data import (
 )
 from .evaluation import EvalReport, SIPResult, collect_scores, select_layers
 from .goodness import DTGTemperature
-from .layers import CWConv, FFLayer, FFLinear, LayerOutput, ParamFreeResidual, TrifectaConv
+from .layers import ClassifierHead, CWConv, FFLayer, FFLinear, LayerOutput, ParamFreeResidual, TrifectaConv
 from .models import create_model, list_models, register_model
 from .network import FFNetwork
 from .objectives import ClassScoreObjective, Objective, PosNegObjective
-from .train import DivergenceError, LocalTrainer, load_checkpoint, save_checkpoint
+from .train import BackpropTrainer, DivergenceError, LocalTrainer, load_checkpoint, save_checkpoint
 
 __all__ = [
     "__version__",
@@ -34,6 +34,7 @@ __all__ = [
     "ParamFreeResidual",
     "FFLinear",
     "TrifectaConv",
+    "ClassifierHead",
     "LabelOverlay",
     "LabelChannel",
     "RandomNegative",
@@ -45,6 +46,7 @@ __all__ = [
     "ClassScoreObjective",
     "PosNegObjective",
     "LocalTrainer",
+    "BackpropTrainer",
     "DivergenceError",
     "save_checkpoint",
     "load_checkpoint",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["check_tensor", "check_groups", "check_labels", "check_positive"]
+__all__ = ["check_tensor", "check_groups", "check_labels", "check_positive", "check_positive_int", "check_image_input"]
 
 
 def check_tensor(value: object, name: str, *, min_dim: int = 1, floating: bool = True) -> torch.Tensor:
@@ -59,3 +59,37 @@ def check_positive(value: object, name: str, *, allow_zero: bool = False) -> flo
     if value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
     return float(value)
+
+
+def check_positive_int(value: object, name: str, *, minimum: int = 1) -> int:
+    """Check an ``int`` (not a bool) that is at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_image_input(
+    x: object,
+    in_channels: int,
+    input_size: tuple[int, ...] | None,
+    num_classes: int,
+    y: object | None = None,
+) -> None:
+    """Check a model's input ``[B, in_channels, H, W]`` (and ``(H, W) == input_size`` when given) and its labels."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"input must be a floating-point tensor, got dtype {x.dtype} (convert images to float)")
+    if x.dim() != 4 or x.shape[1] != in_channels:
+        raise ValueError(
+            f"input must have shape [B, {in_channels}, H, W] for this model "
+            f"(in_channels={in_channels}), got {tuple(x.shape)}"
+        )
+    if input_size is not None and tuple(x.shape[-2:]) != tuple(input_size):
+        raise ValueError(
+            f"input must be {input_size[0]}x{input_size[1]} pixels for this model, got {x.shape[-2]}x{x.shape[-1]}"
+        )
+    if y is not None:
+        check_labels(y, num_classes, "labels", batch_size=x.shape[0])

@@ -29,7 +29,9 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"--device {name!r} is not a valid device; expected 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+        raise ValueError(
+            f"--device {name!r} is not a valid device; expected 'auto', 'cpu', 'cuda' or 'cuda:N'"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name!r}: CUDA is not available on this machine; use --device cpu")
     if device.type not in ("cpu", "cuda"):
@@ -55,18 +57,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"ffkit {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a model with LocalTrainer and report per-layer test accuracy")
-    t.add_argument("--model", default=DEFAULT_MODEL, help=f"a builder from 'ffkit models' (default {DEFAULT_MODEL})")
-    t.add_argument("--dataset", default=DEFAULT_DATASET, help="mnist, fashion-mnist, cifar10, cifar100 or svhn")
-    t.add_argument("--epochs", type=_positive(int), default=1)
-    t.add_argument("--batch-size", type=_positive(int), default=128)
-    t.add_argument("--lr", type=_positive(float), default=0.08, help="initial lr (cosine to lr/10); paper: 0.08")
-    t.add_argument("--weight-decay", type=float, default=5e-4)
+    t = sub.add_parser("train", help="train a model (or a paper's recipe) and report per-layer test accuracy")
+    t.add_argument("--recipe", default=None, help="a named recipe from 'ffkit recipes'; flags override its fields")
+    t.add_argument("--model", default=None, help=f"a builder from 'ffkit models' (default {DEFAULT_MODEL})")
+    t.add_argument("--dataset", default=None, help="mnist, fashion-mnist, cifar10, cifar100 or svhn")
+    t.add_argument("--epochs", type=_positive(int), default=None, help="default 1")
+    t.add_argument("--batch-size", type=_positive(int), default=None, help="default 128")
+    t.add_argument("--lr", type=_positive(float), default=None, help="initial lr (default 0.08, DeeperForward)")
+    t.add_argument("--final-lr", type=float, default=None, help="lr at the end of the schedule (default lr/10)")
+    t.add_argument("--weight-decay", type=float, default=None, help="default 5e-4")
+    t.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default=None, help="default adam")
+    t.add_argument("--schedule", choices=["cosine", "constant", "cooldown", "piecewise"], default=None)
+    t.add_argument("--trainer", choices=["local", "backprop"], default=None,
+                   help="local (FF, default) or backprop (BP-DeepSup on an FF network; plain BP for bp_* models)")
+    t.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=None,
+                   help="The Trifecta's overlapping local updates")
+    t.add_argument("--head-lr", type=_positive(float), default=None, help="lr of a classifier head")
+    t.add_argument("--augment", choices=["rotate-crop", "crop-flip", "dtg"], default=None)
     t.add_argument("--width-multiplier", type=_positive(float), default=None, help="scale every layer's width")
     t.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--data-dir", default=None, help="dataset root (default $FFKIT_DATA_DIR or ~/.cache/ffkit/data)")
-    t.add_argument("--out", default=None, help="run directory for checkpoint.pt, metrics.json/csv (default runs/MODEL-DATASET)")
+    t.add_argument(
+        "--out", default=None, help="run directory for checkpoint.pt, metrics.json/csv (default runs/MODEL-DATASET)"
+    )
     t.add_argument("--limit", type=_positive(int), default=None, help="train on the first N training samples only")
     t.add_argument(
         "--eval-limit", type=_positive(int), default=None,
@@ -90,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true")
 
     sub.add_parser("models", help="list the registered model builders")
+    sub.add_parser("recipes", help="list the papers' named training recipes")
     return p
 
 
@@ -97,51 +112,95 @@ def _first(dataset: Dataset, n: int | None) -> Dataset:
     return Subset(dataset, range(min(n, len(dataset)))) if n is not None else dataset
 
 
-def _paper_recipe(model: str, dataset: str) -> str:
-    return (
-        f"ffkit train --model {model} --dataset {dataset} --epochs 150 --batch-size 128 --lr 0.08 "
-        f"--weight-decay 5e-4   (DeeperForward's full recipe; ~150x this run's time on this machine)"
-    )
+#: What ``ffkit train`` uses for a field that neither a flag nor a recipe sets.
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "model": DEFAULT_MODEL, "dataset": DEFAULT_DATASET, "epochs": 1, "batch_size": 128, "lr": 0.08,
+    "final_lr": None, "weight_decay": 5e-4, "optimizer": "adam", "schedule": "cosine", "milestones": (),
+    "trainer": None, "overlap": False, "head_lr": None, "augment": None, "model_kwargs": {},
+}
+
+
+def resolve_train_config(args: argparse.Namespace) -> dict[str, Any]:
+    """Flags override the recipe, which overrides :data:`TRAIN_DEFAULTS`."""
+    from .recipes import get_recipe
+
+    cfg = dict(TRAIN_DEFAULTS)
+    if args.recipe is not None:
+        recipe = get_recipe(args.recipe).to_dict()
+        cfg.update({k: v for k, v in recipe.items() if k in cfg})
+        cfg["reference"] = recipe["reference"]
+    for key in TRAIN_DEFAULTS:
+        value = getattr(args, key, None)
+        if value is not None:
+            cfg[key] = value
+    cfg["model_kwargs"] = dict(cfg["model_kwargs"])
+    if args.width_multiplier is not None:
+        cfg["model_kwargs"]["width_multiplier"] = args.width_multiplier
+    cfg["recipe"] = args.recipe
+    return cfg
+
+
+def _full_recipe_hint(model: str, dataset: str) -> str:
+    from .recipes import RECIPES
+
+    for r in RECIPES.values():
+        if r.model == model and r.dataset == dataset and r.trainer == "local" and not r.model_kwargs:
+            return f"ffkit train --recipe {r.name}   ({r.epochs} epochs; paper: {r.reference})"
+    return f"ffkit recipes   (lists every paper's recipe; none is registered for {model} on {dataset})"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .data import dataset_info, load_dataset
-    from .models import create_model
-    from .train import LocalTrainer, check_same_model, load_checkpoint
+    from .models import create_model, model_kind
+    from .train import BackpropTrainer, LocalTrainer, check_same_model, load_checkpoint
 
     wall_start = time.perf_counter()
+    cfg = resolve_train_config(args)
     device = resolve_device(args.device)
-    info = dataset_info(args.dataset)
-    out = Path(args.out) if args.out else Path("runs") / f"{args.model}-{info.name}"
+    info = dataset_info(cfg["dataset"])
+    model = cfg["model"]
+    kind = model_kind(model)
+    trainer_name = cfg["trainer"] or ("backprop" if kind == "backprop" else "local")
+    if kind == "backprop" and trainer_name == "local":
+        raise ValueError(f"--model {model} is a single-head backprop baseline; it cannot be trained with "
+                         f"--trainer local (use an FF model, or --trainer backprop)")
+    if trainer_name == "backprop" and cfg["overlap"]:
+        raise ValueError("--overlap is an option of the local trainer; it conflicts with --trainer backprop")
+    out = Path(args.out) if args.out else Path("runs") / f"{model}-{info.name}"
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
     torch.manual_seed(args.seed)
-    kwargs: dict[str, Any] = {"num_classes": info.num_classes, "in_channels": info.in_channels}
-    if args.width_multiplier is not None:
-        kwargs["width_multiplier"] = args.width_multiplier
-    net = create_model(args.model, **kwargs)
+    net = create_model(model, num_classes=info.num_classes, in_channels=info.in_channels, **cfg["model_kwargs"])
     ckpt = None
     if args.resume is not None:  # check the checkpoint before spending time on data
         ckpt = Path(args.resume) if args.resume else out / "checkpoint.pt"
         check_same_model(load_checkpoint(ckpt), net, ckpt)
 
-    train_set = _first(load_dataset(info.name, "train", args.data_dir, holdout_seed=args.seed), args.limit)
+    train_set = load_dataset(info.name, "train", args.data_dir, holdout_seed=args.seed, augment=cfg["augment"])
+    train_set = _first(train_set, args.limit)
     holdout = _first(load_dataset(info.name, "holdout", args.data_dir, holdout_seed=args.seed), args.eval_limit)
     test = _first(load_dataset(info.name, "test", args.data_dir), args.eval_limit)
     loader_kw = {"num_workers": args.workers, "pin_memory": device.type == "cuda"}
-    train_loader = DataLoader(
-        train_set, batch_size=args.batch_size, shuffle=True, generator=torch.Generator(), **loader_kw
-    )
-    eval_bs = max(256, args.batch_size)
+    batch_size = cfg["batch_size"]
+    train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=torch.Generator(), **loader_kw)
+    eval_bs = max(256, batch_size)
     holdout_loader = DataLoader(holdout, batch_size=eval_bs, **loader_kw)
     test_loader = DataLoader(test, batch_size=eval_bs, **loader_kw)
 
-    trainer = LocalTrainer(
-        net, lr=args.lr, weight_decay=args.weight_decay, total_steps=args.epochs * len(train_loader), device=device
-    )
+    epochs = cfg["epochs"]
+    steps = len(train_loader)
+    common = {
+        "lr": cfg["lr"], "final_lr": cfg["final_lr"], "weight_decay": cfg["weight_decay"],
+        "optimizer": cfg["optimizer"], "schedule": cfg["schedule"], "total_steps": epochs * steps,
+        "milestones": tuple((int(ep) * steps, float(f)) for ep, f in cfg["milestones"]), "device": device,
+    }
+    if trainer_name == "local":
+        trainer = LocalTrainer(net, overlap=cfg["overlap"], head_lr=cfg["head_lr"], **common)
+    else:
+        trainer = BackpropTrainer(net, **common)
     metadata = {
-        "dataset": info.name, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
-        "seed": args.seed, "limit": args.limit, "epochs": args.epochs,
+        "dataset": info.name, "seed": args.seed, "limit": args.limit, "trainer": trainer_name,
+        **{k: v for k, v in cfg.items() if k not in ("dataset", "trainer")},
     }
     if ckpt is not None:
         payload = trainer.resume(ckpt)
@@ -151,30 +210,37 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"resumed from {ckpt} after epoch {trainer.epoch}", flush=True)
     n_params = sum(p.numel() for p in net.parameters())
     print(
-        f"ffkit {__version__}: training {args.model} ({len(net)} layers, {n_params / 1e6:.2f}M parameters) on "
+        f"ffkit {__version__}: training {model} ({len(net)} layers, {n_params / 1e6:.2f}M parameters) on "
         f"{info.name} ({len(train_set)} training images, {len(holdout)} held-out, {len(test)} test) "
-        f"for {args.epochs} epoch(s) on {device}; run directory {out}",
+        f"for {epochs} epoch(s) on {device} with the {trainer_name} trainer"
+        + (f" (recipe {cfg['recipe']})" if cfg["recipe"] else "") + f"; run directory {out}",
         flush=True,
     )
     history = trainer.fit(
-        train_loader, epochs=args.epochs, holdout=holdout_loader, test=test_loader, out_dir=out, seed=args.seed,
+        train_loader, epochs=epochs, holdout=holdout_loader, test=test_loader, out_dir=out, seed=args.seed,
         progress=not args.no_progress, log=lambda s: print(s, flush=True), metadata=metadata,
     )
-    last = history[-1]
-    test_rep = last["test"]
+    test_rep = history[-1]["test"]
     s, e = test_rep["sip_range"]
     train_images = sum(r["train_images"] for r in history)
     train_seconds = sum(r["train_seconds"] for r in history)
-    print(
+    line = (
         f"\nTest accuracy: {100 * test_rep['sip']:.2f}% (SIP layers {s + 1}..{e + 1}, chosen on the held-out split); "
         f"all layers {100 * test_rep['all_layers']:.2f}%; best single layer {100 * max(test_rep['per_layer']):.2f}%"
     )
+    if test_rep.get("head") is not None:
+        line += f"; classifier head {100 * test_rep['head']:.2f}%"
+    print(line)
     print(f"Checkpoint: {out / 'checkpoint.pt'}   metrics: {out / 'metrics.json'}")
-    print(f"Full paper recipe: {_paper_recipe(args.model, info.name)}")
+    if cfg["recipe"] is None:
+        print(f"Full paper recipe: {_full_recipe_hint(model, info.name)}")
+    elif cfg.get("reference"):
+        print(f"Published figure for this recipe: {cfg['reference']}")
     if args.json:
         summary = {
-            "model": args.model, "dataset": info.name, "epochs": trainer.epoch,
-            "test_accuracy": test_rep["sip"], "test_accuracy_all_layers": test_rep["all_layers"],
+            "model": model, "dataset": info.name, "recipe": cfg["recipe"], "trainer": trainer_name,
+            "epochs": trainer.epoch, "test_accuracy": test_rep["sip"],
+            "test_accuracy_all_layers": test_rep["all_layers"], "test_accuracy_head": test_rep.get("head"),
             "test_accuracy_per_layer": test_rep["per_layer"], "sip_range": [s, e],
             "wall_seconds": time.perf_counter() - wall_start, "train_seconds": train_seconds,
             "images_per_s": train_images / train_seconds, "train_images": train_images, "device": str(device),
@@ -205,9 +271,9 @@ def cmd_test(args: argparse.Namespace) -> int:
     info = dataset_info(dataset)
     test = _first(load_dataset(info.name, "test", args.data_dir), args.eval_limit)
     net.to(device)
-    scores, labels = collect_scores(net, DataLoader(test, batch_size=args.batch_size), device)
+    collected = collect_scores(net, DataLoader(test, batch_size=args.batch_size), device)
     start, end = (int(v) for v in net.inference_range)
-    rep = make_report(scores, labels, (start, end))
+    rep = make_report(collected.layers, collected.labels, (start, end), head_scores=collected.head)
     epoch = payload.get("trainer", {}).get("epoch")
     print(f"{name} on {info.name} test ({rep.num_samples} images), checkpoint after epoch {epoch}")
     print("  layer      " + " ".join(f"{i + 1:>6d}" for i in range(len(rep.per_layer))))
@@ -215,23 +281,34 @@ def cmd_test(args: argparse.Namespace) -> int:
     print(f"  one-pass, all layers: {100 * rep.all_layers:.2f}%")
     print(f"  one-pass, SIP layers {start + 1}..{end + 1}: {100 * rep.sip:.2f}%")
     print(f"  last 3 layers: {100 * rep.last3:.2f}%")
+    if rep.head is not None:
+        print(f"  classifier head: {100 * rep.head:.2f}%")
     if args.json:
         print(json.dumps({"model": name, "dataset": info.name, **rep.to_dict()}))
     return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .models import get_model_builder, list_models
+    from .models import get_model_builder, list_models, model_kind
 
     for name in list_models():
         doc = (get_model_builder(name).__doc__ or "").strip().splitlines()
-        print(f"{name:28s} {doc[0] if doc else ''}")
+        print(f"{name:28s} {model_kind(name):9s} {doc[0] if doc else ''}")
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from .recipes import RECIPES, list_recipes
+
+    for name in list_recipes():
+        r = RECIPES[name]
+        print(f"{name:42s} {r.model:24s} {r.dataset:14s} {r.epochs:4d} ep  {r.reference}")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"train": cmd_train, "test": cmd_test, "models": cmd_models}[args.command]
+    handler = {"train": cmd_train, "test": cmd_test, "models": cmd_models, "recipes": cmd_recipes}[args.command]
     try:
         return handler(args)
     except (ValueError, TypeError, FileNotFoundError, ImportError, FloatingPointError) as err:

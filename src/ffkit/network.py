@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._validation import check_labels
+from ._validation import check_image_input
 from .layers.base import FFLayer, LayerOutput
+from .layers.heads import ClassifierHead
 from .objectives import Objective
 
 __all__ = ["FFNetwork"]
@@ -29,6 +30,10 @@ class FFNetwork(nn.Module):
         input_norm: layer-normalise each input over ``(C, H, W)`` with no affine parameters (DeeperForward).
         shortcuts: ``{target_layer: source_layer}``: ``target`` also receives ``source``'s (detached) features.
         input_size: optional ``(H, W)`` the network expects; checked when given.
+        head: an optional :class:`~ffkit.layers.ClassifierHead` trained on detached layer features (DTG-FF's
+            classifier path, Hinton's softmax head); its accuracy is reported beside the layers' vote.
+        inference_start: first layer of the default inference range (Hinton's FF predicts with all layers but the
+            first: ``inference_start=1``). SIP replaces the range after training.
 
     Shape:
         ``forward(x [B, C, H, W]) -> [B, K]``: class scores summed over the inference range (see
@@ -45,6 +50,8 @@ class FFNetwork(nn.Module):
         input_norm: bool = False,
         shortcuts: Mapping[int, int] | None = None,
         input_size: tuple[int, int] | None = None,
+        head: ClassifierHead | None = None,
+        inference_start: int = 0,
     ) -> None:
         super().__init__()
         if len(layers) == 0:
@@ -71,7 +78,15 @@ class FFNetwork(nn.Module):
         self._last_use = {}
         for target, source in sorted(self.shortcuts.items()):
             self._last_use[source] = max(self._last_use.get(source, -1), target)
-        self.register_buffer("inference_range", torch.tensor([0, len(layers) - 1]))
+        if head is not None:
+            if not isinstance(head, ClassifierHead):
+                raise TypeError(f"head must be a ClassifierHead, got {type(head).__name__}")
+            if not all(0 <= i < len(layers) for i in head.layers):
+                raise ValueError(f"head reads layers {list(head.layers)}, but the network has {len(layers)} layers")
+        self.head = head
+        if not 0 <= inference_start < len(layers):
+            raise ValueError(f"inference_start must be in [0, {len(layers) - 1}], got {inference_start}")
+        self.register_buffer("inference_range", torch.tensor([inference_start, len(layers) - 1]))
         self.model_name: str | None = None
         self.model_kwargs: dict = {}
 
@@ -81,38 +96,39 @@ class FFNetwork(nn.Module):
     # -- input checks -------------------------------------------------------------------------------------------
     def check_input(self, x: object, y: object | None = None) -> None:
         """Raise a clear error if ``x`` (and labels ``y``) do not fit this network."""
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
-        if not x.is_floating_point():
-            raise TypeError(f"input must be a floating-point tensor, got dtype {x.dtype} (convert images to float)")
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"input must have shape [B, {self.in_channels}, H, W] for this model "
-                f"(in_channels={self.in_channels}), got {tuple(x.shape)}"
-            )
-        if self.input_size is not None and tuple(x.shape[-2:]) != self.input_size:
-            raise ValueError(
-                f"input must be {self.input_size[0]}x{self.input_size[1]} pixels for this model, "
-                f"got {x.shape[-2]}x{x.shape[-1]}"
-            )
-        if y is not None:
-            check_labels(y, self.num_classes, "labels", batch_size=x.shape[0])
+        check_image_input(x, self.in_channels, self.input_size, self.num_classes, y)
 
     # -- running the layers -------------------------------------------------------------------------------------
-    def iter_layers(self, inputs: torch.Tensor, *, end: int | None = None) -> Iterator[tuple[int, LayerOutput]]:
+    def iter_layers(
+        self,
+        inputs: torch.Tensor,
+        *,
+        end: int | None = None,
+        detach: bool | Callable[[int], bool] = True,
+    ) -> Iterator[tuple[int, LayerOutput]]:
         """Run layers ``0..end`` one at a time, yielding ``(index, LayerOutput)``.
 
         The consumer may update layer ``l`` before asking for layer ``l + 1``: each layer runs exactly once, on the
         detached features the previous layer produced, which is DeeperForward's memory-saving order (Alg. 2).
+
+        Args:
+            inputs: the first layer's input ``[B, ...]``.
+            end: the last layer to run (``None``: all).
+            detach: whether layer ``l``'s features are detached before layer ``l + 1`` sees them: ``True`` (local
+                learning), ``False`` (end-to-end backprop baselines) or a function of ``l`` (The Trifecta's
+                overlapping updates let a gradient cross chosen boundaries).
         """
         last = len(self.layers) - 1 if end is None else end
+        if not 0 <= last < len(self.layers):
+            raise ValueError(f"end must be in [0, {len(self.layers) - 1}], got {end}")
         h = F.layer_norm(inputs, inputs.shape[1:]) if self.input_norm else inputs
         kept: dict[int, torch.Tensor] = {}
         for i in range(last + 1):
             shortcut = kept[self.shortcuts[i]] if i in self.shortcuts else None
             out = self.layers[i](h, shortcut)
             yield i, out
-            h = out.features.detach()
+            cut = detach(i) if callable(detach) else detach
+            h = out.features.detach() if cut else out.features
             if i in self._last_use:
                 kept[i] = h
             for src in [s for s, t in self._last_use.items() if t == i]:
@@ -122,6 +138,29 @@ class FFNetwork(nn.Module):
         """Class scores of every layer up to ``end``: ``[L', B, K]``."""
         self.check_input(x)
         return self.objective.layer_scores(self, x, end=end)
+
+    def scores(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Every layer's class scores ``[L, B, K]`` and the head's logits ``[B, K]`` (``None`` without a head).
+
+        Channel-wise networks compute both in one pass; label-input networks give the head its own
+        neutral-label pass.
+        """
+        self.check_input(x)
+        sink: dict[int, torch.Tensor] | None = {} if self.head is not None else None
+        layer_scores = self.objective.layer_scores(self, x, sink=sink)
+        if self.head is None:
+            return layer_scores, None
+        return layer_scores, self.head_logits(x, sink if sink else None)
+
+    def head_logits(self, x: torch.Tensor, features: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+        """The head's logits ``[B, K]``, from given per-layer ``features`` or from a pass over ``x``."""
+        if self.head is None:
+            raise ValueError("this network has no classifier head")
+        if features is None:
+            inputs = self.objective.head_inputs(self, x)
+            last = max(self.head.layers)
+            features = {i: out.features for i, out in self.iter_layers(inputs, end=last) if i in self.head.layers}
+        return self.head([features[i].detach() for i in self.head.layers])
 
     def class_scores(self, x: torch.Tensor) -> torch.Tensor:
         """Class scores ``[B, K]`` summed over the inference range (all layers unless SIP pruned some)."""

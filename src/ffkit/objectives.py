@@ -33,15 +33,27 @@ class PreparedBatch(NamedTuple):
         inputs: first-layer input, ``[B, ...]`` (or ``[2B, ...]``: positives then negatives).
         target: class labels ``[B]``.
         batch_size: ``B``.
+        x: the raw input ``[B, ...]`` (label-input networks need it for a head's neutral-label pass).
     """
 
     inputs: torch.Tensor
     target: torch.Tensor
     batch_size: int
+    x: torch.Tensor | None = None
 
 
 class Objective(nn.Module):
-    """Base class. Subclasses define ``prepare``, ``layer_loss`` and ``layer_scores``."""
+    """Base class. Subclasses define ``prepare``, ``layer_loss`` and ``layer_scores``.
+
+    ``head_uses_training_pass``: whether a classifier head can read the features of the training pass itself
+    (channel-wise networks) or needs its own pass on :meth:`head_inputs` (label-input networks: neutral label).
+    """
+
+    head_uses_training_pass: bool = True
+
+    def head_inputs(self, network: FFNetwork, x: torch.Tensor) -> torch.Tensor:
+        """The first layer's input for a classifier head's pass over raw inputs ``x``."""
+        return x
 
     def prepare(
         self, network: FFNetwork, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None
@@ -52,8 +64,13 @@ class Objective(nn.Module):
         """Return ``(loss, correct)``: the layer's scalar loss and how many samples it got right (a tensor)."""
         raise NotImplementedError  # pragma: no cover
 
-    def layer_scores(self, network: FFNetwork, x: torch.Tensor, end: int | None = None) -> torch.Tensor:
-        """Per-layer class scores ``[L', B, K]`` for layers ``0..end`` (all when ``end`` is None)."""
+    def layer_scores(
+        self, network: FFNetwork, x: torch.Tensor, end: int | None = None, sink: dict | None = None
+    ) -> torch.Tensor:
+        """Per-layer class scores ``[L', B, K]`` for layers ``0..end`` (all when ``end`` is None).
+
+        If ``sink`` is a dict and the scores come from a single pass, each layer's features are stored in it by index
+        (so a classifier head can reuse the pass)."""
         raise NotImplementedError  # pragma: no cover
 
 
@@ -69,7 +86,7 @@ class ClassScoreObjective(Objective):
         self.label_smoothing = label_smoothing
 
     def prepare(self, network, x, y, index=None):
-        return PreparedBatch(inputs=x, target=y, batch_size=x.shape[0])
+        return PreparedBatch(inputs=x, target=y, batch_size=x.shape[0], x=x)
 
     def layer_loss(self, out, batch):
         if out.scores is None:
@@ -78,8 +95,13 @@ class ClassScoreObjective(Objective):
         correct = (out.scores.detach().argmax(dim=1) == batch.target).sum()
         return loss, correct
 
-    def layer_scores(self, network, x, end=None):
-        return torch.stack([out.scores for _, out in network.iter_layers(x, end=end)])
+    def layer_scores(self, network, x, end=None, sink=None):
+        scores = []
+        for i, out in network.iter_layers(x, end=end):
+            scores.append(out.scores)
+            if sink is not None:
+                sink[i] = out.features
+        return torch.stack(scores)
 
     def extra_repr(self) -> str:
         return f"label_smoothing={self.label_smoothing}"
@@ -121,7 +143,12 @@ class PosNegObjective(Objective):
     def prepare(self, network, x, y, index=None):
         y_neg = self.negatives(y, x=x, network=network, index=index)
         inputs = torch.cat([self.encoder(x, y), self.encoder(x, y_neg)], dim=0)
-        return PreparedBatch(inputs=inputs, target=y, batch_size=x.shape[0])
+        return PreparedBatch(inputs=inputs, target=y, batch_size=x.shape[0], x=x)
+
+    head_uses_training_pass = False
+
+    def head_inputs(self, network, x):
+        return self.encoder(x, None)
 
     def layer_loss(self, out, batch):
         if out.goodness is None:
@@ -133,7 +160,7 @@ class PosNegObjective(Objective):
             loss = losses.ff_threshold(g_pos, g_neg, threshold=self.threshold)
         return loss, (g_pos.detach() > g_neg.detach()).sum()
 
-    def layer_scores(self, network, x, end=None):
+    def layer_scores(self, network, x, end=None, sink=None):
         per_label = []
         for k in range(network.num_classes):
             y = torch.full((x.shape[0],), k, dtype=torch.long, device=x.device)

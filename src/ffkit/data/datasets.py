@@ -35,6 +35,7 @@ from torchvision.datasets import VisionDataset
 from torchvision.transforms import v2
 
 __all__ = [
+    "AUGMENTATIONS",
     "DATASETS",
     "DEBIAN_FASHION_MNIST_DIR",
     "SPLITS",
@@ -209,14 +210,36 @@ def prepare_fashion_mnist(
 # Per-dataset loading
 
 
-def _transform(resize: bool) -> v2.Compose:
+AUGMENTATIONS: tuple[str, ...] = ("rotate-crop", "crop-flip", "dtg")
+"""Training-time augmentations: The Trifecta's random rotation + crop; the usual
+crop + flip; DTG-FF's crop + flip + colour jitter + Cutout."""
+
+
+def _augmentation(name: str, channels: int) -> list[Callable]:
+    crop = v2.RandomCrop(IMAGE_SIZE, padding=4)
+    if name == "rotate-crop":
+        return [v2.RandomRotation(10), crop]
+    if name == "crop-flip":
+        return [crop, v2.RandomHorizontalFlip()]
+    steps: list[Callable] = [crop, v2.RandomHorizontalFlip()]
+    if channels == 3:
+        steps.append(v2.ColorJitter(0.4, 0.4, 0.4))
+    return steps
+
+
+def _transform(resize: bool, augment: str | None = None, channels: int = 1) -> v2.Compose:
     steps: list[Callable] = [v2.ToImage()]
     if resize:
         # Resizing the uint8 image (before scaling) keeps values exactly in
         # [0, 1] and maps constant images to themselves; bilinear never
         # overshoots, and antialias only matters if the size ever shrinks.
         steps.append(v2.Resize((IMAGE_SIZE, IMAGE_SIZE), antialias=True))
+    if augment is not None:
+        steps += _augmentation(augment, channels)
     steps += [v2.ToDtype(torch.float32, scale=True), v2.ToPureTensor()]
+    if augment == "dtg":
+        # Cutout: erase one 8x8 patch (DeVries & Taylor 2017), as RandomErasing with a fixed-size box.
+        steps.append(v2.RandomErasing(p=1.0, scale=(1 / 16, 1 / 16), ratio=(1.0, 1.0), value=0.0))
     return v2.Compose(steps)
 
 
@@ -279,7 +302,7 @@ def _not_found(name: str, root: Path, cause: str) -> DatasetNotFoundError:
     return DatasetNotFoundError("\n".join(lines))
 
 
-def _torchvision_dataset(name: str, root: Path, train: bool) -> VisionDataset:
+def _torchvision_dataset(name: str, root: Path, train: bool, augment: str | None = None) -> VisionDataset:
     """Build the torchvision dataset, turning its 'not found' errors into ours."""
     if name == "svhn":
         try:
@@ -294,7 +317,9 @@ def _torchvision_dataset(name: str, root: Path, train: bool) -> VisionDataset:
         # Read the module global at call time so it can be redirected (e.g. in tests).
         prepare_fashion_mnist(root, DEBIAN_FASHION_MNIST_DIR)
 
-    transform = _transform(resize=name in ("mnist", "fashion-mnist"))
+    transform = _transform(
+        resize=name in ("mnist", "fashion-mnist"), augment=augment, channels=dataset_info(name).in_channels
+    )
     common = {
         "root": root,
         "transform": transform,
@@ -332,6 +357,7 @@ def load_dataset(
     root: str | os.PathLike[str] | None = None,
     *,
     holdout_seed: int = 0,
+    augment: str | None = None,
 ) -> Dataset:
     """Load a split of a dataset from local files (never downloads).
 
@@ -353,6 +379,8 @@ def load_dataset(
         split: One of ``"train"``, ``"holdout"``, ``"train_full"``, ``"test"``.
         root: Data directory; ``None`` means :func:`default_data_dir`.
         holdout_seed: Seed of the train/holdout permutation.
+        augment: Training-time augmentation, one of :data:`AUGMENTATIONS`
+            (only for the ``"train"`` and ``"train_full"`` splits).
 
     Returns:
         The torchvision dataset (``"train_full"``, ``"test"``) or a
@@ -369,9 +397,13 @@ def load_dataset(
         raise ValueError(
             f"unknown split {split!r}; valid splits are {', '.join(SPLITS)}"
         )
+    if augment is not None and augment not in AUGMENTATIONS:
+        raise ValueError(f"unknown augment {augment!r}; expected None or one of {', '.join(AUGMENTATIONS)}")
+    if augment is not None and split in ("holdout", "test"):
+        raise ValueError(f"augment is for training splits only, not split={split!r}")
     root_path = Path(root).expanduser() if root is not None else default_data_dir()
 
-    dataset = _torchvision_dataset(info.name, root_path, train=split != "test")
+    dataset = _torchvision_dataset(info.name, root_path, train=split != "test", augment=augment)
     if split in ("train_full", "test"):
         return dataset
 

@@ -22,6 +22,7 @@ class EvalReport:
         sip: accuracy of the SIP-selected range, if one was given.
         sip_range: that range ``(start, end)``, 0-based inclusive.
         num_samples: how many samples were evaluated.
+        head: accuracy of the network's classifier head, if it has one.
     """
 
     per_layer: list[float]
@@ -30,13 +31,19 @@ class EvalReport:
     sip: float | None
     sip_range: tuple[int, int] | None
     num_samples: int
+    head: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def make_report(scores: torch.Tensor, labels: torch.Tensor, sip_range: tuple[int, int] | None = None) -> EvalReport:
-    """Build an :class:`EvalReport` from per-layer scores ``[L, N, K]`` and labels ``[N]``."""
+def make_report(
+    scores: torch.Tensor,
+    labels: torch.Tensor,
+    sip_range: tuple[int, int] | None = None,
+    head_scores: torch.Tensor | None = None,
+) -> EvalReport:
+    """Build an :class:`EvalReport` from per-layer scores ``[L, N, K]``, labels ``[N]`` and head logits ``[N, K]``."""
     n_layers = scores.shape[0]
     return EvalReport(
         per_layer=layer_accuracies(scores, labels),
@@ -45,4 +52,5 @@ def make_report(scores: torch.Tensor, labels: torch.Tensor, sip_range: tuple[int
         sip=range_accuracy(scores, labels, *sip_range) if sip_range is not None else None,
         sip_range=tuple(sip_range) if sip_range is not None else None,
         num_samples=int(labels.shape[0]),
+        head=(head_scores.argmax(dim=1) == labels).double().mean().item() if head_scores is not None else None,
     )

@@ -3,45 +3,63 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import torch
 
-from ..network import FFNetwork
+__all__ = ["CollectedScores", "collect_scores"]
 
-__all__ = ["collect_scores"]
+
+class CollectedScores(NamedTuple):
+    """Scores of a whole dataset, on the CPU.
+
+    Attributes:
+        layers: every layer's class scores ``[L, N, K]`` (float32).
+        labels: the true labels ``[N]`` (int64).
+        head: the classifier head's logits ``[N, K]``, or ``None`` when the network has no head.
+    """
+
+    layers: torch.Tensor
+    labels: torch.Tensor
+    head: torch.Tensor | None
 
 
 @torch.no_grad()
 def collect_scores(
-    network: FFNetwork,
+    network,
     batches: Iterable,
     device: torch.device | str = "cpu",
     *,
-    end: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the network in eval mode over ``batches`` and keep every layer's scores.
+    with_head: bool = True,
+) -> CollectedScores:
+    """Run the network in eval mode over ``batches`` and keep every layer's scores (and the head's logits).
 
     For channel-wise networks this is one pass per batch; for label-input networks one pass per label.
 
     Args:
-        network: the network.
+        network: an :class:`~ffkit.FFNetwork` (or any module with ``scores(x)`` / ``layer_scores(x)``).
         batches: an iterable of ``(x, y)`` or ``(x, y, index)`` batches (e.g. a ``DataLoader``).
         device: where to run.
-        end: last layer to run (``None``: all).
-
-    Returns:
-        ``(scores [L, N, K] float32 on CPU, labels [N] int64 on CPU)``.
+        with_head: also compute the classifier head's logits, if the network has a head.
     """
     was_training = network.training
     network.eval()
-    all_scores, all_labels = [], []
+    layers, labels, heads = [], [], []
+    use_head = with_head and getattr(network, "head", None) is not None
     try:
         for batch in batches:
             x, y = batch[0].to(device, non_blocking=True), batch[1]
-            all_scores.append(network.layer_scores(x, end=end).float().cpu())
-            all_labels.append(torch.as_tensor(y).cpu())
+            if use_head:
+                s, h = network.scores(x)
+                heads.append(h.float().cpu())
+            else:
+                s = network.layer_scores(x)
+            layers.append(s.float().cpu())
+            labels.append(torch.as_tensor(y).cpu())
     finally:
         network.train(was_training)
-    if not all_scores:
+    if not layers:
         raise ValueError("no batches to evaluate: the evaluation dataset is empty")
-    return torch.cat(all_scores, dim=1), torch.cat(all_labels).long()
+    return CollectedScores(
+        torch.cat(layers, dim=1), torch.cat(labels).long(), torch.cat(heads) if heads else None
+    )

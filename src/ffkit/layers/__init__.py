@@ -2,8 +2,9 @@
 
 from .base import FFLayer, LayerOutput
 from .cwconv import CWConv
+from .heads import ClassifierHead
 from .linear import FFLinear
 from .residual import ParamFreeResidual
 from .trifecta import TrifectaConv
 
-__all__ = ["FFLayer", "LayerOutput", "CWConv", "ParamFreeResidual", "FFLinear", "TrifectaConv"]
+__all__ = ["FFLayer", "LayerOutput", "CWConv", "ParamFreeResidual", "FFLinear", "TrifectaConv", "ClassifierHead"]

@@ -7,16 +7,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import goodness as _goodness
+from .._validation import check_positive_int
 from .base import FFLayer, LayerOutput
 from .residual import ParamFreeResidual
 
 __all__ = ["CWConv"]
-
-
-def _positive_int(v: object, name: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{name} must be a positive int, got {v!r}")
-    return v
 
 
 class CWConv(FFLayer):
@@ -30,13 +25,15 @@ class CWConv(FFLayer):
         in_channels: input channels.
         out_channels: output channels; must be a multiple of ``num_classes``.
         num_classes: ``K``.
-        kernel_size: conv kernel size (square). Padding defaults to ``kernel_size // 2`` (size-preserving for odd kernels).
+        kernel_size: conv kernel size (square). Padding defaults to ``kernel_size // 2`` (size-preserving for odd
+            kernels).
         stride: conv stride (DeeperForward's ResNet opens stages with stride 2).
         padding: conv padding; ``None`` for ``kernel_size // 2``.
         pool: average-pool the input by this factor before the conv (1: none). DeeperForward downsamples this way.
         dropout: dropout probability after the ReLU.
         shortcut_channels: channels of a residual shortcut from an earlier layer (``None``: no shortcut). With
-            shortcut channels equal to ``out_channels`` it is added, otherwise concatenated (:class:`ParamFreeResidual`).
+            shortcut channels equal to ``out_channels`` it is added, otherwise concatenated
+            (:class:`ParamFreeResidual`).
 
     Shape:
         ``x [B, C_in, H, W] -> LayerOutput(features [B, C_out, H', W'], scores [B, K])``.
@@ -56,12 +53,9 @@ class CWConv(FFLayer):
         shortcut_channels: int | None = None,
     ) -> None:
         super().__init__()
-        _positive_int(in_channels, "in_channels")
-        _positive_int(out_channels, "out_channels")
-        _positive_int(num_classes, "num_classes")
-        _positive_int(kernel_size, "kernel_size")
-        _positive_int(stride, "stride")
-        _positive_int(pool, "pool")
+        for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("num_classes", num_classes),
+                        ("kernel_size", kernel_size), ("stride", stride), ("pool", pool)):
+            check_positive_int(v, name)
         if out_channels % num_classes:
             raise ValueError(
                 f"out_channels ({out_channels}) must be a multiple of num_classes ({num_classes}): "

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import goodness as _goodness
+from .._validation import check_positive_int
 from .base import FFLayer, LayerOutput
 
 __all__ = ["FFLinear"]
@@ -31,8 +32,7 @@ class FFLinear(FFLayer):
     def __init__(self, in_features: int, out_features: int, *, goodness: str = "sum", eps: float = 1e-8) -> None:
         super().__init__()
         for name, v in (("in_features", in_features), ("out_features", out_features)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+            check_positive_int(v, name)
         if goodness not in ("sum", "mean"):
             raise ValueError(f"goodness must be 'sum' or 'mean', got {goodness!r}")
         self.linear = nn.Linear(in_features, out_features)

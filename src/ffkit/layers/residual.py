@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._validation import check_positive_int
+
 __all__ = ["ParamFreeResidual"]
 
 
@@ -30,8 +32,7 @@ class ParamFreeResidual(nn.Module):
     def __init__(self, shortcut_channels: int, out_channels: int, groups: int = 1) -> None:
         super().__init__()
         for name, v in (("shortcut_channels", shortcut_channels), ("out_channels", out_channels), ("groups", groups)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+            check_positive_int(v, name)
         if shortcut_channels > out_channels:
             raise ValueError(
                 f"shortcut_channels ({shortcut_channels}) must not exceed out_channels ({out_channels}): "

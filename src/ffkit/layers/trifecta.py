@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import goodness as _goodness
+from .._validation import check_positive_int
 from .base import FFLayer, LayerOutput
 
 __all__ = ["TrifectaConv"]
@@ -32,8 +33,7 @@ class TrifectaConv(FFLayer):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, *, maxpool: bool = False) -> None:
         super().__init__()
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("kernel_size", kernel_size)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+            check_positive_int(v, name)
         self.norm = nn.BatchNorm2d(in_channels)
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False)
         self.maxpool = maxpool

@@ -1,15 +1,25 @@
-"""Model builders, registered by name: ``list_models()``, ``create_model(name, **kwargs)``."""
+"""Model builders, registered by name: ``list_models()``, ``create_model(name, **kwargs)``.
 
-from . import deeperforward  # noqa: F401  (registers the builders)
-from ._registry import create_model, get_model_builder, list_models, register_model
-from .deeperforward import deeperforward_cnn14, deeperforward_resnet17, deeperforward_tinycnn
+One module per family; importing it registers its builders.
+"""
+
+from . import baselines, deeperforward, dtg, mlp, trifecta
+from ._registry import create_model, get_model_builder, list_models, model_kind, register_model
+from .baselines import *  # noqa: F403
+from .deeperforward import *  # noqa: F403
+from .dtg import *  # noqa: F403
+from .mlp import *  # noqa: F403
+from .trifecta import *  # noqa: F403
 
 __all__ = [
     "register_model",
     "list_models",
     "create_model",
     "get_model_builder",
-    "deeperforward_tinycnn",
-    "deeperforward_cnn14",
-    "deeperforward_resnet17",
+    "model_kind",
+    *baselines.__all__,
+    *deeperforward.__all__,
+    *dtg.__all__,
+    *mlp.__all__,
+    *trifecta.__all__,
 ]

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import math
 
+from .._validation import check_positive_int
 from ..layers import CWConv
 from ..network import FFNetwork
 from ..objectives import ClassScoreObjective
 from ._registry import register_model
 
-__all__ = ["deeperforward_tinycnn", "deeperforward_cnn14", "deeperforward_resnet17", "scaled_width"]
+__all__ = ["deeperforward_tinycnn", "deeperforward_cnn14", "deeperforward_resnet17"]
 
 
 def scaled_width(channels: int, width_multiplier: float, num_classes: int) -> int:
@@ -29,8 +30,7 @@ def scaled_width(channels: int, width_multiplier: float, num_classes: int) -> in
 
 def _check_common(num_classes: int, in_channels: int) -> None:
     for name, v in (("num_classes", num_classes), ("in_channels", in_channels)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
+        check_positive_int(v, name)
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
 

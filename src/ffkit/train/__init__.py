@@ -1,6 +1,17 @@
 """Training engines."""
 
+from .backprop import BackpropTrainer
+from .base import DivergenceError, StepResult, Trainer, check_same_model
 from .checkpoint import load_checkpoint, save_checkpoint
-from .local import DivergenceError, LocalTrainer, StepResult, check_same_model
+from .local import LocalTrainer
 
-__all__ = ["LocalTrainer", "StepResult", "DivergenceError", "save_checkpoint", "load_checkpoint", "check_same_model"]
+__all__ = [
+    "Trainer",
+    "LocalTrainer",
+    "BackpropTrainer",
+    "StepResult",
+    "DivergenceError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "check_same_model",
+]

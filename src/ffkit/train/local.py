@@ -2,60 +2,25 @@
 
 from __future__ import annotations
 
-import csv
-import json
-import math
-import random
-import time
-from collections.abc import Callable, Iterable
-from pathlib import Path
-from typing import Any, NamedTuple
+import warnings
+from collections.abc import Callable
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, RandomSampler
 
-from .._version import __version__
-from ..evaluation import collect_scores, make_report, select_layers
 from ..network import FFNetwork
-from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from .base import (
+    DivergenceError,
+    StepResult,
+    Trainer,
+    check_trainer_args,
+    make_optimizer,
+    make_schedule,
+)
 
-__all__ = ["LocalTrainer", "StepResult", "DivergenceError", "make_optimizer"]
-
-_OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
-
-
-class DivergenceError(FloatingPointError):
-    """A layer's loss became NaN or infinite; the message names the layer, epoch and step."""
-
-
-class StepResult(NamedTuple):
-    """Per-layer results of one training step, kept on the training device (no host synchronisation).
-
-    Attributes:
-        losses: ``[L]`` each layer's loss.
-        correct: ``[L]`` samples each layer got right (class argmax, or ``g_pos > g_neg``).
-        batch_size: ``B``.
-    """
-
-    losses: torch.Tensor
-    correct: torch.Tensor
-    batch_size: int
+__all__ = ["LocalTrainer"]
 
 
-def make_optimizer(
-    params: Iterable[torch.nn.Parameter], name: str, lr: float, weight_decay: float
-) -> torch.optim.Optimizer:
-    """One layer's optimizer by name (``"adam"``, ``"adamw"``, ``"sgd"``; SGD gets momentum 0.9)."""
-    try:
-        cls = _OPTIMIZERS[name]
-    except KeyError:
-        raise ValueError(f"unknown optimizer {name!r}; expected one of {sorted(_OPTIMIZERS)}") from None
-    extra = {"momentum": 0.9} if name == "sgd" else {}
-    return cls(params, lr=lr, weight_decay=weight_decay, **extra)
-
-
-class LocalTrainer:
+class LocalTrainer(Trainer):
     """Train an :class:`~ffkit.FFNetwork` with one optimizer and one lr schedule per layer.
 
     Each step runs every layer exactly once, in order (DeeperForward Alg. 2): layer ``l`` gets the detached
@@ -69,10 +34,17 @@ class LocalTrainer:
         final_lr: learning rate at the end of the cosine schedule (default ``lr / 10``: 0.08 -> 0.008).
         weight_decay: weight decay (DeeperForward: 5e-4).
         optimizer: ``"adam"`` (default, as DeeperForward), ``"adamw"`` or ``"sgd"``.
-        schedule: ``"cosine"`` (stepped every iteration over ``total_steps``) or ``"constant"``.
+        schedule: ``"cosine"`` (stepped every iteration over ``total_steps``), ``"constant"``, ``"cooldown"`` or
+            ``"piecewise"`` (see :func:`ffkit.train.base.make_schedule`).
         total_steps: number of training steps the schedule spans (epochs x batches per epoch); required for
-            ``"cosine"``.
+            ``"cosine"`` and ``"cooldown"``.
+        milestones: ``((step, factor), ...)`` for ``"piecewise"``.
         device: where to train.
+        overlap: The Trifecta's Overlapping Local Updates (OLU). Layers train in overlapping pairs: at step ``t``
+            layer ``k`` updates when ``(k even) XOR (t even)``, with an optimizer over its own and layer ``k - 1``'s
+            parameters; the layers that do not update pass their features on *undetached*, so each gradient crosses
+            exactly one layer boundary and the pairing alternates with the step's parity.
+        head_lr: learning rate of the network's classifier head, if it has one (default ``lr``).
     """
 
     def __init__(
@@ -86,32 +58,35 @@ class LocalTrainer:
         schedule: str = "cosine",
         total_steps: int | None = None,
         device: str | torch.device = "cpu",
+        milestones: tuple[tuple[int, float], ...] = (),
+        overlap: bool = False,
+        head_lr: float | None = None,
     ) -> None:
         if not isinstance(network, FFNetwork):
             raise TypeError(f"network must be an ffkit FFNetwork, got {type(network).__name__}")
-        if not (isinstance(lr, (int, float)) and lr > 0):
-            raise ValueError(f"lr must be a positive number, got {lr!r}")
-        if schedule not in ("cosine", "constant"):
-            raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
-        if schedule == "cosine" and (total_steps is None or total_steps < 1):
-            raise ValueError("schedule='cosine' needs total_steps >= 1 (epochs x batches per epoch)")
+        check_trainer_args(network, lr, schedule, total_steps)
         self.device = torch.device(device)
         self.network = network.to(self.device)
         self.lr = float(lr)
         self.final_lr = self.lr / 10 if final_lr is None else float(final_lr)
+        self.overlap = bool(overlap)
         self.optimizers: list[torch.optim.Optimizer | None] = []
         self.schedulers: list[torch.optim.lr_scheduler.LRScheduler | None] = []
         for i in range(len(network)):
             params = [p for p in network.local_parameters(i) if p.requires_grad]
+            if self.overlap and i > 0:  # OLU: layer i's loss also trains layer i - 1
+                params += [p for p in network.local_parameters(i - 1) if p.requires_grad]
             opt = make_optimizer(params, optimizer, self.lr, weight_decay) if params else None
             self.optimizers.append(opt)
-            sched = None
-            if opt is not None and schedule == "cosine":
-                sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps, eta_min=self.final_lr)
+            sched = make_schedule(opt, schedule, total_steps, self.final_lr, milestones) if opt else None
             self.schedulers.append(sched)
-        self.epoch = 0  # epochs completed
-        self.step_count = 0  # steps completed
-        self.history: list[dict[str, Any]] = []
+        if network.head is not None:  # the head has its own optimizer and schedule, after the layers'
+            lr_h = head_lr or self.lr
+            opt = make_optimizer(network.head.parameters(), optimizer, lr_h, weight_decay)
+            self.optimizers.append(opt)
+            final_h = lr_h * self.final_lr / self.lr
+            self.schedulers.append(make_schedule(opt, schedule, total_steps, final_h, milestones))
+        self._init_progress()
 
     # -- one step -----------------------------------------------------------------------------------------------
     def train_step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None) -> StepResult:
@@ -123,7 +98,19 @@ class LocalTrainer:
         net.train()
         batch = net.objective.prepare(net, x, y, index)
         losses, correct = [], []
-        for i, out in net.iter_layers(batch.inputs):
+        updates = self.updates_at(self.step_count)
+        head = net.head
+        head_feats: dict[int, torch.Tensor] = {}
+        reuse = head is not None and net.objective.head_uses_training_pass
+        for i, out in net.iter_layers(batch.inputs, detach=updates):
+            if reuse and i in head.layers:
+                head_feats[i] = out.features.detach()
+            if not updates(i):  # OLU: this layer is trained through the next layer's loss at this step
+                with torch.no_grad():
+                    loss, n_right = net.objective.layer_loss(out, batch)
+                losses.append(loss)
+                correct.append(n_right)
+                continue
             loss, n_right = net.objective.layer_loss(out, batch)
             if not torch.isfinite(loss):
                 raise DivergenceError(
@@ -136,222 +123,53 @@ class LocalTrainer:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                if self.schedulers[i] is not None:
-                    self.schedulers[i].step()
             losses.append(loss.detach())
             correct.append(n_right)
             del loss, out  # release this layer's graph before the next layer runs
+        head_result = self._head_step(batch, head_feats) if head is not None else None
+        with warnings.catch_warnings():
+            # Under OLU a layer's first optimizer step may come one step after its schedule's first step.
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+            self._step_schedules()
         self.step_count += 1
-        return StepResult(torch.stack(losses), torch.stack(correct), batch.batch_size)
+        return StepResult(torch.stack(losses), torch.stack(correct), batch.batch_size, head_result)
+
+    def _head_step(self, batch, features: dict[int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Train the classifier head on detached features (from the training pass, or a neutral-label pass)."""
+        net = self.network
+        if features:
+            # channel-wise networks: the head reads the training pass's features of the real samples
+            feats = {i: f[: batch.batch_size] for i, f in features.items()}
+        else:
+            with torch.no_grad():
+                inputs = net.objective.head_inputs(net, batch.x)
+                last = max(net.head.layers)
+                feats = {i: o.features for i, o in net.iter_layers(inputs, end=last) if i in net.head.layers}
+        logits = net.head_logits(batch.x, feats)
+        loss = net.head.loss(logits, batch.target)
+        if not torch.isfinite(loss):
+            raise DivergenceError(
+                f"the classifier head produced a non-finite loss ({loss.item()}) at epoch {self.epoch + 1}, "
+                f"step {self.step_count + 1}"
+            )
+        opt = self.optimizers[-1]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach(), (logits.detach().argmax(dim=1) == batch.target).sum()
+
+    def updates_at(self, step: int) -> Callable[[int], bool]:
+        """Which layers update (and detach their output) at training step ``step`` (0-based)."""
+        if not self.overlap:
+            return _always
+        even_step = step % 2 == 0
+        return lambda k: (k % 2 == 0) != even_step
 
     def current_lr(self, layer: int) -> float:
         opt = self.optimizers[layer]
         return opt.param_groups[0]["lr"] if opt is not None else 0.0
 
-    # -- epochs -------------------------------------------------------------------------------------------------
-    def train_epoch(self, loader: Iterable, *, progress: bool = False, desc: str = "train") -> dict[str, Any]:
-        """Train one pass over ``loader`` (batches ``(x, y)`` or ``(x, y, index)``); return per-layer means."""
-        loss_sum = correct_sum = None
-        seen = 0
-        start = time.perf_counter()
-        bar = _progress(loader, progress, desc)
-        for step, batch in enumerate(bar):
-            index = batch[2] if len(batch) > 2 else None
-            res = self.train_step(batch[0], batch[1], index)
-            loss_sum = res.losses * res.batch_size if loss_sum is None else loss_sum + res.losses * res.batch_size
-            correct_sum = res.correct if correct_sum is None else correct_sum + res.correct
-            seen += res.batch_size
-            if progress and step % 10 == 0:
-                bar.set_postfix(loss=f"{res.losses[-1].item():.3f}", acc=f"{res.correct[-1].item() / res.batch_size:.3f}")
-        seconds = time.perf_counter() - start
-        if seen == 0:
-            raise ValueError("the training data is empty: no batch was produced")
-        return {
-            "train_loss": (loss_sum / seen).tolist(),
-            "train_acc": (correct_sum.double() / seen).tolist(),
-            "train_images": seen,
-            "train_seconds": seconds,
-            "train_images_per_s": seen / seconds,
-        }
-
-    def evaluate(self, loader: Iterable, sip_range: tuple[int, int] | None = None):
-        """Per-layer, all-layer, last-3 and (if given) SIP-range accuracy on ``loader``: an ``EvalReport``."""
-        scores, labels = collect_scores(self.network, loader, self.device)
-        return make_report(scores, labels, sip_range)
-
-    def select_layers(self, loader: Iterable):
-        """SIP on a held-out loader: choose the best layer range and prune the network's inference to it."""
-        scores, labels = collect_scores(self.network, loader, self.device)
-        result = select_layers(scores, labels)
-        self.network.set_inference_range(result.start, result.end)
-        return result
-
-    def fit(
-        self,
-        train: DataLoader,
-        *,
-        epochs: int,
-        holdout: Iterable | None = None,
-        test: Iterable | None = None,
-        out_dir: str | Path | None = None,
-        seed: int = 0,
-        progress: bool = False,
-        log: Callable[[str], None] | None = print,
-        metadata: dict[str, Any] | None = None,
-    ) -> list[dict[str, Any]]:
-        """Train until ``epochs`` epochs are complete (continuing after a :meth:`resume`).
-
-        After each epoch: SIP on ``holdout`` (if given), evaluation on ``test`` (if given), the per-layer table is
-        logged, and ``out_dir`` receives ``metrics.json``, ``metrics.csv`` and ``checkpoint.pt`` (atomically).
-
-        The shuffling order of epoch ``e`` is seeded by ``seed + e`` when ``train`` shuffles with its own generator,
-        so a resumed run sees the same data order as an uninterrupted one.
-        """
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-            raise ValueError(f"epochs must be a positive int, got {epochs!r}")
-        out = Path(out_dir) if out_dir is not None else None
-        self.metadata = dict(metadata or {})
-        while self.epoch < epochs:
-            e = self.epoch + 1
-            sampler = getattr(train, "sampler", None)
-            if isinstance(sampler, RandomSampler) and sampler.generator is not None:
-                sampler.generator.manual_seed(seed + e)
-            record: dict[str, Any] = {"epoch": e}
-            record.update(self.train_epoch(train, progress=progress, desc=f"epoch {e}/{epochs}"))
-            if holdout is not None:
-                sip = self.select_layers(holdout)
-                record["holdout_sip"] = {"start": sip.start, "end": sip.end, "accuracy": sip.accuracy}
-            if test is not None:
-                start, end = (int(v) for v in self.network.inference_range)
-                record["test"] = self.evaluate(test, (start, end) if holdout is not None else None).to_dict()
-            self.epoch = e
-            self.history.append(record)
-            if log is not None:
-                log(format_epoch(record, epochs))
-            if out is not None:
-                self.save(out / "checkpoint.pt")
-                write_metrics(self.history, out)
-        return self.history
-
-    # -- state ----------------------------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "optimizers": [o.state_dict() if o is not None else None for o in self.optimizers],
-            "schedulers": [s.state_dict() if s is not None else None for s in self.schedulers],
-            "epoch": self.epoch,
-            "step_count": self.step_count,
-            "history": self.history,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if len(state["optimizers"]) != len(self.optimizers):
-            raise ValueError(
-                f"trainer state has {len(state['optimizers'])} layers, this network has {len(self.optimizers)}"
-            )
-        for opt, s in zip(self.optimizers, state["optimizers"]):
-            if opt is not None and s is not None:
-                opt.load_state_dict(s)
-        for sched, s in zip(self.schedulers, state["schedulers"]):
-            if sched is not None and s is not None:
-                sched.load_state_dict(s)
-        self.epoch = state["epoch"]
-        self.step_count = state["step_count"]
-        self.history = list(state["history"])
-
-    def save(self, path: str | Path) -> Path:
-        """Write network, optimizers, schedulers, progress and RNG states atomically to ``path``."""
-        net = self.network
-        payload = {
-            "ffkit_checkpoint_format": CHECKPOINT_FORMAT,
-            "ffkit_version": __version__,
-            "model_name": net.model_name,
-            "model_kwargs": net.model_kwargs,
-            "network": net.state_dict(),
-            "trainer": self.state_dict(),
-            "metadata": getattr(self, "metadata", {}),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "numpy": np.random.get_state(),
-                "python": random.getstate(),
-            },
-        }
-        return save_checkpoint(payload, path)
-
-    def resume(self, path: str | Path) -> dict[str, Any]:
-        """Restore everything :meth:`save` wrote; raises ``ValueError`` for a checkpoint of another model."""
-        payload = load_checkpoint(path, map_location=self.device)
-        check_same_model(payload, self.network, path)
-        self.network.load_state_dict(payload["network"])
-        self.load_state_dict(payload["trainer"])
-        rng = payload.get("rng") or {}
-        if rng.get("torch") is not None:
-            torch.set_rng_state(rng["torch"].cpu())
-        if rng.get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        if rng.get("numpy") is not None:
-            np.random.set_state(rng["numpy"])
-        if rng.get("python") is not None:
-            random.setstate(rng["python"])
-        self.metadata = payload.get("metadata", {})
-        return payload
+def _always(_: int) -> bool:
+    return True
 
 
-def check_same_model(payload: dict[str, Any], network: FFNetwork, path: str | Path) -> None:
-    """Raise ``ValueError`` if the checkpoint was written for a different model or configuration."""
-    name, kwargs = payload.get("model_name"), payload.get("model_kwargs", {})
-    if network.model_name is not None and name is not None and name != network.model_name:
-        raise ValueError(f"checkpoint {path} is from model {name!r}, not {network.model_name!r}")
-    if network.model_name is not None and name == network.model_name and kwargs != network.model_kwargs:
-        raise ValueError(
-            f"checkpoint {path} is from {name!r} built with {kwargs}, but this network was built with "
-            f"{network.model_kwargs}"
-        )
-    own = network.state_dict()
-    theirs = payload["network"]
-    if set(own) != set(theirs) or any(own[k].shape != theirs[k].shape for k in own):
-        raise ValueError(f"checkpoint {path} does not match this network's architecture (parameter names/shapes differ)")
-
-
-def _progress(loader: Iterable, enabled: bool, desc: str):
-    if not enabled:
-        return loader
-    from tqdm.auto import tqdm
-
-    return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
-
-
-def format_epoch(record: dict[str, Any], epochs: int) -> str:
-    """The per-epoch, per-layer table the trainer logs."""
-    n = len(record["train_acc"])
-    head = f"epoch {record['epoch']}/{epochs}: {record['train_images']} images in {record['train_seconds']:.1f} s " \
-        f"({record['train_images_per_s']:.1f} img/s)"
-    rows = [head, "  layer      " + " ".join(f"{i + 1:>6d}" for i in range(n))]
-    rows.append("  train loss " + " ".join(f"{v:6.3f}" for v in record["train_loss"]))
-    rows.append("  train acc  " + " ".join(f"{100 * v:6.2f}" for v in record["train_acc"]))
-    test = record.get("test")
-    if test:
-        rows.append("  test acc   " + " ".join(f"{100 * v:6.2f}" for v in test["per_layer"]))
-        line = f"  test accuracy: all layers {100 * test['all_layers']:.2f}%, last 3 {100 * test['last3']:.2f}%"
-        if test.get("sip") is not None:
-            s, e = test["sip_range"]
-            line += f", SIP layers {s + 1}..{e + 1} {100 * test['sip']:.2f}%"
-        rows.append(line)
-    return "\n".join(rows)
-
-
-def write_metrics(history: list[dict[str, Any]], out: Path) -> None:
-    """Write the run's history as ``metrics.json`` (everything) and ``metrics.csv`` (one row per epoch and layer)."""
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "metrics.json.tmp"
-    tmp.write_text(json.dumps(history, indent=1))
-    tmp.replace(out / "metrics.json")
-    with open(out / "metrics.csv.tmp", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["epoch", "layer", "train_loss", "train_acc", "test_acc"])
-        for rec in history:
-            test = rec.get("test") or {}
-            per_layer = test.get("per_layer", [math.nan] * len(rec["train_acc"]))
-            for i, (lo, ac, te) in enumerate(zip(rec["train_loss"], rec["train_acc"], per_layer)):
-                w.writerow([rec["epoch"], i + 1, f"{lo:.6f}", f"{ac:.6f}", f"{te:.6f}"])
-    (out / "metrics.csv.tmp").replace(out / "metrics.csv")

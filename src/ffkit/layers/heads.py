@@ -1,0 +1,82 @@
+"""Classifier heads trained on the *detached* features of chosen layers.
+
+DTG-FF's classifier path (global average pool per layer, concatenate layers 2..L, BatchNorm1d, dropout, linear,
+label smoothing) and Hinton's softmax head (a linear softmax layer on the activities of a neutral-label pass) are both
+a :class:`ClassifierHead`. Its inputs are detached, so it never changes what the FF layers learn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._validation import check_positive_int
+
+__all__ = ["ClassifierHead"]
+
+
+class ClassifierHead(nn.Module):
+    """``concat_l pool(features_l) -> [BatchNorm1d] -> [dropout] -> linear -> logits``.
+
+    Args:
+        in_features: size of the concatenated pooled features (sum over ``layers``).
+        num_classes: ``K``.
+        layers: 0-based indices of the layers whose features the head reads.
+        pool: ``"avg"`` (global average pool of ``[B, C, H, W]`` to ``[B, C]``) or ``"flatten"``.
+        batchnorm: BatchNorm1d before the linear layer (DTG-FF).
+        dropout: dropout before the linear layer.
+        label_smoothing: label smoothing of the head's cross-entropy.
+
+    Shape:
+        ``forward([f_l for l in layers]) -> [B, K]``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        layers: Sequence[int],
+        *,
+        pool: str = "avg",
+        batchnorm: bool = False,
+        dropout: float = 0.0,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        check_positive_int(in_features, "in_features")
+        check_positive_int(num_classes, "num_classes")
+        if not layers:
+            raise ValueError("layers must name at least one layer")
+        if pool not in ("avg", "flatten"):
+            raise ValueError(f"pool must be 'avg' or 'flatten', got {pool!r}")
+        self.layers = tuple(int(i) for i in layers)
+        self.pool = pool
+        self.label_smoothing = label_smoothing
+        self.norm = nn.BatchNorm1d(in_features) if batchnorm else nn.Identity()
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.linear = nn.Linear(in_features, num_classes)
+
+    def pooled(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Pool and concatenate: ``[B, sum_l C_l]``."""
+        parts = []
+        for f in features:
+            if self.pool == "avg" and f.dim() > 2:
+                parts.append(f.mean(dim=tuple(range(2, f.dim()))))
+            else:
+                parts.append(f.flatten(1))
+        z = torch.cat(parts, dim=1)
+        if z.shape[1] != self.linear.in_features:
+            raise ValueError(f"head expects {self.linear.in_features} pooled features, got {z.shape[1]}")
+        return z
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self.linear(self.dropout(self.norm(self.pooled(features))))
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
+
+    def extra_repr(self) -> str:
+        return f"layers={list(self.layers)}, pool={self.pool!r}, label_smoothing={self.label_smoothing}"

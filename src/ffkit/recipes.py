@@ -1,0 +1,172 @@
+"""Each paper's training recipe as data: ``ffkit train --recipe NAME`` (flags override any field).
+
+A recipe names a registered model, a dataset and the hyper-parameters of a table row in the paper; it never holds
+code. ``reference`` quotes the published figure (``ANCHORS.md``) the recipe is meant to reproduce.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["Recipe", "register_recipe", "get_recipe", "list_recipes", "RECIPES"]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One training configuration.
+
+    Attributes:
+        name: the recipe's name, ``family-model-dataset[-variant]``.
+        model: a registered model builder (``ffkit models``).
+        dataset: ``mnist``, ``fashion-mnist``, ``cifar10``, ``cifar100`` or ``svhn``.
+        epochs, batch_size, lr, weight_decay, optimizer: as the ``ffkit train`` flags.
+        final_lr: end of the schedule (default ``lr / 10``).
+        schedule: ``"cosine"``, ``"constant"``, ``"cooldown"`` (constant, then linear to ``final_lr`` over the
+            second half) or ``"piecewise"`` (lr multiplied by ``factor`` from each ``(epoch, factor)`` milestone).
+        milestones: ``((epoch, factor), ...)`` for ``"piecewise"``.
+        trainer: ``"local"`` (:class:`~ffkit.LocalTrainer`) or ``"backprop"`` (:class:`~ffkit.BackpropTrainer`).
+        overlap: The Trifecta's overlapping local updates.
+        head_lr: learning rate of a classifier head.
+        augment: data augmentation (``None``, ``"rotate-crop"``, ``"crop-flip"``, ``"dtg"``).
+        model_kwargs: extra builder arguments.
+        reference: the published figure this recipe targets, with its source.
+    """
+
+    name: str
+    model: str
+    dataset: str
+    epochs: int
+    batch_size: int = 128
+    lr: float = 0.08
+    final_lr: float | None = None
+    weight_decay: float = 5e-4
+    optimizer: str = "adam"
+    schedule: str = "cosine"
+    milestones: tuple[tuple[int, float], ...] = ()
+    trainer: str = "local"
+    overlap: bool = False
+    head_lr: float | None = None
+    augment: str | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    reference: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+RECIPES: dict[str, Recipe] = {}
+
+
+def register_recipe(recipe: Recipe) -> Recipe:
+    """Add a recipe; a duplicate name raises ``ValueError``."""
+    if recipe.name in RECIPES:
+        raise ValueError(f"a recipe named {recipe.name!r} is already registered")
+    RECIPES[recipe.name] = recipe
+    return recipe
+
+
+def get_recipe(name: str) -> Recipe:
+    """The recipe called ``name``; unknown names raise ``ValueError`` listing the known ones."""
+    try:
+        return RECIPES[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown recipe {name!r}; available recipes: {', '.join(list_recipes())}") from None
+
+
+def list_recipes() -> list[str]:
+    return sorted(RECIPES)
+
+
+_DS_SHORT = {"mnist": "mnist", "fashion-mnist": "fmnist", "cifar10": "cifar10", "cifar100": "cifar100", "svhn": "svhn"}
+
+# -- DeeperForward (Sun et al., ICLR 2025): Adam, cosine 0.08 -> 0.008, wd 5e-4, batch 128, 150 epochs, no augmentation
+_DF = {
+    "tinycnn": {"cifar10": "79.49", "mnist": "99.50", "fashion-mnist": "91.83"},
+    "cnn14": {"cifar10": "81.76", "mnist": "99.65", "fashion-mnist": "92.44"},
+    "resnet17": {"cifar10": "86.22", "mnist": "99.63", "fashion-mnist": "93.13"},
+}
+for _m, _rows in _DF.items():
+    for _ds, _acc in _rows.items():
+        register_recipe(Recipe(
+            name=f"deeperforward-{_m}-{_DS_SHORT[_ds]}", model=f"deeperforward_{_m}", dataset=_ds, epochs=150,
+            reference=f"{_acc} (DeeperForward Table 1, {_ds})",
+        ))
+register_recipe(Recipe(name="deeperforward-resnet17-cifar100", model="deeperforward_resnet17", dataset="cifar100",
+                       epochs=150, reference="53.09 (DeeperForward, CIFAR-100)"))
+register_recipe(Recipe(name="deeperforward-resnet17-cifar100-chx3", model="deeperforward_resnet17",
+                       dataset="cifar100", epochs=150, model_kwargs={"width_multiplier": 3.0},
+                       reference="60.28 (DeeperForward, CIFAR-100, 3x channels)"))
+register_recipe(Recipe(name="deeperforward-resnet33-cifar10", model="deeperforward_resnet33", dataset="cifar10",
+                       epochs=150, reference="85.43 (DeeperForward scaling, CIFAR-10)"))
+register_recipe(Recipe(name="deeperforward-resnet100-cifar10", model="deeperforward_resnet100", dataset="cifar10",
+                       epochs=150, reference="83.06 (DeeperForward scaling, CIFAR-10)"))
+
+# -- The Trifecta (Dooms et al.): SymBa alpha 4, BN, OLU with a learned label channel, batch 512 positives
+#    (+ 512 negatives), Adam 1e-3, random rotation + crop. Shallow 200 epochs; deep 500 (1e-3, 5e-4 @200, 1e-4 @400).
+_TFF = {
+    "shallow": {"mnist": "99.53", "fashion-mnist": "91.38", "svhn": "94.25", "cifar10": "80.01", "cifar100": "35.79"},
+    "deep": {"mnist": "99.58", "fashion-mnist": "91.44", "svhn": "94.31", "cifar10": "83.51", "cifar100": "35.26"},
+}
+for _m, _rows in _TFF.items():
+    for _ds, _acc in _rows.items():
+        deep = _m == "deep"
+        register_recipe(Recipe(
+            name=f"trifecta-{_m}-{_DS_SHORT[_ds]}", model=f"trifecta_{_m}", dataset=_ds, epochs=500 if deep else 200,
+            batch_size=512, lr=1e-3, weight_decay=0.0, schedule="piecewise" if deep else "constant",
+            milestones=((200, 0.5), (400, 0.1)) if deep else (), overlap=True, augment="rotate-crop",
+            model_kwargs={"learned_label": True},
+            reference=f"{_acc} (The Trifecta, TFF {_m}, {_ds})",
+        ))
+register_recipe(Recipe(name="trifecta-fcn-mnist", model="trifecta_fcn", dataset="mnist", epochs=200, batch_size=512,
+                       lr=1e-3, weight_decay=0.0, schedule="constant", overlap=True,
+                       model_kwargs={"learned_label": True}, reference="(The Trifecta FCN, 25.1M parameters)"))
+for _tau in (2.0, 10.0):
+    register_recipe(Recipe(
+        name=f"trifecta-shallow-cifar10-threshold{int(_tau)}", model="trifecta_shallow", dataset="cifar10",
+        epochs=100, batch_size=512, lr=1e-3, weight_decay=0.0, schedule="constant", augment="rotate-crop",
+        model_kwargs={"loss": "threshold", "threshold": _tau},
+        reference=f"{'29.27' if _tau == 2.0 else '44.28'} (The Trifecta ablation, threshold loss tau={_tau:g})",
+    ))
+
+# -- DTG-FF: per-layer AdamW, cosine, 400 epochs, batch 128, crop + flip + colour jitter + Cutout.
+#    (The learning rate is not in ANCHORS.md; ffkit uses 1e-3 for layers and head.)
+for _ds, _acc in (("cifar10", "91.33"), ("cifar100", "67.28"), ("fashion-mnist", "94.67")):
+    register_recipe(Recipe(
+        name=f"dtg-vgg8-{_DS_SHORT[_ds]}", model="dtg_vgg8", dataset=_ds, epochs=400, lr=1e-3, final_lr=0.0,
+        optimizer="adamw", weight_decay=5e-4, augment="dtg", head_lr=1e-3,
+        reference=f"{_acc} (DTG-FF concat head, VGG8, {_ds}); logit-sum 91.79 on CIFAR-10",
+    ))
+register_recipe(Recipe(name="dtg-vgg11-cifar10", model="dtg_vgg11", dataset="cifar10", epochs=400, lr=1e-3,
+                       final_lr=0.0, optimizer="adamw", augment="dtg", head_lr=1e-3,
+                       reference="84.36 (DTG-FF ablation, VGG11, CIFAR-10)"))
+register_recipe(Recipe(name="dtg-bp-deepsup-vgg8-cifar10", model="dtg_vgg8", dataset="cifar10", epochs=400,
+                       lr=1e-3, final_lr=0.0, optimizer="adamw", augment="dtg", trainer="backprop",
+                       reference="93.73 (DTG-FF: BP-DeepSup, same VGG8 and recipe)"))
+
+# -- Pipeline-FF (Aktemur et al.): Hinton MLP 784-2000x4, batch 64, 100 epochs, Adam 0.01 (FF layers) and 1e-4
+#    (softmax head), cooldown after epoch 50.
+for _neg, _acc in (("adaptive", "98.52"), ("random", "98.33"), ("fixed", "")):
+    register_recipe(Recipe(
+        name=f"pff-mlp-mnist-{_neg}neg", model="hinton_mlp", dataset="mnist", epochs=100, batch_size=64, lr=0.01,
+        final_lr=0.0, weight_decay=0.0, schedule="cooldown", model_kwargs={"negatives": _neg},
+        reference=f"{_acc or 'no published figure'} (Pipeline-FF, {_neg.capitalize()}NEG, goodness, sequential)",
+    ))
+register_recipe(Recipe(name="pff-mlp-mnist-randomneg-softmax", model="hinton_mlp", dataset="mnist", epochs=100,
+                       batch_size=64, lr=0.01, final_lr=0.0, weight_decay=0.0, schedule="cooldown", head_lr=1e-4,
+                       model_kwargs={"negatives": "random", "head": True},
+                       reference="98.48 (Pipeline-FF, RandomNEG, softmax head, sequential)"))
+register_recipe(Recipe(name="pon-mlp-mnist", model="pon_mlp", dataset="mnist", epochs=100, batch_size=64, lr=0.01,
+                       final_lr=0.0, weight_decay=0.0, schedule="cooldown",
+                       reference="98.38 (Pipeline-FF, PON, sequential)"))
+
+# -- Backprop baselines (same data, recipe shape and evaluation)
+register_recipe(Recipe(name="bp-deepsup-tinycnn-fmnist", model="deeperforward_tinycnn", dataset="fashion-mnist",
+                       epochs=150, lr=1e-3, trainer="backprop",
+                       reference="no published figure (BP-DeepSup on DeeperForward's TinyCNN)"))
+for _ds, _acc in (("cifar10", "94.03 (with augmentation)"), ("mnist", "99.58"), ("fashion-mnist", "93.78")):
+    register_recipe(Recipe(name=f"bp-resnet18-{_DS_SHORT[_ds]}", model="bp_resnet18", dataset=_ds, epochs=150,
+                           lr=1e-3, trainer="backprop", reference=f"{_acc} (DeeperForward's BP ResNet18)"))
+register_recipe(Recipe(name="bp-vgg8-cifar10", model="bp_vgg8", dataset="cifar10", epochs=400, lr=1e-3,
+                       final_lr=0.0, optimizer="adamw", augment="dtg", trainer="backprop",
+                       reference="94.80 (DTG-FF: BP VGG8 single head)"))
