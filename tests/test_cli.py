@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from ffkit.cli import main
 from ffkit.data import DEBIAN_FASHION_MNIST_DIR
@@ -115,3 +116,13 @@ def test_console_script_and_module_entry_point():
     if exe.exists():
         res = subprocess.run([str(exe), "models"], capture_output=True, text=True, timeout=120)
         assert res.returncode == 0 and "deeperforward_tinycnn" in res.stdout
+
+
+def test_with_index_yields_indices():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from ffkit.data import WithIndex
+
+    ds = WithIndex(TensorDataset(torch.rand(5, 1, 2, 2), torch.arange(5)))
+    x, y, i = next(iter(DataLoader(ds, batch_size=5)))
+    assert i.tolist() == [0, 1, 2, 3, 4] and y.tolist() == [0, 1, 2, 3, 4] and len(ds) == 5

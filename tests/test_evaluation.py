@@ -176,7 +176,8 @@ def test_make_report_fields():
     assert rep.sip_range == (1, 2)
     assert rep.num_samples == 4
     d = rep.to_dict()
-    assert set(d) == {"per_layer", "all_layers", "last3", "sip", "sip_range", "num_samples"}
+    assert set(d) == {"per_layer", "all_layers", "last3", "sip", "sip_range", "num_samples", "head"}
+    assert d["head"] is None
     assert d["sip"] == pytest.approx(1.0)
     assert d["num_samples"] == 4
 

@@ -47,7 +47,7 @@ def test_cwconv_shapes(kwargs, out_hw):
     assert isinstance(out, LayerOutput)
     assert out.features.shape == (2, 6, *out_hw)
     assert out.scores.shape == (2, 3)
-    assert out.goodness is None
+    torch.testing.assert_close(out.goodness, out.scores.mean(1))  # mean goodness (Eq. 5): equal-size groups
 
 
 def test_cwconv_is_an_fflayer_without_bias():

@@ -17,18 +17,63 @@ EXPECTED_PARAMS = {
     "deeperforward_cnn14": 17_772_930,
     "deeperforward_resnet17": 30_600_900,
     # -- deeperforward scaling --
+    # ResNet33 (8 layers per stage, every conv w -> w incl. the concatenating layers' half):
+    #   9*(1*100 + 8*(100^2 + 200^2 + 400^2 + 800^2)) = 61,200,900
+    "deeperforward_resnet33": 61_200_900,
+    # ResNet100 (bottleneck 1x1-3x3-1x1, inner widths 30/50/100/200; first block of stages 2-4 concatenates, so its
+    # expand conv produces W_s - W_{s-1}): 9*1*100 + 3*(100*30 + 9*30^2 + 30*100)
+    #   + (100*50 + 9*50^2 + 50*100) + 3*(200*50 + 9*50^2 + 50*200)
+    #   + (200*100 + 9*100^2 + 100*200) + 22*(400*100 + 9*100^2 + 100*400)
+    #   + (400*200 + 9*200^2 + 200*400) + 2*(800*200 + 9*200^2 + 200*800)
+    #   = 900 + 42,300 + 160,000 + 3,870,000 + 1,880,000 = 5,953,200
+    "deeperforward_resnet100": 5_953_200,
     # -- trifecta --
+    # Trifecta (in_channels=1: first block sees 1 + 1 label channel; 3x3 bias-free convs; BatchNorm of each
+    # block's input adds 2 parameters per input channel / feature; the label channel is a fixed buffer):
+    #   shallow: 9*(2*128 + 128*128 + 128*256 + 256*256 + 256*256 + 256*512) = 9*311,552 = 2,803,968
+    #            + 2*(2 + 128 + 128 + 256 + 256 + 256) = 2,052                             -> 2,806,020
+    #   deep:    9*(2*64 + 64*128 + 3*128*128 + 128*256 + 3*256*256 + 256*512 + 2*512*512) = 9*942,208 = 8,479,872
+    #            + 2*(2 + 64 + 4*128 + 4*256 + 2*512) = 2*2,626 = 5,252                    -> 8,485,124
+    #   fcn:     input (1 + 1)*32*32 = 2048; 6*2048*2048 = 25,165,824 + 6*2*2048 = 24,576 -> 25,190,400
+    "trifecta_shallow": 2_806_020,
+    "trifecta_deep": 8_485_124,
+    "trifecta_fcn": 25_190_400,
     # -- dtg --
+    # DTG VGG8 (bias-free 3x3 convs 128-256-256-512-512-512-512; one temperature s per layer; head on layers 2..7:
+    #   GAP widths 256+256+512+512+512+512 = 2560, BatchNorm1d 2*2560, linear 2560*10 + 10):
+    #   9*(1*128 + 128*256 + 256*256 + 256*512 + 3*512*512) + 7 + 2*2560 + 25,610 = 9,143,424 + 7 + 30,730 = 9,174,161
+    "dtg_vgg8": 9_174_161,
+    # DTG VGG11 (64-128-256-256-512-512-512-512; head on layers 2..8: 128+2*256+4*512 = 2688, BN 2*2688, linear
+    #   2688*10 + 10): 9*(1*64 + 64*128 + 128*256 + 256*256 + 256*512 + 3*512*512) + 8 + 5376 + 26,890
+    #   = 9,216,576 + 8 + 32,266 = 9,248,850
+    "dtg_vgg11": 9_248_850,
+    # DTG MLP 1024-1000-1000-1000 (weights + biases, plus a margin theta and a temperature s per layer, no head):
+    #   (1024*1000 + 1000) + 2*(1000*1000 + 1000) + 3*2 = 3,027,006
+    "dtg_mlp": 3_027_006,
     # -- mlp --
+    # Hinton MLP 1024-2000-2000-2000-2000 (linear layers with bias): (1024 + 1)*2000 + 3*(2000 + 1)*2000 = 14,056,000
+    "hinton_mlp": 14_056_000,
+    # PON: the same layers plus a linear softmax head per layer, 4*(2000 + 1)*10 = 80,040: 14,136,040
+    "pon_mlp": 14_136_040,
 }
 EXPECTED_LAYERS = {
     "deeperforward_tinycnn": 4,
     "deeperforward_cnn14": 14,
     "deeperforward_resnet17": 17,
     # -- deeperforward scaling --
+    "deeperforward_resnet33": 33,  # 1 + 4 * 8
+    "deeperforward_resnet100": 100,  # 1 + 3 * (3 + 4 + 23 + 3)
     # -- trifecta --
+    "trifecta_shallow": 6,
+    "trifecta_deep": 12,
+    "trifecta_fcn": 6,
     # -- dtg --
+    "dtg_vgg8": 7,
+    "dtg_vgg11": 8,
+    "dtg_mlp": 3,
     # -- mlp --
+    "hinton_mlp": 4,
+    "pon_mlp": 4,
 }
 
 
@@ -66,7 +111,10 @@ def test_no_gradient_across_layer_boundaries(name):
         others = [p for j, ps in all_params.items() if j != i for p in ps]
         grads = torch.autograd.grad(loss, all_params[i] + others, allow_unused=True)
         own, foreign = grads[: len(all_params[i])], grads[len(all_params[i]) :]
-        assert all(g is not None and g.abs().sum() > 0 for g in own), f"layer {i} gets no gradient of its own"
+        # Every own parameter is reached; (a learned margin right after its warm start can have an exactly-zero
+        # gradient on noise, so "non-zero" is required of the layer as a whole, not of every tensor).
+        assert all(g is not None for g in own), f"layer {i} has parameters its own loss does not reach"
+        assert any(g.abs().sum() > 0 for g in own), f"layer {i} gets no gradient of its own"
         assert all(g is None for g in foreign), f"layer {i}'s loss reaches another layer's parameters"
         seen += 1
     assert seen == len(net)

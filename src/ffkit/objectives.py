@@ -98,6 +98,8 @@ class ClassScoreObjective(Objective):
     def layer_scores(self, network, x, end=None, sink=None):
         scores = []
         for i, out in network.iter_layers(x, end=end):
+            if out.scores is None:
+                raise TypeError("ClassScoreObjective needs layers that return class scores (e.g. CWConv)")
             scores.append(out.scores)
             if sink is not None:
                 sink[i] = out.features

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["Recipe", "register_recipe", "get_recipe", "list_recipes", "RECIPES"]
+__all__ = ["Recipe", "register_recipe", "get_recipe", "list_recipes", "RECIPES", "build_model", "build_trainer"]
 
 
 @dataclass(frozen=True)
@@ -170,3 +170,37 @@ for _ds, _acc in (("cifar10", "94.03 (with augmentation)"), ("mnist", "99.58"), 
 register_recipe(Recipe(name="bp-vgg8-cifar10", model="bp_vgg8", dataset="cifar10", epochs=400, lr=1e-3,
                        final_lr=0.0, optimizer="adamw", augment="dtg", trainer="backprop",
                        reference="94.80 (DTG-FF: BP VGG8 single head)"))
+
+
+def build_model(recipe: Recipe, *, num_classes: int, in_channels: int, **overrides: Any):
+    """The recipe's model, with ``overrides`` (e.g. ``width_multiplier``) on top of its ``model_kwargs``."""
+    from .models import create_model
+
+    return create_model(recipe.model, num_classes=num_classes, in_channels=in_channels,
+                        **{**recipe.model_kwargs, **overrides})
+
+
+def build_trainer(recipe: Recipe, network, *, steps_per_epoch: int, device: Any = "cpu"):
+    """The recipe's trainer for ``network``: a LocalTrainer, or a BackpropTrainer for ``trainer="backprop"`` (and for
+    single-head baselines). Milestones given in epochs become steps."""
+    from .models import model_kind
+    from .train import BackpropTrainer, LocalTrainer
+
+    kind = model_kind(network.model_name) if network.model_name else "ff"
+    name = recipe.trainer
+    if kind == "backprop" and name == "local":
+        raise ValueError(f"{recipe.model} is a single-head backprop baseline; it cannot be trained with the local "
+                         "trainer (use trainer='backprop')")
+    if name not in ("local", "backprop"):
+        raise ValueError(f"trainer must be 'local' or 'backprop', got {name!r}")
+    if name == "backprop" and recipe.overlap:
+        raise ValueError("overlap (OLU) is an option of the local trainer; it conflicts with trainer='backprop'")
+    common = {
+        "lr": recipe.lr, "final_lr": recipe.final_lr, "weight_decay": recipe.weight_decay,
+        "optimizer": recipe.optimizer, "schedule": recipe.schedule, "total_steps": recipe.epochs * steps_per_epoch,
+        "milestones": tuple((int(ep) * steps_per_epoch, float(f)) for ep, f in recipe.milestones),
+        "device": device,
+    }
+    if name == "local" and kind == "ff":
+        return LocalTrainer(network, overlap=recipe.overlap, head_lr=recipe.head_lr, **common)
+    return BackpropTrainer(network, **common)

@@ -68,7 +68,13 @@ class FixedNegative(NegativeLabels):
     def __call__(self, y, *, x=None, network=None, index=None):
         check_labels(y, self.num_classes, "y")
         if index is None:
-            raise ValueError("FixedNegative needs the samples' dataset indices (index=...) to keep labels fixed")
+            raise ValueError(
+                "FixedNegative needs each sample's dataset index (index=...) to keep its wrong label fixed across "
+                "epochs: train with a loader that yields (x, y, index) batches (Trainer.train_epoch passes the third "
+                "item on as index). The loaders of 'ffkit train' yield (x, y) only, so negatives='fixed' (FixedNEG) "
+                "cannot be trained through the CLI; use negatives='random' or 'adaptive' there, or train from Python "
+                "on a dataset that also returns each sample's index"
+            )
         offset = 1 + (index.to(torch.int64) * 2654435761 + self.seed) % (self.num_classes - 1)
         return (y + offset.to(y.device)) % self.num_classes
 

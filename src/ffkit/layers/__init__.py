@@ -2,9 +2,23 @@
 
 from .base import FFLayer, LayerOutput
 from .cwconv import CWConv
+from .dtg import DTGConv, DTGLinear
 from .heads import ClassifierHead
 from .linear import FFLinear
+from .pon import PONLinear
 from .residual import ParamFreeResidual
-from .trifecta import TrifectaConv
+from .trifecta import TrifectaConv, TrifectaLinear
 
-__all__ = ["FFLayer", "LayerOutput", "CWConv", "ParamFreeResidual", "FFLinear", "TrifectaConv", "ClassifierHead"]
+__all__ = [
+    "FFLayer",
+    "LayerOutput",
+    "CWConv",
+    "ParamFreeResidual",
+    "FFLinear",
+    "TrifectaConv",
+    "TrifectaLinear",
+    "ClassifierHead",
+    "PONLinear",
+    "DTGConv",
+    "DTGLinear",
+]

@@ -36,7 +36,7 @@ class CWConv(FFLayer):
             (:class:`ParamFreeResidual`).
 
     Shape:
-        ``x [B, C_in, H, W] -> LayerOutput(features [B, C_out, H', W'], scores [B, K])``.
+        ``x [B, C_in, H, W] -> LayerOutput(features [B, C_out, H', W'], scores [B, K], goodness [B])``.
     """
 
     def __init__(
@@ -97,4 +97,6 @@ class CWConv(FFLayer):
         h = self.dropout(F.relu(z))
         scores = _goodness.mean(h, groups=self.num_classes)
         features = F.group_norm(h, self.num_classes)
-        return LayerOutput(features=features, scores=scores)
+        # The groups are equal in size, so the mean of the class scores is the layer's overall mean goodness
+        # (Eq. 5): it lets a CW-Conv backbone train with a positive/negative loss such as SymBa too.
+        return LayerOutput(features=features, scores=scores, goodness=scores.mean(dim=1))

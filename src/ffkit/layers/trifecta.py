@@ -1,5 +1,6 @@
-"""The Trifecta's conv layer (Dooms et al., "The Trifecta: Three simple techniques for training deeper
-Forward-Forward networks"): BatchNorm before the layer, conv, ReLU, optional max-pool; goodness = mean of squares."""
+"""The Trifecta's layers (Dooms et al., "The Trifecta: Three simple techniques for training deeper Forward-Forward
+networks"): BatchNorm of the layer's input, a bias-free conv or linear map, ReLU (and, for convs, an optional
+max-pool); goodness = mean of squares of the output."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from .. import goodness as _goodness
 from .._validation import check_positive_int
 from .base import FFLayer, LayerOutput
 
-__all__ = ["TrifectaConv"]
+__all__ = ["TrifectaConv", "TrifectaLinear"]
 
 
 class TrifectaConv(FFLayer):
@@ -42,4 +43,35 @@ class TrifectaConv(FFLayer):
         h = F.relu(self.conv(self.norm(x)))
         if self.maxpool:
             h = F.max_pool2d(h, 2)
+        return LayerOutput(features=h, goodness=_goodness.squared(h, reduction="mean"))
+
+
+class TrifectaLinear(FFLayer):
+    """The Trifecta's fully-connected block: ``x -> flatten -> BatchNorm1d -> linear (bias-free) -> ReLU``;
+    goodness = mean of squares of the output.
+
+    The FCN of the paper ("6 x 2048") stacks six of these. As in :class:`TrifectaConv`, the BatchNorm acts on the
+    *input*, so the previous layer's goodness (the scale of its activity) is normalised away; the linear map has
+    no bias, like the conv blocks, since the BatchNorm's shift already provides one per input feature.
+
+    Args:
+        in_features: input size ``D_in`` (images ``[B, C, H, W]`` are flattened to ``C * H * W``).
+        out_features: number of units ``D``.
+
+    Shape:
+        ``x [B, D_in] or [B, C, H, W] -> LayerOutput(features [B, D], goodness [B])``.
+    """
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        for name, v in (("in_features", in_features), ("out_features", out_features)):
+            check_positive_int(v, name)
+        self.norm = nn.BatchNorm1d(in_features)
+        self.linear = nn.Linear(in_features, out_features, bias=False)
+
+    def forward(self, x: torch.Tensor, shortcut: torch.Tensor | None = None) -> LayerOutput:
+        x = x.flatten(1)
+        if x.shape[1] != self.linear.in_features:
+            raise ValueError(f"TrifectaLinear expects {self.linear.in_features} input features, got {x.shape[1]}")
+        h = F.relu(self.linear(self.norm(x)))
         return LayerOutput(features=h, goodness=_goodness.squared(h, reduction="mean"))

@@ -5,7 +5,7 @@ trained with a local cross-entropy on each layer's class scores.
 The architectures follow the authors' released code (see ``ANCHORS.md``): bias-free 3x3 convs (5x5 for TinyCNN's first
 two) with Kaiming init, 2x average pooling for downsampling, network input layer-normalised over ``(C, H, W)``.
 Widths are multiplied by ``width_multiplier`` and rounded up to a multiple of ``num_classes`` (each class owns
-``C / K`` channels).
+``C / K`` channels). ResNet33 and the bottleneck ResNet100 are the paper's depth-scaling networks.
 """
 
 from __future__ import annotations
@@ -18,7 +18,13 @@ from ..network import FFNetwork
 from ..objectives import ClassScoreObjective
 from ._registry import register_model
 
-__all__ = ["deeperforward_tinycnn", "deeperforward_cnn14", "deeperforward_resnet17"]
+__all__ = [
+    "deeperforward_tinycnn",
+    "deeperforward_cnn14",
+    "deeperforward_resnet17",
+    "deeperforward_resnet33",
+    "deeperforward_resnet100",
+]
 
 
 def scaled_width(channels: int, width_multiplier: float, num_classes: int) -> int:
@@ -86,6 +92,46 @@ def deeperforward_cnn14(
     return _network(layers, num_classes, in_channels)
 
 
+def _plain_resnet(
+    layers_per_stage: int, num_classes: int, in_channels: int, width_multiplier: float, dropout: float
+) -> FFNetwork:
+    """DeeperForward's plain (non-bottleneck) CW-Conv ResNet: a stem and four stages of ``layers_per_stage`` 3x3
+    layers at ``w, 2w, 4w, 8w`` channels (``w`` = 100 scaled).
+
+    Within a stage (layers ``j = 0 .. n-1``), every odd layer ``j`` takes the features of the layer two back: added
+    for ``j < n - 1`` (equal widths; average-pooled after the stride-2 opening of stages 2-4), concatenated for the
+    stage's last layer, which doubles the width to the next stage's ``2w``. ResNet17 is ``n = 4``, ResNet33 ``n = 8``.
+    """
+    _check_common(num_classes, in_channels)
+    if layers_per_stage < 2 or layers_per_stage % 2:
+        raise ValueError(f"layers_per_stage must be an even number >= 2, got {layers_per_stage}")
+    # Stage widths double exactly, so that each concatenation (width w + w) equals the next stage's width.
+    base = scaled_width(100, width_multiplier, num_classes)
+    widths = [base, 2 * base, 4 * base, 8 * base]
+    layers: list[CWConv] = [CWConv(in_channels, widths[0], num_classes, dropout=dropout)]
+    out_ch = [widths[0]]
+    shortcuts = {}
+    last = layers_per_stage - 1
+    for s, w in enumerate(widths):
+        for j in range(layers_per_stage):
+            i = len(layers)  # 0-based index of the layer being built
+            prev = out_ch[-1]
+            stride = 2 if (s > 0 and j == 0) else 1
+            if j % 2 == 1 and j < last:  # identity add from two layers back
+                shortcuts[i] = i - 2
+                layers.append(CWConv(prev, w, num_classes, stride=stride, dropout=dropout, shortcut_channels=w))
+                out_ch.append(w)
+            elif j == last:  # concatenate the features from two layers back: width doubles
+                shortcuts[i] = i - 2
+                sc = out_ch[i - 2]
+                layers.append(CWConv(prev, w + sc, num_classes, dropout=dropout, shortcut_channels=sc))
+                out_ch.append(w + sc)
+            else:
+                layers.append(CWConv(prev, w, num_classes, stride=stride, dropout=dropout))
+                out_ch.append(w)
+    return _network(layers, num_classes, in_channels, shortcuts)
+
+
 @register_model
 def deeperforward_resnet17(
     *, num_classes: int = 10, in_channels: int = 3, width_multiplier: float = 1.0, dropout: float = 0.2
@@ -99,28 +145,62 @@ def deeperforward_resnet17(
 
     Shape: ``[B, in_channels, 32, 32] -> [B, num_classes]``.
     """
+    return _plain_resnet(4, num_classes, in_channels, width_multiplier, dropout)
+
+
+@register_model
+def deeperforward_resnet33(
+    *, num_classes: int = 10, in_channels: int = 3, width_multiplier: float = 1.0, dropout: float = 0.2
+) -> FFNetwork:
+    """DeeperForward ResNet33 (the paper's depth-scaling experiment): a 100-channel stem and four stages of eight
+    CW-Conv layers at 100 / 200 / 400 / 800 channels, ResNet17's wiring with twice the layers per stage. Stages 2-4
+    open with a stride-2 conv (0-based layers 9, 17, 25). In each stage the 2nd, 4th and 6th layers add the
+    features from two layers back and the 8th concatenates them, doubling the width (0-based adds into 2, 4, 6, 10,
+    12, 14, ...; concatenations into 8, 16, 24, 32). Paper: CIFAR-10 85.43.
+
+    Shape: ``[B, in_channels, 32, 32] -> [B, num_classes]``.
+    """
+    return _plain_resnet(8, num_classes, in_channels, width_multiplier, dropout)
+
+
+#: ResNet101's blocks per stage.
+RESNET100_BLOCKS = (3, 4, 23, 3)
+
+
+@register_model
+def deeperforward_resnet100(
+    *, num_classes: int = 10, in_channels: int = 3, width_multiplier: float = 1.0, dropout: float = 0.2
+) -> FFNetwork:
+    """DeeperForward ResNet100 (bottleneck; the paper's depth-scaling experiment): a 3x3 stem with 100 channels and
+    ResNet101's ``[3, 4, 23, 3]`` bottleneck blocks in four stages of output width 100 / 200 / 400 / 800: 1 + 33 x 3
+    = 100 CW-Conv layers. Paper: CIFAR-10 83.06.
+
+    Each block is three CW-Conv layers, 1x1 reduce -> 3x3 -> 1x1 expand. The shortcut from the block's input (the
+    previous layer's features) goes into the block's third layer: added when the widths match (every block but the
+    first of stages 2-4), concatenated otherwise (the first block of stages 2-4, whose input has half the stage's
+    width, so its expand conv produces the other half). Stages 2-4 downsample in their first block's 3x3 conv
+    (stride 2, as torchvision's ResNet v1.5), and the shortcut is average-pooled to match.
+
+    The paper does not give the inner width; ffkit uses ResNet's ratio, a quarter of the stage width rounded up to a
+    multiple of ``num_classes`` (every CW-Conv width must be): 30 / 50 / 100 / 200 for 10 classes, 100 / 100 / 100 /
+    200 for 100 classes.
+
+    Shape: ``[B, in_channels, 32, 32] -> [B, num_classes]``.
+    """
     _check_common(num_classes, in_channels)
-    # Stage widths double exactly, so that each concatenation (width w + w) equals the next stage's width.
     base = scaled_width(100, width_multiplier, num_classes)
     widths = [base, 2 * base, 4 * base, 8 * base]
-    layers: list[CWConv] = [CWConv(in_channels, widths[0], num_classes, dropout=dropout)]
-    out_ch = [widths[0]]
+    layers: list[CWConv] = [CWConv(in_channels, base, num_classes, dropout=dropout)]
     shortcuts = {}
-    for s, w in enumerate(widths):
-        for j in range(4):
-            i = len(layers)  # 0-based index of the layer being built
-            prev = out_ch[-1]
-            stride = 2 if (s > 0 and j == 0) else 1
-            if j == 1:  # identity add from two layers back
-                shortcuts[i] = i - 2
-                layers.append(CWConv(prev, w, num_classes, stride=stride, dropout=dropout, shortcut_channels=w))
-                out_ch.append(w)
-            elif j == 3:  # concatenate the features from two layers back: width doubles
-                shortcuts[i] = i - 2
-                sc = out_ch[i - 2]
-                layers.append(CWConv(prev, w + sc, num_classes, dropout=dropout, shortcut_channels=sc))
-                out_ch.append(w + sc)
-            else:
-                layers.append(CWConv(prev, w, num_classes, stride=stride, dropout=dropout))
-                out_ch.append(w)
+    prev = base
+    for s, (w, blocks) in enumerate(zip(widths, RESNET100_BLOCKS)):
+        inner = scaled_width(w, 0.25, num_classes)
+        for b in range(blocks):
+            source = len(layers) - 1  # the block's input is the previous layer's output
+            stride = 2 if (s > 0 and b == 0) else 1
+            layers.append(CWConv(prev, inner, num_classes, kernel_size=1, dropout=dropout))
+            layers.append(CWConv(inner, inner, num_classes, kernel_size=3, stride=stride, dropout=dropout))
+            shortcuts[len(layers)] = source
+            layers.append(CWConv(inner, w, num_classes, kernel_size=1, dropout=dropout, shortcut_channels=prev))
+            prev = w
     return _network(layers, num_classes, in_channels, shortcuts)

@@ -30,8 +30,10 @@ class LocalTrainer(Trainer):
 
     Args:
         network: the network to train.
-        lr: initial learning rate of every layer (DeeperForward: 0.08).
-        final_lr: learning rate at the end of the cosine schedule (default ``lr / 10``: 0.08 -> 0.008).
+        lr: initial learning rate of every layer. The default suits short runs; DeeperForward's 150-epoch recipe
+            uses 0.08 (``ffkit.recipes``).
+        final_lr: learning rate at the end of the cosine schedule (default ``lr / 10``, as DeeperForward's
+            0.08 -> 0.008).
         weight_decay: weight decay (DeeperForward: 5e-4).
         optimizer: ``"adam"`` (default, as DeeperForward), ``"adamw"`` or ``"sgd"``.
         schedule: ``"cosine"`` (stepped every iteration over ``total_steps``), ``"constant"``, ``"cooldown"`` or
@@ -51,7 +53,7 @@ class LocalTrainer(Trainer):
         self,
         network: FFNetwork,
         *,
-        lr: float = 0.08,
+        lr: float = 0.005,
         final_lr: float | None = None,
         weight_decay: float = 5e-4,
         optimizer: str = "adam",

@@ -1,0 +1,129 @@
+"""Every named recipe builds its model and trainer and runs training steps; flags override recipe fields."""
+
+import inspect
+import json
+
+import pytest
+import torch
+
+from ffkit.cli import main
+from ffkit.data import DEBIAN_FASHION_MNIST_DIR, dataset_info
+from ffkit.models import get_model_builder, list_models
+from ffkit.recipes import RECIPES, Recipe, build_model, build_trainer, get_recipe, list_recipes, register_recipe
+from ffkit.train import BackpropTrainer, LocalTrainer
+from ffkit.train.base import make_schedule
+
+SMALL = {"width_multiplier": 0.05, "hidden": (32, 32, 32)}
+
+
+def _small_overrides(model: str) -> dict:
+    params = inspect.signature(get_model_builder(model)).parameters
+    return {k: v for k, v in SMALL.items() if k in params}
+
+
+def test_paper_recipes_exist():
+    names = set(list_recipes())
+    for required in ("deeperforward-resnet17-fmnist", "trifecta-deep-cifar10", "dtg-vgg8-cifar10",
+                     "pff-mlp-mnist-adaptiveneg", "pon-mlp-mnist", "bp-deepsup-tinycnn-fmnist"):
+        assert required in names
+    assert all(RECIPES[n].model in list_models() for n in names), "a recipe names an unregistered model"
+
+
+@pytest.mark.parametrize("name", list_recipes())
+def test_every_recipe_runs_training_steps(name):
+    torch.manual_seed(0)
+    recipe = get_recipe(name)
+    info = dataset_info(recipe.dataset)
+    net = build_model(recipe, num_classes=info.num_classes, in_channels=info.in_channels,
+                      **_small_overrides(recipe.model))
+    trainer = build_trainer(recipe, net, steps_per_epoch=10)
+    expected = BackpropTrainer if (recipe.trainer == "backprop" or recipe.model.startswith("bp_")) else LocalTrainer
+    assert type(trainer) is expected
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(recipe.lr)
+    if isinstance(trainer, LocalTrainer):
+        assert trainer.overlap == recipe.overlap
+    x = torch.rand(4, info.in_channels, 32, 32)
+    y = torch.arange(4) % info.num_classes
+    before = [p.detach().clone() for p in net.parameters()]
+    for _ in range(2):
+        res = trainer.train_step(x, y, index=torch.arange(4))  # FixedNEG needs sample indices
+        assert torch.isfinite(res.losses).all()
+    assert any(not torch.equal(b, p) for b, p in zip(before, net.parameters()))
+
+
+def test_recipe_registry_errors():
+    with pytest.raises(ValueError, match="unknown recipe 'nope'"):
+        get_recipe("nope")
+    with pytest.raises(ValueError, match="already registered"):
+        register_recipe(get_recipe("pon-mlp-mnist"))
+    bp = Recipe(name="x", model="bp_vgg8", dataset="cifar10", epochs=1, trainer="local")
+    net = build_model(bp, num_classes=10, in_channels=3, width_multiplier=0.05)
+    with pytest.raises(ValueError, match="single-head backprop"):
+        build_trainer(bp, net, steps_per_epoch=1)
+
+
+def test_piecewise_and_cooldown_schedules():
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched = make_schedule(opt, "piecewise", 10, 0.0, milestones=((2, 0.5), (4, 0.1)))
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([1.0, 1.0, 0.5, 0.5, 0.1, 0.1])
+    opt = torch.optim.SGD([p], lr=0.01)
+    sched = make_schedule(opt, "cooldown", 10, 0.0)
+    lrs = []
+    for _ in range(11):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    # constant for the first half (steps 0..5), then linear to 0 at step 10
+    assert lrs == pytest.approx([0.01] * 6 + [0.008, 0.006, 0.004, 0.002, 0.0])
+
+
+def test_trifecta_deep_milestones_become_steps():
+    recipe = get_recipe("trifecta-deep-cifar10")
+    net = build_model(recipe, num_classes=10, in_channels=3, width_multiplier=0.05)
+    trainer = build_trainer(recipe, net, steps_per_epoch=3)
+    factor = trainer.schedulers[0].lr_lambdas[0]
+    assert [factor(s) for s in (0, 599, 600, 1199, 1200)] == pytest.approx([1.0, 1.0, 0.5, 0.5, 0.1])
+
+
+def test_recipes_command_lists_them(capsys):
+    assert main(["recipes"]) == 0
+    out = capsys.readouterr().out
+    assert "trifecta-deep-cifar10" in out and "83.51" in out
+
+
+@pytest.mark.skipif(not DEBIAN_FASHION_MNIST_DIR.is_dir(), reason="dataset-fashion-mnist is not installed")
+def test_train_with_recipe_and_overrides(tmp_path, capsys):
+    args = ["train", "--recipe", "deeperforward-tinycnn-fmnist", "--epochs", "1", "--limit", "256",
+            "--eval-limit", "128", "--width-multiplier", "0.1", "--data-dir", str(tmp_path / "d"),
+            "--out", str(tmp_path / "run"), "--no-progress", "--json"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["recipe"] == "deeperforward-tinycnn-fmnist" and summary["epochs"] == 1
+    assert "Published figure for this recipe: 91.83" in out
+    meta = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert len(meta) == 1
+    import ffkit
+
+    payload = ffkit.load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert payload["metadata"]["lr"] == 0.08 and payload["metadata"]["epochs"] == 1
+
+
+@pytest.mark.skipif(not DEBIAN_FASHION_MNIST_DIR.is_dir(), reason="dataset-fashion-mnist is not installed")
+def test_cli_backprop_deepsup_on_an_ff_model(tmp_path, capsys):
+    args = ["train", "--model", "deeperforward_tinycnn", "--trainer", "backprop", "--lr", "0.001", "--limit", "128",
+            "--eval-limit", "128", "--width-multiplier", "0.1", "--data-dir", str(tmp_path / "d"),
+            "--out", str(tmp_path / "run"), "--no-progress", "--json"]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["trainer"] == "backprop"
+    assert main(["train", "--model", "bp_vgg8", "--trainer", "local", "--data-dir", str(tmp_path / "d")]) == 2
+    assert "single-head backprop" in capsys.readouterr().err
+    assert main(["train", "--trainer", "backprop", "--overlap", "--data-dir", str(tmp_path / "d")]) == 2
+    assert "conflicts" in capsys.readouterr().err
