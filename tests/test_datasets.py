@@ -522,3 +522,29 @@ def test_load_uses_default_data_dir(
     write_mnist(tmp_path, monkeypatch)
     monkeypatch.setenv("FFKIT_DATA_DIR", str(tmp_path))
     assert len(load_dataset("mnist", "test")) == N_TEST
+
+
+@pytest.mark.parametrize("augment", ["rotate-crop", "crop-flip", "dtg"])
+def test_augmentations_keep_shape_and_range_and_vary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, augment: str
+) -> None:
+    write_cifar10(tmp_path, monkeypatch)
+    plain = load_dataset("cifar10", "train_full", tmp_path)
+    aug = load_dataset("cifar10", "train_full", tmp_path, augment=augment)
+    torch.manual_seed(0)
+    draws = [aug[0][0] for _ in range(4)]
+    for x in draws:
+        assert x.shape == (3, 32, 32) and x.dtype == torch.float32
+        assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+    # random: not every draw equals the un-augmented image, and the draws differ from each other
+    assert any(not torch.equal(x, plain[0][0]) for x in draws)
+    assert any(not torch.equal(draws[0], x) for x in draws[1:])
+    assert aug[0][1] == plain[0][1]
+
+
+def test_augment_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_cifar10(tmp_path, monkeypatch)
+    with pytest.raises(ValueError, match="unknown augment 'mixup'"):
+        load_dataset("cifar10", "train", tmp_path, augment="mixup")
+    with pytest.raises(ValueError, match="training splits only"):
+        load_dataset("cifar10", "test", tmp_path, augment="crop-flip")

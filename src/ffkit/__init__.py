@@ -17,10 +17,23 @@ from .data import (
 )
 from .evaluation import EvalReport, SIPResult, collect_scores, select_layers
 from .goodness import DTGTemperature
-from .layers import ClassifierHead, CWConv, FFLayer, FFLinear, LayerOutput, ParamFreeResidual, TrifectaConv
+from .layers import (
+    ClassifierHead,
+    CWConv,
+    DTGConv,
+    DTGLinear,
+    FFLayer,
+    FFLinear,
+    LayerOutput,
+    ParamFreeResidual,
+    PONLinear,
+    TrifectaConv,
+    TrifectaLinear,
+)
 from .models import create_model, list_models, register_model
 from .network import FFNetwork
 from .objectives import ClassScoreObjective, Objective, PosNegObjective
+from .recipes import Recipe, get_recipe, list_recipes
 from .train import BackpropTrainer, DivergenceError, LocalTrainer, load_checkpoint, save_checkpoint
 
 __all__ = [
@@ -34,6 +47,10 @@ __all__ = [
     "ParamFreeResidual",
     "FFLinear",
     "TrifectaConv",
+    "TrifectaLinear",
+    "DTGConv",
+    "DTGLinear",
+    "PONLinear",
     "ClassifierHead",
     "LabelOverlay",
     "LabelChannel",
@@ -57,4 +74,7 @@ __all__ = [
     "create_model",
     "list_models",
     "register_model",
+    "Recipe",
+    "get_recipe",
+    "list_recipes",
 ]

@@ -66,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dataset", default=None, help="mnist, fashion-mnist, cifar10, cifar100 or svhn")
     t.add_argument("--epochs", type=_positive(int), default=None, help="default 1")
     t.add_argument("--batch-size", type=_positive(int), default=None, help="default 128")
-    t.add_argument("--lr", type=_positive(float), default=None, help=f"initial lr (default {DEFAULT_LR}; the paper recipes set their own)")
+    t.add_argument(
+        "--lr", type=_positive(float), default=None, help=f"initial lr (default {DEFAULT_LR}; recipes set their own)"
+    )
     t.add_argument("--final-lr", type=float, default=None, help="lr at the end of the schedule (default lr/10)")
     t.add_argument("--weight-decay", type=float, default=None, help="default 5e-4")
     t.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default=None, help="default adam")

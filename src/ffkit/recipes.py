@@ -75,6 +75,7 @@ def get_recipe(name: str) -> Recipe:
 
 
 def list_recipes() -> list[str]:
+    """Names of every registered recipe, sorted."""
     return sorted(RECIPES)
 
 

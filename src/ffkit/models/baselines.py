@@ -14,6 +14,7 @@ from torch import nn
 from .._validation import check_image_input, check_positive_int
 from ._registry import register_model
 from ._vgg import VGG8_CHANNELS, VGG8_POOL_AFTER
+from ._widths import scale_width
 
 __all__ = ["SingleHeadNetwork", "bp_resnet18", "bp_vgg8"]
 
@@ -82,7 +83,7 @@ def bp_vgg8(*, num_classes: int = 10, in_channels: int = 3, width_multiplier: fl
     layers: list[nn.Module] = []
     prev = in_channels
     for i, c in enumerate(VGG8_CHANNELS):
-        c = max(1, round(c * width_multiplier))
+        c = scale_width(c, width_multiplier)
         layers += [nn.Conv2d(prev, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
         if i in VGG8_POOL_AFTER:
             layers.append(nn.AvgPool2d(2))

@@ -10,13 +10,12 @@ Widths are multiplied by ``width_multiplier`` and rounded up to a multiple of ``
 
 from __future__ import annotations
 
-import math
-
 from .._validation import check_positive_int
 from ..layers import CWConv
 from ..network import FFNetwork
 from ..objectives import ClassScoreObjective
 from ._registry import register_model
+from ._widths import scale_width
 
 __all__ = [
     "deeperforward_tinycnn",
@@ -25,13 +24,6 @@ __all__ = [
     "deeperforward_resnet33",
     "deeperforward_resnet100",
 ]
-
-
-def scaled_width(channels: int, width_multiplier: float, num_classes: int) -> int:
-    """``channels * width_multiplier`` rounded up to a positive multiple of ``num_classes``."""
-    if not (isinstance(width_multiplier, (int, float)) and width_multiplier > 0):
-        raise ValueError(f"width_multiplier must be a positive number, got {width_multiplier!r}")
-    return max(1, math.ceil(channels * width_multiplier / num_classes - 1e-9)) * num_classes
 
 
 def _check_common(num_classes: int, in_channels: int) -> None:
@@ -62,7 +54,7 @@ def deeperforward_tinycnn(
     Shape: ``[B, in_channels, 32, 32] -> [B, num_classes]``.
     """
     _check_common(num_classes, in_channels)
-    w = [scaled_width(c, width_multiplier, num_classes) for c in (100, 200, 400, 400)]
+    w = [scale_width(c, width_multiplier, multiple_of=num_classes) for c in (100, 200, 400, 400)]
     layers = [
         CWConv(in_channels, w[0], num_classes, kernel_size=5, dropout=dropout),
         CWConv(w[0], w[1], num_classes, kernel_size=5, pool=2, dropout=dropout),
@@ -86,7 +78,7 @@ def deeperforward_cnn14(
     layers, prev = [], in_channels
     for b, block in enumerate(blocks):
         for j, c in enumerate(block):
-            c = scaled_width(c, width_multiplier, num_classes)
+            c = scale_width(c, width_multiplier, multiple_of=num_classes)
             layers.append(CWConv(prev, c, num_classes, pool=2 if (b > 0 and j == 0) else 1, dropout=dropout))
             prev = c
     return _network(layers, num_classes, in_channels)
@@ -106,7 +98,7 @@ def _plain_resnet(
     if layers_per_stage < 2 or layers_per_stage % 2:
         raise ValueError(f"layers_per_stage must be an even number >= 2, got {layers_per_stage}")
     # Stage widths double exactly, so that each concatenation (width w + w) equals the next stage's width.
-    base = scaled_width(100, width_multiplier, num_classes)
+    base = scale_width(100, width_multiplier, multiple_of=num_classes)
     widths = [base, 2 * base, 4 * base, 8 * base]
     layers: list[CWConv] = [CWConv(in_channels, widths[0], num_classes, dropout=dropout)]
     out_ch = [widths[0]]
@@ -188,13 +180,13 @@ def deeperforward_resnet100(
     Shape: ``[B, in_channels, 32, 32] -> [B, num_classes]``.
     """
     _check_common(num_classes, in_channels)
-    base = scaled_width(100, width_multiplier, num_classes)
+    base = scale_width(100, width_multiplier, multiple_of=num_classes)
     widths = [base, 2 * base, 4 * base, 8 * base]
     layers: list[CWConv] = [CWConv(in_channels, base, num_classes, dropout=dropout)]
     shortcuts = {}
     prev = base
     for s, (w, blocks) in enumerate(zip(widths, RESNET100_BLOCKS)):
-        inner = scaled_width(w, 0.25, num_classes)
+        inner = scale_width(w, 0.25, multiple_of=num_classes)
         for b in range(blocks):
             source = len(layers) - 1  # the block's input is the previous layer's output
             stride = 2 if (s > 0 and b == 0) else 1

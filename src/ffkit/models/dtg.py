@@ -28,6 +28,7 @@ from ..network import FFNetwork
 from ..objectives import ClassScoreObjective, PosNegObjective
 from ._registry import register_model
 from ._vgg import VGG8_CHANNELS, VGG8_POOL_AFTER, VGG11_CHANNELS, VGG11_POOL_AFTER
+from ._widths import scale_width
 
 __all__ = ["dtg_vgg8", "dtg_vgg11", "dtg_mlp"]
 
@@ -35,13 +36,6 @@ __all__ = ["dtg_vgg8", "dtg_vgg11", "dtg_mlp"]
 IMAGE_PIXELS = 32 * 32
 #: DTG-FF's classifier path (ANCHORS.md): dropout 0.2 before its linear layer.
 HEAD_DROPOUT = 0.2
-
-
-def _scaled(width: int, width_multiplier: float) -> int:
-    """``width * width_multiplier`` rounded to the nearest integer, at least 1 (as ``bp_vgg8`` scales)."""
-    if isinstance(width_multiplier, bool) or not isinstance(width_multiplier, (int, float)) or width_multiplier <= 0:
-        raise ValueError(f"width_multiplier must be a positive number, got {width_multiplier!r}")
-    return max(1, round(width * width_multiplier))
 
 
 def _check_common(num_classes: int, in_channels: int, head: object) -> None:
@@ -75,7 +69,7 @@ def _dtg_vgg(
 ) -> FFNetwork:
     _check_common(num_classes, in_channels, head)
     label_smoothing = _check_smoothing(label_smoothing)
-    widths = [_scaled(c, width_multiplier) for c in channels]
+    widths = [scale_width(c, width_multiplier) for c in channels]
     layers, prev = [], in_channels
     for i, w in enumerate(widths):
         # Each layer gets its own projection seed, so no two layers read their goodness through the same matrix.
@@ -209,7 +203,7 @@ def dtg_mlp(
         raise ValueError("hidden must list at least one layer width")
     for i, w in enumerate(hidden):
         check_positive_int(w, f"hidden[{i}]")
-    widths = [_scaled(w, width_multiplier) for w in hidden]
+    widths = [scale_width(w, width_multiplier) for w in hidden]
     sizes = [in_channels * IMAGE_PIXELS, *widths]
     layers = [DTGLinear(d_in, d_out, tau_min=tau_min, tau_max=tau_max) for d_in, d_out in zip(sizes[:-1], sizes[1:])]
     objective = PosNegObjective(

@@ -20,6 +20,7 @@ from ..layers import ClassifierHead, FFLinear, PONLinear
 from ..network import FFNetwork
 from ..objectives import ClassScoreObjective, PosNegObjective
 from ._registry import register_model
+from ._widths import scale_width
 
 __all__ = ["hinton_mlp", "pon_mlp"]
 
@@ -33,15 +34,13 @@ def _check_common(num_classes: int, in_channels: int) -> None:
 
 def _widths(hidden: Sequence[int], width_multiplier: float, minimum_layers: int) -> list[int]:
     """``hidden`` scaled by ``width_multiplier`` (rounded, at least 1 unit)."""
-    if isinstance(width_multiplier, bool) or not isinstance(width_multiplier, (int, float)) or width_multiplier <= 0:
-        raise ValueError(f"width_multiplier must be a positive number, got {width_multiplier!r}")
     if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
         raise TypeError(f"hidden must be a sequence of layer widths, got {type(hidden).__name__}")
     if len(hidden) < minimum_layers:
         raise ValueError(f"hidden must list at least {minimum_layers} layer width(s), got {list(hidden)}")
     for i, w in enumerate(hidden):
         check_positive_int(w, f"hidden[{i}]")
-    return [max(1, round(w * width_multiplier)) for w in hidden]
+    return [scale_width(w, width_multiplier) for w in hidden]
 
 
 @register_model

@@ -27,6 +27,7 @@ from ..layers import FFLayer, TrifectaConv, TrifectaLinear
 from ..network import FFNetwork
 from ..objectives import PosNegObjective
 from ._registry import register_model
+from ._widths import scale_width
 
 __all__ = ["trifecta_shallow", "trifecta_deep", "trifecta_fcn"]
 
@@ -39,13 +40,6 @@ _DEEP = (
 _FCN = (2048,) * 6
 # Images are always 32x32 in ffkit (MNIST-style data is resized), so the label plane is 32x32 too.
 _SIZE = 32
-
-
-def scaled(width: int, width_multiplier: float) -> int:
-    """``width * width_multiplier`` rounded to the nearest integer, at least 1."""
-    if isinstance(width_multiplier, bool) or not isinstance(width_multiplier, (int, float)) or width_multiplier <= 0:
-        raise ValueError(f"width_multiplier must be a positive number, got {width_multiplier!r}")
-    return max(1, round(width * width_multiplier))
 
 
 def _network(
@@ -89,7 +83,7 @@ def _conv_stack(spec: tuple[tuple[int, bool], ...], in_channels: int, width_mult
     layers: list[FFLayer] = []
     prev = in_channels + 1  # the label channel
     for channels, pool in spec:
-        c = scaled(channels, width_multiplier)
+        c = scale_width(channels, width_multiplier)
         layers.append(TrifectaConv(prev, c, 3, maxpool=pool))
         prev = c
     return layers
@@ -182,7 +176,7 @@ def trifecta_fcn(
     layers: list[FFLayer] = []
     prev = (in_channels + 1) * _SIZE * _SIZE
     for width in _FCN:
-        d = scaled(width, width_multiplier)
+        d = scale_width(width, width_multiplier)
         layers.append(TrifectaLinear(prev, d))
         prev = d
     return _network(
