@@ -41,10 +41,7 @@ class BackpropTrainer(Trainer):
         label_smoothing: float = 0.0,
     ) -> None:
         check_trainer_args(network, lr, schedule, total_steps)
-        self.device = torch.device(device)
-        self.network = network.to(self.device)
-        self.lr = float(lr)
-        self.final_lr = self.lr / 10 if final_lr is None else float(final_lr)
+        self._setup(network, lr, final_lr, device)
         self.label_smoothing = label_smoothing
         opt = make_optimizer([p for p in network.parameters() if p.requires_grad], optimizer, self.lr, weight_decay)
         self.optimizers = [opt]
@@ -54,10 +51,7 @@ class BackpropTrainer(Trainer):
     def train_step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None) -> StepResult:
         """One end-to-end update on ``x [B, C, H, W]``, ``y [B]``."""
         net = self.network
-        x = x.to(self.device, non_blocking=True)
-        y = y.to(self.device, non_blocking=True)
-        net.check_input(x, y)
-        net.train()
+        x, y = self._batch_to_device(x, y)
         head_result = None
         if isinstance(net, FFNetwork):
             batch = net.objective.prepare(net, x, y, index)

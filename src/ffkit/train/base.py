@@ -127,6 +127,21 @@ class Trainer:
     optimizers: list[torch.optim.Optimizer | None]
     schedulers: list[torch.optim.lr_scheduler.LRScheduler | None]
 
+    def _setup(self, network: Any, lr: float, final_lr: float | None, device: str | torch.device) -> None:
+        """Place the network and record the learning rates (``final_lr`` defaults to ``lr / 10``)."""
+        self.device = torch.device(device)
+        self.network = network.to(self.device)
+        self.lr = float(lr)
+        self.final_lr = self.lr / 10 if final_lr is None else float(final_lr)
+
+    def _batch_to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Move a batch to the training device, check it against the network, and put the network in train mode."""
+        x = x.to(self.device, non_blocking=True)
+        y = y.to(self.device, non_blocking=True)
+        self.network.check_input(x, y)
+        self.network.train()
+        return x, y
+
     def _init_progress(self) -> None:
         self.epoch = 0  # epochs completed
         self.step_count = 0  # steps completed

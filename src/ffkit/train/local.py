@@ -67,10 +67,7 @@ class LocalTrainer(Trainer):
         if not isinstance(network, FFNetwork):
             raise TypeError(f"network must be an ffkit FFNetwork, got {type(network).__name__}")
         check_trainer_args(network, lr, schedule, total_steps)
-        self.device = torch.device(device)
-        self.network = network.to(self.device)
-        self.lr = float(lr)
-        self.final_lr = self.lr / 10 if final_lr is None else float(final_lr)
+        self._setup(network, lr, final_lr, device)
         self.overlap = bool(overlap)
         self.optimizers: list[torch.optim.Optimizer | None] = []
         self.schedulers: list[torch.optim.lr_scheduler.LRScheduler | None] = []
@@ -94,10 +91,7 @@ class LocalTrainer(Trainer):
     def train_step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None) -> StepResult:
         """One local update of every layer on the batch ``x [B, C, H, W]``, ``y [B]``."""
         net = self.network
-        x = x.to(self.device, non_blocking=True)
-        y = y.to(self.device, non_blocking=True)
-        net.check_input(x, y)
-        net.train()
+        x, y = self._batch_to_device(x, y)
         batch = net.objective.prepare(net, x, y, index)
         losses, correct = [], []
         updates = self.updates_at(self.step_count)
