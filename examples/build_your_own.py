@@ -1,6 +1,6 @@
 """Assemble a small DeeperForward-style network from ffkit's parts and train it on real Fashion-MNIST.
 
-    python examples/build_your_own.py            # about a minute on a 2-core CPU
+    python examples/build_your_own.py            # about 20 seconds on a 2-core CPU
 
 Uses the first 5,000 training images and 2,000 test images so that it stays quick.
 """

@@ -1,7 +1,7 @@
 """Mix parts from two papers: DeeperForward's CW-Conv backbone trained with The Trifecta's SymBa loss and label
 channel, and a CW-Conv network trained with The Trifecta's overlapping local updates (OLU).
 
-    python examples/mix_parts.py            # a couple of minutes on a 2-core CPU (real Fashion-MNIST slice)
+    python examples/mix_parts.py            # about 30 seconds on a 2-core CPU (real Fashion-MNIST slice)
 """
 
 import torch
