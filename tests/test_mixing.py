@@ -25,15 +25,6 @@ CHANCE = 1 / K
 # 81% (b) and 62% (c), most reached 100%.
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The models here are tiny: intra-op threads only add synchronisation cost (10x on a busy 2-core machine).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def blocks(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` images ``[n, 1, 16, 16]`` and labels ``[n]``: class ``k`` brightens the 4x4 block in quadrant ``k``."""
     gen = torch.Generator().manual_seed(seed)

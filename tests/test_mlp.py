@@ -273,13 +273,6 @@ def test_pon_mlp_structure_prediction_and_parameter_count():
 
 
 # -- learning the synthetic teacher-student task -------------------------------------------------------------------
-@pytest.fixture
-def one_thread():
-    """Tiny matrices: one intra-op thread is fastest and avoids thread contention on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _fit_and_score(net, epochs=5):
@@ -295,7 +288,7 @@ def _fit_and_score(net, epochs=5):
         return (net(x).argmax(dim=1) == y).double().mean().item()
 
 
-def test_tiny_hinton_mlp_learns_the_teacher_student_task(one_thread):
+def test_tiny_hinton_mlp_learns_the_teacher_student_task():
     # Gaussian inputs reach about 4 in absolute value, so the label is written with that value to stand out;
     # the threshold is the default (2.0, see hinton_mlp's docstring).
     net = create_model("hinton_mlp", num_classes=4, hidden=(64, 64), label_value=4.0)
@@ -304,7 +297,7 @@ def test_tiny_hinton_mlp_learns_the_teacher_student_task(one_thread):
     assert accuracy > 0.35  # chance is 0.25; 500 test samples: binomial std ~0.02
 
 
-def test_tiny_pon_mlp_learns_the_teacher_student_task(one_thread):
+def test_tiny_pon_mlp_learns_the_teacher_student_task():
     net = create_model("pon_mlp", num_classes=4, hidden=(64, 64))
     accuracy = _fit_and_score(net)
     print(f"pon_mlp teacher-student accuracy {accuracy:.3f}")

@@ -105,7 +105,7 @@ def test_resnet100_wiring():
     assert net.layers[3 * 30 + 1].out_channels == 200 and net.layers[-1].out_channels == 800
 
 
-def test_resnet100_feature_sizes(one_thread):
+def test_resnet100_feature_sizes():
     net = create_model("deeperforward_resnet100", num_classes=10, in_channels=1, width_multiplier=0.1)
     net.eval()
     shapes = {}
@@ -132,17 +132,8 @@ def test_resnet100_cifar100_inner_widths():
     assert inner == [100, 100, 100, 200]
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny convolutions: one intra-op thread is fastest and avoids thread contention on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize(("name", "in_channels"), [("deeperforward_resnet33", 3), ("deeperforward_resnet100", 1)])
-def test_one_local_step(name, in_channels, one_thread):
+def test_one_local_step(name, in_channels):
     net = create_model(name, num_classes=10, in_channels=in_channels, width_multiplier=0.1, dropout=0.1)
     trainer = ffkit.LocalTrainer(net, lr=1e-3, total_steps=1)
     calls = {}

@@ -21,15 +21,6 @@ from ffkit.recipes import RECIPES
 BUILDERS = ["trifecta_shallow", "trifecta_deep", "trifecta_fcn"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The models here are tiny: intra-op threads only add synchronisation cost (10x on a busy 2-core machine).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def n_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
