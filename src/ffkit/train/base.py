@@ -46,14 +46,25 @@ class StepResult(NamedTuple):
 
 
 def make_optimizer(
-    params: Iterable[torch.nn.Parameter], name: str, lr: float, weight_decay: float
+    params: Iterable[torch.nn.Parameter], name: str, lr: float, weight_decay: float, *, fused: bool | None = None
 ) -> torch.optim.Optimizer:
-    """An optimizer by name (``"adam"``, ``"adamw"``, ``"sgd"``; SGD gets momentum 0.9)."""
+    """An optimizer by name (``"adam"``, ``"adamw"``, ``"sgd"``; SGD gets momentum 0.9).
+
+    ``fused=None`` (default) uses PyTorch's fused implementation (one kernel over all of an optimizer's tensors) when
+    every parameter is a floating-point tensor on CPU or CUDA; ``False`` forces the reference per-tensor loop.
+    """
     try:
         cls = _OPTIMIZERS[name]
     except KeyError:
         raise ValueError(f"unknown optimizer {name!r}; expected one of {sorted(_OPTIMIZERS)}") from None
-    extra = {"momentum": 0.9} if name == "sgd" else {}
+    params = list(params)
+    extra: dict[str, Any] = {"momentum": 0.9} if name == "sgd" else {}
+    if fused is None:
+        fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    if fused:
+        extra["fused"] = True
+    else:
+        extra["foreach"] = False
     return cls(params, lr=lr, weight_decay=weight_decay, **extra)
 
 
@@ -134,11 +145,35 @@ class Trainer:
         self.lr = float(lr)
         self.final_lr = self.lr / 10 if final_lr is None else float(final_lr)
 
+    def _setup_performance(self, channels_last: bool, amp: bool, compile: bool | str) -> None:
+        """Memory format, bf16 autocast and per-layer ``torch.compile`` (see :class:`~ffkit.LocalTrainer`)."""
+        if not isinstance(compile, (bool, str)):
+            raise TypeError(f"compile must be a bool or a torch.compile backend name, got {type(compile).__name__}")
+        self.channels_last = bool(channels_last)
+        self.amp = bool(amp)
+        self.compile = compile
+        if self.channels_last:
+            self.network.to(memory_format=torch.channels_last)
+        if compile:
+            layers = getattr(self.network, "layers", None)
+            modules = list(layers) if layers is not None else [self.network]
+            for m in modules:  # in place: parameter names and the state_dict stay those of the plain module
+                m.compile(**({} if compile is True else {"backend": compile}))
+
+    def _autocast(self):
+        """bf16 autocast on the training device when ``amp`` is on, else a no-op context."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=getattr(self, "amp", False))
+
     def _batch_to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Move a batch to the training device, check it against the network, and put the network in train mode."""
+        """Check a batch against the network, move it to the training device, and put the network in train mode.
+
+        The labels are range-checked before the transfer, so a CUDA step needs no host synchronisation for it.
+        """
+        self.network.check_input(x, y)
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
-        self.network.check_input(x, y)
+        if getattr(self, "channels_last", False):
+            x = x.contiguous(memory_format=torch.channels_last)
         self.network.train()
         return x, y
 
