@@ -80,3 +80,150 @@ def test_fit_and_checkpoint_work_for_baselines(tmp_path):
     for a, b in zip(net.parameters(), other.parameters()):
         assert torch.equal(a, b)
     assert t2.epoch == 2
+
+
+# -- single-head backprop, gradient accumulation, activation checkpointing -------------------------------------------
+
+
+def _tiny(name="deeperforward_tinycnn", **kwargs):
+    torch.manual_seed(0)
+    if name == "deeperforward_tinycnn":
+        kwargs = {"width_multiplier": 0.1, "dropout": 0.0, **kwargs}
+    return create_model(name, **kwargs)
+
+
+def _sgd(net, **kwargs):
+    trainer = ffkit.BackpropTrainer(net, lr=0.1, optimizer="sgd", weight_decay=0.0, schedule="constant", **kwargs)
+    trainer.optimizers[0].param_groups[0]["momentum"] = 0.0
+    return trainer
+
+
+def _after_step(net, x, y, index=None, seed=1, **kwargs):
+    """The network's state (parameters and buffers) and the step's result after one SGD step."""
+    trainer = _sgd(net, **kwargs)
+    torch.manual_seed(seed)  # same dropout masks and negative labels in every run compared
+    res = trainer.train_step(x, y, index)
+    return [t.detach().clone() for t in net.state_dict().values()], res
+
+
+def _assert_same_step(a, b, atol=1e-6):
+    (state_a, res_a), (state_b, res_b) = a, b
+    for ta, tb in zip(state_a, state_b):
+        torch.testing.assert_close(ta, tb, atol=atol, rtol=1e-5)
+    torch.testing.assert_close(res_a.losses, res_b.losses, atol=atol, rtol=1e-5)
+    assert torch.equal(res_a.correct, res_b.correct) and res_a.batch_size == res_b.batch_size
+    assert (res_a.head is None) == (res_b.head is None)
+    if res_a.head is not None:
+        torch.testing.assert_close(res_a.head[0], res_b.head[0], atol=atol, rtol=1e-5)
+        assert torch.equal(res_a.head[1], res_b.head[1])
+
+
+def test_single_head_backprops_only_the_last_layer_loss():
+    net = _tiny()
+    x, y = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    w0 = net.layers[0].conv.weight
+    batch = net.objective.prepare(net, x, y)
+    outs = [out for _, out in net.iter_layers(batch.inputs, detach=False)]
+    per_layer = [net.objective.layer_loss(out, batch)[0] for out in outs]
+    (g_last,) = torch.autograd.grad(per_layer[-1], w0)
+    before = w0.detach().clone()
+    res = _sgd(net, deep_supervision=False).train_step(x, y)
+    torch.testing.assert_close(w0.detach(), before - 0.1 * g_last)
+    # every layer's loss is still reported
+    torch.testing.assert_close(res.losses, torch.stack(per_layer).detach())
+    assert res.correct.shape == (len(net),)
+
+
+@pytest.mark.parametrize("steps", [2, 3, 4])
+def test_accumulation_matches_the_whole_batch(steps):
+    x, y = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    ref = _after_step(_tiny(), x, y)
+    _assert_same_step(ref, _after_step(_tiny(), x, y, accumulation_steps=steps))
+    ref = _after_step(_tiny(), x, y, deep_supervision=False)
+    _assert_same_step(ref, _after_step(_tiny(), x, y, deep_supervision=False, accumulation_steps=steps))
+
+
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("pon_mlp", {"hidden": (16, 12)}),
+        # fixed negatives depend on the sample's index only, so micro-batches draw the same wrong labels
+        ("hinton_mlp", {"hidden": (16, 12), "negatives": "fixed", "head": True}),
+    ],
+)
+def test_accumulation_matches_on_label_input_and_mlp_networks(name, kwargs):
+    x, y, index = torch.rand(6, 1, 32, 32), torch.tensor([0, 1, 2, 3, 4, 5]), torch.arange(6)
+    ref = _after_step(_tiny(name, **kwargs), x, y, index)
+    _assert_same_step(ref, _after_step(_tiny(name, **kwargs), x, y, index, accumulation_steps=4))
+
+
+def test_checkpointing_gives_the_same_step_with_dropout():
+    net_kwargs = {"dropout": 0.3}
+    x, y = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    ref = _after_step(_tiny(**net_kwargs), x, y)
+    _assert_same_step(ref, _after_step(_tiny(**net_kwargs), x, y, checkpoint=True))
+    both = _after_step(_tiny(**net_kwargs), x, y, checkpoint=True, deep_supervision=False)
+    _assert_same_step(_after_step(_tiny(**net_kwargs), x, y, deep_supervision=False), both)
+
+
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [("trifecta_shallow", {"width_multiplier": 0.05}), ("dtg_vgg8", {"width_multiplier": 0.05})],
+)
+def test_checkpointing_keeps_batchnorm_statistics_and_heads(name, kwargs):
+    """The recomputation must not update BatchNorm running statistics a second time."""
+    x, y = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    ref = _after_step(_tiny(name, **kwargs), x, y)
+    _assert_same_step(ref, _after_step(_tiny(name, **kwargs), x, y, checkpoint=True))
+
+
+def test_iter_layers_checkpoint_returns_layer_outputs_and_saves_memory():
+    from ffkit.profiling import SavedTensorMeter
+
+    net = _tiny()
+    x = torch.rand(4, 3, 32, 32)
+    peaks = {}
+    for ckpt in (False, True):
+        with SavedTensorMeter(exclude=net.parameters()) as meter:
+            outs = [out for _, out in net.iter_layers(x, detach=False, checkpoint=ckpt)]
+            total = sum(out.scores.sum() for out in outs)
+        assert all(isinstance(out, ffkit.layers.LayerOutput) for out in outs)
+        total.backward()
+        last_scores = outs[-1].scores.detach()
+        del outs, total  # the last layer's features were never used: their graph lives as long as they do
+        assert meter.current == 0
+        peaks[ckpt] = meter.peak
+    assert peaks[True] < peaks[False] / 2
+    with torch.no_grad():  # no graph: nothing to checkpoint
+        plain = [o.scores for _, o in net.iter_layers(x, checkpoint=True)]
+    torch.testing.assert_close(plain[-1], last_scores)
+    with pytest.raises(TypeError, match="checkpoint"):
+        next(net.iter_layers(x, checkpoint="yes"))
+
+
+def test_backprop_options_are_validated():
+    net = _tiny()
+    with pytest.raises(ValueError, match="accumulation_steps"):
+        ffkit.BackpropTrainer(net, schedule="constant", accumulation_steps=0)
+    with pytest.raises(TypeError, match="accumulation_steps"):
+        ffkit.BackpropTrainer(net, schedule="constant", accumulation_steps=2.0)
+    with pytest.raises(TypeError, match="deep_supervision"):
+        ffkit.BackpropTrainer(net, schedule="constant", deep_supervision="no")
+    with pytest.raises(TypeError, match="checkpoint"):
+        ffkit.BackpropTrainer(net, schedule="constant", checkpoint=1)
+    trainer = ffkit.BackpropTrainer(net, schedule="constant", accumulation_steps=5)
+    with pytest.raises(ValueError, match=r"accumulation_steps \(5\) must not exceed the batch size \(4\)"):
+        trainer.train_step(torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 3]))
+    baseline = create_model("bp_vgg8", num_classes=4, in_channels=1, width_multiplier=0.05)
+    with pytest.raises(ValueError, match="checkpoint=True"):
+        ffkit.BackpropTrainer(baseline, schedule="constant", checkpoint=True)
+
+
+def test_single_head_baseline_accepts_accumulation_and_ignores_deep_supervision():
+    torch.manual_seed(0)
+    net = create_model("bp_vgg8", num_classes=4, in_channels=1, width_multiplier=0.05)
+    x, y = torch.rand(4, 1, 32, 32), torch.tensor([0, 1, 2, 3])
+    trainer = ffkit.BackpropTrainer(net, schedule="constant", accumulation_steps=2, deep_supervision=False)
+    res = trainer.train_step(x, y)
+    assert res.losses.shape == (1,) and res.correct.shape == (1,) and res.batch_size == 4
+    assert torch.isfinite(res.losses).all()

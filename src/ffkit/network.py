@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from ._validation import check_image_input
@@ -14,6 +16,30 @@ from .layers.heads import ClassifierHead
 from .objectives import Objective
 
 __all__ = ["FFNetwork"]
+
+
+class _RestoreNormStats:
+    """Restores the running statistics of a module's batch norms on exit (they are small: one copy per norm)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
+        self.saved: list[list[torch.Tensor]] = []
+
+    def __enter__(self) -> None:
+        self.saved = [[b.clone() for b in m.buffers(recurse=False)] for m in self.norms]
+
+    def __exit__(self, *exc: object) -> None:
+        with torch.no_grad():
+            for m, saved in zip(self.norms, self.saved):
+                for b, v in zip(m.buffers(recurse=False), saved):
+                    b.copy_(v)
+        self.saved = []
+
+
+def _recompute_keeps_stats(module: nn.Module) -> tuple[contextlib.AbstractContextManager, _RestoreNormStats]:
+    """Checkpoint contexts: nothing around the forward; around the recomputation, undo the second update of
+    BatchNorm running statistics (the forward already made it once)."""
+    return contextlib.nullcontext(), _RestoreNormStats(module)
 
 
 class FFNetwork(nn.Module):
@@ -105,6 +131,7 @@ class FFNetwork(nn.Module):
         *,
         end: int | None = None,
         detach: bool | Callable[[int], bool] = True,
+        checkpoint: bool = False,
     ) -> Iterator[tuple[int, LayerOutput]]:
         """Run layers ``0..end`` one at a time, yielding ``(index, LayerOutput)``.
 
@@ -117,7 +144,14 @@ class FFNetwork(nn.Module):
             detach: whether layer ``l``'s features are detached before layer ``l + 1`` sees them: ``True`` (local
                 learning), ``False`` (end-to-end backprop baselines) or a function of ``l`` (The Trifecta's
                 overlapping updates let a gradient cross chosen boundaries).
+            checkpoint: run each layer through ``torch.utils.checkpoint`` (non-reentrant) while gradients are enabled:
+                only a layer's inputs are kept for backward, and its forward is recomputed when the backward pass
+                reaches it (end-to-end backprop with activation checkpointing). The RNG state is replayed, so dropout
+                masks are the same, and BatchNorm running statistics are restored after the recomputation, so the
+                gradients and buffers equal those of an unchecked pass.
         """
+        if not isinstance(checkpoint, bool):
+            raise TypeError(f"checkpoint must be a bool, got {type(checkpoint).__name__}")
         last = len(self.layers) - 1 if end is None else end
         if not 0 <= last < len(self.layers):
             raise ValueError(f"end must be in [0, {len(self.layers) - 1}], got {end}")
@@ -125,10 +159,19 @@ class FFNetwork(nn.Module):
         kept: dict[int, torch.Tensor] = {}
         for i in range(last + 1):
             shortcut = kept[self.shortcuts[i]] if i in self.shortcuts else None
-            out = self.layers[i](h, shortcut)
+            if checkpoint and torch.is_grad_enabled():
+                layer = self.layers[i]
+                out = torch.utils.checkpoint.checkpoint(
+                    layer, h, shortcut, use_reentrant=False, context_fn=lambda m=layer: _recompute_keeps_stats(m)
+                )
+            else:
+                out = self.layers[i](h, shortcut)
             yield i, out
             cut = detach(i) if callable(detach) else detach
             h = out.features.detach() if cut else out.features
+            # Drop this layer's output before the next layer runs: under local training its graph (e.g. a norm's
+            # saved input) would otherwise stay alive through the next layer's forward, doubling the peak.
+            del out
             if i in self._last_use:
                 kept[i] = h
             for src in [s for s, t in self._last_use.items() if t == i]:

@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import goodness as _goodness
 from .._validation import check_positive_int
 from .base import FFLayer, LayerOutput
 from .residual import ParamFreeResidual

@@ -2,8 +2,13 @@
 
 * On an :class:`~ffkit.FFNetwork` it is **BP-DeepSup**: the sum of every layer's local loss (and the head's) is
   back-propagated end to end, so gradients cross layer boundaries (DTG-FF's "BP-DeepSup, same VGG8 and recipe").
+  With ``deep_supervision=False`` only the last layer's loss (and the head's) is: single-head backprop on the same
+  backbone and width.
 * On a single-head model from :mod:`ffkit.models.baselines` (``bp_resnet18``, ``bp_vgg8``) it is plain backprop
   with cross-entropy on the output.
+
+Gradient accumulation and activation checkpointing trade time for memory without changing the update; the memory
+benchmark (``benchmarks/memory.py``) compares them with Forward-Forward's layer-by-layer training.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._validation import check_positive_int
 from ..network import FFNetwork
 from .base import DivergenceError, StepResult, Trainer, check_trainer_args, make_optimizer, make_schedule
 
@@ -24,6 +30,21 @@ class BackpropTrainer(Trainer):
         network: an :class:`~ffkit.FFNetwork` (trained as BP-DeepSup) or a single-head baseline model.
         lr, final_lr, weight_decay, optimizer, schedule, total_steps, device: as :class:`~ffkit.LocalTrainer`.
         label_smoothing: label smoothing of a single-head model's cross-entropy.
+        deep_supervision: on an FFNetwork, back-propagate every layer's local loss (``True``, BP-DeepSup) or only
+            the last layer's (``False``, single-head backprop on the same backbone); the classifier head's loss, if
+            the network has a head, is included either way, and every layer's loss and accuracy are still reported.
+            A single-head baseline has one loss already, so the flag does not change it.
+        accumulation_steps: split each batch into this many micro-batches along dim 0 (``torch.tensor_split``),
+            back-propagate each with its loss weighted by ``micro_batch / batch``, then take one optimizer step.
+            Only one micro-batch's activations are held at a time; the update equals the whole batch's (up to float
+            rounding) unless a layer depends on the batch (BatchNorm statistics) or on fresh random draws (dropout
+            masks, random negative labels differ between micro-batches). Must not exceed the batch size.
+        checkpoint: activation checkpointing of every layer of an FFNetwork (``torch.utils.checkpoint``,
+            non-reentrant): only each layer's inputs are held for backward, and each layer's forward runs again
+            when the backward pass reaches it. The update is unchanged (dropout masks are replayed). Single-head
+            baselines have no layer boundaries to checkpoint at: ``ValueError``.
+        channels_last, amp, compile, fused_optimizer: as :class:`~ffkit.LocalTrainer`, so that a comparison with FF
+            can give both engines the same optimisations.
     """
 
     def __init__(
@@ -39,53 +60,108 @@ class BackpropTrainer(Trainer):
         device: str | torch.device = "cpu",
         milestones: tuple[tuple[int, float], ...] = (),
         label_smoothing: float = 0.0,
+        deep_supervision: bool = True,
+        accumulation_steps: int = 1,
+        checkpoint: bool = False,
+        channels_last: bool = False,
+        amp: bool = False,
+        compile: bool | str = False,
+        fused_optimizer: bool | None = None,
     ) -> None:
         check_trainer_args(network, lr, schedule, total_steps)
+        for name, flag in (("deep_supervision", deep_supervision), ("checkpoint", checkpoint)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
+        check_positive_int(accumulation_steps, "accumulation_steps")
+        if checkpoint and not isinstance(network, FFNetwork):
+            raise ValueError(
+                f"checkpoint=True checkpoints the layers of an ffkit FFNetwork; {type(network).__name__} is a "
+                f"single-head model with no layer boundaries to checkpoint at"
+            )
         self._setup(network, lr, final_lr, device)
+        self._setup_performance(channels_last, amp, compile)
         self.label_smoothing = label_smoothing
-        opt = make_optimizer([p for p in network.parameters() if p.requires_grad], optimizer, self.lr, weight_decay)
+        self.deep_supervision = deep_supervision
+        self.accumulation_steps = accumulation_steps
+        self.checkpoint = checkpoint
+        params = [p for p in network.parameters() if p.requires_grad]
+        opt = make_optimizer(params, optimizer, self.lr, weight_decay, fused=fused_optimizer)
         self.optimizers = [opt]
         self.schedulers = [make_schedule(opt, schedule, total_steps, self.final_lr, milestones)]
         self._init_progress()
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None) -> StepResult:
-        """One end-to-end update on ``x [B, C, H, W]``, ``y [B]``."""
-        net = self.network
+        """One end-to-end update on ``x [B, C, H, W]``, ``y [B]`` (``index [B]``: dataset indices, optional)."""
         x, y = self._batch_to_device(x, y)
-        head_result = None
-        if isinstance(net, FFNetwork):
-            batch = net.objective.prepare(net, x, y, index)
-            losses, correct, head_feats = [], [], {}
-            for i, out in net.iter_layers(batch.inputs, detach=False):
-                loss, n_right = net.objective.layer_loss(out, batch)
-                losses.append(loss)
-                correct.append(n_right)
-                if net.head is not None and net.objective.head_uses_training_pass and i in net.head.layers:
-                    head_feats[i] = out.features[: batch.batch_size]
-            total = torch.stack(losses).sum()
-            if net.head is not None:
-                if head_feats:  # gradients from the head flow into the layers too: this is backprop
-                    logits = net.head([head_feats[i] for i in net.head.layers])
-                else:
-                    logits = net.head_logits(x)
-                head_loss = net.head.loss(logits, y)
-                total = total + head_loss
-                head_result = (head_loss.detach(), (logits.detach().argmax(dim=1) == y).sum())
-            losses = torch.stack([v.detach() for v in losses])
-            correct = torch.stack(correct)
-        else:
-            logits = net(x)
-            total = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
-            losses, correct = total.detach().view(1), (logits.detach().argmax(dim=1) == y).sum().view(1)
-        if not torch.isfinite(total):
-            raise DivergenceError(
-                f"the backprop loss became non-finite ({total.item()}) at epoch {self.epoch + 1}, "
-                f"step {self.step_count + 1}; per-layer losses: {losses.tolist()}"
+        n, steps = x.shape[0], self.accumulation_steps
+        if steps > n:
+            raise ValueError(
+                f"accumulation_steps ({steps}) must not exceed the batch size ({n}): every micro-batch needs a sample"
             )
+        parts = zip(
+            torch.tensor_split(x, steps),
+            torch.tensor_split(y, steps),
+            torch.tensor_split(index, steps) if index is not None else [None] * steps,
+        )
         opt = self.optimizers[0]
         opt.zero_grad(set_to_none=True)
-        total.backward()
+        losses = correct = head_result = None
+        for xm, ym, im in parts:
+            # Each micro-batch loss is a mean over its samples; weighting by its share makes the summed gradient the
+            # gradient of the whole batch's mean loss.
+            weight = xm.shape[0] / n
+            with self._autocast():
+                total, m_losses, m_correct, m_head = self._losses(xm, ym, im)
+            if not torch.isfinite(total):
+                raise DivergenceError(
+                    f"the backprop loss became non-finite ({total.item()}) at epoch {self.epoch + 1}, "
+                    f"step {self.step_count + 1}; per-layer losses: {m_losses.tolist()}"
+                )
+            (total if steps == 1 else total * weight).backward()
+            del total  # free this micro-batch's graph before the next one is built
+            if losses is None:
+                losses, correct = m_losses * weight, m_correct
+                head_result = (m_head[0] * weight, m_head[1]) if m_head is not None else None
+            else:
+                losses, correct = losses + m_losses * weight, correct + m_correct
+                if m_head is not None:
+                    head_result = (head_result[0] + m_head[0] * weight, head_result[1] + m_head[1])
         opt.step()
         self._step_schedules()
         self.step_count += 1
-        return StepResult(losses, correct, x.shape[0], head_result)
+        return StepResult(losses, correct, n, head_result)
+
+    def _losses(
+        self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """The loss to back-propagate for ``x [b, ...]``, ``y [b]``; detached per-layer losses ``[L]``, correct
+        counts ``[L]`` and the head's ``(loss, correct)`` (or ``None``)."""
+        net = self.network
+        if not isinstance(net, FFNetwork):
+            logits = net(x)
+            total = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+            return total, total.detach().view(1), (logits.detach().argmax(dim=1) == y).sum().view(1), None
+        batch = net.objective.prepare(net, x, y, index)
+        last = len(net) - 1
+        losses, correct, head_feats = [], [], {}
+        for i, out in net.iter_layers(batch.inputs, detach=False, checkpoint=self.checkpoint):
+            if self.deep_supervision or i == last:
+                loss, n_right = net.objective.layer_loss(out, batch)
+            else:  # single-head: earlier layers' losses are only reported
+                with torch.no_grad():
+                    loss, n_right = net.objective.layer_loss(out, batch)
+            losses.append(loss)
+            correct.append(n_right)
+            if net.head is not None and net.objective.head_uses_training_pass and i in net.head.layers:
+                head_feats[i] = out.features[: batch.batch_size]
+        total = torch.stack(losses).sum() if self.deep_supervision else losses[-1]
+        head_result = None
+        if net.head is not None:
+            if head_feats:  # gradients from the head flow into the layers too: this is backprop
+                logits = net.head([head_feats[i] for i in net.head.layers])
+            else:
+                logits = net.head_logits(x)
+            head_loss = net.head.loss(logits, y)
+            total = total + head_loss
+            head_result = (head_loss.detach(), (logits.detach().argmax(dim=1) == y).sum())
+        return total, torch.stack([v.detach().float() for v in losses]), torch.stack(correct), head_result

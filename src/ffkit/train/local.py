@@ -141,7 +141,7 @@ class LocalTrainer(Trainer):
                 opt.step()
             losses.append(loss.detach().float())
             correct.append(n_right)
-            del loss, out  # release this layer's graph before the next layer runs
+            del loss, out, nxt  # release this layer's graph before the next layer runs
         stacked = torch.stack(losses)
         head_result = self._head_step(batch, head_feats) if head is not None else None
         if self.check_finite:

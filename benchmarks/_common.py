@@ -1,0 +1,55 @@
+"""What the benchmark scripts share: arguments, the machine description, a random batch, result paths."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+import ffkit
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="deeperforward_resnet17", choices=ffkit.models.list_models("ff"),
+                   metavar="NAME", help="any registered FF builder (default: deeperforward_resnet17)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
+    p.add_argument("--out", default=None, help="result file (default: benchmarks/results/<name>.json)")
+
+
+def machine_info() -> dict:
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or None,
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "ffkit": ffkit.__version__,
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+    return info
+
+
+def make_batch(network: torch.nn.Module, batch_size: int, seed: int):
+    """A random batch ``[B, C, 32, 32]`` with labels, as every ffkit model takes 32x32 inputs."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch_size, network.in_channels, 32, 32, generator=g)
+    y = torch.randint(0, network.num_classes, (batch_size,), generator=g)
+    return x, y  # on the host, as a DataLoader delivers them: the trainer moves them (inside the timing)
+
+
+def result_path(kind: str, args: argparse.Namespace) -> Path:
+    device = torch.device(args.device).type
+    return RESULTS / f"{kind}-{args.model}-b{args.batch_size}-{device}.json"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,0 +1,174 @@
+"""The optimised FF step: fused CW-Conv activation, no input gradients, no per-layer host syncs, and options
+(fused optimizers, channels-last, bf16 autocast, torch.compile) that leave the results unchanged."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from ffkit import goodness
+from ffkit.layers.cwconv import dropout_mask, relu_dropout_scores
+from ffkit.models import create_model
+from ffkit.train import LocalTrainer
+
+
+def _batch(b=8, c=3, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, c, 32, 32, generator=g), torch.randint(0, 10, (b,), generator=g)
+
+
+def _tiny(name="deeperforward_tinycnn", **kw):
+    torch.manual_seed(0)
+    return create_model(name, width_multiplier=0.1, **kw)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_relu_dropout_scores_matches_reference(channels_last):
+    """scores = s * mean_group(relu(z) * keep) (DeeperForward Eq. 8 after dropout) and its gradient, with and
+    without a gradient through the features, against the plain autograd composition with the same mask."""
+    torch.manual_seed(0)
+    z = torch.randn(4, 20, 5, 5, dtype=torch.double)
+    if channels_last:
+        z = z.contiguous(memory_format=torch.channels_last)
+    z.requires_grad_(True)
+    keep, p = dropout_mask(z, 0.3)
+    scores, h = relu_dropout_scores(z, keep, 10, p)
+    feats = F.group_norm(h, 10, eps=1e-5 * (1 - p) ** 2)
+
+    z_ref = z.detach().clone().requires_grad_(True)
+    h_ref = F.relu(z_ref) * keep / (1 - p)
+    scores_ref, feats_ref = goodness.mean(h_ref, groups=10), F.group_norm(h_ref, 10)
+    torch.testing.assert_close(scores, scores_ref)
+    torch.testing.assert_close(feats, feats_ref)
+
+    w_s, w_f = torch.randn_like(scores), torch.randn_like(feats)
+    (g,) = torch.autograd.grad((scores * w_s).sum() + (feats * w_f).sum(), z, retain_graph=True)
+    (g_ref,) = torch.autograd.grad((scores_ref * w_s).sum() + (feats_ref * w_f).sum(), z_ref, retain_graph=True)
+    torch.testing.assert_close(g, g_ref)
+    (g,) = torch.autograd.grad((scores * w_s).sum(), z)  # local training: the scores' gradient only
+    (g_ref,) = torch.autograd.grad((scores_ref * w_s).sum(), z_ref)
+    torch.testing.assert_close(g, g_ref)
+
+
+def test_fused_scores_hand_computed():
+    """One sample, two groups of one channel, 2x1 pixels, no dropout: scores are the groups' mean ReLU and the
+    gradient of scores[0, k] is 1/n where the activity is positive."""
+    z = torch.tensor([[[[1.0], [-2.0]], [[3.0], [5.0]]]], requires_grad=True)  # [1, 2, 2, 1]
+    scores, h = relu_dropout_scores(z, None, 2)
+    torch.testing.assert_close(scores, torch.tensor([[0.5, 4.0]]))
+    scores[0, 0].backward()
+    torch.testing.assert_close(z.grad, torch.tensor([[[[0.5], [0.0]], [[0.0], [0.0]]]]))
+
+
+def test_dropout_mask_rate_and_layout():
+    torch.manual_seed(0)
+    z = torch.empty(64, 10, 32, 32)
+    keep, p = dropout_mask(z, 0.2)
+    assert keep.dtype == torch.bool and keep.shape == z.shape
+    assert p == round(0.2 * 65536) / 65536
+    assert abs(1 - keep.float().mean().item() - p) < 3e-3  # 655k draws: std of the rate 5e-4
+    assert dropout_mask(z, 0.0) == (None, 0.0)
+    odd = torch.empty(3, 5, 7, 1)  # an odd element count uses half of the last 32-bit draw
+    assert dropout_mask(odd, 0.5)[0].shape == odd.shape
+    cl = z.contiguous(memory_format=torch.channels_last)
+    assert dropout_mask(cl, 0.2)[0].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_ff_step_computes_no_input_gradients():
+    """FF's backward is weight gradients only: the step's convolution FLOPs are exactly 2x the forward's (forward +
+    weight gradient), where backprop would add the input gradient of every layer but the first."""
+    net = _tiny(dropout=0.0)
+    x, y = _batch()
+    with FlopCounterMode(display=False) as fwd:
+        with torch.no_grad():
+            net.layer_scores(x)
+    trainer = LocalTrainer(net, schedule="constant")
+    with FlopCounterMode(display=False) as step:
+        trainer.train_step(x, y)
+    assert step.get_total_flops() == 2 * fwd.get_total_flops()
+
+
+def _count_syncs(monkeypatch, trainer, x, y):
+    calls = []
+    for name in ("item", "__bool__", "tolist"):
+        orig = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _orig=orig, _name=name, **kw):
+            calls.append(_name)
+            return _orig(self, *a, **kw)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    trainer.network.check_input(x, y)  # the label check is on the host batch, before the step
+    monkeypatch.setattr(trainer.network, "check_input", lambda *a, **k: None)
+    trainer.train_step(x, y)
+    monkeypatch.undo()
+    return len(calls)
+
+
+def test_host_syncs_do_not_grow_with_depth(monkeypatch):
+    """No .item()/bool()/tolist() per layer: a 14-layer network synchronises as often per step as a 4-layer one."""
+    x, y = _batch()
+    shallow = _count_syncs(monkeypatch, LocalTrainer(_tiny(), schedule="constant"), x, y)
+    deep = _count_syncs(monkeypatch, LocalTrainer(_tiny("deeperforward_cnn14"), schedule="constant"), x, y)
+    assert shallow == deep <= 1
+
+
+def _weights_after(steps=3, model="deeperforward_tinycnn", **options):
+    net = _tiny(model)
+    trainer = LocalTrainer(net, schedule="constant", **options)
+    x, y = _batch(c=net.in_channels)
+    torch.manual_seed(5)  # the dropout masks
+    results = [trainer.train_step(x, y) for _ in range(steps)]
+    return [p.detach().contiguous() for p in net.parameters()], results
+
+
+def _assert_same(a, b, atol=5e-4, rtol=1e-3):
+    """Adam moves every weight by about lr = 5e-3 per step; a different summation order (channels-last kernels, fused
+    optimizer) may shift a weight whose gradient is near zero by a few 1e-5 after Adam's normalisation."""
+    for p, q in zip(a, b):
+        torch.testing.assert_close(p, q, atol=atol, rtol=rtol)
+
+
+def test_fused_optimizer_and_channels_last_match_plain_path():
+    plain, res_plain = _weights_after(fused_optimizer=False, channels_last=False)
+    fast, res_fast = _weights_after(fused_optimizer=True, channels_last=True)
+    _assert_same(plain, fast)
+    torch.testing.assert_close(res_plain[-1].losses, res_fast[-1].losses, atol=1e-5, rtol=1e-4)
+
+
+def test_fused_optimizer_on_a_label_input_network():
+    plain, _ = _weights_after(model="pon_mlp", fused_optimizer=False)
+    fast, _ = _weights_after(model="pon_mlp", fused_optimizer=True)
+    _assert_same(plain, fast)
+
+
+def test_bf16_autocast_keeps_float32_state_and_tracks_fp32_losses():
+    plain, res_plain = _weights_after(steps=2)
+    amp, res_amp = _weights_after(steps=2, amp=True)
+    assert all(p.dtype == torch.float32 for p in amp)
+    assert res_amp[-1].losses.dtype == torch.float32
+    torch.testing.assert_close(res_amp[0].losses, res_plain[0].losses, atol=0.05, rtol=0.02)
+
+
+def test_compile_option_matches_eager():
+    """``compile`` goes through torch.compile (AOTAutograd traces forward and backward); the aot_eager backend runs
+    the traced graphs with eager kernels, so the weights must match the eager step."""
+    eager, _ = _weights_after(steps=2)
+    compiled, _ = _weights_after(steps=2, compile="aot_eager")
+    _assert_same(eager, compiled)
+
+
+def test_compile_with_inductor_trains():
+    """The default backend generates code (needs a C++ compiler on CPU). Without dropout the compiled step must match
+    the eager one up to kernel rounding."""
+    eager, _ = _weights_after(steps=1, model="pon_mlp")
+    compiled, res = _weights_after(steps=1, model="pon_mlp", compile=True)
+    _assert_same(eager, compiled)
+    assert torch.isfinite(res[0].losses).all()
+
+
+def test_bad_compile_argument():
+    with pytest.raises(TypeError, match="compile"):
+        LocalTrainer(_tiny(), schedule="constant", compile=3)
