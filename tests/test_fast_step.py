@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from ffkit import goodness
-from ffkit.layers.cwconv import dropout_mask, relu_dropout_scores
+from ffkit.layers import dropout_mask
+from ffkit.layers.cwconv import relu_dropout_scores
 from ffkit.models import create_model
 from ffkit.train import LocalTrainer
 
@@ -172,3 +173,61 @@ def test_compile_with_inductor_trains():
 def test_bad_compile_argument():
     with pytest.raises(TypeError, match="compile"):
         LocalTrainer(_tiny(), schedule="constant", compile=3)
+
+
+def test_dropout_module_rate_scale_and_eval():
+    from ffkit.layers import Dropout
+
+    torch.manual_seed(0)
+    d = Dropout(0.25)
+    x = torch.ones(200_000)
+    out = d(x)
+    kept = out != 0
+    assert abs(kept.float().mean().item() - 0.75) < 5e-3
+    torch.testing.assert_close(out[kept], torch.full_like(out[kept], 1 / (1 - round(0.25 * 65536) / 65536)))
+    assert abs(out.mean().item() - 1.0) < 1e-2  # inverted dropout keeps the mean
+    d.eval()
+    assert d(x) is x
+    with pytest.raises(ValueError, match="p must be"):
+        Dropout(1.0)
+
+
+def test_detached_features_skip_autograd_and_flag_is_reset():
+    """Under local training a layer's features are built without autograd (nothing of that work can be reached by
+    its loss); under end-to-end backprop they keep their graph; a direct call afterwards is unaffected."""
+    net = _tiny()
+    x, _ = _batch()
+    local = [out.features.requires_grad for _, out in net.iter_layers(x)]
+    e2e = [out.features.requires_grad for _, out in net.iter_layers(x, detach=False)]
+    assert local == [False] * len(net) and e2e == [True] * len(net)
+    assert not any(layer.features_detached for layer in net.layers)
+    assert net.layers[0](x).features.requires_grad
+
+
+def test_ff_holds_one_layer_of_activations_at_a_time():
+    """FF's peak of saved activations is the largest single layer's, far below backprop's sum over layers."""
+    from ffkit.profiling import SavedTensorMeter
+    from ffkit.train import BackpropTrainer
+
+    x, y = _batch()
+    net = _tiny()  # TinyCNN: no shortcuts, so layer i's input is layer i - 1's features
+    with torch.no_grad():
+        inputs = [F.layer_norm(x, x.shape[1:])] + [out.features for _, out in net.iter_layers(x)][:-1]
+    per_layer = []
+    for layer, h in zip(net.layers, inputs):  # each layer's saved tensors, measured alone
+        with SavedTensorMeter(exclude=net.parameters()) as m:
+            out = layer(h)
+            out.scores.sum().backward()
+        per_layer.append(m.peak)
+    net.zero_grad(set_to_none=True)
+    ff = LocalTrainer(net, schedule="constant")
+    ff.train_step(x, y)
+    with SavedTensorMeter(exclude=net.parameters()) as m_ff:
+        ff.train_step(x, y)
+    bp_net = _tiny()
+    bp = BackpropTrainer(bp_net, schedule="constant")
+    with SavedTensorMeter(exclude=bp_net.parameters()) as m_bp:
+        bp.train_step(x, y)
+    assert m_ff.peak < 0.5 * m_bp.peak
+    # within a norm's statistics and the loss's [B, K] scores of the largest layer measured alone
+    assert 0.99 * max(per_layer) <= m_ff.peak <= max(per_layer) + 4096

@@ -159,15 +159,19 @@ class FFNetwork(nn.Module):
         kept: dict[int, torch.Tensor] = {}
         for i in range(last + 1):
             shortcut = kept[self.shortcuts[i]] if i in self.shortcuts else None
+            cut = detach(i) if callable(detach) else detach
+            layer = self.layers[i]
             if checkpoint and torch.is_grad_enabled():
-                layer = self.layers[i]
                 out = torch.utils.checkpoint.checkpoint(
                     layer, h, shortcut, use_reentrant=False, context_fn=lambda m=layer: _recompute_keeps_stats(m)
                 )
             else:
-                out = self.layers[i](h, shortcut)
+                layer.features_detached = cut  # lets the layer skip autograd for work only its features need
+                try:
+                    out = layer(h, shortcut)
+                finally:
+                    layer.features_detached = False
             yield i, out
-            cut = detach(i) if callable(detach) else detach
             h = out.features.detach() if cut else out.features
             # Drop this layer's output before the next layer runs: under local training its graph (e.g. a norm's
             # saved input) would otherwise stay alive through the next layer's forward, doubling the peak.

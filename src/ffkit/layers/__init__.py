@@ -2,6 +2,7 @@
 
 from .base import FFLayer, LayerOutput
 from .cwconv import CWConv
+from .dropout import Dropout, dropout, dropout_mask
 from .dtg import DTGConv, DTGLinear
 from .heads import ClassifierHead
 from .linear import FFLinear
@@ -21,4 +22,7 @@ __all__ = [
     "PONLinear",
     "DTGConv",
     "DTGLinear",
+    "Dropout",
+    "dropout",
+    "dropout_mask",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import torch
@@ -33,6 +34,14 @@ class FFLayer(nn.Module):
     """
 
     accepts_shortcut: bool = False
+    #: Set by :meth:`ffkit.FFNetwork.iter_layers` for the duration of one call when the engine will detach this
+    #: layer's features: work done only to produce them (normalisation, dropout, pooling) then needs no autograd.
+    features_detached: bool = False
+
+    def propagation(self) -> contextlib.AbstractContextManager:
+        """Context for computing the features passed on: ``torch.no_grad()`` when the engine detaches them (nothing
+        of that work is kept for a backward pass that cannot reach it), else a no-op."""
+        return torch.no_grad() if self.features_detached else contextlib.nullcontext()
 
     def forward(self, x: torch.Tensor, shortcut: torch.Tensor | None = None) -> LayerOutput:  # pragma: no cover
         raise NotImplementedError

@@ -8,6 +8,7 @@ from torch import nn
 
 from .._validation import check_positive_int
 from .base import FFLayer, LayerOutput
+from .dropout import dropout_mask
 from .residual import ParamFreeResidual
 
 __all__ = ["CWConv"]
@@ -97,7 +98,8 @@ class CWConv(FFLayer):
         scores, h = relu_dropout_scores(z, keep, self.num_classes, p)
         # h is the unscaled masked activity; GroupNorm without affine is invariant to the dropout scale s except
         # through eps, and GN(s * h, eps) == GN(h, eps / s**2) exactly, so no pass is spent on scaling.
-        features = F.group_norm(h, self.num_classes, eps=_GN_EPS * (1.0 - p) ** 2)
+        with self.propagation():
+            features = F.group_norm(h, self.num_classes, eps=_GN_EPS * (1.0 - p) ** 2)
         # The groups are equal in size, so the mean of the class scores is the layer's overall mean goodness
         # (Eq. 5): it lets a CW-Conv backbone train with a positive/negative loss such as SymBa too.
         return LayerOutput(features=features, scores=scores, goodness=scores.mean(dim=1))
@@ -107,28 +109,6 @@ class CWConv(FFLayer):
 
 
 _GN_EPS = 1e-5  # F.group_norm's default
-
-
-def dropout_mask(z: torch.Tensor, p: float) -> tuple[torch.Tensor | None, float]:
-    """Keep-mask of dropout with drop probability ``p``, and the probability it was actually drawn with.
-
-    Each element is dropped when a uniform 16-bit integer falls below ``round(p * 2**16)``, so the drop probability
-    is ``p`` rounded to a multiple of ``2**-16`` (returned; the activity is scaled by ``1 / (1 - p_drawn)`` so it
-    stays unbiased). Two elements share one 32-bit draw: on CPU, where PyTorch's generator is serial, this costs a
-    quarter of ``bernoulli_`` and was the largest avoidable cost of a CW-Conv training step.
-
-    Returns:
-        ``(keep, p_drawn)``: a bool mask shaped like ``z`` (``None`` when nothing is dropped) and the probability.
-    """
-    drop = min(round(p * 65536), 65535)
-    if drop == 0:
-        return None, 0.0
-    n = z.numel()
-    bits = torch.randint(-(2**31), 2**31, ((n + 1) // 2,), dtype=torch.int32, device=z.device)
-    keep = bits.view(torch.int16)[:n].reshape(z.shape) >= drop - 32768
-    if z.is_contiguous(memory_format=torch.channels_last) and not z.is_contiguous():
-        keep = keep.contiguous(memory_format=torch.channels_last)
-    return keep, drop / 65536
 
 
 def relu_dropout_scores(

@@ -24,6 +24,7 @@ from torch import nn
 from .. import goodness as _goodness
 from .._validation import check_positive_int
 from .base import FFLayer, LayerOutput
+from .dropout import Dropout
 from .linear import FFLinear
 
 __all__ = ["DTGConv", "DTGLinear", "TAU_MIN", "TAU_MAX"]
@@ -114,7 +115,7 @@ class DTGConv(FFLayer):
         nn.init.kaiming_normal_(self.conv.weight, mode="fan_in", nonlinearity="relu")
         self.temperature = _goodness.DTGTemperature(tau_min, tau_max)
         self.register_buffer("projection", self.make_projection(out_channels * grid * grid, num_classes, seed))
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = Dropout(dropout) if dropout > 0 else nn.Identity()
 
     @staticmethod
     def make_projection(dim: int, num_classes: int, seed: int) -> torch.Tensor:
@@ -137,8 +138,10 @@ class DTGConv(FFLayer):
         h = F.relu(self.conv(x))
         v = self.goodness_vector(h)
         scores = self.temperature(v @ self.projection.to(v.dtype))
+        with self.propagation():
+            features = self.propagate(h)
         return LayerOutput(
-            features=self.propagate(h),
+            features=features,
             scores=scores,
             goodness=_goodness.squared(h, reduction="mean"),
         )
