@@ -126,7 +126,10 @@ class DTGConv(FFLayer):
 
     def goodness_vector(self, h: torch.Tensor) -> torch.Tensor:
         """``h [B, C, H, W] -> v [B, C * grid * grid]``: ``h**2`` average-pooled to ``grid x grid``, channel-major."""
-        return F.adaptive_avg_pool2d(h.square(), self.grid).flatten(1)
+        return self._pooled_square(h.square())
+
+    def _pooled_square(self, sq: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(sq, self.grid).flatten(1)
 
     def propagate(self, h: torch.Tensor) -> torch.Tensor:
         """The propagation path: LayerNorm over channels at each location, dropout, optional 2x2 average pool."""
@@ -136,14 +139,15 @@ class DTGConv(FFLayer):
 
     def forward(self, x: torch.Tensor, shortcut: torch.Tensor | None = None) -> LayerOutput:
         h = F.relu(self.conv(x))
-        v = self.goodness_vector(h)
+        sq = h.square()  # shared by the goodness vector and the scalar goodness: one pass, one backward
+        v = self._pooled_square(sq)
         scores = self.temperature(v @ self.projection.to(v.dtype))
         with self.propagation():
             features = self.propagate(h)
         return LayerOutput(
             features=features,
             scores=scores,
-            goodness=_goodness.squared(h, reduction="mean"),
+            goodness=sq.mean(dim=(1, 2, 3)),  # goodness.squared(h, reduction="mean")
         )
 
     def extra_repr(self) -> str:
