@@ -479,3 +479,11 @@ def test_dtg_mlp_local_training_steps(head):
     assert all(abs(layer.theta.item() - t) < 3e-3 for layer, t in zip(net.layers, thetas))
     net.eval()
     assert net(x).shape == (4, 10)
+
+
+@pytest.mark.parametrize("size", [8, 7])
+def test_goodness_vector_equals_adaptive_pooling_of_squares(size):
+    """Equal cells take the reshape path, unequal ones adaptive pooling; both are DTG's pooled h**2 grid."""
+    layer = DTGConv(3, 4, 10, grid=2)
+    h = torch.rand(2, 4, size, size, dtype=torch.double)
+    assert_close(layer.goodness_vector(h), F.adaptive_avg_pool2d(h.square(), 2).flatten(1))

@@ -129,7 +129,14 @@ class DTGConv(FFLayer):
         return self._pooled_square(h.square())
 
     def _pooled_square(self, sq: torch.Tensor) -> torch.Tensor:
-        return F.adaptive_avg_pool2d(sq, self.grid).flatten(1)
+        g = self.grid
+        h, w = sq.shape[-2:]
+        if h % g or w % g:  # unequal cells: adaptive pooling's definition
+            return F.adaptive_avg_pool2d(sq, g).flatten(1)
+        # Equal cells: the same means by a reshape, whose backward keeps no copy of ``sq`` (adaptive pooling's saves
+        # its whole input for the backward, one more activation-sized tensor per layer).
+        cells = sq.reshape(sq.shape[0], sq.shape[1], g, h // g, g, w // g)
+        return cells.mean(dim=(3, 5)).flatten(1)
 
     def propagate(self, h: torch.Tensor) -> torch.Tensor:
         """The propagation path: LayerNorm over channels at each location, dropout, optional 2x2 average pool."""
