@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> Path:
     ax.set_xticks(range(len(names)), [SHORT[m] for m in names])
     ax.set_ylabel("step time / BP-DeepSup step time")
     ax.set_title(f"Training step time, batch 128 ({args.device})")
-    ax.legend(fontsize=8)
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.2)
+    ax.legend(fontsize=7, ncol=2, loc="upper right")
 
     ax = axes[1]
     names = [m for m in MODELS if m in mem]
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None) -> Path:
     ax.set_xticks(range(len(names)), [SHORT[m] for m in names])
     ax.set_ylabel("peak bytes held for backward / BP-DeepSup")
     ax.set_title("Activation memory, batch 128")
-    ax.legend(fontsize=8)
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.2)
+    ax.legend(fontsize=7, ncol=2, loc="upper right")
 
     ax = axes[2]
     names = [m for m in MODELS if m in before and m in after]
@@ -81,7 +83,8 @@ def main(argv: list[str] | None = None) -> Path:
     ax.set_xticks(range(len(names)), [SHORT[m] for m in names])
     ax.set_ylabel("FF images/s relative to before")
     ax.set_title("FF step before/after the optimisations")
-    ax.legend(fontsize=8)
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.2)
+    ax.legend(fontsize=7, ncol=2, loc="upper right")
 
     fig.tight_layout()
     out = Path(args.out) if args.out else Path(__file__).parents[1] / "docs" / "img" / f"performance-{args.device}.png"

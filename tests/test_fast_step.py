@@ -231,3 +231,41 @@ def test_ff_holds_one_layer_of_activations_at_a_time():
     assert m_ff.peak < 0.5 * m_bp.peak
     # within a norm's statistics and the loss's [B, K] scores of the largest layer measured alone
     assert 0.99 * max(per_layer) <= m_ff.peak <= max(per_layer) + 4096
+
+
+def _plain_relu_dropout_scores(z, keep, groups, p=0.0):
+    """The textbook composition: plain autograd through ReLU, the mask and the group mean."""
+    h = F.relu(z) if keep is None else F.relu(z) * keep
+    return goodness.mean(h, groups=groups) / (1.0 - p), h
+
+
+@pytest.mark.parametrize("model", ["deeperforward_tinycnn", "deeperforward_resnet17", "dtg_vgg8"])
+def test_optimised_step_matches_plain_path(monkeypatch, model):
+    """Three steps of the default (optimised) LocalTrainer against the plain path: autograd through every op, the
+    features built with autograd, the reference optimizer loop. Same seed, same dropout masks, same weights."""
+    from contextlib import nullcontext
+
+    from ffkit.layers import FFLayer
+
+    fast, res_fast = _weights_after(model=model)
+    monkeypatch.setattr("ffkit.layers.cwconv.relu_dropout_scores", _plain_relu_dropout_scores)
+    monkeypatch.setattr(FFLayer, "propagation", lambda self: nullcontext())
+    plain, res_plain = _weights_after(model=model, fused_optimizer=False)
+    _assert_same(plain, fast)
+    for a, b in zip(res_plain, res_fast):
+        torch.testing.assert_close(a.losses, b.losses, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("model", ["deeperforward_tinycnn", "hinton_mlp", "dtg_vgg8"])
+def test_each_layer_runs_once_per_step(model):
+    net = _tiny(model)
+    calls = [0] * len(net)
+    for i, layer in enumerate(net.layers):
+        layer.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+    x, y = _batch(c=net.in_channels)
+    trainer = LocalTrainer(net, schedule="constant")
+    head_pass = net.head is not None and not net.objective.head_uses_training_pass
+    trainer.train_step(x, y)
+    # a label-input network's softmax head needs its own neutral-label pass over the layers it reads
+    expected = [1 + (head_pass and i <= max(net.head.layers)) for i in range(len(net))]
+    assert calls == expected

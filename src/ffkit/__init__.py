@@ -33,6 +33,7 @@ from .layers import (
 from .models import create_model, list_models, register_model
 from .network import FFNetwork
 from .objectives import ClassScoreObjective, Objective, PosNegObjective
+from .profiling import SavedTensorMeter
 from .recipes import Recipe, get_recipe, list_recipes
 from .train import BackpropTrainer, DivergenceError, LocalTrainer, load_checkpoint, save_checkpoint
 
@@ -77,4 +78,5 @@ __all__ = [
     "Recipe",
     "get_recipe",
     "list_recipes",
+    "SavedTensorMeter",
 ]
