@@ -126,3 +126,24 @@ def test_with_index_yields_indices():
     ds = WithIndex(TensorDataset(torch.rand(5, 1, 2, 2), torch.arange(5)))
     x, y, i = next(iter(DataLoader(ds, batch_size=5)))
     assert i.tolist() == [0, 1, 2, 3, 4] and y.tolist() == [0, 1, 2, 3, 4] and len(ds) == 5
+
+
+@needs_fmnist
+def test_train_with_performance_flags(tmp_path, data_dir, capsys, monkeypatch):
+    import ffkit.recipes
+
+    seen = {}
+    real = ffkit.recipes.build_trainer
+
+    def spy(*a, **kw):
+        trainer = real(*a, **kw)
+        seen.update(channels_last=trainer.channels_last, amp=trainer.amp, compile=trainer.compile)
+        return trainer
+
+    monkeypatch.setattr(ffkit.recipes, "build_trainer", spy)
+    args = ["train", "--dataset", "fashion-mnist", "--data-dir", data_dir, "--out", str(tmp_path / "run"), "--json",
+            "--channels-last", "--amp", *QUICK[:2], "--limit", "256", "--eval-limit", "128", "--no-progress"]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0.0 < summary["test_accuracy"] <= 1.0
+    assert seen == {"channels_last": True, "amp": True, "compile": False}

@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
         help="resume from CHECKPOINT (default: OUT/checkpoint.pt) and train until --epochs",
     )
+    t.add_argument("--channels-last", action="store_true", help="channels-last memory format (faster convs)")
+    t.add_argument("--amp", action="store_true", help="bf16 autocast of each layer's forward (GPUs; CPUs with AMX)")
+    t.add_argument("--compile", action="store_true", help="torch.compile each layer's forward and backward")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--json", action="store_true", help="print a machine-readable summary as the last line")
 
@@ -191,7 +194,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     test_loader = DataLoader(test, batch_size=eval_bs, **loader_kw)
 
     epochs = cfg["epochs"]
-    trainer = build_trainer(recipe, net, steps_per_epoch=len(train_loader), device=device)
+    trainer = build_trainer(recipe, net, steps_per_epoch=len(train_loader), device=device,
+                            channels_last=args.channels_last, amp=args.amp, compile=args.compile)
     metadata = {
         "dataset": info.name, "seed": args.seed, "limit": args.limit, "trainer": trainer_name,
         **{k: v for k, v in cfg.items() if k not in ("dataset", "trainer")},

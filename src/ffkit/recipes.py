@@ -181,9 +181,10 @@ def build_model(recipe: Recipe, *, num_classes: int, in_channels: int, **overrid
                         **{**recipe.model_kwargs, **overrides})
 
 
-def build_trainer(recipe: Recipe, network, *, steps_per_epoch: int, device: Any = "cpu"):
+def build_trainer(recipe: Recipe, network, *, steps_per_epoch: int, device: Any = "cpu", **performance: Any):
     """The recipe's trainer for ``network``: a LocalTrainer, or a BackpropTrainer for ``trainer="backprop"`` (and for
-    single-head baselines). Milestones given in epochs become steps."""
+    single-head baselines). Milestones given in epochs become steps. ``performance``: the trainers' speed options
+    (``channels_last``, ``amp``, ``compile``, ``fused_optimizer``), which do not change what is trained."""
     from .models import model_kind
     from .train import BackpropTrainer, LocalTrainer
 
@@ -201,6 +202,7 @@ def build_trainer(recipe: Recipe, network, *, steps_per_epoch: int, device: Any 
         "optimizer": recipe.optimizer, "schedule": recipe.schedule, "total_steps": recipe.epochs * steps_per_epoch,
         "milestones": tuple((int(ep) * steps_per_epoch, float(f)) for ep, f in recipe.milestones),
         "device": device,
+        **performance,
     }
     if name == "local" and kind == "ff":
         return LocalTrainer(network, overlap=recipe.overlap, head_lr=recipe.head_lr, **common)
