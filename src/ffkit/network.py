@@ -132,8 +132,10 @@ class FFNetwork(nn.Module):
         end: int | None = None,
         detach: bool | Callable[[int], bool] = True,
         checkpoint: bool = False,
+        start: int = 0,
+        shortcuts: Mapping[int, torch.Tensor] | None = None,
     ) -> Iterator[tuple[int, LayerOutput]]:
-        """Run layers ``0..end`` one at a time, yielding ``(index, LayerOutput)``.
+        """Run layers ``start..end`` one at a time, yielding ``(index, LayerOutput)``.
 
         The consumer may update layer ``l`` before asking for layer ``l + 1``: each layer runs exactly once, on the
         detached features the previous layer produced, which is DeeperForward's memory-saving order (Alg. 2).
@@ -149,15 +151,23 @@ class FFNetwork(nn.Module):
                 reaches it (end-to-end backprop with activation checkpointing). The RNG state is replayed, so dropout
                 masks are the same, and BatchNorm running statistics are restored after the recomputation, so the
                 gradients and buffers equal those of an unchecked pass.
+            start: the first layer to run (a pipeline stage's first layer). When ``start > 0``, ``inputs`` is layer
+                ``start - 1``'s features and the network's input normalisation is not applied again.
+            shortcuts: ``{source: features}`` of layers before ``start`` that shortcuts into this range read
+                (:meth:`crossing_shortcuts` says which).
         """
         if not isinstance(checkpoint, bool):
             raise TypeError(f"checkpoint must be a bool, got {type(checkpoint).__name__}")
         last = len(self.layers) - 1 if end is None else end
-        if not 0 <= last < len(self.layers):
-            raise ValueError(f"end must be in [0, {len(self.layers) - 1}], got {end}")
-        h = F.layer_norm(inputs, inputs.shape[1:]) if self.input_norm else inputs
-        kept: dict[int, torch.Tensor] = {}
-        for i in range(last + 1):
+        if not 0 <= start <= last < len(self.layers):
+            raise ValueError(f"start and end must satisfy 0 <= start <= end < {len(self.layers)}, got {start}..{end}")
+        h = F.layer_norm(inputs, inputs.shape[1:]) if self.input_norm and start == 0 else inputs
+        kept: dict[int, torch.Tensor] = dict(shortcuts or {})
+        missing = sorted(self.crossing_shortcuts(start - 1)) if start > 0 else []
+        missing = [src for src in missing if src not in kept]
+        if missing:
+            raise ValueError(f"layers {start}..{last} read shortcuts from layers {missing}; pass their features")
+        for i in range(start, last + 1):
             shortcut = kept[self.shortcuts[i]] if i in self.shortcuts else None
             cut = detach(i) if callable(detach) else detach
             layer = self.layers[i]
@@ -180,6 +190,11 @@ class FFNetwork(nn.Module):
                 kept[i] = h
             for src in [s for s, t in self._last_use.items() if t == i]:
                 kept.pop(src, None)
+
+    def crossing_shortcuts(self, boundary: int) -> set[int]:
+        """Sources of the shortcuts that cross a cut right after layer ``boundary``: ``{s : s <= boundary < t}``.
+        A pipeline stage ending at ``boundary`` must send these layers' features on with its own."""
+        return {s for t, s in self.shortcuts.items() if s <= boundary < t}
 
     def layer_scores(self, x: torch.Tensor, end: int | None = None) -> torch.Tensor:
         """Class scores of every layer up to ``end``: ``[L', B, K]``."""

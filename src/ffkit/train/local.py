@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 
 from ..network import FFNetwork
+from ..objectives import PreparedBatch
 from .base import (
     DivergenceError,
     StepResult,
@@ -113,12 +114,47 @@ class LocalTrainer(Trainer):
         net = self.network
         x, y = self._batch_to_device(x, y)
         batch = net.objective.prepare(net, x, y, index)
+        losses, correct, head_feats, _ = self.train_layers(batch, batch.inputs)
+        head_result = self._head_step(batch, head_feats) if net.head is not None else None
+        if self.check_finite:
+            self._raise_if_diverged(losses, head_result)
+        self._finish_step(range(len(self.schedulers)))
+        return StepResult(losses, correct, batch.batch_size, head_result)
+
+    def train_layers(
+        self,
+        batch: PreparedBatch,
+        inputs: torch.Tensor,
+        *,
+        start: int = 0,
+        end: int | None = None,
+        shortcuts: dict[int, torch.Tensor] | None = None,
+        keep: Iterable[int] = (),
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+        """Update layers ``start..end`` in order on one batch: the core of :meth:`train_step` and of a pipeline stage.
+
+        Args:
+            batch: the prepared batch (targets; ``batch_size`` for positive/negative splits).
+            inputs: layer ``start``'s input (the network input when ``start == 0``, else layer ``start - 1``'s
+                detached features).
+            start, end: the layer range (inclusive; ``end=None``: the last layer).
+            shortcuts: detached features of earlier layers that residual shortcuts into this range read.
+            keep: layers whose detached features to return (e.g. what the next pipeline stage needs).
+
+        Returns:
+            ``(losses [n], correct [n], head_features, kept)``: per-layer losses and correct counts of the ``n`` layers
+            run (on the device, no host synchronisation), the detached features a classifier head reads, and
+            ``{i: features}`` for every ``i`` in ``keep`` that was run.
+        """
+        net = self.network
+        keep = set(keep)
         losses, correct = [], []
+        kept: dict[int, torch.Tensor] = {}
         updates = self.updates_at(self.step_count)
         head = net.head
         head_feats: dict[int, torch.Tensor] = {}
         reuse = head is not None and net.objective.head_uses_training_pass
-        layers = net.iter_layers(batch.inputs, detach=updates)
+        layers = net.iter_layers(inputs, start=start, end=end, detach=updates, shortcuts=shortcuts)
         while True:
             with self._autocast():  # the forward of layer i runs inside next(): under autocast, backward outside
                 nxt = next(layers, None)
@@ -127,6 +163,8 @@ class LocalTrainer(Trainer):
                 i, out = nxt
                 if reuse and i in head.layers:
                     head_feats[i] = out.features.detach()
+                if i in keep:
+                    kept[i] = out.features.detach()
                 if not updates(i):  # OLU: this layer is trained through the next layer's loss at this step
                     with torch.no_grad():
                         loss, n_right = net.objective.layer_loss(out, batch)
@@ -142,19 +180,27 @@ class LocalTrainer(Trainer):
             losses.append(loss.detach().float())
             correct.append(n_right)
             del loss, out, nxt  # release this layer's graph before the next layer runs
-        stacked = torch.stack(losses)
-        head_result = self._head_step(batch, head_feats) if head is not None else None
-        if self.check_finite:
-            self._raise_if_diverged(stacked, head_result)
+        return torch.stack(losses), torch.stack(correct), head_feats, kept
+
+    def _finish_step(self, schedulers: Iterable[int]) -> None:
+        """Step the given schedulers (by index) and count the step."""
+        self.step_schedules_of(schedulers)
+        self.step_count += 1
+
+    def step_schedules_of(self, schedulers: Iterable[int]) -> None:
+        """Step the learning-rate schedules with these indices (layer ``i``'s is ``i``; a head's is the last)."""
         with warnings.catch_warnings():
             # Under OLU a layer's first optimizer step may come one step after its schedule's first step.
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
-            self._step_schedules()
-        self.step_count += 1
-        return StepResult(stacked, torch.stack(correct), batch.batch_size, head_result)
+            for k in schedulers:
+                if self.schedulers[k] is not None:
+                    self.schedulers[k].step()
 
-    def _raise_if_diverged(self, losses: torch.Tensor, head: tuple[torch.Tensor, torch.Tensor] | None) -> None:
-        """One host synchronisation per step: name the first layer (or the head) whose loss is not finite."""
+    def _raise_if_diverged(
+        self, losses: torch.Tensor, head: tuple[torch.Tensor, torch.Tensor] | None, first_layer: int = 0
+    ) -> None:
+        """One host synchronisation per step: name the first layer (or the head) whose loss is not finite.
+        ``losses [n]`` are the losses of layers ``first_layer ..``."""
         every = losses if head is None else torch.cat([losses, head[0].float().view(1)])
         bad = ~torch.isfinite(every)
         if not bool(bad.any()):
@@ -166,9 +212,11 @@ class LocalTrainer(Trainer):
                 f"the classifier head produced a non-finite loss ({head[0].item()}) at epoch {self.epoch + 1}, "
                 f"step {self.step_count + 1}"
             )
+        value = losses[i].item()
+        i += first_layer
         raise DivergenceError(
             f"layer {i + 1} of {len(net)} (index {i}, {type(net.layers[i]).__name__}) produced a non-finite loss "
-            f"({losses[i].item()}) at epoch {self.epoch + 1}, step {self.step_count + 1}; lower the learning rate "
+            f"({value}) at epoch {self.epoch + 1}, step {self.step_count + 1}; lower the learning rate "
             f"(now {self.current_lr(i):.3g}) or check the input data"
         )
 
