@@ -96,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
         help="resume from CHECKPOINT (default: OUT/checkpoint.pt) and train until --epochs",
     )
+    t.add_argument("--pipeline", action="store_true",
+                   help="train the layers as a pipeline of stages: one per process under torchrun "
+                        "(torchrun --nproc-per-node N -m ffkit train ... --pipeline), else threads in this process")
+    t.add_argument("--stages", default="2", metavar="N|per-layer|I,J,...",
+                   help="pipeline stages without torchrun (default 2), or the stages' first layers, e.g. 0,3")
+    t.add_argument("--pipeline-timeout", type=_positive(float), default=60.0,
+                   help="seconds a pipeline stage waits for a peer before stopping with an error (default 60)")
     t.add_argument("--channels-last", action="store_true", help="channels-last memory format (faster convs)")
     t.add_argument("--amp", action="store_true", help="bf16 autocast of each layer's forward (GPUs; CPUs with AMX)")
     t.add_argument("--compile", action="store_true", help="torch.compile each layer's forward and backward")
@@ -157,6 +164,31 @@ def _full_recipe_hint(model: str, dataset: str) -> str:
     return f"ffkit recipes   (lists every paper's recipe; none is registered for {model} on {dataset})"
 
 
+def _pipeline_options(args: argparse.Namespace, trainer_name: str, device: torch.device):
+    """``--pipeline``: the PipelineTrainer's options, this process's rank and its device."""
+    if trainer_name != "local":
+        raise ValueError("--pipeline trains with the local trainer; it conflicts with --trainer backprop")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:  # launched by torchrun: one stage per process
+        from .train.pipeline import init_distributed
+
+        rank, _ = init_distributed(timeout=args.pipeline_timeout)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return {"backend": "distributed", "timeout": args.pipeline_timeout}, rank, device
+    text = args.stages.strip()
+    if text.isdigit():
+        stages: object = int(text)
+    elif text == "per-layer":
+        stages = text
+    else:
+        try:
+            stages = tuple(int(v) for v in text.split(","))
+        except ValueError:
+            raise ValueError(f"--stages must be N, 'per-layer' or first layers like 0,3; got {args.stages!r}") from None
+    return {"backend": "threads", "stages": stages, "timeout": args.pipeline_timeout}, 0, device
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .data import WithIndex, dataset_info, load_dataset
     from .models import model_kind
@@ -175,6 +207,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / f"{model}-{info.name}"
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    pipeline, rank = None, 0
+    if args.pipeline:
+        pipeline, rank, device = _pipeline_options(args, trainer_name, device)
+    if rank > 0:  # one report: rank 0's
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the rest of this process
     torch.manual_seed(args.seed)
     net = build_model(recipe, num_classes=info.num_classes, in_channels=info.in_channels)
     ckpt = None
@@ -188,13 +225,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     test = _first(load_dataset(info.name, "test", args.data_dir), args.eval_limit)
     loader_kw = {"num_workers": args.workers, "pin_memory": device.type == "cuda"}
     batch_size = cfg["batch_size"]
-    train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=torch.Generator(), **loader_kw)
+    # A pipeline's stages post their receives ahead for batches of one size.
+    train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=torch.Generator(),
+                              drop_last=pipeline is not None, **loader_kw)
     eval_bs = max(256, batch_size)
     holdout_loader = DataLoader(holdout, batch_size=eval_bs, **loader_kw)
     test_loader = DataLoader(test, batch_size=eval_bs, **loader_kw)
 
     epochs = cfg["epochs"]
-    trainer = build_trainer(recipe, net, steps_per_epoch=len(train_loader), device=device,
+    trainer = build_trainer(recipe, net, steps_per_epoch=len(train_loader), device=device, pipeline=pipeline,
                             channels_last=args.channels_last, amp=args.amp, compile=args.compile)
     metadata = {
         "dataset": info.name, "seed": args.seed, "limit": args.limit, "trainer": trainer_name,
@@ -216,8 +255,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     history = trainer.fit(
         train_loader, epochs=epochs, holdout=holdout_loader, test=test_loader, out_dir=out, seed=args.seed,
-        progress=not args.no_progress, log=lambda s: print(s, flush=True), metadata=metadata,
+        progress=not args.no_progress and rank == 0, log=lambda s: print(s, flush=True), metadata=metadata,
     )
+    if pipeline is not None and pipeline["backend"] == "distributed":
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+        if rank > 0:
+            return 0
     test_rep = history[-1]["test"]
     s, e = test_rep["sip_range"]
     train_images = sum(r["train_images"] for r in history)

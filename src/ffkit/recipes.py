@@ -181,7 +181,10 @@ def build_model(recipe: Recipe, *, num_classes: int, in_channels: int, **overrid
                         **{**recipe.model_kwargs, **overrides})
 
 
-def build_trainer(recipe: Recipe, network, *, steps_per_epoch: int, device: Any = "cpu", **performance: Any):
+def build_trainer(
+    recipe: Recipe, network, *, steps_per_epoch: int, device: Any = "cpu", pipeline: dict | None = None,
+    **performance: Any,
+):
     """The recipe's trainer for ``network``: a LocalTrainer, or a BackpropTrainer for ``trainer="backprop"`` (and for
     single-head baselines). Milestones given in epochs become steps. ``performance``: the trainers' speed options
     (``channels_last``, ``amp``, ``compile``, ``fused_optimizer``), which do not change what is trained."""
@@ -204,6 +207,12 @@ def build_trainer(recipe: Recipe, network, *, steps_per_epoch: int, device: Any 
         "device": device,
         **performance,
     }
+    if pipeline is not None:  # PipelineTrainer's options (backend, stages, timeout): the recipe's local trainer
+        from .train.pipeline import PipelineTrainer
+
+        if name != "local" or kind != "ff":
+            raise ValueError("a pipeline trains an FF network with the local trainer")
+        return PipelineTrainer(network, overlap=recipe.overlap, **pipeline, **common)
     if name == "local" and kind == "ff":
         return LocalTrainer(network, overlap=recipe.overlap, head_lr=recipe.head_lr, **common)
     return BackpropTrainer(network, **common)

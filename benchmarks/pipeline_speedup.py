@@ -1,0 +1,163 @@
+"""Speed-up of a multi-process FF pipeline (torch.distributed, gloo) over one process, on the same work.
+
+    python benchmarks/pipeline_speedup.py --model deeperforward_tinycnn --procs 2 --json
+
+1. Baseline: this process, ``--threads`` threads (default 1), trains ``--batches`` batches of ``[B, C, 32, 32]``
+   random images with ``LocalTrainer`` (after one warm-up batch).
+2. Pipeline: ``python -m torch.distributed.run --nproc-per-node PROCS`` runs this script in worker mode; every process
+   uses ``--threads`` threads and trains one stage of ``PipelineTrainer(backend="distributed")`` with automatic
+   balancing (profiled on the first batch of a short warm-up epoch). Then the same ``--batches`` batches are timed, from
+   the first batch sent to the last stage done (a barrier), so filling and draining the pipeline are counted.
+
+Prints and writes (``benchmarks/results/pipeline-MODEL-pPROCS-cpu.json``) ``speedup`` = baseline time / pipeline time,
+``efficiency`` = speedup / PROCS, and ``stage_balance`` = the slowest stage's busy time over the mean stage busy time
+during the timed epoch (busy = time in local steps, excluding waiting for peers). The last line is the JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import machine_info  # noqa: E402
+
+import ffkit  # noqa: E402
+from ffkit.train import LocalTrainer  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def _loader(net, batches: int, batch_size: int, seed: int) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batches * batch_size, net.in_channels, 32, 32, generator=g)
+    y = torch.randint(0, net.num_classes, (batches * batch_size,), generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size, drop_last=True)
+
+
+def _model(args):
+    torch.manual_seed(args.seed)
+    return ffkit.models.create_model(args.model)
+
+
+def baseline(args) -> float:
+    torch.set_num_threads(args.threads)
+    net = _model(args)
+    trainer = LocalTrainer(net, schedule="constant")
+    warm = _loader(net, 1, args.batch_size, args.seed + 1)
+    for xb, yb in warm:
+        trainer.train_step(xb, yb)
+    loader = _loader(net, args.batches, args.batch_size, args.seed)
+    start = time.perf_counter()
+    for xb, yb in loader:
+        trainer.train_step(xb, yb)
+    return time.perf_counter() - start
+
+
+def worker(args) -> None:
+    import torch.distributed as dist
+
+    from ffkit.train.pipeline import PipelineTrainer, init_distributed
+
+    torch.set_num_threads(args.threads)
+    rank, world = init_distributed(timeout=300)
+    net = _model(args)
+    trainer = PipelineTrainer(net, backend="distributed", balance=args.balance, schedule="constant", timeout=300)
+    trainer.train_epoch(_loader(net, 2, args.batch_size, args.seed + 1))  # profiling, split, buffers, warm-up
+    loader = _loader(net, args.batches, args.batch_size, args.seed)
+    dist.barrier()
+    start = time.perf_counter()
+    record = trainer.train_epoch(loader)
+    dist.barrier()
+    seconds = time.perf_counter() - start
+    trainer.close()
+    if rank == 0:
+        busy = record["stage_busy_seconds"]
+        out = {"seconds": seconds, "stage_busy_seconds": busy, "stages": record["stages"],
+               "balance_report": trainer.balance_report, "images": record["train_images"]}
+        Path(args.worker_out).write_text(json.dumps(out))
+    dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="deeperforward_tinycnn", choices=ffkit.models.list_models("ff"), metavar="NAME")
+    p.add_argument("--procs", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batches", type=int, default=None, help="timed batches (default: about 40 s of baseline work)")
+    p.add_argument("--threads", type=int, default=1, help="threads per process, baseline and pipeline alike")
+    p.add_argument("--balance", choices=["auto", "layers"], default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--out", default=None)
+    p.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.batches is None:
+        args.batches = 300 if "mlp" in args.model else 40
+    if args.worker_out is not None:
+        worker(args)
+        return None
+
+    base = baseline(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        worker_out = Path(tmp) / "pipeline.json"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(args.procs),
+               "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), __file__,
+               "--model", args.model, "--batch-size", str(args.batch_size), "--batches", str(args.batches),
+               "--threads", str(args.threads), "--balance", args.balance, "--seed", str(args.seed),
+               "--worker-out", str(worker_out)]
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+        subprocess.run(cmd, check=True, env=env)
+        pipe = json.loads(worker_out.read_text())
+    busy = pipe["stage_busy_seconds"]
+    speedup = base / pipe["seconds"]
+    result = {
+        "benchmark": "pipeline_speedup",
+        "model": args.model,
+        "procs": args.procs,
+        "threads_per_process": args.threads,
+        "batch_size": args.batch_size,
+        "batches": args.batches,
+        "balance": args.balance,
+        "baseline_seconds": base,
+        "pipeline_seconds": pipe["seconds"],
+        "speedup": speedup,
+        "efficiency": speedup / args.procs,
+        "stage_balance": max(busy) / (sum(busy) / len(busy)),
+        "stage_busy_seconds": busy,
+        "stages": pipe["stages"],
+        "balance_report": pipe["balance_report"],
+        "baseline_images_per_s": args.batches * args.batch_size / base,
+        "pipeline_images_per_s": pipe["images"] / pipe["seconds"],
+        "machine": machine_info(),
+    }
+    print(f"{args.model}: {args.batches} batches of {args.batch_size}; one process: {base:.1f} s, "
+          f"{args.procs}-process pipeline {pipe['stages']}: {pipe['seconds']:.1f} s")
+    print(f"  speed-up {speedup:.2f}, efficiency {result['efficiency']:.2f}, "
+          f"stage balance {result['stage_balance']:.3f} (busy seconds per stage {[round(b, 1) for b in busy]})")
+    out = Path(args.out) if args.out else RESULTS / f"pipeline-{args.model}-p{args.procs}-cpu.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    if args.json:
+        print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""Run by tests under ``python -m torch.distributed.run``: a small distributed pipeline, with optional faults.
+
+    python -m torch.distributed.run --nproc-per-node 2 tests/helpers/pipeline_worker.py OUT.pt MODEL EPOCHS [FAULT]
+
+FAULT (on rank 1, after its first batch): ``kill`` (SIGKILL itself), ``stall`` (sleep forever), ``raise``.
+Rank 0 writes the trained network's state_dict to OUT.pt.
+"""
+
+import os
+import signal
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, TensorDataset
+
+from ffkit.models import create_model
+from ffkit.train.pipeline import PipelineTrainer, init_distributed
+
+torch.set_num_threads(1)
+out, name, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+fault = sys.argv[4] if len(sys.argv) > 4 else None
+timeout = float(os.environ.get("FFKIT_TEST_TIMEOUT", "20"))
+rank, world = init_distributed(timeout=timeout)
+torch.manual_seed(0)
+net = create_model(name, width_multiplier=0.1, **({"in_channels": 3, "dropout": 0.0} if "mlp" not in name else {}))
+g = torch.Generator().manual_seed(1)
+x = torch.randn(48, net.in_channels, 32, 32, generator=g)
+y = torch.randint(0, 10, (48,), generator=g)
+loader = DataLoader(TensorDataset(x, y), batch_size=8, drop_last=True)
+trainer = PipelineTrainer(net, backend="distributed", balance="layers", schedule="constant", timeout=timeout)
+
+if fault is not None and rank == 1:
+    from ffkit.train import pipeline
+
+    real_step = pipeline._Stage.step
+
+    def faulty(self, *a, **k):
+        result = real_step(self, *a, **k)
+        if fault == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        elif fault == "stall":
+            time.sleep(3600)
+        elif fault == "raise":
+            raise RuntimeError("injected failure in stage 1")
+        return result
+
+    pipeline._Stage.step = faulty
+
+for _ in range(epochs):
+    record = trainer.train_epoch(loader)
+trainer.close()
+if rank == 0:
+    torch.save({"state": net.state_dict(), "record": record}, out)
+dist.destroy_process_group()

@@ -1,0 +1,158 @@
+"""PipelineTrainer: the same weights as LocalTrainer for any number of batches in flight, in threads and across
+processes (torch.distributed, gloo), stage checkpoints, and faults that end the job with a clear error."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from ffkit.models import create_model
+from ffkit.train import LocalTrainer
+from ffkit.train.pipeline import PipelineError, PipelineTrainer
+
+WORKER = Path(__file__).parent / "helpers" / "pipeline_worker.py"
+
+
+def _model(name="deeperforward_tinycnn", **kw):
+    torch.manual_seed(0)
+    extra = {} if "mlp" in name else {"in_channels": 3, "dropout": 0.0}  # the MLP has no dropout
+    return create_model(name, width_multiplier=0.1, **extra, **kw)
+
+
+def _loader(c=3, n=48, batch=8):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n, c, 32, 32, generator=g)
+    y = torch.randint(0, 10, (n,), generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=batch, drop_last=True)
+
+
+def _local(name, epochs=1):
+    net = _model(name)
+    t = LocalTrainer(net, schedule="constant")
+    for _ in range(epochs):
+        for xb, yb in _loader(net.in_channels):
+            t.train_step(xb, yb)
+    return net
+
+
+def _assert_same_weights(a, b, atol=0.0):
+    for (k, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        if p.is_floating_point():
+            torch.testing.assert_close(p, q, atol=atol, rtol=0 if atol == 0 else 1e-4, msg=k)
+
+
+@pytest.mark.parametrize(
+    "name,stages",
+    [("deeperforward_tinycnn", 2), ("deeperforward_tinycnn", "per-layer"), ("deeperforward_resnet17", 3),
+     ("hinton_mlp", (0, 3))],
+)
+def test_threads_pipeline_equals_local_trainer(name, stages):
+    """Every layer sees the same batches with the same weights as in LocalTrainer's loop, whatever is in flight:
+    bit-identical weights (ResNet17: shortcuts cross stage boundaries; Hinton's MLP: positive/negative batches)."""
+    ref = _local(name)
+    net = _model(name)
+    trainer = PipelineTrainer(net, stages=stages, balance="layers", schedule="constant", queue_size=3)
+    record = trainer.train_epoch(_loader(net.in_channels))
+    _assert_same_weights(ref, net)
+    assert record["train_images"] == 48 and len(record["train_acc"]) == len(net)
+    assert trainer.step_count == 6
+
+
+def test_train_step_is_one_batch_in_flight():
+    ref = _local("deeperforward_tinycnn")
+    net = _model()
+    trainer = PipelineTrainer(net, stages=2, balance="layers", schedule="constant")
+    for xb, yb in _loader():
+        res = trainer.train_step(xb, yb)
+    _assert_same_weights(ref, net)
+    assert res.losses.shape == (len(net),) and res.batch_size == 8
+
+
+def test_bad_arguments():
+    net = _model()
+    with pytest.raises(ValueError, match="backend"):
+        PipelineTrainer(net, backend="mpi")
+    with pytest.raises(ValueError, match="stages must be between"):
+        PipelineTrainer(net, stages=9)
+    with pytest.raises(ValueError, match="overlap"):
+        PipelineTrainer(net, overlap=True)
+    with pytest.raises(RuntimeError, match="torchrun"):
+        PipelineTrainer(net, backend="distributed")
+    with pytest.raises(ValueError, match="timeout"):
+        PipelineTrainer(net, timeout=0)
+
+
+def test_stage_error_names_the_stage(monkeypatch):
+    net = _model()
+    trainer = PipelineTrainer(net, stages=2, balance="layers", schedule="constant")
+    real = net.layers[3].forward
+
+    def broken(*a, **k):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(net.layers[3], "forward", broken)
+    with pytest.raises(PipelineError, match="stage 1 failed: RuntimeError: boom"):
+        trainer.train_epoch(_loader())
+    del real
+
+
+def test_stage_checkpoints_resume_to_the_uninterrupted_weights(tmp_path):
+    ref = _local("deeperforward_tinycnn", epochs=2)
+    net = _model()
+    first = PipelineTrainer(net, stages=2, balance="layers", schedule="constant")
+    first.fit(_loader(), epochs=1, out_dir=tmp_path, log=None)
+    assert {p.name for p in tmp_path.glob("checkpoint*.pt")} == {
+        "checkpoint.pt", "checkpoint.stage0-of-2.pt", "checkpoint.stage1-of-2.pt"}
+    resumed_net = _model()
+    again = PipelineTrainer(resumed_net, stages=2, balance="layers", schedule="constant")
+    again.resume(tmp_path / "checkpoint.pt")
+    assert again.epoch == 1
+    again.fit(_loader(), epochs=2, log=None)
+    _assert_same_weights(ref, resumed_net)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(tmp_path, *args, timeout=120, env_extra=None):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(_free_port()), str(WORKER), str(tmp_path / "out.pt"), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    return proc, time.perf_counter() - start
+
+
+@pytest.mark.parametrize("name", ["deeperforward_resnet17", "hinton_mlp"])
+def test_distributed_pipeline_equals_local_trainer(tmp_path, name):
+    """Two processes over gloo on 127.0.0.1, two epochs: the same weights as LocalTrainer within float tolerance
+    (the worker runs one thread, this process two: convolutions sum in another order)."""
+    proc, _ = _torchrun(tmp_path, name, "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = torch.load(tmp_path / "out.pt")
+    ref = _local(name, epochs=2)
+    net = _model(name)
+    net.load_state_dict(result["state"])
+    _assert_same_weights(ref, net, atol=1e-4)
+    assert result["record"]["train_images"] == 48
+
+
+@pytest.mark.parametrize("fault", ["kill", "stall", "raise"])
+def test_a_failed_rank_ends_the_job_with_a_clear_error(tmp_path, fault):
+    proc, seconds = _torchrun(tmp_path, "deeperforward_tinycnn", "50", fault, env_extra={"FFKIT_TEST_TIMEOUT": "10"})
+    assert proc.returncode != 0
+    assert seconds < 60
+    log = proc.stdout + proc.stderr
+    assert "PipelineError" in log or "exitcode" in log, log[-3000:]
+    print(f"{fault}: job ended in {seconds:.1f} s")
