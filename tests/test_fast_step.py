@@ -35,7 +35,7 @@ def test_fused_relu_dropout_scores_matches_reference(channels_last):
         z = z.contiguous(memory_format=torch.channels_last)
     z.requires_grad_(True)
     keep, p = dropout_mask(z, 0.3)
-    scores, h = relu_dropout_scores(z, keep, 10, p)
+    scores, h = relu_dropout_scores(z, ~keep, 10, p)
     feats = F.group_norm(h, 10, eps=1e-5 * (1 - p) ** 2)
 
     z_ref = z.detach().clone().requires_grad_(True)
@@ -233,9 +233,9 @@ def test_ff_holds_one_layer_of_activations_at_a_time():
     assert 0.99 * max(per_layer) <= m_ff.peak <= max(per_layer) + 4096
 
 
-def _plain_relu_dropout_scores(z, keep, groups, p=0.0):
+def _plain_relu_dropout_scores(z, drop, groups, p=0.0):
     """The textbook composition: plain autograd through ReLU, the mask and the group mean."""
-    h = F.relu(z) if keep is None else F.relu(z) * keep
+    h = F.relu(z) if drop is None else F.relu(z) * ~drop
     return goodness.mean(h, groups=groups) / (1.0 - p), h
 
 

@@ -2,7 +2,7 @@
 
 from .base import FFLayer, LayerOutput
 from .cwconv import CWConv
-from .dropout import Dropout, dropout, dropout_mask
+from .dropout import Dropout, drop_mask, dropout, dropout_mask
 from .dtg import DTGConv, DTGLinear
 from .heads import ClassifierHead
 from .linear import FFLinear
@@ -25,4 +25,5 @@ __all__ = [
     "Dropout",
     "dropout",
     "dropout_mask",
+    "drop_mask",
 ]

@@ -8,7 +8,7 @@ from torch import nn
 
 from .._validation import check_positive_int
 from .base import FFLayer, LayerOutput
-from .dropout import dropout_mask
+from .dropout import drop_mask
 from .residual import ParamFreeResidual
 
 __all__ = ["CWConv"]
@@ -94,8 +94,8 @@ class CWConv(FFLayer):
             if shortcut is None:
                 raise ValueError("this CWConv was built with shortcut_channels but received no shortcut")
             z = self.residual(z, shortcut)
-        keep, p = dropout_mask(z, self.dropout if self.training else 0.0)
-        scores, h = relu_dropout_scores(z, keep, self.num_classes, p)
+        drop, p = drop_mask(z, self.dropout if self.training else 0.0)
+        scores, h = relu_dropout_scores(z, drop, self.num_classes, p)
         # h is the unscaled masked activity; GroupNorm without affine is invariant to the dropout scale s except
         # through eps, and GN(s * h, eps) == GN(h, eps / s**2) exactly, so no pass is spent on scaling.
         with self.propagation():
@@ -112,31 +112,40 @@ _GN_EPS = 1e-5  # F.group_norm's default
 
 
 def relu_dropout_scores(
-    z: torch.Tensor, keep: torch.Tensor | None, groups: int, p: float = 0.0
+    z: torch.Tensor, drop: torch.Tensor | None, groups: int, p: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused ReLU, dropout and channel-wise mean goodness (DeeperForward Eq. 8) with a one-pass backward.
 
-    With ``s = 1 / (1 - p)`` the activity is ``s * h`` where ``h = relu(z) * keep``; the class scores are
-    ``scores[b, k] = s * mean(h[b, group k])``. Because ``d(s h)/dz = s * (h > 0)``, the backward needs only ``h``
-    (saved anyway as the next op's input): no dropout mask and no ReLU input are kept, and when the features are
-    detached (local training) the gradient is a single broadcast ``grad_z = (h > 0) * s * grad_scores / n``.
+    With ``s = 1 / (1 - p)`` the activity is ``s * h`` where ``h = relu(z)`` with the dropped elements zeroed; the
+    class scores are ``scores[b, k] = s * mean(h[b, group k])``. Because ``d(s h)/dz = s * (h > 0)``, the backward
+    needs only ``h`` (saved anyway as the next op's input): no dropout mask and no ReLU input are kept, and when
+    the features are detached (local training) the gradient is one broadcast ``grad_z = (h > 0) * s * grad_scores / n``.
+    ``h`` is written into ``z``'s memory unless ``z`` is a view or a leaf that requires grad (then it is new).
 
     Args:
         z: pre-activation ``[B, C, H, W]`` (any memory format).
-        keep: dropout keep-mask like ``z`` (bool), or ``None`` for no dropout.
+        drop: dropout mask like ``z``, ``True`` where an element is dropped (:func:`ffkit.layers.drop_mask`), or
+            ``None`` for no dropout.
         groups: ``K``, number of equal consecutive channel groups (``C % K == 0``).
         p: the drop probability the mask was drawn with (sets ``s``).
 
     Returns:
         ``scores [B, K]`` and the unscaled activity ``h [B, C, H, W]``.
     """
-    return _ReLUDropoutScores.apply(z, keep, groups, 1.0 / (1.0 - p))
+    return _ReLUDropoutScores.apply(z, drop, groups, 1.0 / (1.0 - p))
 
 
 class _ReLUDropoutScores(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, z, keep, groups, scale):
-        h = torch.relu(z) if keep is None else torch.where(keep, z, 0.0).relu_()
+    def forward(ctx, z, drop, groups, scale):
+        # In place where allowed: on CPU, relu_ and masked_fill_ on float memory cost a fraction of where(mask, ...).
+        if (z.is_leaf and z.requires_grad) or z._base is not None:  # autograd forbids in-place on these here
+            h = torch.relu(z)
+        else:
+            h = z.relu_()
+            ctx.mark_dirty(z)
+        if drop is not None:
+            h.masked_fill_(drop, 0.0)
         hg = h.unflatten(1, (groups, -1))
         scores = hg.mean(dim=(2, 3, 4))
         if scale != 1.0:

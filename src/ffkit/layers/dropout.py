@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["Dropout", "dropout_mask", "dropout"]
+__all__ = ["Dropout", "dropout_mask", "drop_mask", "dropout"]
 
 
 def dropout_mask(x: torch.Tensor, p: float) -> tuple[torch.Tensor | None, float]:
@@ -23,15 +23,25 @@ def dropout_mask(x: torch.Tensor, p: float) -> tuple[torch.Tensor | None, float]
     Returns:
         ``(keep, p_drawn)``: a bool mask shaped like ``x`` (``None`` when nothing is dropped) and the probability.
     """
+    return _mask(x, p, keep=True)
+
+
+def drop_mask(x: torch.Tensor, p: float) -> tuple[torch.Tensor | None, float]:
+    """The complement of :func:`dropout_mask` from the same draws: ``True`` where an element is dropped."""
+    return _mask(x, p, keep=False)
+
+
+def _mask(x: torch.Tensor, p: float, keep: bool) -> tuple[torch.Tensor | None, float]:
     drop = min(round(p * 65536), 65535)
     if drop == 0:
         return None, 0.0
     n = x.numel()
     bits = torch.randint(-(2**31), 2**31, ((n + 1) // 2,), dtype=torch.int32, device=x.device)
-    keep = bits.view(torch.int16)[:n].reshape(x.shape) >= drop - 32768
+    halves = bits.view(torch.int16)[:n].reshape(x.shape)
+    mask = halves >= drop - 32768 if keep else halves < drop - 32768
     if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        keep = keep.contiguous(memory_format=torch.channels_last)
-    return keep, drop / 65536
+        mask = mask.contiguous(memory_format=torch.channels_last)
+    return mask, drop / 65536
 
 
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:

@@ -195,10 +195,17 @@ class PipelineTrainer(Trainer):
 
                 if self.rank == 0:
                     costs = profile_layers(self.inner, x, y, index=index)
-                    starts = balance_stages(costs.seconds, self.n_stages)
-                    times = stage_times(costs.seconds, starts)
-                    report = {"layer_seconds": list(costs.seconds), "starts": list(starts), "stage_seconds": times,
-                              "predicted_balance": stage_balance(times)}
+                    # The first stage also prepares every batch (label encoding, negatives): charge it to layer 0.
+                    with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                        began = time.perf_counter()
+                        for _ in range(3):
+                            self._prepare(x, y, index)
+                        prep = (time.perf_counter() - began) / 3
+                    seconds = [costs.seconds[0] + prep, *costs.seconds[1:]]
+                    starts = balance_stages(seconds, self.n_stages)
+                    times = stage_times(seconds, starts)
+                    report = {"layer_seconds": list(costs.seconds), "prepare_seconds": prep, "starts": list(starts),
+                              "stage_seconds": times, "predicted_balance": stage_balance(times)}
                 else:
                     report = None
                 if self.backend == "distributed":
@@ -363,7 +370,9 @@ class PipelineTrainer(Trainer):
                             item = next(source, None)
                             if item is None:
                                 break
+                            began = time.perf_counter()
                             h, y, b = self._prepare(*item)
+                            st.busy += time.perf_counter() - began
                             sc: dict[int, torch.Tensor] = {}
                         else:
                             item = get(queues[k - 1], k)
@@ -408,7 +417,9 @@ class PipelineTrainer(Trainer):
             link = self._link
             if self.rank == 0:
                 for x, y, index in batches:
+                    began = time.perf_counter()
                     h, y, b = self._prepare(x, y, index)
+                    st.busy += time.perf_counter() - began  # preparing batches is the first stage's work too
                     link.check_batch(h, y, b)
                     h, sc = st.step(h, y, b, {})
                     link.send(_BATCH, h, y, sc)
