@@ -147,3 +147,27 @@ def test_train_with_performance_flags(tmp_path, data_dir, capsys, monkeypatch):
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert 0.0 < summary["test_accuracy"] <= 1.0
     assert seen == {"channels_last": True, "amp": True, "compile": False}
+
+
+@needs_fmnist
+def test_train_with_a_threads_pipeline(tmp_path, data_dir, capsys):
+    args = ["train", "--dataset", "fashion-mnist", "--data-dir", data_dir, "--out", str(tmp_path / "run"), "--json",
+            "--pipeline", "--stages", "0,2", *QUICK]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["train_images"] == 512 and 0.0 < summary["test_accuracy"] <= 1.0
+    assert (tmp_path / "run" / "checkpoint.stage1-of-2.pt").is_file()
+
+
+@needs_fmnist
+@pytest.mark.parametrize("stages,message", [("0,x", "--stages must be"), ("0,9", "starts")])
+def test_bad_pipeline_stages(tmp_path, data_dir, capsys, stages, message):
+    args = ["train", "--dataset", "fashion-mnist", "--data-dir", data_dir, "--out", str(tmp_path / "run"),
+            "--pipeline", "--stages", stages, *QUICK]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_pipeline_conflicts_with_backprop(capsys):
+    assert main(["train", "--pipeline", "--trainer", "backprop", "--limit", "8"]) == 2
+    assert "--pipeline" in capsys.readouterr().err

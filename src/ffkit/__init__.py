@@ -35,7 +35,15 @@ from .network import FFNetwork
 from .objectives import ClassScoreObjective, Objective, PosNegObjective
 from .profiling import SavedTensorMeter
 from .recipes import Recipe, get_recipe, list_recipes
-from .train import BackpropTrainer, DivergenceError, LocalTrainer, load_checkpoint, save_checkpoint
+from .train import (
+    BackpropTrainer,
+    DivergenceError,
+    LocalTrainer,
+    PipelineError,
+    PipelineTrainer,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 __all__ = [
     "__version__",
@@ -79,4 +87,6 @@ __all__ = [
     "get_recipe",
     "list_recipes",
     "SavedTensorMeter",
+    "PipelineTrainer",
+    "PipelineError",
 ]

@@ -4,6 +4,7 @@ from .backprop import BackpropTrainer
 from .base import DivergenceError, StepResult, Trainer, check_same_model
 from .checkpoint import load_checkpoint, save_checkpoint
 from .local import LocalTrainer
+from .pipeline import PipelineError, PipelineTrainer, init_distributed
 
 __all__ = [
     "Trainer",
@@ -14,4 +15,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "check_same_model",
+    "PipelineTrainer",
+    "PipelineError",
+    "init_distributed",
 ]
