@@ -156,3 +156,17 @@ def test_a_failed_rank_ends_the_job_with_a_clear_error(tmp_path, fault):
     log = proc.stdout + proc.stderr
     assert "PipelineError" in log or "exitcode" in log, log[-3000:]
     print(f"{fault}: job ended in {seconds:.1f} s")
+
+
+def test_distributed_stage_checkpoints_resume(tmp_path):
+    """Two processes train one epoch with fit(out_dir) and exit; a new job resumes every stage from its own file and
+    trains to two epochs: the weights equal two uninterrupted epochs of LocalTrainer."""
+    run_dir = tmp_path / "run"
+    proc, _ = _torchrun(tmp_path, "deeperforward_resnet17", "1", f"fit:{run_dir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (run_dir / "checkpoint.stage1-of-2.pt").is_file() and (run_dir / "checkpoint.pt").is_file()
+    proc, _ = _torchrun(tmp_path, "deeperforward_resnet17", "2", f"fit:{run_dir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    net = _model("deeperforward_resnet17")
+    net.load_state_dict(torch.load(tmp_path / "out.pt")["state"])
+    _assert_same_weights(_local("deeperforward_resnet17", epochs=2), net, atol=1e-4)

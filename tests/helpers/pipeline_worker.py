@@ -2,7 +2,8 @@
 
     python -m torch.distributed.run --nproc-per-node 2 tests/helpers/pipeline_worker.py OUT.pt MODEL EPOCHS [FAULT]
 
-FAULT (on rank 1, after its first batch): ``kill`` (SIGKILL itself), ``stall`` (sleep forever), ``raise``.
+FAULT (on rank 1, after its first batch): ``kill`` (SIGKILL itself), ``stall`` (sleep forever), ``raise``; or
+``fit:DIR``: train with ``fit(out_dir=DIR)`` until EPOCHS epochs, resuming from DIR's checkpoints if they exist.
 Rank 0 writes the trained network's state_dict to OUT.pt.
 """
 
@@ -31,7 +32,7 @@ y = torch.randint(0, 10, (48,), generator=g)
 loader = DataLoader(TensorDataset(x, y), batch_size=8, drop_last=True)
 trainer = PipelineTrainer(net, backend="distributed", balance="layers", schedule="constant", timeout=timeout)
 
-if fault is not None and rank == 1:
+if fault in ("kill", "stall", "raise") and rank == 1:
     from ffkit.train import pipeline
 
     real_step = pipeline._Stage.step
@@ -48,9 +49,15 @@ if fault is not None and rank == 1:
 
     pipeline._Stage.step = faulty
 
-for _ in range(epochs):
-    record = trainer.train_epoch(loader)
-trainer.close()
+if fault is not None and fault.startswith("fit:"):
+    run_dir = fault[4:]
+    if os.path.exists(os.path.join(run_dir, "checkpoint.pt")):
+        trainer.resume(os.path.join(run_dir, "checkpoint.pt"))
+    record = trainer.fit(loader, epochs=epochs, out_dir=run_dir, log=None)[-1]
+else:
+    for _ in range(epochs):
+        record = trainer.train_epoch(loader)
+    trainer.close()
 if rank == 0:
     torch.save({"state": net.state_dict(), "record": record}, out)
 dist.destroy_process_group()
