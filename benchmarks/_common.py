@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 from pathlib import Path
@@ -53,3 +54,12 @@ def result_path(kind: str, args: argparse.Namespace) -> Path:
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def write_result(result: dict, out: Path, print_json: bool) -> dict:
+    """Write ``result`` to ``out`` and, with ``--json``, print it as the last line."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    if print_json:
+        print(json.dumps(result))
+    return result

@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine_info  # noqa: E402
+from _common import machine_info, write_result  # noqa: E402
 
 import ffkit  # noqa: E402
 from ffkit.train import LocalTrainer  # noqa: E402
@@ -152,11 +152,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     print(f"  speed-up {speedup:.2f}, efficiency {result['efficiency']:.2f}, "
           f"stage balance {result['stage_balance']:.3f} (busy seconds per stage {[round(b, 1) for b in busy]})")
     out = Path(args.out) if args.out else RESULTS / f"pipeline-{args.model}-p{args.procs}-cpu.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    if args.json:
-        print(json.dumps(result))
-    return result
+    return write_result(result, out, args.json)
 
 
 if __name__ == "__main__":

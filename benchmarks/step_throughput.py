@@ -21,7 +21,6 @@ The last line printed is one JSON object; it is also written to ``benchmarks/res
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -31,7 +30,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import add_common_args, machine_info, make_batch, result_path, sync  # noqa: E402
+from _common import add_common_args, machine_info, make_batch, result_path, sync, write_result  # noqa: E402
 
 import ffkit  # noqa: E402
 from ffkit.train import BackpropTrainer, LocalTrainer  # noqa: E402
@@ -133,12 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  FF / BP-DeepSup time {result['ff_over_bp_deepsup_time']:.3f}, "
           f"FF / BP time {result['ff_over_bp_time']:.3f}")
     print(f"  matmul peak {peak / 1e9:.1f} GFLOP/s; FF reaches {100 * result['ff_fraction_of_peak']:.1f}% of it")
-    out = Path(args.out) if args.out else result_path("step", args)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    if args.json:
-        print(json.dumps(result))
-    return result
+    return write_result(result, Path(args.out) if args.out else result_path("step", args), args.json)
 
 
 if __name__ == "__main__":
