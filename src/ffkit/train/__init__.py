@@ -3,6 +3,7 @@
 from .backprop import BackpropTrainer
 from .base import DivergenceError, StepResult, Trainer, check_same_model
 from .checkpoint import load_checkpoint, save_checkpoint
+from .federated import FederatedTrainer, shard_loader
 from .local import LocalTrainer
 from .pipeline import PipelineError, PipelineTrainer, init_distributed
 
@@ -18,4 +19,6 @@ __all__ = [
     "PipelineTrainer",
     "PipelineError",
     "init_distributed",
+    "FederatedTrainer",
+    "shard_loader",
 ]
