@@ -2,6 +2,7 @@
 
 from .backprop import BackpropTrainer
 from .base import DivergenceError, StepResult, Trainer, check_same_model
+from .chapters import ChapterTrainer
 from .checkpoint import load_checkpoint, save_checkpoint
 from .federated import FederatedTrainer, shard_loader
 from .local import LocalTrainer
@@ -21,4 +22,5 @@ __all__ = [
     "init_distributed",
     "FederatedTrainer",
     "shard_loader",
+    "ChapterTrainer",
 ]

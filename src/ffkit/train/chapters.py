@@ -1,0 +1,422 @@
+"""``ChapterTrainer``: Pipeline-FF's *all-layers* variant, where ranks exchange layer parameters instead of activations.
+
+Aktemur et al., "Going Forward-Forward in Distributed Deep Learning": the training data is cut into *chapters*, and
+each rank trains every layer of the network on its own chapters, taking each layer over from the rank that trained the
+previous chapter. ffkit's reading of it:
+
+* One pass over the loader (an epoch) is cut into ``C`` chapters of ``chapter_batches`` consecutive batches (the last
+  one may be shorter). With ``S`` ranks, rank ``r`` trains chapters ``r, r + S, r + 2S, ...``.
+* For its chapter ``c`` a rank trains layer ``l = 0 .. L-1`` in turn, each over all of the chapter's batches, with the
+  local step of :class:`~ffkit.LocalTrainer`. Before layer ``l`` it receives layer ``l``'s parameters, buffers,
+  optimizer state and lr-schedule state as they were after chapter ``c - 1`` (from rank ``(c - 1) % S``); layer
+  ``l``'s inputs are computed with layers ``0 .. l-1`` as this rank has just trained them on chapter ``c``. After the
+  chapter, layer ``l`` (with its optimizer and schedule) goes on to rank ``(c + 1) % S``.
+* The ranks therefore work as a wavefront: rank ``(c + 1) % S`` starts layer 0 of chapter ``c + 1`` as soon as rank
+  ``c % S`` has finished layer 0 of chapter ``c``. Sends are non-blocking, so a rank never waits for its receiver.
+* At the end of the epoch the rank of the last chapter broadcasts the whole network with every optimizer and schedule,
+  so every rank (rank 0 evaluates and saves) holds the trained network and the next epoch's chapter 0 starts from it.
+
+The result equals the sequential loop ``for c in chapters: for l in layers: train l on chapter c`` (inputs from layers
+``0 .. l-1`` after chapter ``c``), which is what the trainer runs with one process (no ``torch.distributed``, or a
+world size of 1). Dropout masks and random negatives come from each rank's own random stream, so with those the ranks
+match the sequential loop in distribution only; :class:`~ffkit.data.FixedNegative` reproduces it exactly.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ..network import FFNetwork, _RestoreNormStats
+from ..objectives import PreparedBatch
+from .base import StepResult, Trainer
+from .local import LocalTrainer
+from .pipeline import PipelineError
+
+__all__ = ["ChapterTrainer"]
+
+
+class _Sums:
+    """Per-layer sums over the batches this rank trained: loss x batch size ``[L]``, correct counts ``[L]``."""
+
+    def __init__(self, n_layers: int) -> None:
+        self.loss = torch.zeros(n_layers, dtype=torch.float64)
+        self.correct = torch.zeros(n_layers, dtype=torch.float64)
+        self.last_loss = torch.zeros(n_layers)
+        self.last_correct = torch.zeros(n_layers, dtype=torch.int64)
+        self.images = 0  # images of the chapters this rank trained (every layer sees each of them once)
+        self.busy = 0.0  # seconds spent preparing batches and training
+
+    def add(self, layer: int, loss: torch.Tensor, correct: torch.Tensor, batch_size: int) -> None:
+        # One host synchronisation per layer and batch; a chapter's layer trains on many batches, and the
+        # local step dominates, so this is not worth batching.
+        value, right = float(loss), int(correct)
+        self.loss[layer] += value * batch_size
+        self.correct[layer] += right
+        self.last_loss[layer] = value
+        self.last_correct[layer] = right
+
+
+class ChapterTrainer(Trainer):
+    """Train an :class:`~ffkit.FFNetwork` in chapters: every rank trains every layer on its own chapters, and layers
+    (parameters, buffers, optimizer and lr-schedule states) travel from rank to rank; activations never do.
+
+    Args:
+        network: the network (no classifier head and no Overlapping Local Updates: both couple layers within a step;
+            no adaptive negatives: they score with the whole network, whose later layers are a chapter behind).
+        chapter_batches: batches per chapter (the last chapter of an epoch may be shorter). Pipeline-FF trains "100
+            epochs in 100 splits (chapters)"; here chapters cut each pass over the loader, so that schedule is one
+            ``train_epoch`` over a loader that repeats the data 100 times with ``chapter_batches`` = one data pass.
+        timeout: seconds a rank waits for a layer from its peer (or in an end-of-epoch collective) before it stops
+            with :class:`~ffkit.train.pipeline.PipelineError`.
+        device: this rank's device (default: CUDA ``LOCAL_RANK`` if available, else CPU).
+        **trainer_options: the per-layer optimisation of :class:`~ffkit.LocalTrainer` (``lr``, ``optimizer``,
+            ``schedule``, ``total_steps``, ...). Each layer's schedule steps once per batch the layer trains on, so
+            ``total_steps`` is epochs x batches per epoch, as for ``LocalTrainer``.
+
+    Distributed runs: launch one process per rank with ``torchrun`` and call
+    :func:`ffkit.train.pipeline.init_distributed` before building the trainer; without an initialised process group
+    (or with one rank) the trainer runs the chapters sequentially. Every rank must iterate the *same* loader (same
+    batches in the same order: no shuffling, or a sampler seeded identically on every rank); rank ``r`` prepares
+    (label encoding, negatives) and trains only its own chapters' batches, and skips the others.
+
+    Memory: a rank keeps its current chapter's prepared batches and, per batch, the detached features of the layer
+    being fed (plus shortcut sources still to be read), so chapters should be small.
+    """
+
+    def __init__(
+        self,
+        network: FFNetwork,
+        *,
+        chapter_batches: int,
+        timeout: float = 60.0,
+        device: str | torch.device | None = None,
+        **trainer_options: Any,
+    ) -> None:
+        if not isinstance(network, FFNetwork):
+            raise TypeError(f"network must be an ffkit FFNetwork, got {type(network).__name__}")
+        if isinstance(chapter_batches, bool) or not isinstance(chapter_batches, int) or chapter_batches < 1:
+            raise ValueError(f"chapter_batches must be a positive int (batches per chapter), got {chapter_batches!r}")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        if trainer_options.get("overlap"):
+            raise ValueError("overlap (OLU) trains layer pairs through one loss; ChapterTrainer trains one layer at a "
+                             "time over a whole chapter, so it cannot overlap updates")
+        if network.head is not None:
+            raise ValueError("ChapterTrainer does not train classifier heads (a head reads several layers' features "
+                             "within one step); train the head afterwards or use LocalTrainer")
+        from ..data.negatives import AdaptiveNegative
+
+        if isinstance(getattr(network.objective, "negatives", None), AdaptiveNegative):
+            raise ValueError("adaptive negatives score every label with the whole network, whose later layers are a "
+                             "chapter behind on the rank that prepares the batch; use RandomNegative or FixedNegative "
+                             "with ChapterTrainer")
+        self.chapter_batches = chapter_batches
+        self.timeout = float(timeout)
+        if dist.is_available() and dist.is_initialized():
+            self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        else:
+            self.rank, self.world = 0, 1
+        if device is None:
+            device = _default_device() if self.world > 1 else "cpu"
+        self.inner = LocalTrainer(network, device=device, **trainer_options)
+        self.network = self.inner.network
+        self.device = self.inner.device
+        self.optimizers = self.inner.optimizers
+        self.schedulers = self.inner.schedulers
+        self.lr, self.final_lr = self.inner.lr, self.inner.final_lr
+        # NCCL moves CUDA tensors only; gloo is simplest on host tensors.
+        nccl = self.world > 1 and dist.get_backend() == "nccl"
+        self._comm_device = self.device if nccl else torch.device("cpu")
+        # Sends in flight: (works, tensors, peer). The tensors must outlive the works.
+        self._pending: list[tuple[list[Any], list[torch.Tensor], int]] = []
+        self.chapters_trained = 0  # chapters this rank has trained so far (for logs and tests)
+        self._init_progress()
+
+    # -- training -----------------------------------------------------------------------------------------------
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None) -> StepResult:
+        """Train the batch ``x [B, C, H, W]``, ``y [B]`` as a one-batch chapter (one process only: with several ranks
+        the chapters of an epoch are shared out by :meth:`train_epoch`)."""
+        if self.world > 1:
+            raise RuntimeError("ChapterTrainer.train_step runs one process only; with several ranks call train_epoch, "
+                               "which shares the chapters out")
+        sums = _Sums(len(self.network))
+        self._train_chapter(0, [(x, y, index)], last=True, sums=sums)
+        self.step_count += 1
+        self.inner.step_count = self.step_count
+        return StepResult(sums.last_loss.clone(), sums.last_correct.clone(), sums.images)
+
+    def train_epoch(self, loader: Iterable, *, progress: bool = False, desc: str = "train") -> dict[str, Any]:
+        """One pass over ``loader`` (batches ``(x, y)`` or ``(x, y, index)``) cut into chapters; this rank trains its
+        own. Collective on distributed runs: every rank must call it with the same loader.
+
+        Returns the record of :meth:`LocalTrainer.train_epoch <ffkit.Trainer.train_epoch>` over every rank's batches
+        (per-layer ``train_loss`` / ``train_acc`` ``[L]``, ``train_images``, ...), plus ``chapters``, ``ranks`` and
+        ``rank_busy_seconds`` (each rank's time preparing and training, the balance of the wavefront).
+        """
+        del progress, desc  # no progress bar: a rank skips most batches, so its bar would mislead
+        start = time.perf_counter()
+        sums = _Sums(len(self.network))
+        n_batches = 0
+        mine: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+        it = iter(loader)
+        ahead = next(it, None)
+        try:
+            while ahead is not None:
+                item, ahead = ahead, next(it, None)  # one batch of look-ahead tells which chapter is the last
+                chapter, pos = divmod(n_batches, self.chapter_batches)
+                n_batches += 1
+                if chapter % self.world == self.rank:
+                    mine.append((item[0], item[1], item[2] if len(item) > 2 else None))
+                if (pos == self.chapter_batches - 1 or ahead is None) and mine:
+                    self._train_chapter(chapter, mine, last=ahead is None, sums=sums)
+                    mine = []
+            if n_batches == 0:  # every rank iterates the same loader, so every rank raises: nobody is left waiting
+                raise ValueError("the training data is empty: no batch was produced")
+            self._flush()
+            n_chapters = math.ceil(n_batches / self.chapter_batches)
+            if self.world > 1:
+                self._share_final_state(src=(n_chapters - 1) % self.world)
+            record = self._gather_record(sums, time.perf_counter() - start, n_chapters)
+        except RuntimeError as e:
+            if isinstance(e, PipelineError):
+                raise
+            raise PipelineError(f"chapter rank {self.rank} of {self.world} failed: {e}") from e
+        self.step_count += n_batches
+        self.inner.step_count = self.step_count
+        return record
+
+    def _prepare(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None) -> PreparedBatch:
+        x, y = self.inner._batch_to_device(x, y)
+        if index is not None:
+            index = index.to(self.device)
+        return self.network.objective.prepare(self.network, x, y, index)
+
+    def _train_chapter(self, chapter: int, raw: Sequence[tuple], *, last: bool, sums: _Sums) -> None:
+        """Train every layer, in turn, over this chapter's batches; receive each layer first, pass it on after.
+
+        ``feats[b]`` holds, for batch ``b``, the detached features the next layer reads (key ``l - 1``; ``-1`` is the
+        prepared network input) and those of shortcut sources still to be read, all computed after the chapter's
+        update of their layer.
+        """
+        net, t = self.network, self.inner
+        began = time.perf_counter()
+        batches = [self._prepare(*b) for b in raw]
+        feats: list[dict[int, torch.Tensor]] = [{-1: b.inputs} for b in batches]
+        n_layers = len(net)
+        src, dst = (chapter - 1) % self.world, (chapter + 1) % self.world
+        for layer in range(n_layers):
+            if self.world > 1 and chapter > 0:
+                waited = time.perf_counter()
+                self._receive_layer(layer, src)
+                began += time.perf_counter() - waited  # waiting for a peer is not this rank's work
+            crossing = sorted(net.crossing_shortcuts(layer - 1)) if layer > 0 else []
+            for b, batch in enumerate(batches):
+                shortcuts = {s: feats[b][s] for s in crossing}
+                losses, correct, _, _ = t.train_layers(batch, feats[b][layer - 1], start=layer, end=layer,
+                                                       shortcuts=shortcuts)
+                if t.check_finite:
+                    t._raise_if_diverged(losses, None, first_layer=layer)
+                t.step_schedules_of([layer])
+                sums.add(layer, losses[0], correct[0], batch.batch_size)
+            if self.world > 1 and not last:
+                self._send_layer(layer, dst)
+            if layer < n_layers - 1:
+                self._advance(feats, layer, crossing)
+        sums.images += sum(b.batch_size for b in batches)
+        sums.busy += time.perf_counter() - began
+        self.chapters_trained += 1
+
+    def _advance(self, feats: list[dict[int, torch.Tensor]], layer: int, crossing: list[int]) -> None:
+        """Replace each batch's input of ``layer`` by ``layer``'s features with its trained weights (the next layer's
+        input); drop what no later layer reads."""
+        net, t = self.network, self.inner
+        needed = {layer} | net.crossing_shortcuts(layer)
+        # The forward runs in training mode, like the features LocalTrainer hands on (batch statistics, dropout);
+        # running norm statistics are restored, so only the layer's own training pass updates them.
+        with torch.no_grad(), _RestoreNormStats(net.layers[layer]), t._autocast():
+            for f in feats:
+                shortcuts = {s: f[s] for s in crossing}
+                _, out = next(net.iter_layers(f[layer - 1], start=layer, end=layer, shortcuts=shortcuts))
+                f[layer] = out.features.detach()
+                for k in [k for k in f if k not in needed]:
+                    del f[k]
+
+    # -- point-to-point: layers travel from chapter to chapter --------------------------------------------------
+    def _layer_state(self, layer: int) -> dict[str, Any]:
+        net = self.network
+        opt, sched = self.optimizers[layer], self.schedulers[layer]
+        state: dict[str, Any] = {
+            "layer": net.layers[layer].state_dict(),
+            "optimizer": opt.state_dict() if opt is not None else None,
+            "scheduler": sched.state_dict() if sched is not None else None,
+        }
+        if layer == 0:  # a learned label encoder trains with layer 0 (FFNetwork.local_parameters)
+            state["objective"] = net.objective.state_dict()
+        return state
+
+    def _load_layer_state(self, layer: int, state: dict[str, Any]) -> None:
+        net = self.network
+        net.layers[layer].load_state_dict(state["layer"])
+        if "objective" in state:
+            net.objective.load_state_dict(state["objective"])
+        if state["optimizer"] is not None:
+            self.optimizers[layer].load_state_dict(state["optimizer"])
+        if state["scheduler"] is not None:
+            self.schedulers[layer].load_state_dict(state["scheduler"])
+
+    def _send_layer(self, layer: int, dst: int) -> None:
+        """Post layer ``layer``'s state to rank ``dst`` without waiting: a size header, then the serialised state."""
+        header, payload = self._encode(self._layer_state(layer))
+        what = f"sending layer {layer} to rank {dst}"
+        try:
+            works = [dist.isend(header, dst, tag=2 * layer), dist.isend(payload, dst, tag=2 * layer + 1)]
+        except RuntimeError as e:
+            raise self._error(what, dst, e) from e
+        self._pending.append((works, [header, payload], dst))
+        # Completed sends release their buffers at once; the rest are waited for at the end of the epoch.
+        self._pending = [p for p in self._pending if not all(w.is_completed() for w in p[0])]
+
+    def _receive_layer(self, layer: int, src: int) -> None:
+        """Take over layer ``layer`` (weights, buffers, optimizer and schedule) as rank ``src`` left it."""
+        what = f"waiting for layer {layer} from rank {src}"
+        header = torch.zeros(1, dtype=torch.int64, device=self._comm_device)
+        self._wait([self._p2p(dist.irecv, header, src, 2 * layer, what)], src, what)
+        payload = torch.empty(int(header.item()), dtype=torch.uint8, device=self._comm_device)
+        self._wait([self._p2p(dist.irecv, payload, src, 2 * layer + 1, what)], src, what)
+        self._load_layer_state(layer, self._decode(payload))
+
+    def _p2p(self, op: Callable[..., Any], tensor: torch.Tensor, peer: int, tag: int, what: str) -> Any:
+        try:
+            return op(tensor, peer, tag=tag)
+        except RuntimeError as e:
+            raise self._error(what, peer, e) from e
+
+    def _flush(self) -> None:
+        """Wait for every send still in flight (its receiver needs it before the epoch can end)."""
+        while self._pending:
+            works, _, dst = self._pending.pop(0)
+            self._wait(works, dst, f"sending a layer to rank {dst}")
+
+    def _wait(self, works: list[Any], peer: int, what: str) -> None:
+        for w in works:
+            try:
+                ok = w.wait(timedelta(seconds=self.timeout))
+            except RuntimeError as e:  # gloo/NCCL: the peer died, closed its connection or timed out
+                raise self._error(what, peer, e) from e
+            if ok is False:
+                raise self._error(what, peer, f"no answer within {self.timeout:.0f} s")
+
+    def _error(self, what: str, peer: int, cause: object) -> PipelineError:
+        return PipelineError(f"chapter rank {self.rank} of {self.world} failed {what} (peer rank {peer}, timeout "
+                             f"{self.timeout:g} s): {cause}")
+
+    def _encode(self, state: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``state`` serialised: a size header ``[1]`` int64 and the bytes ``[n]`` uint8, on the communication device.
+        Serialising keeps every dtype bit-exact (float weights, int64 counters, Adam's step) in one message."""
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        payload = torch.frombuffer(bytearray(buf.getbuffer()), dtype=torch.uint8).to(self._comm_device)
+        header = torch.tensor([payload.numel()], dtype=torch.int64, device=self._comm_device)
+        return header, payload
+
+    def _decode(self, payload: torch.Tensor) -> dict[str, Any]:
+        return torch.load(io.BytesIO(payload.cpu().numpy().tobytes()), map_location=self.device, weights_only=True)
+
+    # -- end of the epoch: collectives ----------------------------------------------------------------------------
+    def _share_final_state(self, src: int) -> None:
+        """The last chapter's rank broadcasts the whole network, every optimizer and schedule: all ranks then hold the
+        trained network, and the next epoch's chapter 0 starts from it."""
+        what = f"the end-of-epoch broadcast of the trained network from rank {src}"
+        if self.rank == src:
+            header, payload = self._encode({
+                "network": self.network.state_dict(),
+                "optimizers": [o.state_dict() if o is not None else None for o in self.optimizers],
+                "schedulers": [s.state_dict() if s is not None else None for s in self.schedulers],
+            })
+        else:
+            header = torch.zeros(1, dtype=torch.int64, device=self._comm_device)
+        self._collective(what, src, dist.broadcast, header, src=src)
+        if self.rank != src:
+            payload = torch.empty(int(header.item()), dtype=torch.uint8, device=self._comm_device)
+        self._collective(what, src, dist.broadcast, payload, src=src)
+        if self.rank == src:
+            return
+        state = self._decode(payload)
+        self.network.load_state_dict(state["network"])
+        for opt, s in zip(self.optimizers, state["optimizers"]):
+            if opt is not None and s is not None:
+                opt.load_state_dict(s)
+        for sched, s in zip(self.schedulers, state["schedulers"]):
+            if sched is not None and s is not None:
+                sched.load_state_dict(s)
+
+    def _collective(self, what: str, peer: int, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        try:
+            work = fn(*args, async_op=True, **kwargs)
+        except RuntimeError as e:
+            raise self._error(what, peer, e) from e
+        self._wait([work], peer, what)
+
+    def _gather_record(self, sums: _Sums, seconds: float, n_chapters: int) -> dict[str, Any]:
+        """Per-layer means over every rank's batches (each rank reports the sums of its own chapters)."""
+        mine = (sums.loss, sums.correct, sums.images, sums.busy)
+        parts: list[Any] = [mine]
+        if self.world > 1:
+            parts = [None] * self.world
+            try:
+                dist.all_gather_object(parts, mine)
+            except RuntimeError as e:
+                raise self._error("gathering the epoch's training metrics", -1, e) from e
+        images = sum(p[2] for p in parts)
+        loss = sum(p[0] for p in parts) / images
+        correct = sum(p[1] for p in parts) / images
+        return {
+            "train_loss": loss.tolist(),
+            "train_acc": correct.tolist(),
+            "train_images": images,
+            "train_seconds": seconds,
+            "train_images_per_s": images / seconds if seconds > 0 else float("inf"),
+            "chapters": n_chapters,
+            "ranks": self.world,
+            "rank_busy_seconds": [p[3] for p in parts],
+        }
+
+    # -- fit and state --------------------------------------------------------------------------------------------
+    def fit(self, train: Iterable, *, epochs: int, holdout: Iterable | None = None, test: Iterable | None = None,
+            out_dir: str | Path | None = None, log: Callable[[str], None] | None = print,
+            **kwargs: Any) -> list[dict[str, Any]]:
+        """As :meth:`Trainer.fit`, on every rank with the same arguments; rank 0 alone logs and writes ``out_dir``.
+
+        Every rank holds the whole trained network after each epoch. Evaluation on ``holdout``/``test`` runs on every
+        rank given them; pass them on rank 0 only if evaluating takes less than ``timeout`` (rank 1 waits for layer
+        0 of the next epoch's chapter 0 meanwhile).
+        """
+        if self.rank != 0:
+            out_dir, log = None, None
+        return super().fit(train, epochs=epochs, holdout=holdout, test=test, out_dir=out_dir, log=log, **kwargs)
+
+    def save(self, path: str | Path) -> Path:
+        """Rank 0 writes the whole checkpoint (every rank holds the same state between epochs); others write nothing."""
+        if self.rank == 0:
+            return super().save(path)
+        return Path(path)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.inner.step_count, self.inner.epoch = self.step_count, self.epoch
+
+
+def _default_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
