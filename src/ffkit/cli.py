@@ -101,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "(torchrun --nproc-per-node N -m ffkit train ... --pipeline), else threads in this process")
     t.add_argument("--stages", default="2", metavar="N|per-layer|I,J,...",
                    help="pipeline stages without torchrun (default 2), or the stages' first layers, e.g. 0,3")
+    t.add_argument("--pipeline-variant", choices=["stages", "federated", "all-layers"], default="stages",
+                   help="with --pipeline under torchrun: stages of layers (default), federated (each rank trains the "
+                        "whole network on its data shard, parameters averaged) or all-layers (chapters)")
+    t.add_argument("--sync-every", type=_positive(int), default=1,
+                   help="federated: steps between parameter averages (default 1)")
+    t.add_argument("--chapter-batches", type=_positive(int), default=10,
+                   help="all-layers: batches per chapter (default 10)")
     t.add_argument("--pipeline-timeout", type=_positive(float), default=60.0,
                    help="seconds a pipeline stage waits for a peer before stopping with an error (default 60)")
     t.add_argument("--channels-last", action="store_true", help="channels-last memory format (faster convs)")
@@ -175,7 +182,15 @@ def _pipeline_options(args: argparse.Namespace, trainer_name: str, device: torch
         rank, _ = init_distributed(timeout=args.pipeline_timeout)
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return {"backend": "distributed", "timeout": args.pipeline_timeout}, rank, device
+        options = {"backend": "distributed", "variant": args.pipeline_variant, "timeout": args.pipeline_timeout}
+        if args.pipeline_variant == "federated":
+            options["sync_every"] = args.sync_every
+        elif args.pipeline_variant == "all-layers":
+            options["chapter_batches"] = args.chapter_batches
+        return options, rank, device
+    if args.pipeline_variant != "stages":
+        raise ValueError(f"--pipeline-variant {args.pipeline_variant} runs one rank per process: launch with "
+                         "torchrun --nproc-per-node N -m ffkit train ... --pipeline")
     text = args.stages.strip()
     if text.isdigit():
         stages: object = int(text)
@@ -186,7 +201,7 @@ def _pipeline_options(args: argparse.Namespace, trainer_name: str, device: torch
             stages = tuple(int(v) for v in text.split(","))
         except ValueError:
             raise ValueError(f"--stages must be N, 'per-layer' or first layers like 0,3; got {args.stages!r}") from None
-    return {"backend": "threads", "stages": stages, "timeout": args.pipeline_timeout}, 0, device
+    return {"backend": "threads", "variant": "stages", "stages": stages, "timeout": args.pipeline_timeout}, 0, device
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -225,9 +240,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     test = _first(load_dataset(info.name, "test", args.data_dir), args.eval_limit)
     loader_kw = {"num_workers": args.workers, "pin_memory": device.type == "cuda"}
     batch_size = cfg["batch_size"]
-    # A pipeline's stages post their receives ahead for batches of one size.
-    train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=torch.Generator(),
-                              drop_last=pipeline is not None, **loader_kw)
+    if pipeline is not None and pipeline["variant"] == "federated":  # every rank its own shard of the data
+        from .train import shard_loader
+
+        train_loader = shard_loader(train_set, batch_size, seed=args.seed, **loader_kw)
+    else:  # a pipeline's stages post their receives ahead for batches of one size
+        train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=torch.Generator(),
+                                  drop_last=pipeline is not None, **loader_kw)
     eval_bs = max(256, batch_size)
     holdout_loader = DataLoader(holdout, batch_size=eval_bs, **loader_kw)
     test_loader = DataLoader(test, batch_size=eval_bs, **loader_kw)

@@ -207,12 +207,20 @@ def build_trainer(
         "device": device,
         **performance,
     }
-    if pipeline is not None:  # PipelineTrainer's options (backend, stages, timeout): the recipe's local trainer
-        from .train.pipeline import PipelineTrainer
+    if pipeline is not None:  # a distributed engine around the recipe's local trainer
+        from .train import ChapterTrainer, FederatedTrainer, PipelineTrainer
 
         if name != "local" or kind != "ff":
             raise ValueError("a pipeline trains an FF network with the local trainer")
-        return PipelineTrainer(network, overlap=recipe.overlap, **pipeline, **common)
+        options = dict(pipeline)
+        variant = options.pop("variant", "stages")
+        if variant == "federated":
+            options.pop("backend", None)
+            return FederatedTrainer(network, overlap=recipe.overlap, head_lr=recipe.head_lr, **options, **common)
+        if variant == "all-layers":
+            options.pop("backend", None)
+            return ChapterTrainer(network, overlap=recipe.overlap, **options, **common)
+        return PipelineTrainer(network, overlap=recipe.overlap, **options, **common)
     if name == "local" and kind == "ff":
         return LocalTrainer(network, overlap=recipe.overlap, head_lr=recipe.head_lr, **common)
     return BackpropTrainer(network, **common)

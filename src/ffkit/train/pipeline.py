@@ -204,8 +204,9 @@ class PipelineTrainer(Trainer):
                     seconds = [costs.seconds[0] + prep, *costs.seconds[1:]]
                     starts = balance_stages(seconds, self.n_stages)
                     times = stage_times(seconds, starts)
-                    report = {"layer_seconds": list(costs.seconds), "prepare_seconds": prep, "starts": list(starts),
-                              "stage_seconds": times, "predicted_balance": stage_balance(times)}
+                    report = {"layer_seconds": list(costs.seconds), "layer_peak_bytes": list(costs.peak_bytes),
+                              "prepare_seconds": prep, "starts": list(starts), "stage_seconds": times,
+                              "predicted_balance": stage_balance(times)}
                 else:
                     report = None
                 if self.backend == "distributed":
