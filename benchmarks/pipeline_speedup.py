@@ -72,19 +72,39 @@ def worker(args) -> None:
     torch.set_num_threads(args.threads)
     rank, world = init_distributed(timeout=300)
     net = _model(args)
-    trainer = PipelineTrainer(net, backend="distributed", balance=args.balance, schedule="constant", timeout=300)
-    trainer.train_epoch(_loader(net, 2, args.batch_size, args.seed + 1))  # profiling, split, buffers, warm-up
-    loader = _loader(net, args.batches, args.batch_size, args.seed)
+    if args.variant == "federated":  # each rank trains its shard: the same images in total
+        from ffkit.train import FederatedTrainer, shard_loader
+
+        trainer = FederatedTrainer(net, sync_every=args.sync_every, schedule="constant", timeout=300)
+
+        def make(batches: int, seed: int):
+            full = _loader(net, batches, args.batch_size, seed).dataset
+            return shard_loader(full, args.batch_size, seed=seed, shuffle=False)
+    elif args.variant == "all-layers":
+        from ffkit.train import ChapterTrainer
+
+        trainer = ChapterTrainer(net, chapter_batches=args.chapter_batches, schedule="constant", timeout=300)
+
+        def make(batches: int, seed: int):
+            return _loader(net, batches, args.batch_size, seed)
+    else:
+        trainer = PipelineTrainer(net, backend="distributed", balance=args.balance, schedule="constant", timeout=300)
+
+        def make(batches: int, seed: int):
+            return _loader(net, batches, args.batch_size, seed)
+    trainer.train_epoch(make(2 * world, args.seed + 1))  # profiling, split, buffers, warm-up
+    loader = make(args.batches, args.seed)
     dist.barrier()
     start = time.perf_counter()
     record = trainer.train_epoch(loader)
     dist.barrier()
     seconds = time.perf_counter() - start
-    trainer.close()
+    if hasattr(trainer, "close"):
+        trainer.close()
     if rank == 0:
-        busy = record["stage_busy_seconds"]
-        out = {"seconds": seconds, "stage_busy_seconds": busy, "stages": record["stages"],
-               "balance_report": trainer.balance_report, "images": record["train_images"]}
+        busy = record.get("stage_busy_seconds") or record.get("rank_busy_seconds") or [seconds] * world
+        out = {"seconds": seconds, "stage_busy_seconds": busy, "stages": record.get("stages"),
+               "balance_report": getattr(trainer, "balance_report", None), "images": record["train_images"]}
         Path(args.worker_out).write_text(json.dumps(out))
     dist.destroy_process_group()
 
@@ -103,6 +123,10 @@ def main(argv: list[str] | None = None) -> dict | None:
     p.add_argument("--batches", type=int, default=None, help="timed batches (default: about 40 s of baseline work)")
     p.add_argument("--threads", type=int, default=1, help="threads per process, baseline and pipeline alike")
     p.add_argument("--balance", choices=["auto", "layers"], default="auto")
+    p.add_argument("--variant", choices=["stages", "federated", "all-layers"], default="stages",
+                   help="Pipeline-FF variant: stages of layers (default), federated, all-layers (chapters)")
+    p.add_argument("--sync-every", type=int, default=1, help="federated: steps between parameter averages")
+    p.add_argument("--chapter-batches", type=int, default=5, help="all-layers: batches per chapter")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.add_argument("--out", default=None)
@@ -121,6 +145,8 @@ def main(argv: list[str] | None = None) -> dict | None:
                "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), __file__,
                "--model", args.model, "--batch-size", str(args.batch_size), "--batches", str(args.batches),
                "--threads", str(args.threads), "--balance", args.balance, "--seed", str(args.seed),
+               "--variant", args.variant, "--sync-every", str(args.sync_every),
+               "--chapter-batches", str(args.chapter_batches),
                "--worker-out", str(worker_out)]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
         subprocess.run(cmd, check=True, env=env)
@@ -135,6 +161,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         "batch_size": args.batch_size,
         "batches": args.batches,
         "balance": args.balance,
+        "variant": args.variant,
         "baseline_seconds": base,
         "pipeline_seconds": pipe["seconds"],
         "speedup": speedup,
@@ -148,10 +175,11 @@ def main(argv: list[str] | None = None) -> dict | None:
         "machine": machine_info(),
     }
     print(f"{args.model}: {args.batches} batches of {args.batch_size}; one process: {base:.1f} s, "
-          f"{args.procs}-process pipeline {pipe['stages']}: {pipe['seconds']:.1f} s")
+          f"{args.procs}-process {args.variant} {pipe['stages'] or ''}: {pipe['seconds']:.1f} s")
     print(f"  speed-up {speedup:.2f}, efficiency {result['efficiency']:.2f}, "
           f"stage balance {result['stage_balance']:.3f} (busy seconds per stage {[round(b, 1) for b in busy]})")
-    out = Path(args.out) if args.out else RESULTS / f"pipeline-{args.model}-p{args.procs}-cpu.json"
+    tag = "" if args.variant == "stages" else f"-{args.variant}"
+    out = Path(args.out) if args.out else RESULTS / f"pipeline-{args.model}-p{args.procs}{tag}-cpu.json"
     return write_result(result, out, args.json)
 
 
