@@ -3,11 +3,6 @@ layers from chapter to chapter give the same weights; bad arguments and a lost r
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from ffkit.models import create_model
 from ffkit.train import LocalTrainer
 from ffkit.train.chapters import ChapterTrainer
+from helpers.distributed import torchrun
 
 WORKER = Path(__file__).parent / "helpers" / "chapters_worker.py"
 
@@ -126,19 +122,8 @@ def test_bad_arguments():
         ChapterTrainer(net, chapter_batches=2, schedule="constant").train_epoch([])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _torchrun(tmp_path, *args, timeout=120, env_extra=None):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(_free_port()), str(WORKER), str(tmp_path / "out.pt"), *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    return proc, time.perf_counter() - start
+    return torchrun(str(WORKER), str(tmp_path / "out.pt"), *args, timeout=timeout, env_extra=env_extra)
 
 
 @pytest.mark.parametrize("name,epochs,chapter", [("deeperforward_tinycnn", 1, 2), ("hinton_mlp", 2, 1)])

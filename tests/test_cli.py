@@ -177,17 +177,11 @@ def test_pipeline_conflicts_with_backprop(capsys):
 @pytest.mark.parametrize("variant", ["stages", "federated", "all-layers"])
 def test_torchrun_pipeline_variants(tmp_path, data_dir, variant):
     """`torchrun --nproc-per-node 2 -m ffkit train ... --pipeline`: two gloo processes train, rank 0 alone reports."""
-    import os
-    import socket
+    from helpers.distributed import torchrun
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(port), "-m", "ffkit", "train", "--dataset", "fashion-mnist", "--data-dir", data_dir,
-           "--out", str(tmp_path / "run"), "--json", "--pipeline", "--pipeline-variant", variant,
-           "--chapter-batches", "2", "--pipeline-timeout", "30", *QUICK]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc, _ = torchrun("-m", "ffkit", "train", "--dataset", "fashion-mnist", "--data-dir", data_dir,
+                       "--out", str(tmp_path / "run"), "--json", "--pipeline", "--pipeline-variant", variant,
+                       "--chapter-batches", "2", "--pipeline-timeout", "30", *QUICK, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     assert len(lines) == 1  # only rank 0 prints

@@ -3,11 +3,7 @@ across two processes launched by torchrun over gloo on 127.0.0.1."""
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +13,7 @@ from torch.utils.data import TensorDataset
 from ffkit.models import create_model
 from ffkit.train import LocalTrainer
 from ffkit.train.federated import FederatedTrainer, shard_loader
+from helpers.distributed import torchrun
 
 WORKER = Path(__file__).parent / "helpers" / "federated_worker.py"
 
@@ -26,19 +23,8 @@ def _model():
     return create_model("deeperforward_tinycnn", width_multiplier=0.1, in_channels=3, dropout=0.0)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _torchrun(out: Path, scenario: str, timeout: float = 90) -> tuple[subprocess.CompletedProcess, float]:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(_free_port()), str(WORKER), str(out), scenario]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    return proc, time.perf_counter() - start
+    return torchrun(str(WORKER), str(out), scenario, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
