@@ -298,15 +298,19 @@ class Trainer:
             raise ValueError(
                 f"trainer state has {len(state['optimizers'])} layers, this network has {len(self.optimizers)}"
             )
-        for opt, s in zip(self.optimizers, state["optimizers"]):
-            if opt is not None and s is not None:
-                opt.load_state_dict(s)
-        for sched, s in zip(self.schedulers, state["schedulers"]):
-            if sched is not None and s is not None:
-                sched.load_state_dict(s)
+        self._load_optimizer_states(enumerate(state["optimizers"]), enumerate(state["schedulers"]))
         self.epoch = state["epoch"]
         self.step_count = state["step_count"]
         self.history = list(state["history"])
+
+    def _load_optimizer_states(self, optimizers: Iterable[tuple[int, Any]], schedulers: Iterable[tuple[int, Any]]):
+        """Load ``(index, state)`` pairs into ``self.optimizers`` / ``self.schedulers`` (``None`` entries skipped)."""
+        for i, s in optimizers:
+            if self.optimizers[int(i)] is not None and s is not None:
+                self.optimizers[int(i)].load_state_dict(s)
+        for i, s in schedulers:
+            if self.schedulers[int(i)] is not None and s is not None:
+                self.schedulers[int(i)].load_state_dict(s)
 
     def save(self, path: str | Path) -> Path:
         """Write network, optimizers, schedulers, progress and RNG states atomically to ``path``."""

@@ -353,12 +353,7 @@ class ChapterTrainer(Trainer):
             return
         state = self._decode(payload)
         self.network.load_state_dict(state["network"])
-        for opt, s in zip(self.optimizers, state["optimizers"]):
-            if opt is not None and s is not None:
-                opt.load_state_dict(s)
-        for sched, s in zip(self.schedulers, state["schedulers"]):
-            if sched is not None and s is not None:
-                sched.load_state_dict(s)
+        self._load_optimizer_states(enumerate(state["optimizers"]), enumerate(state["schedulers"]))
 
     def _collective(self, what: str, peer: int, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         try:

@@ -530,10 +530,7 @@ class PipelineTrainer(Trainer):
                 _stage_path(path, k, self.n_stages), map_location="cpu")
             st = self._stages[k]
             self.network.layers[st.start : st.end + 1].load_state_dict(payload["layers"])
-            for i, s in payload["optimizers"].items():
-                self.optimizers[int(i)].load_state_dict(s)
-            for i, s in payload["schedulers"].items():
-                self.schedulers[int(i)].load_state_dict(s)
+            self._load_optimizer_states(payload["optimizers"].items(), payload["schedulers"].items())
             st.steps = payload["steps"]
             self.epoch = payload["epoch"]
             self.history = list(payload["history"])
