@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
@@ -38,6 +37,7 @@ import torch.distributed as dist
 
 from ..network import FFNetwork, _RestoreNormStats
 from ..objectives import PreparedBatch
+from ._distributed import check_timeout, default_device
 from .base import StepResult, Trainer
 from .local import LocalTrainer
 from .pipeline import PipelineError
@@ -106,8 +106,7 @@ class ChapterTrainer(Trainer):
             raise TypeError(f"network must be an ffkit FFNetwork, got {type(network).__name__}")
         if isinstance(chapter_batches, bool) or not isinstance(chapter_batches, int) or chapter_batches < 1:
             raise ValueError(f"chapter_batches must be a positive int (batches per chapter), got {chapter_batches!r}")
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        check_timeout(timeout)
         if trainer_options.get("overlap"):
             raise ValueError("overlap (OLU) trains layer pairs through one loss; ChapterTrainer trains one layer at a "
                              "time over a whole chapter, so it cannot overlap updates")
@@ -127,7 +126,7 @@ class ChapterTrainer(Trainer):
         else:
             self.rank, self.world = 0, 1
         if device is None:
-            device = _default_device() if self.world > 1 else "cpu"
+            device = default_device() if self.world > 1 else "cpu"
         self.inner = LocalTrainer(network, device=device, **trainer_options)
         self.network = self.inner.network
         self.device = self.inner.device
@@ -410,8 +409,3 @@ class ChapterTrainer(Trainer):
         super().load_state_dict(state)
         self.inner.step_count, self.inner.epoch = self.step_count, self.epoch
 
-
-def _default_device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")

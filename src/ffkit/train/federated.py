@@ -16,7 +16,6 @@ CPU, NCCL on GPU); give each rank its own shard, e.g. with :func:`shard_loader`:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable
 from datetime import timedelta
 from pathlib import Path
@@ -28,6 +27,7 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..network import FFNetwork
+from ._distributed import check_timeout, default_device
 from .base import StepResult, Trainer
 from .local import LocalTrainer
 from .pipeline import PipelineError
@@ -79,15 +79,14 @@ class FederatedTrainer(Trainer):
         if isinstance(sync_every, bool) or not isinstance(sync_every, int) or sync_every < 1:
             raise ValueError(f"sync_every must be a positive int (steps between parameter averages), got "
                              f"{sync_every!r}")
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        check_timeout(timeout)
         if not dist.is_available() or not dist.is_initialized():
             raise RuntimeError("FederatedTrainer needs torch.distributed initialised: launch one process per rank "
                                "with torchrun and call ffkit.train.pipeline.init_distributed() first")
         self.sync_every = sync_every
         self.timeout = float(timeout)
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
-        here = torch.device(device) if device is not None else _default_device()
+        here = torch.device(device) if device is not None else default_device()
         self.inner = LocalTrainer(network, device=here, **trainer_options)
         self.network = self.inner.network
         self.device = self.inner.device
@@ -303,8 +302,3 @@ def shard_loader(
                                  drop_last=True)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **loader_options)
 
-
-def _default_device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")

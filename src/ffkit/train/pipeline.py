@@ -17,6 +17,7 @@ Two transports carry a stage's detached features, the labels and any residual-sh
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -31,6 +32,7 @@ import torch.distributed as dist
 from .._version import __version__
 from ..network import FFNetwork
 from ..objectives import PreparedBatch
+from ._distributed import check_timeout, default_device
 from .base import StepResult, Trainer
 from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from .local import LocalTrainer
@@ -132,8 +134,7 @@ class PipelineTrainer(Trainer):
             raise ValueError(f"balance must be 'auto' or 'layers', got {balance!r}")
         if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
             raise ValueError(f"queue_size must be a positive int, got {queue_size!r}")
-        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout > 0:
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        check_timeout(timeout)
         if trainer_options.get("overlap"):
             raise ValueError("overlap (OLU) sends gradients across layer boundaries; it cannot be pipelined")
         if network.head is not None:
@@ -155,7 +156,7 @@ class PipelineTrainer(Trainer):
                                    "and call ffkit.train.pipeline.init_distributed() (the CLI does)")
             self.rank, self.world = dist.get_rank(), dist.get_world_size()
             if device is None:
-                device = _default_device()
+                device = default_device()
             devices = [device] * self.world
         n_stages = self.world if backend == "distributed" else _count_stages(stages, len(network))
         if devices is None:
@@ -170,7 +171,6 @@ class PipelineTrainer(Trainer):
         self.optimizers = self.inner.optimizers
         self.schedulers = self.inner.schedulers
         self.lr, self.final_lr = self.inner.lr, self.inner.final_lr
-        self._requested = stages
         self.starts: tuple[int, ...] | None = None
         if not isinstance(stages, (int, str)):
             from .balance import check_split
@@ -365,7 +365,7 @@ class PipelineTrainer(Trainer):
             st = stages[k]
             stream = torch.cuda.Stream(st.device) if st.device.type == "cuda" else None
             try:
-                with torch.cuda.stream(stream) if stream is not None else _nullcontext():
+                with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
                     while True:
                         if k == 0:
                             item = next(source, None)
@@ -661,22 +661,6 @@ def _count_stages(stages: int | str | Sequence[int], n_layers: int) -> int:
             raise ValueError(f"stages must be between 1 and the number of layers ({n_layers}), got {stages}")
         return stages
     return len(tuple(stages))
-
-
-def _default_device() -> torch.device:
-    import os
-
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def init_distributed(timeout: float = 60.0, backend: str | None = None) -> tuple[int, int]:
