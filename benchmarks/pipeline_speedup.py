@@ -6,7 +6,8 @@
    random images with ``LocalTrainer`` (after one warm-up batch).
 2. Pipeline: ``python -m torch.distributed.run --nproc-per-node PROCS`` runs this script in worker mode; every process
    uses ``--threads`` threads and trains one stage of ``PipelineTrainer(backend="distributed")`` with automatic
-   balancing (profiled on the first batch of a short warm-up epoch). Then the same ``--batches`` batches are timed, from
+   balancing (profiled on the first batch of a short warm-up epoch; ``--no-share`` keeps whole layers per stage,
+   otherwise a layer may be shared by two stages). Then the same ``--batches`` batches are timed, from
    the first batch sent to the last stage done (a barrier), so filling and draining the pipeline are counted.
 
 Prints and writes (``benchmarks/results/pipeline-MODEL-pPROCS-cpu.json``) ``speedup`` = baseline time / pipeline time,
@@ -88,7 +89,8 @@ def worker(args) -> None:
         def make(batches: int, seed: int):
             return _loader(net, batches, args.batch_size, seed)
     else:
-        trainer = PipelineTrainer(net, backend="distributed", balance=args.balance, schedule="constant", timeout=300)
+        trainer = PipelineTrainer(net, backend="distributed", balance=args.balance, share_layers=not args.no_share,
+                                  schedule="constant", timeout=300)
 
         def make(batches: int, seed: int):
             return _loader(net, batches, args.batch_size, seed)
@@ -104,6 +106,7 @@ def worker(args) -> None:
     if rank == 0:
         busy = record.get("stage_busy_seconds") or record.get("rank_busy_seconds") or [seconds] * world
         out = {"seconds": seconds, "stage_busy_seconds": busy, "stages": record.get("stages"),
+               "stage_starts": record.get("stage_starts"), "shared_layers": record.get("shared_layers"),
                "balance_report": getattr(trainer, "balance_report", None), "images": record["train_images"]}
         Path(args.worker_out).write_text(json.dumps(out))
     dist.destroy_process_group()
@@ -123,6 +126,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     p.add_argument("--batches", type=int, default=None, help="timed batches (default: about 40 s of baseline work)")
     p.add_argument("--threads", type=int, default=1, help="threads per process, baseline and pipeline alike")
     p.add_argument("--balance", choices=["auto", "layers"], default="auto")
+    p.add_argument("--no-share", action="store_true", help="whole layers per stage (no layer shared by two stages)")
     p.add_argument("--variant", choices=["stages", "federated", "all-layers"], default="stages",
                    help="Pipeline-FF variant: stages of layers (default), federated, all-layers (chapters)")
     p.add_argument("--sync-every", type=int, default=1, help="federated: steps between parameter averages")
@@ -145,6 +149,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), __file__,
                "--model", args.model, "--batch-size", str(args.batch_size), "--batches", str(args.batches),
                "--threads", str(args.threads), "--balance", args.balance, "--seed", str(args.seed),
+               *(["--no-share"] if args.no_share else []),
                "--variant", args.variant, "--sync-every", str(args.sync_every),
                "--chapter-batches", str(args.chapter_batches),
                "--worker-out", str(worker_out)]
@@ -161,6 +166,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         "batch_size": args.batch_size,
         "batches": args.batches,
         "balance": args.balance,
+        "share_layers": not args.no_share,
         "variant": args.variant,
         "baseline_seconds": base,
         "pipeline_seconds": pipe["seconds"],
@@ -169,16 +175,18 @@ def main(argv: list[str] | None = None) -> dict | None:
         "stage_balance": max(busy) / (sum(busy) / len(busy)),
         "stage_busy_seconds": busy,
         "stages": pipe["stages"],
+        "stage_starts": pipe.get("stage_starts"),
+        "shared_layers": pipe.get("shared_layers"),
         "balance_report": pipe["balance_report"],
         "baseline_images_per_s": args.batches * args.batch_size / base,
         "pipeline_images_per_s": pipe["images"] / pipe["seconds"],
         "machine": machine_info(),
     }
     print(f"{args.model}: {args.batches} batches of {args.batch_size}; one process: {base:.1f} s, "
-          f"{args.procs}-process {args.variant} {pipe['stages'] or ''}: {pipe['seconds']:.1f} s")
+          f"{args.procs}-process {args.variant} {pipe.get('stage_starts') or ''}: {pipe['seconds']:.1f} s")
     print(f"  speed-up {speedup:.2f}, efficiency {result['efficiency']:.2f}, "
           f"stage balance {result['stage_balance']:.3f} (busy seconds per stage {[round(b, 1) for b in busy]})")
-    tag = "" if args.variant == "stages" else f"-{args.variant}"
+    tag = ("" if args.variant == "stages" else f"-{args.variant}") + ("-noshare" if args.no_share else "")
     out = Path(args.out) if args.out else RESULTS / f"pipeline-{args.model}-p{args.procs}{tag}-cpu.json"
     return write_result(result, out, args.json)
 

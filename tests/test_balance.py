@@ -13,6 +13,7 @@ from ffkit.train.balance import (
     balance_stages,
     check_split,
     profile_layers,
+    shared_layers,
     stage_balance,
     stage_times,
 )
@@ -147,6 +148,58 @@ def test_stage_times_and_balance_by_hand():
         stage_balance([])
     with pytest.raises(ValueError, match="starts must be"):
         stage_times(seconds, (0, 5))
+
+
+# -- shared layers ------------------------------------------------------------------------------------------------
+def test_shared_split_by_hand():
+    """0.39, 0.52, 0.20, 0.32 s: whole layers give at best 0.91 | 0.52 (balance 1.27). Half of 1.43 s is 0.715 s,
+    which layer 0 (0.39) plus 0.325 / 0.52 = 0.625 of layer 1 reach: the cut 1.625, 0.715 | 0.715 s."""
+    t = [0.39, 0.52, 0.20, 0.32]
+    assert balance_stages(t, 2) == (0, 2)
+    split = balance_stages(t, 2, shareable=[True] * 4)
+    assert split[0] == 0 and split[1] == pytest.approx(1.625)
+    assert stage_times(t, split) == pytest.approx([0.715, 0.715])
+    assert shared_layers(split) == {1: pytest.approx(0.625)}
+    # layer 1 may not be shared (BatchNorm): the whole-layer split stays
+    assert balance_stages(t, 2, shareable=[True, False, True, True]) == (0, 2)
+
+
+def test_shared_split_only_when_it_gains_enough():
+    # 1, 1, 1.2, 1: whole layers give 2 | 2.2; sharing 1/12 of layer 2 gives 2.1 | 2.1, 4.5% faster
+    t = [1, 1, 1.2, 1]
+    assert balance_stages(t, 2, shareable=[True] * 4)[1] == pytest.approx(2 + 1 / 12)
+    assert balance_stages(t, 2, shareable=[True] * 4, min_gain=0.05) == (0, 2)
+
+
+def test_shared_split_snaps_small_shares_and_keeps_a_whole_layer_per_stage():
+    # the cut 2.02 leaves 2% of layer 2 on stage 0: below min_share it snaps to the boundary 2
+    assert balance_stages([1, 1, 1, 0.96], 2, shareable=[True] * 4, min_gain=0.0) == (0, 2)
+    # 3 stages over 0.39, 0.52, 0.20, 0.32: cuts 1.167 and 2.217 would leave stage 1 no whole layer
+    assert balance_stages([0.39, 0.52, 0.20, 0.32], 3, shareable=[True] * 4) == (0, 1, 2)
+
+
+def test_stage_times_charges_a_shared_layers_sends():
+    # sending: layer 0's output costs 1 s, layer 1's 3 s; the cut 1.25 sends 0.75 of layer 0's rows and 0.25 of
+    # layer 1's: 0.75 + 0.75 = 1.5 s on stage 0
+    times = stage_times([2, 4, 2], (0, 1.25), output_bytes=[1, 3, 5], bytes_per_second=1.0)
+    assert times == pytest.approx([2 + 1 + 1.5, 3 + 2])
+
+
+@pytest.mark.parametrize(
+    ("starts", "match"),
+    [((0, 0.5), "stage 0 .* owns no whole layer"), ((0, 1.5, 2.5), "stage 1 .* owns no whole layer"),
+     ((0, 3.5), "stage 1 .* owns no whole layer"), ((0, float("nan")), "finite")],
+)
+def test_check_split_shared_errors(starts, match):
+    with pytest.raises(ValueError, match=match):
+        check_split(starts, 4, shared=True)
+
+
+def test_check_split_shared_forms():
+    assert check_split((0, 2.0), 4, shared=True) == (0, 2)
+    assert check_split([0, torch.tensor(1.5)], 4, shared=True) == (0, 1.5)
+    with pytest.raises(TypeError, match="must be an int"):
+        check_split((0, 1.5), 4)
 
 
 def test_check_split_accepts_starts():

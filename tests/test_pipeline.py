@@ -133,6 +133,47 @@ def test_distributed_pipeline_equals_local_trainer(tmp_path, name):
     assert result["record"]["train_images"] == 48
 
 
+@pytest.mark.parametrize(
+    "name,split",
+    [("deeperforward_tinycnn", "0,1.5"), ("deeperforward_resnet17", "0,4.625"), ("hinton_mlp", "0,2.25")],
+)
+def test_distributed_shared_layer_equals_local_trainer(tmp_path, name, split):
+    """A layer shared by two stages, each running part of every batch through it and summing the gradients with
+    one all_reduce: still LocalTrainer's weights within float tolerance. TinyCNN shares a CW-Conv layer; ResNet17
+    layer 4 reads a shortcut from layer 2 and is the source of one into layer 6; Hinton's MLP keeps positive and
+    negative rows of each sample together."""
+    proc, _ = _torchrun(tmp_path, name, "2", env_extra={"FFKIT_TEST_STAGES": split})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = torch.load(tmp_path / "out.pt")
+    net = _model(name)
+    net.load_state_dict(result["state"])
+    # Splitting a batch reorders the float sums of the shared layer's gradient (about 2e-5 of its largest entry for
+    # ResNet17's layer 4); Adam turns that into relative changes of small-gradient entries, which 12 deeper layers
+    # and 12 steps carry on: 1e-3 there, 1e-4 for the 4-layer networks.
+    _assert_same_weights(_local(name, epochs=2), net, atol=1e-3 if "resnet" in name else 1e-4)
+    record = result["record"]
+    j = int(float(split.split(",")[1]))
+    m = round((float(split.split(",")[1]) - j) * 8)
+    assert record["shared_layers"] == [{"layer": j, "stages": [0, 1], "samples": [m, 8 - m]}]
+    assert len(record["train_loss"]) == len(net) and record["train_images"] == 48
+    # the shared layer's reported loss is the whole batch's: equal to LocalTrainer's within float tolerance
+    ref = LocalTrainer(_model(name), schedule="constant")
+    ref_record = ref.fit(_loader(net.in_channels), epochs=2, log=None)[-1]
+    torch.testing.assert_close(torch.tensor(record["train_loss"]), torch.tensor(ref_record["train_loss"]),
+                               atol=1e-4, rtol=1e-4)
+
+
+def test_shared_split_needs_the_distributed_backend_and_separable_layers():
+    net = _model()
+    with pytest.raises(ValueError, match="backend='distributed'"):
+        PipelineTrainer(net, stages=(0, 1.5), schedule="constant")
+    with pytest.raises(ValueError, match="no whole layer"):
+        PipelineTrainer(net, stages=(0, 0.5), schedule="constant")
+    trifecta = create_model("trifecta_shallow", width_multiplier=0.1)
+    with pytest.raises(ValueError, match="BatchNorm"):
+        PipelineTrainer(trifecta, stages=(0, 1.5), schedule="constant")
+
+
 @pytest.mark.parametrize("fault", ["kill", "stall", "raise"])
 def test_a_failed_rank_ends_the_job_with_a_clear_error(tmp_path, fault):
     proc, seconds = _torchrun(tmp_path, "deeperforward_tinycnn", "50", fault, env_extra={"FFKIT_TEST_TIMEOUT": "10"})
@@ -155,3 +196,16 @@ def test_distributed_stage_checkpoints_resume(tmp_path):
     net = _model("deeperforward_resnet17")
     net.load_state_dict(torch.load(tmp_path / "out.pt")["state"])
     _assert_same_weights(_local("deeperforward_resnet17", epochs=2), net, atol=1e-4)
+
+
+def test_distributed_resume_with_a_shared_layer(tmp_path):
+    """Both stages checkpoint the layer they share (with its optimizer and schedule) and resume it."""
+    run_dir, env = tmp_path / "run", {"FFKIT_TEST_STAGES": "0,1.375"}
+    for epochs in ("1", "2"):
+        proc, _ = _torchrun(tmp_path, "deeperforward_tinycnn", epochs, f"fit:{run_dir}", env_extra=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    stage0 = torch.load(run_dir / "checkpoint.stage0-of-2.pt", weights_only=False)
+    assert sorted(stage0["layers"]) == [0, 1] and stage0["starts"] == [0, 1.375]
+    net = _model()
+    net.load_state_dict(torch.load(tmp_path / "out.pt")["state"])
+    _assert_same_weights(_local("deeperforward_tinycnn", epochs=2), net, atol=1e-4)

@@ -47,9 +47,14 @@ class Objective(nn.Module):
 
     ``head_uses_training_pass``: whether a classifier head can read the features of the training pass itself
     (channel-wise networks) or needs its own pass on :meth:`head_inputs` (label-input networks: neutral label).
+
+    ``batch_separable``: whether :meth:`layer_loss` is a mean of per-sample terms, so that the loss of a batch is the
+    share-weighted mean of its parts' losses (a pipeline may then split a layer's batch between two stages). Rows
+    ``q * B + i`` of a layer's input ``[r * B, ...]`` must belong to sample ``i``.
     """
 
     head_uses_training_pass: bool = True
+    batch_separable: bool = False
 
     def head_inputs(self, network: FFNetwork, x: torch.Tensor) -> torch.Tensor:
         """The first layer's input for a classifier head's pass over raw inputs ``x``."""
@@ -80,6 +85,8 @@ class ClassScoreObjective(Objective):
     Args:
         label_smoothing: label smoothing of the cross-entropy.
     """
+
+    batch_separable = True  # a mean cross-entropy over samples
 
     def __init__(self, label_smoothing: float = 0.0) -> None:
         super().__init__()
@@ -123,6 +130,8 @@ class PosNegObjective(Objective):
         alpha: SymBa's scale.
         threshold: the threshold loss's ``theta``.
     """
+
+    batch_separable = True  # SymBa and the threshold loss are means over the samples' positive/negative pairs
 
     def __init__(
         self,

@@ -4,6 +4,7 @@
 
 FAULT (on rank 1, after its first batch): ``kill`` (SIGKILL itself), ``stall`` (sleep forever), ``raise``; or
 ``fit:DIR``: train with ``fit(out_dir=DIR)`` until EPOCHS epochs, resuming from DIR's checkpoints if they exist.
+``FFKIT_TEST_STAGES`` (e.g. ``0,1.5``) gives the split; otherwise equal layer counts.
 Rank 0 writes the trained network's state_dict to OUT.pt.
 """
 
@@ -30,7 +31,10 @@ g = torch.Generator().manual_seed(1)
 x = torch.randn(48, net.in_channels, 32, 32, generator=g)
 y = torch.randint(0, 10, (48,), generator=g)
 loader = DataLoader(TensorDataset(x, y), batch_size=8, drop_last=True)
-trainer = PipelineTrainer(net, backend="distributed", balance="layers", schedule="constant", timeout=timeout)
+split = os.environ.get("FFKIT_TEST_STAGES")
+stages = tuple(float(c) for c in split.split(",")) if split else 2
+trainer = PipelineTrainer(net, backend="distributed", stages=stages, balance="layers", schedule="constant",
+                          timeout=timeout)
 
 if fault in ("kill", "stall", "raise") and rank == 1:
     from ffkit.train import pipeline

@@ -7,10 +7,18 @@ send) on a few real batches, leaving the trainer exactly as it found it; :func:`
 contiguous split that minimises the slowest stage's cost, optionally charging each stage for sending its output.
 
 A split is written as the stages' first layers: ``(0, 2)`` is two stages, layers ``0..1`` and ``2..L-1``.
+
+Whole layers cannot always balance a pipeline: four layers costing ``0.39, 0.52, 0.20, 0.32`` s split no better than
+``0.91 / 0.52`` s. A *shared* layer is split by its batch between two neighbouring stages: the split ``(0, 1.625)``
+gives stage 0 layer 0 and the first 62.5% of every batch's samples through layer 1, and stage 1 the other 37.5% of
+layer 1 and layers 2..3 (``0.715 / 0.715`` s). The two stages sum their gradients of the shared layer before they
+both take the same optimizer step, so the layer learns exactly as if one stage had run it on the whole batch; this
+needs a layer loss that is a mean over samples and no batch statistics (BatchNorm) in the layer.
 """
 
 from __future__ import annotations
 
+import bisect
 import copy
 import math
 import numbers
@@ -25,7 +33,8 @@ import torch
 from ..profiling import SavedTensorMeter
 from .local import LocalTrainer
 
-__all__ = ["LayerCosts", "profile_layers", "balance_stages", "stage_times", "check_split", "stage_balance"]
+__all__ = ["LayerCosts", "profile_layers", "balance_stages", "stage_times", "check_split", "stage_balance",
+           "shared_layers"]
 
 
 @dataclass(frozen=True)
@@ -157,7 +166,7 @@ def profile_layers(
                 if any(t is None for t in stamps):
                     missing = [i for i, t in enumerate(stamps) if t is None]
                     raise RuntimeError(f"train_step did not run layers {missing} with gradients; cannot time them")
-                bounds = [*stamps, end]
+                bounds = [t for t in stamps if t is not None] + [end]
                 per_step_seconds.append([bounds[i + 1] - bounds[i] for i in range(n)])
                 per_step_peaks.append(list(peaks))
             measuring = False
@@ -170,7 +179,7 @@ def profile_layers(
     # Peaks are deterministic for a fixed batch but alternate with the step's parity under overlapping updates:
     # the largest is the one a memory budget must hold.
     peak_bytes = tuple(int(max(col)) for col in zip(*per_step_peaks))
-    sizes = [int(b) for b in feature_bytes]  # every layer ran, so none is None
+    sizes = [int(b or 0) for b in feature_bytes]  # every layer ran, so none is None
     output_bytes = tuple(sizes[i] + sum(sizes[s] for s in net.crossing_shortcuts(i)) for i in range(n))
     return LayerCosts(seconds=seconds, peak_bytes=peak_bytes, output_bytes=output_bytes)
 
@@ -226,7 +235,10 @@ def balance_stages(
     *,
     output_bytes: Sequence[int] | None = None,
     bytes_per_second: float | None = None,
-) -> tuple[int, ...]:
+    shareable: Sequence[bool] | None = None,
+    min_share: float = 0.05,
+    min_gain: float = 0.02,
+) -> tuple[float, ...]:
     """The contiguous split of ``L`` layers into ``num_stages`` stages whose slowest stage is fastest.
 
     A stage's cost is the sum of its layers' ``seconds``, plus, when ``output_bytes`` and ``bytes_per_second`` are
@@ -243,9 +255,17 @@ def balance_stages(
         num_stages: ``S``, ``1 <= S <= L``; every stage gets at least one layer.
         output_bytes: ``L`` bytes a boundary after each layer sends (:attr:`LayerCosts.output_bytes`).
         bytes_per_second: the link's bandwidth between consecutive stages.
+        shareable: ``L`` flags, whether a layer may be shared by two neighbouring stages (split by its batch). When
+            given, a cut may fall inside a shareable layer: each cut goes where the layer costs before it reach
+            ``k / S`` of the total (cost assumed proportional to the samples), unless that leaves a stage without a
+            whole layer of its own. The shared split is returned only if its slowest stage is faster than the best
+            whole-layer split's by more than ``min_gain`` (a share costs a gradient exchange and a synchronisation).
+        min_share: a cut closer than this fraction of a layer to a layer boundary snaps to the boundary.
+        min_gain: the relative gain a shared split must bring (see ``shareable``).
 
     Returns:
-        the ``S`` stages' first layers, e.g. ``(0, 2)`` for layers ``0..1`` and ``2..L-1``.
+        the ``S`` stages' first layers, e.g. ``(0, 2)`` for layers ``0..1`` and ``2..L-1``; a non-integer start
+        ``j + f`` shares layer ``j``: the stage before it takes the first fraction ``f`` of each batch's samples.
     """
     costs = _check_costs(seconds, "seconds")
     n = len(costs)
@@ -286,24 +306,78 @@ def balance_stages(
     for k in range(num_stages, 1, -1):
         a = cut[k][a]
         starts.append(a)
-    return tuple(starts)
+    whole = tuple(starts)
+    if shareable is None or num_stages == 1:
+        return whole
+    shared = _shared_split(costs, num_stages, _check_flags(shareable, n), _check_fraction(min_share, "min_share"))
+    if shared is None:
+        return whole
+    if max(stage_times(costs, shared, output_bytes, bytes_per_second)) < (1 - min_gain) * bound:
+        return shared
+    return whole
+
+
+def _shared_split(costs: list[float], num_stages: int, shareable: list[bool], min_share: float):
+    """Cuts at ``k / S`` of the total cost, inside shareable layers; ``None`` if a stage would own no whole layer."""
+    n = len(costs)
+    prefix = [0.0]
+    for c in costs:
+        prefix.append(prefix[-1] + c)
+    total = prefix[-1]
+    if total <= 0:
+        return None
+    cuts: list[float] = [0]
+    for k in range(1, num_stages):
+        target = total * k / num_stages
+        j = min(max(bisect.bisect_right(prefix, target) - 1, 0), n - 1)
+        f = (target - prefix[j]) / costs[j] if costs[j] > 0 else 0.0
+        if shareable[j] and min_share <= f <= 1 - min_share:
+            cuts.append(j + f)
+        else:  # the nearer boundary
+            cuts.append(j if target - prefix[j] <= prefix[j + 1] - target else j + 1)
+    try:
+        return check_split(cuts, n, shared=True)
+    except ValueError:
+        return None
+
+
+def shared_layers(starts: Sequence[float]) -> dict[int, float]:
+    """``{layer: fraction}`` of the layers a split shares: the stage before the cut takes the first ``fraction`` of
+    each batch's samples through ``layer``, the stage after it the rest."""
+    return {int(math.floor(c)): float(c - math.floor(c)) for c in starts if c != math.floor(c)}
 
 
 def stage_times(
     seconds: Sequence[float],
-    starts: Sequence[int],
+    starts: Sequence[float],
     output_bytes: Sequence[int] | None = None,
     bytes_per_second: float | None = None,
 ) -> list[float]:
     """Each stage's cost for the split ``starts``, as :func:`balance_stages` counts it: its layers' ``seconds``
-    plus, given ``output_bytes`` and ``bytes_per_second``, the seconds to send its output (all stages but the last)."""
+    plus, given ``output_bytes`` and ``bytes_per_second``, the seconds to send its output (all stages but the last).
+    A shared layer (non-integer start ``j + f``) costs the stage before the cut ``f`` of its seconds and the stage
+    after it the rest; the stage before the cut sends the other part's rows of layer ``j - 1``'s output and its own
+    part's rows of layer ``j``'s, charged as ``(1 - f) * send[j - 1] + f * send[j]``."""
     costs = _check_costs(seconds, "seconds")
     n = len(costs)
-    starts = check_split(starts, n)
+    split = check_split(starts, n, shared=True)
     send = _send_seconds(output_bytes, bytes_per_second, n)
-    ends = [*starts[1:], n]
-    # Summed left to right from zero, as balance_stages' table is, so the figures match it bit for bit.
-    return [_sum(costs[a:b]) + (send[b - 1] if b < n else 0.0) for a, b in zip(starts, ends)]
+    if all(isinstance(c, int) for c in split):
+        ints = [int(c) for c in split]
+        ends = [*ints[1:], n]
+        # Summed left to right from zero, as balance_stages' table is, so the figures match it bit for bit.
+        return [_sum(costs[a:b]) + (send[b - 1] if b < n else 0.0) for a, b in zip(ints, ends)]
+    bounds = [*split, n]
+
+    def before(c: float) -> float:  # the cost of everything before position c
+        j = math.floor(c)
+        return _sum(costs[:j]) + ((c - j) * costs[j] if j < n else 0.0)
+
+    def sending(c: float) -> float:
+        j, f = math.floor(c), c - math.floor(c)
+        return (1 - f) * send[j - 1] + f * send[j] if f else send[j - 1]
+
+    return [before(b) - before(a) + (sending(b) if b < n else 0.0) for a, b in zip(bounds, bounds[1:])]
 
 
 def stage_balance(times: Sequence[float]) -> float:
@@ -314,11 +388,13 @@ def stage_balance(times: Sequence[float]) -> float:
     return max(values) / mean if mean > 0 else 1.0
 
 
-def check_split(starts: Sequence[int], num_layers: int) -> tuple[int, ...]:
+def check_split(starts: Sequence[float], num_layers: int, *, shared: bool = False) -> tuple[float, ...]:
     """Validate a split given as the stages' first layers and return it as a tuple of ints.
 
     ``starts`` must begin at 0 and increase strictly, with its last entry below ``num_layers``: ``(0, 2)`` splits
-    four layers into ``0..1`` and ``2..3``.
+    four layers into ``0..1`` and ``2..3``. With ``shared=True`` a start may be a non-integer ``j + f`` (layer ``j``
+    shared: :func:`balance_stages`), as long as every stage still owns at least one whole layer; integral starts
+    are returned as ints.
     """
     if isinstance(num_layers, bool) or not isinstance(num_layers, numbers.Integral):
         raise TypeError(f"num_layers must be an int, got {type(num_layers).__name__}")
@@ -339,10 +415,16 @@ def check_split(starts: Sequence[int], num_layers: int) -> tuple[int, ...]:
         items = list(starts)
     except TypeError:
         raise TypeError(f"starts must be a sequence of ints, {form}; got {type(starts).__name__}") from None
+    kind = numbers.Real if shared else numbers.Integral
     for j, s in enumerate(items):
-        if isinstance(s, bool) or not isinstance(s, numbers.Integral):
-            raise TypeError(f"starts[{j}] must be an int, got {type(s).__name__}; starts is {form}")
-    split = tuple(int(s) for s in items)
+        if isinstance(s, torch.Tensor) and s.numel() == 1:
+            items[j] = s = s.item()
+        if isinstance(s, bool) or not isinstance(s, kind):
+            raise TypeError(f"starts[{j}] must be {'a number' if shared else 'an int'}, got {type(s).__name__}; "
+                            f"starts is {form}")
+        if shared and not math.isfinite(s):
+            raise ValueError(f"starts[{j}] must be finite, got {s!r}")
+    split = tuple(int(s) if s == int(s) else float(s) for s in items)
     if not split:
         raise ValueError(f"starts must not be empty; it is {form}")
     ok = split[0] == 0 and all(a < b for a, b in zip(split, split[1:])) and split[-1] < num_layers
@@ -353,6 +435,11 @@ def check_split(starts: Sequence[int], num_layers: int) -> tuple[int, ...]:
             as_starts = tuple(sum(split[:j]) for j in range(len(split)))
             hint = f"; {split} looks like stage sizes, whose starts are {as_starts}"
         raise ValueError(f"starts must be {form}, got {split}{hint}")
+    bounds = [*split, num_layers]
+    for k, (a, b) in enumerate(zip(bounds, bounds[1:])):
+        if math.ceil(a) >= math.floor(b):
+            raise ValueError(f"stage {k} of the split {split} owns no whole layer (it runs only parts of layers "
+                             f"{math.floor(a)}..{math.ceil(b) - 1}); every stage needs at least one layer of its own")
     return split
 
 
@@ -404,7 +491,7 @@ def _check_costs(values: Sequence[float], name: str) -> list[float]:
         items = list(values)
     except TypeError:
         raise TypeError(f"{name} must be a sequence of numbers, got {type(values).__name__}") from None
-    out = []
+    out: list[float] = []
     for j, v in enumerate(items):
         if isinstance(v, torch.Tensor) and v.numel() == 1:
             v = v.item()
@@ -417,6 +504,19 @@ def _check_costs(values: Sequence[float], name: str) -> list[float]:
     if not out:
         raise ValueError(f"{name} must not be empty")
     return out
+
+
+def _check_flags(values: Sequence[bool], n: int) -> list[bool]:
+    items = list(values)
+    if len(items) != n or not all(isinstance(v, bool) for v in items):
+        raise ValueError(f"shareable must be {n} bools, one per layer, got {values!r}")
+    return items
+
+
+def _check_fraction(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < float(value) < 0.5:
+        raise ValueError(f"{name} must be a number in (0, 0.5), got {value!r}")
+    return float(value)
 
 
 def _check_int(value: object, name: str, *, minimum: int) -> int:

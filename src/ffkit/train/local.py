@@ -130,6 +130,8 @@ class LocalTrainer(Trainer):
         end: int | None = None,
         shortcuts: dict[int, torch.Tensor] | None = None,
         keep: Iterable[int] = (),
+        loss_scale: float = 1.0,
+        before_step: Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, dict[int, torch.Tensor], dict[int, torch.Tensor]]:
         """Update layers ``start..end`` in order on one batch: the core of :meth:`train_step` and of a pipeline stage.
 
@@ -137,9 +139,15 @@ class LocalTrainer(Trainer):
             batch: the prepared batch (targets; ``batch_size`` for positive/negative splits).
             inputs: layer ``start``'s input (the network input when ``start == 0``, else layer ``start - 1``'s
                 detached features).
-            start, end: the layer range (inclusive; ``end=None``: the last layer).
+            start: first layer of the range.
+            end: last layer of the range (inclusive; ``None``: the last layer).
             shortcuts: detached features of earlier layers that residual shortcuts into this range read.
             keep: layers whose detached features to return (e.g. what the next pipeline stage needs).
+            loss_scale: each layer's loss is multiplied by this before its backward: the share of the whole batch
+                when ``batch`` is one part of it (a layer shared by two pipeline stages).
+            before_step: called as ``before_step(i, scaled_loss, correct)`` between layer ``i``'s backward and its
+                optimizer step (e.g. to sum the gradients of the batch's parts over processes); it returns the
+                ``(loss, correct)`` to record for the layer.
 
         Returns:
             ``(losses [n], correct [n], head_features, kept)``: per-layer losses and correct counts of the ``n`` layers
@@ -173,11 +181,17 @@ class LocalTrainer(Trainer):
                     continue
                 loss, n_right = net.objective.layer_loss(out, batch)
             opt = self.optimizers[i]
+            if loss_scale != 1.0:
+                loss = loss * loss_scale
             if opt is not None:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+            recorded = loss.detach().float()
+            if before_step is not None:
+                recorded, n_right = before_step(i, recorded, n_right)
+            if opt is not None:
                 opt.step()
-            losses.append(loss.detach().float())
+            losses.append(recorded)
             correct.append(n_right)
             del loss, out, nxt  # release this layer's graph before the next layer runs
         return torch.stack(losses), torch.stack(correct), head_feats, kept
@@ -193,8 +207,9 @@ class LocalTrainer(Trainer):
             # Under OLU a layer's first optimizer step may come one step after its schedule's first step.
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
             for k in schedulers:
-                if self.schedulers[k] is not None:
-                    self.schedulers[k].step()
+                sched = self.schedulers[k]
+                if sched is not None:
+                    sched.step()
 
     def _raise_if_diverged(
         self, losses: torch.Tensor, head: tuple[torch.Tensor, torch.Tensor] | None, first_layer: int = 0
@@ -207,7 +222,7 @@ class LocalTrainer(Trainer):
             return
         i = int(bad.nonzero()[0])
         net = self.network
-        if i == len(losses):
+        if head is not None and i == len(losses):
             raise DivergenceError(
                 f"the classifier head produced a non-finite loss ({head[0].item()}) at epoch {self.epoch + 1}, "
                 f"step {self.step_count + 1}"
@@ -234,6 +249,7 @@ class LocalTrainer(Trainer):
         logits = net.head_logits(batch.x, feats)
         loss = net.head.loss(logits, batch.target)
         opt = self.optimizers[-1]
+        assert opt is not None  # a network with a head always has the head's optimizer last
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -18,6 +18,7 @@ Two transports carry a stage's detached features, the labels and any residual-sh
 from __future__ import annotations
 
 import contextlib
+import math
 import queue
 import threading
 import time
@@ -46,13 +47,31 @@ class PipelineError(RuntimeError):
     """A pipeline stage failed, or lost contact with a peer stage; the message names the stage and the peer."""
 
 
+class _Share:
+    """This stage's part of a layer shared with a neighbouring stage: samples ``lo..hi-1`` of every batch."""
+
+    def __init__(self, layer: int, lo: int, hi: int, batch_size: int, group: Any) -> None:
+        self.layer, self.lo, self.hi, self.batch_size, self.group = layer, lo, hi, batch_size, group
+        self.scale = (hi - lo) / batch_size  # the layer's loss is a mean over samples: weigh the part by its share
+
+
+def _sample_rows(n_rows: int, batch_size: int, lo: int, hi: int, device: torch.device) -> torch.Tensor:
+    """Rows of a ``[n_rows, ...]`` tensor that hold samples ``lo..hi-1`` of a batch of ``batch_size``: positive and
+    negative copies (``[2B, ...]``) keep their pairs."""
+    reps = n_rows // batch_size
+    return torch.cat([torch.arange(q * batch_size + lo, q * batch_size + hi, device=device) for q in range(reps)])
+
+
 class _Stage:
-    """Layers ``start..end`` of the network, trained with the shared :class:`LocalTrainer`'s per-layer optimizers."""
+    """Layers ``start..end`` of the network, trained with the shared :class:`LocalTrainer`'s per-layer optimizers;
+    optionally part of the batch of a layer shared with the previous stage (``head``) or the next (``tail``)."""
 
     def __init__(self, index: int, start: int, end: int, trainer: LocalTrainer, device: torch.device) -> None:
         net = trainer.network
         self.index, self.start, self.end = index, start, end
         self.trainer, self.device = trainer, device
+        self.head: _Share | None = None
+        self.tail: _Share | None = None
         self.sources_in = sorted(net.crossing_shortcuts(start - 1)) if start > 0 else []
         self.sources_out = sorted(net.crossing_shortcuts(end)) if end < len(net) - 1 else []
         self.keep = {end} | {s for s in self.sources_out if s >= start}
@@ -61,17 +80,33 @@ class _Stage:
         self.correct_sum: torch.Tensor | None = None
         self.seen = 0
         self.last: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.reduce_seconds = 0.0
 
-    def step(self, h: torch.Tensor, y: torch.Tensor, batch_size: int, shortcuts: dict[int, torch.Tensor]):
-        """One local update of this stage's layers; returns what the next stage needs."""
+    @property
+    def layer_ids(self) -> list[int]:
+        """Every layer this stage updates: its own and the ones it shares."""
+        ids = list(range(self.start, self.end + 1))
+        return ([self.head.layer] if self.head else []) + ids + ([self.tail.layer] if self.tail else [])
+
+    @property
+    def first_reported(self) -> int:
+        """The first layer of this stage's training metrics: a shared layer is reported by the stage after the cut."""
+        return self.head.layer if self.head else self.start
+
+    def step(self, h: torch.Tensor, y: torch.Tensor, batch_size: int, shortcuts: dict[int, torch.Tensor],
+             lead: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """One local update of this stage's layers; returns what the next stage needs. ``lead`` is the
+        ``(loss [1], correct [1])`` of the shared layer before them, recorded first."""
         t = self.trainer
         began = time.perf_counter()
         batch = PreparedBatch(inputs=h, target=y, batch_size=batch_size, x=None)
         losses, correct, _, kept = t.train_layers(
             batch, h, start=self.start, end=self.end, shortcuts=shortcuts, keep=self.keep
         )
+        if lead is not None:
+            losses, correct = torch.cat([lead[0], losses]), torch.cat([lead[1], correct])
         if t.check_finite:
-            t._raise_if_diverged(losses, None, first_layer=self.start)
+            t._raise_if_diverged(losses, None, first_layer=self.first_reported)
         t.step_schedules_of(range(self.start, self.end + 1))
         self.steps += 1
         self.last = (losses, correct)
@@ -83,10 +118,45 @@ class _Stage:
         self.busy += time.perf_counter() - began
         return kept[self.end], out
 
+    def share_step(self, share: _Share, h: torch.Tensor, y: torch.Tensor, shortcuts: dict[int, torch.Tensor],
+                   timeout: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Update the shared layer on this stage's part of the batch (``h``: the part's rows of the layer's input,
+        ``y``: the part's labels): its gradient, scaled by the part's share, is summed with the other stage's by one
+        ``all_reduce`` before both take the same optimizer step. Returns the part's features and the whole batch's
+        loss ``[1]`` and correct count ``[1]``."""
+        t, j = self.trainer, share.layer
+        began = time.perf_counter()
+        params = [p for p in t.network.layers[j].parameters() if p.requires_grad]
+
+        def reduce(i: int, loss: torch.Tensor, n_right: torch.Tensor):
+            nonlocal began
+            self.busy += time.perf_counter() - began
+            grads = [p.grad for p in params if p.grad is not None]
+            dtype = grads[0].dtype if grads else torch.float32
+            flat = torch.cat([*(g.reshape(-1) for g in grads), loss.view(1).to(dtype), n_right.view(1).to(dtype)])
+            waited = time.perf_counter()
+            work = dist.all_reduce(flat, group=share.group, async_op=True)
+            _wait(work, timeout, f"pipeline stage {self.index} lost the stage it shares layer {j} with")
+            self.reduce_seconds += time.perf_counter() - waited
+            began = time.perf_counter()
+            offset = 0
+            for g in grads:
+                g.copy_(flat[offset : offset + g.numel()].view_as(g))
+                offset += g.numel()
+            return flat[offset].float(), flat[offset + 1].round().long()
+
+        batch = PreparedBatch(inputs=h, target=y, batch_size=share.hi - share.lo, x=None)
+        losses, correct, _, kept = t.train_layers(batch, h, start=j, end=j, shortcuts=shortcuts, keep={j},
+                                                  loss_scale=share.scale, before_step=reduce)
+        t.step_schedules_of([j])  # both stages hold the layer's optimizer and schedule, and keep them equal
+        self.busy += time.perf_counter() - began
+        return kept[j], losses, correct
+
     def reset_metrics(self) -> None:
         self.loss_sum = self.correct_sum = None
         self.seen = 0
         self.busy = 0.0  # seconds spent in local steps this epoch (the stage-balance figure)
+        self.reduce_seconds = 0.0
 
 
 class PipelineTrainer(Trainer):
@@ -97,13 +167,19 @@ class PipelineTrainer(Trainer):
             across stages; adaptive negatives need the whole network on the first stage).
         stages: the split. An int ``S`` (``"auto"`` balancing chooses where to cut; otherwise equal layer counts), or
             the stages' first layers, e.g. ``(0, 2)`` for layers ``0..1`` and ``2..L-1``. With
-            ``backend="distributed"`` the number of stages is the world size.
+            ``backend="distributed"`` the number of stages is the world size, and a start may be a non-integer
+            ``j + f``: layer ``j`` is then shared, the stage before the cut runs the first fraction ``f`` of each
+            batch's samples through it and the stage after it the rest (:mod:`ffkit.train.balance`).
         backend: ``"threads"`` (one process) or ``"distributed"`` (one process per stage, ``torch.distributed``).
         devices: one device per stage for ``"threads"`` (default: ``device`` for every stage); for
             ``"distributed"``, ``device`` is this rank's device (default CUDA ``LOCAL_RANK`` if available, else CPU).
         balance: ``"auto"``: profile each layer's local step on the first batch and cut where the slowest stage is
             fastest (:mod:`ffkit.train.balance`); ``"layers"``: equal layer counts. Ignored when ``stages`` gives the
             split.
+        share_layers: let ``"auto"`` balancing share a layer between two neighbouring stages when whole layers
+            cannot balance them (``backend="distributed"``; layers without BatchNorm, objectives whose layer loss is
+            a mean over samples). The two stages sum the shared layer's gradients with one ``all_reduce`` per batch,
+            so the weights stay those of :class:`~ffkit.LocalTrainer` up to rounding.
         queue_size: batches that may wait between two stages (threads), or receive buffers in a stage's ring
             (distributed; at least 2 so that communication overlaps computation).
         timeout: seconds a stage waits for its peer before it stops with :class:`PipelineError`.
@@ -122,6 +198,7 @@ class PipelineTrainer(Trainer):
         devices: Sequence[str | torch.device] | None = None,
         device: str | torch.device | None = None,
         balance: str = "auto",
+        share_layers: bool = True,
         queue_size: int = 2,
         timeout: float = 60.0,
         **trainer_options: Any,
@@ -149,6 +226,9 @@ class PipelineTrainer(Trainer):
         self.queue_size = queue_size
         self.timeout = float(timeout)
         self.balance = balance
+        if not isinstance(share_layers, bool):
+            raise TypeError(f"share_layers must be a bool, got {type(share_layers).__name__}")
+        self.share_layers = share_layers and backend == "distributed"
         self.rank, self.world = 0, 1
         if backend == "distributed":
             if not dist.is_available() or not dist.is_initialized():
@@ -171,16 +251,24 @@ class PipelineTrainer(Trainer):
         self.optimizers = self.inner.optimizers
         self.schedulers = self.inner.schedulers
         self.lr, self.final_lr = self.inner.lr, self.inner.final_lr
-        self.starts: tuple[int, ...] | None = None
+        self.starts: tuple[float, ...] | None = None
         if not isinstance(stages, (int, str)):
-            from .balance import check_split
+            from .balance import check_split, shared_layers
 
-            self.starts = check_split(tuple(stages), len(network))
+            self.starts = check_split(tuple(stages), len(network), shared=True)
             if len(self.starts) != n_stages:
                 raise ValueError(f"stages gives {len(self.starts)} stages, but there are {n_stages} processes/devices")
+            bad = [j for j in shared_layers(self.starts) if not _shareable(network)[j]]
+            if bad:
+                raise ValueError(f"stages {self.starts} shares layers {bad}, which cannot be split by samples (they "
+                                 "hold BatchNorm, or the objective's layer loss is not a mean over samples)")
+            if backend != "distributed" and shared_layers(self.starts):
+                raise ValueError(f"stages {self.starts} shares a layer between stages, which needs "
+                                 "backend='distributed'; give whole layers (integer starts) with threads")
         self.n_stages = n_stages
         self.balance_report: dict[str, Any] | None = None
         self._stages: list[_Stage] = []
+        self._share_batch: int | None = None  # the batch size the shared layers' parts were cut for
         self._shape_spec: list[dict[str, Any]] | None = None
         self._link: _Link | None = None
         self._out_dir: Path | None = None
@@ -189,41 +277,73 @@ class PipelineTrainer(Trainer):
     # -- setup ------------------------------------------------------------------------------------------------------
     def _plan(self, x: torch.Tensor | None, y: torch.Tensor | None, index: torch.Tensor | None = None) -> None:
         """Choose the split (profiling on the first batch if balancing is automatic) and place the stages."""
-        if self.starts is None:
-            if self.balance == "auto" and self.n_stages > 1:
-                from .balance import balance_stages, profile_layers, stage_balance, stage_times
+        from .balance import shared_layers
 
-                if self.rank == 0:
-                    costs = profile_layers(self.inner, x, y, index=index)
-                    # The first stage also prepares every batch (label encoding, negatives): charge it to layer 0.
-                    with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                        began = time.perf_counter()
-                        for _ in range(3):
-                            self._prepare(x, y, index)
-                        prep = (time.perf_counter() - began) / 3
-                    seconds = [costs.seconds[0] + prep, *costs.seconds[1:]]
-                    starts = balance_stages(seconds, self.n_stages)
-                    times = stage_times(seconds, starts)
-                    report = {"layer_seconds": list(costs.seconds), "layer_peak_bytes": list(costs.peak_bytes),
-                              "prepare_seconds": prep, "starts": list(starts), "stage_seconds": times,
-                              "predicted_balance": stage_balance(times)}
-                else:
-                    report = None
-                if self.backend == "distributed":
-                    box = [report]
-                    dist.broadcast_object_list(box, src=0)
-                    report = box[0]
-                self.balance_report = report
-                self.starts = tuple(report["starts"])
-            else:
-                n, s = len(self.network), self.n_stages
-                self.starts = tuple(round(k * n / s) for k in range(s))
-        ends = [*(s - 1 for s in self.starts[1:]), len(self.network) - 1]
+        if self.starts is None and self.balance == "auto" and self.n_stages > 1:
+            report = None
+            if self.rank == 0:
+                assert x is not None and y is not None, "rank 0 plans on the first batch"
+                report = self._profile(x, y, index)
+            report = self._broadcast(report)
+            self.balance_report = report
+            self.starts = tuple(report["starts"])
+        elif self.starts is None:
+            n, s = len(self.network), self.n_stages
+            self.starts = tuple(round(k * n / s) for k in range(s))
+        starts = self.starts
+        shares = shared_layers(starts)
+        if shares and self._share_batch is None:
+            self._share_batch = self._broadcast(int(x.shape[0]) if x is not None and self.rank == 0 else None)
+        batch = self._share_batch
+        bounds = [*starts, len(self.network)]
         self._stages = []
-        for k, (a, b) in enumerate(zip(self.starts, ends)):
+        for k, (a, b) in enumerate(zip(bounds, bounds[1:])):
+            first, last = math.ceil(a), math.floor(b) - 1
             if self.backend == "threads" and self.devices[k] != self.device:
-                self.network.layers[a : b + 1].to(self.devices[k])
-            self._stages.append(_Stage(k, a, b, self.inner, self.devices[k]))
+                self.network.layers[first : last + 1].to(self.devices[k])
+            self._stages.append(_Stage(k, first, last, self.inner, self.devices[k]))
+        for k in range(1, self.n_stages):  # every rank creates every group, in the same order (new_group's rule)
+            j = math.floor(starts[k])
+            if j not in shares:
+                continue
+            if batch is None:
+                raise RuntimeError("the batch size of a shared layer's parts is unknown (a stage file without it?)")
+            group = dist.new_group([k - 1, k], timeout=timedelta(seconds=self.timeout))
+            m = round(shares[j] * batch)
+            if not 0 < m < batch:
+                raise ValueError(f"batches of {batch} are too small to share layer {j} as the split {starts} asks "
+                                 f"({shares[j]:.3f} of the samples on stage {k - 1}); give whole layers")
+            self._stages[k - 1].tail = _Share(j, 0, m, batch, group)
+            self._stages[k].head = _Share(j, m, batch, batch, group)
+
+    def _broadcast(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank of a distributed pipeline."""
+        if self.backend != "distributed":
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def _profile(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None) -> dict[str, Any]:
+        """Rank 0: time each layer's local step on the first batch and choose the split (:mod:`.balance`)."""
+        from .balance import balance_stages, profile_layers, stage_balance, stage_times
+
+        costs = profile_layers(self.inner, x, y, index=index, warmup=2, steps=5)
+        # The first stage also prepares every batch (label encoding, negatives): charge it to layer 0.
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            began = time.perf_counter()
+            for _ in range(3):
+                self._prepare(x, y, index)
+            prep = (time.perf_counter() - began) / 3
+        seconds = [costs.seconds[0] + prep, *costs.seconds[1:]]
+        shareable = _shareable(self.network) if self.share_layers else None
+        # A share must hold at least one sample on each side.
+        min_share = min(0.49, max(0.05, 1.0 / x.shape[0]))
+        starts = balance_stages(seconds, self.n_stages, shareable=shareable, min_share=min_share)
+        times = stage_times(seconds, starts)
+        return {"layer_seconds": list(costs.seconds), "layer_peak_bytes": list(costs.peak_bytes),
+                "prepare_seconds": prep, "starts": list(starts), "stage_seconds": times,
+                "predicted_balance": stage_balance(times)}
 
     @property
     def stage_ranges(self) -> list[tuple[int, int]]:
@@ -254,8 +374,10 @@ class PipelineTrainer(Trainer):
         if self.rank == 0 and first is None:
             raise ValueError("the training data is empty: no batch was produced")
         if not self._stages:
-            x0, y0 = self.inner._batch_to_device(first[0], first[1]) if self.rank == 0 else (None, None)
-            i0 = first[2].to(self.device) if self.rank == 0 and first[2] is not None else None
+            x0 = y0 = i0 = None
+            if first is not None:  # rank 0
+                x0, y0 = self.inner._batch_to_device(first[0], first[1])
+                i0 = first[2].to(self.device) if first[2] is not None else None
             self._plan(x0, y0, i0)
         if self.backend == "distributed" and self.rank == 0 and self._shape_spec is None:
             self._shape_spec = self._shapes(first)
@@ -273,9 +395,8 @@ class PipelineTrainer(Trainer):
         else:
             self._run_distributed(feed())
         seconds = time.perf_counter() - start
-        done = [st for st in self._stages if st.last is not None]
-        last = StepResult(torch.cat([st.last[0] for st in done]), torch.cat([st.last[1] for st in done]),
-                          self._batch_size, None)
+        done = [st.last for st in self._stages if st.last is not None]
+        last = StepResult(torch.cat([d[0] for d in done]), torch.cat([d[1] for d in done]), self._batch_size, None)
         return {"record": self._epoch_record(seconds), "last_step": last}
 
     def _shapes(self, first) -> list[dict[str, Any]]:
@@ -285,7 +406,13 @@ class PipelineTrainer(Trainer):
             feats = {i: out.features for i, out in self.network.iter_layers(h0)}
         spec = []
         for st in self._stages:
-            spec.append({"h": tuple(feats[st.end].shape), "y": tuple(y0.shape), "dtype": feats[st.end].dtype,
+            h, share = tuple(feats[st.end].shape), None
+            if st.tail is not None:  # the next stage gets the input rows of its part of the shared layer first ...
+                rows = feats[st.end].shape[0] // b
+                h = (rows * (b - st.tail.hi), *h[1:])
+                # ... and the shared layer's features of this stage's part after the gradient exchange
+                share = (rows * st.tail.hi, *feats[st.tail.layer].shape[1:])
+            spec.append({"h": h, "y": tuple(y0.shape), "dtype": feats[st.end].dtype, "share": share,
                          "sc": {s: tuple(feats[s].shape) for s in st.sources_out},
                          "batch_size": b, "h_in": tuple(h0.shape)})
         return spec
@@ -301,7 +428,8 @@ class PipelineTrainer(Trainer):
 
     def _epoch_record(self, seconds: float) -> dict[str, Any]:
         """Per-layer means over the epoch (on distributed runs, gathered to every rank)."""
-        parts = [(s.start, s.loss_sum, s.correct_sum, s.seen, s.busy) for s in self._stages if s.seen]
+        parts = [(s.first_reported, s.loss_sum, s.correct_sum, s.seen, s.busy) for s in self._stages
+                 if s.seen and s.loss_sum is not None and s.correct_sum is not None]
         if self.backend == "distributed":
             gathered: list[Any] = [None] * self.world
             mine = [(a, ls.cpu(), cs.cpu(), n, busy) for a, ls, cs, n, busy in parts]
@@ -320,13 +448,18 @@ class PipelineTrainer(Trainer):
             "train_images": seen,
             "train_seconds": seconds,
             "train_images_per_s": seen / seconds,
-            "stages": [list(r) for r in self._all_ranges()],
+            "stages": [[st.start, st.end] for st in self._stages],
+            "stage_starts": list(self.starts or ()),
+            "shared_layers": self.shared_layers,
             "stage_busy_seconds": [p[4] for p in parts],
         }
 
-    def _all_ranges(self) -> list[tuple[int, int]]:
-        ends = [*(s - 1 for s in self.starts[1:]), len(self.network) - 1]
-        return list(zip(self.starts, ends))
+    @property
+    def shared_layers(self) -> list[dict[str, Any]]:
+        """The layers two stages share: ``{"layer", "stages", "samples"}`` (samples per batch on each stage)."""
+        return [{"layer": st.tail.layer, "stages": [st.index, st.index + 1],
+                 "samples": [st.tail.hi - st.tail.lo, st.tail.batch_size - st.tail.hi]}
+                for st in self._stages if st.tail is not None]
 
     # -- threads ------------------------------------------------------------------------------------------------
     def _run_threads(self, batches: Iterable, concurrent: bool) -> None:
@@ -338,7 +471,7 @@ class PipelineTrainer(Trainer):
                 for st in stages:
                     h, sc = st.step(h.to(st.device), y.to(st.device), b, {k: v.to(st.device) for k, v in sc.items()})
             return None
-        queues = [queue.Queue(maxsize=self.queue_size) for _ in range(len(stages) - 1)]
+        queues: list[queue.Queue] = [queue.Queue(maxsize=self.queue_size) for _ in range(len(stages) - 1)]
         errors: list[BaseException] = []
         stop = threading.Event()
 
@@ -422,8 +555,7 @@ class PipelineTrainer(Trainer):
                     h, y, b = self._prepare(x, y, index)
                     st.busy += time.perf_counter() - began  # preparing batches is the first stage's work too
                     link.check_batch(h, y, b)
-                    h, sc = st.step(h, y, b, {})
-                    link.send(_BATCH, h, y, sc)
+                    self._stage_step(st, link, h, y, b, {})
                 link.send(_EPOCH_END)
             else:
                 while True:
@@ -433,9 +565,17 @@ class PipelineTrainer(Trainer):
                         if kind == _STOP:
                             self._link = None
                         break
-                    self._batch_size = link.batch_size
-                    h, sc = st.step(h, y, link.batch_size, sc)
-                    link.send(_BATCH, h, y, sc)
+                    b = self._batch_size = link.batch_size
+                    lead = None
+                    if st.head is not None:  # h holds this stage's rows of the shared layer's input
+                        j = st.head.layer
+                        mine, loss, right = st.share_step(st.head, h, y[st.head.lo :], _take(sc, b, st.head.lo, b),
+                                                          self.timeout)
+                        theirs = link.recv_share()
+                        h = _merge(theirs, mine, b, st.head.lo)
+                        sc = {**sc, j: h}
+                        lead = (loss, right)
+                    self._stage_step(st, link, h, y, b, sc, lead)
             link.flush()
         except PipelineError:
             raise
@@ -444,6 +584,19 @@ class PipelineTrainer(Trainer):
                 f"pipeline stage {self.rank} (rank {self.rank} of {self.world}) failed talking to its neighbours: "
                 f"{e}"
             ) from e
+
+    def _stage_step(self, st: _Stage, link: _Link, h, y, b: int, sc: dict, lead=None) -> None:
+        """This stage's whole layers on the batch, then (if it shares the next layer) its part of that layer."""
+        h, sc = st.step(h, y, b, sc, lead)
+        if st.tail is None:
+            link.send(_BATCH, h, y, sc)
+            return
+        m = st.tail.hi
+        rows_next = _sample_rows(h.shape[0], b, m, b, h.device)
+        rows_mine = _sample_rows(h.shape[0], b, 0, m, h.device)
+        link.send(_BATCH, h.index_select(0, rows_next), y, sc)  # the next stage starts its part at once
+        feats, _, _ = st.share_step(st.tail, h.index_select(0, rows_mine), y[:m], _take(sc, b, 0, m), self.timeout)
+        link.send_share(feats)
 
     def close(self) -> None:
         """Distributed: tell every stage that training is over (rank 0 starts it), so no receive stays posted."""
@@ -481,26 +634,30 @@ class PipelineTrainer(Trainer):
         if self.backend != "distributed" or self.world == 1:
             return
         st = self._stages[self.rank]
-        mine = {k: v.cpu() for k, v in self.network.layers[st.start : st.end + 1].state_dict().items()}
         gathered: list[Any] = [None] * self.world
-        dist.all_gather_object(gathered, (st.start, st.end, mine))
-        for a, b, state in gathered:
-            if (a, b) != (st.start, st.end):
-                self.network.layers[a : b + 1].load_state_dict(state)
+        dist.all_gather_object(gathered, self._layer_states(st))
+        for rank, states in enumerate(gathered):
+            if rank != self.rank:
+                for i, state in states.items():
+                    self.network.layers[i].load_state_dict(state)
+
+    def _layer_states(self, st: _Stage) -> dict[int, dict[str, torch.Tensor]]:
+        return {i: {k: v.cpu() for k, v in self.network.layers[i].state_dict().items()} for i in st.layer_ids}
 
     def stage_state(self, k: int) -> dict[str, Any]:
         st = self._stages[k]
-        idx = range(st.start, st.end + 1)
+        idx = st.layer_ids
         return {
             "ffkit_checkpoint_format": CHECKPOINT_FORMAT,
             "ffkit_version": __version__,
             "model_name": self.network.model_name,
             "model_kwargs": self.network.model_kwargs,
             "stage": k,
-            "starts": list(self.starts),
-            "layers": self.network.layers[st.start : st.end + 1].state_dict(),
-            "optimizers": {i: self.optimizers[i].state_dict() for i in idx if self.optimizers[i] is not None},
-            "schedulers": {i: self.schedulers[i].state_dict() for i in idx if self.schedulers[i] is not None},
+            "starts": list(self.starts or ()),
+            "share_batch_size": self._share_batch,
+            "layers": self._layer_states(st),
+            "optimizers": {i: opt.state_dict() for i in idx if (opt := self.optimizers[i]) is not None},
+            "schedulers": {i: sch.state_dict() for i in idx if (sch := self.schedulers[i]) is not None},
             "steps": st.steps,
             "epoch": self.epoch,
             "history": self.history,
@@ -524,12 +681,14 @@ class PipelineTrainer(Trainer):
         ks = [self.rank] if self.backend == "distributed" else None
         first = load_checkpoint(_stage_path(path, self.rank if ks else 0, self.n_stages), map_location="cpu")
         self.starts = tuple(first["starts"])
+        self._share_batch = first.get("share_batch_size")
         self._plan(None, None)
         for k in ks or range(len(self._stages)):
             payload = first if k == (ks[0] if ks else 0) else load_checkpoint(
                 _stage_path(path, k, self.n_stages), map_location="cpu")
             st = self._stages[k]
-            self.network.layers[st.start : st.end + 1].load_state_dict(payload["layers"])
+            for i, state in payload["layers"].items():
+                self.network.layers[i].load_state_dict(state)
             self._load_optimizer_states(payload["optimizers"].items(), payload["schedulers"].items())
             st.steps = payload["steps"]
             self.epoch = payload["epoch"]
@@ -541,7 +700,11 @@ class PipelineTrainer(Trainer):
 
 
 class _Link:
-    """This rank's point-to-point channels: a ring of receive buffers posted ahead, and sends kept until done."""
+    """This rank's point-to-point channels: a ring of receive buffers posted ahead, and sends kept until done.
+
+    When this stage shares a layer with the previous one, each slot of the ring has a second part, posted after the
+    first: the previous stage's features of its part of the shared layer, which it sends after the gradient exchange.
+    Messages between two ranks are matched in the order they were posted, so the two parts never cross."""
 
     def __init__(self, trainer: PipelineTrainer, stage: _Stage, prev: int | None, nxt: int | None) -> None:
         self.t, self.stage, self.prev, self.nxt = trainer, stage, prev, nxt
@@ -551,6 +714,7 @@ class _Link:
         self.received = 0
         self.batch_size = 0
         self.shapes = _exchange_shapes(trainer)
+        self.parts = 2 if nxt is not None and self.shapes[trainer.rank]["share"] is not None else 1
         if prev is not None:
             spec = self.shapes[prev]
             self.batch_size = spec["batch_size"]
@@ -566,28 +730,47 @@ class _Link:
             "h": torch.empty(spec["h"], dtype=spec["dtype"], device=dev),
             "y": torch.empty(spec["y"], dtype=torch.int64, device=dev),
             "sc": {s: torch.empty(shape, dtype=spec["dtype"], device=dev) for s, shape in spec["sc"].items()},
+            "share": None if spec["share"] is None else torch.empty(spec["share"], dtype=spec["dtype"], device=dev),
         }
 
     def _tensors(self, slot) -> list[torch.Tensor]:
         return [slot["header"], slot["h"], slot["y"], *(slot["sc"][s] for s in sorted(slot["sc"]))]
 
     def _post(self, slot) -> None:
-        ops = [dist.P2POp(dist.irecv, t, self.prev) for t in self._tensors(slot)]
-        slot["works"] = dist.batch_isend_irecv(ops)
+        slot["works"] = dist.batch_isend_irecv([dist.P2POp(dist.irecv, t, self.prev) for t in self._tensors(slot)])
+        if slot["share"] is not None:
+            slot["share_works"] = dist.batch_isend_irecv([dist.P2POp(dist.irecv, slot["share"], self.prev)])
+
+    def _wait_recv(self, works) -> None:
+        for w in works:
+            _wait(w, self.t.timeout, f"pipeline stage {self.t.rank} (rank {self.t.rank} of {self.t.world}) lost the "
+                  f"previous stage (rank {self.prev}) while waiting for its next batch")
 
     def recv(self):
         slot = self.slots[self.received % self.ring]
-        for w in slot["works"]:
-            _wait(w, self.t.timeout, f"pipeline stage {self.t.rank} (rank {self.t.rank} of {self.t.world}) lost the "
-                  f"previous stage (rank {self.prev}) while waiting for its next batch")
-        self.received += 1
+        self._wait_recv(slot["works"])
         kind = int(slot["header"][0])
         # The layers read h and y during the step; clone so the slot can be posted again at once.
         h, y = slot["h"].clone(), slot["y"].clone()
         sc = {s: v.clone() for s, v in slot["sc"].items()}
+        if slot["share"] is None or kind != _BATCH:
+            self._release(slot, kind)
+        return kind, h, y, sc
+
+    def recv_share(self) -> torch.Tensor:
+        """The previous stage's features of its part of the shared layer, for the batch :meth:`recv` returned."""
+        slot = self.slots[self.received % self.ring]
+        self._wait_recv(slot["share_works"])
+        feats = slot["share"].clone()
+        self._release(slot, _BATCH)
+        return feats
+
+    def _release(self, slot, kind: int) -> None:
+        if slot["share"] is not None and kind != _BATCH:  # a control message's placeholder: nothing to read
+            self._wait_recv(slot["share_works"])
+        self.received += 1
         if kind != _STOP:  # after STOP nothing more comes: leave no receive posted
             self._post(slot)
-        return kind, h, y, sc
 
     def check_batch(self, h: torch.Tensor, y: torch.Tensor, b: int) -> None:
         spec = self.shapes[0]
@@ -600,15 +783,24 @@ class _Link:
             return
         spec = self.shapes[self.t.rank]
         dev = self.t.device
-        if h is None:  # control message: the payload keeps its shapes so the receiver's posted buffers match
+        control = h is None
+        if control:  # the payload keeps its shapes so the receiver's posted buffers match
             h = torch.zeros(spec["h"], dtype=spec["dtype"], device=dev)
             y = torch.zeros(spec["y"], dtype=torch.int64, device=dev)
             sc = {s: torch.zeros(shape, dtype=spec["dtype"], device=dev) for s, shape in spec["sc"].items()}
         header = torch.tensor([kind, 0, 0], dtype=torch.int64, device=dev)
-        tensors = [header, h.contiguous(), y.to(torch.int64), *(sc[s].contiguous() for s in sorted(sc))]
+        self._isend([header, h.contiguous(), y.to(torch.int64), *(sc[s].contiguous() for s in sorted(sc))])
+        if control and spec["share"] is not None:
+            self.send_share(torch.zeros(spec["share"], dtype=spec["dtype"], device=dev))
+
+    def send_share(self, feats: torch.Tensor) -> None:
+        """This stage's features of its part of the layer it shares with the next stage."""
+        self._isend([feats.contiguous()])
+
+    def _isend(self, tensors: list[torch.Tensor]) -> None:
         works = dist.batch_isend_irecv([dist.P2POp(dist.isend, t, self.nxt) for t in tensors])
         self.pending.append((works, tensors))
-        while len(self.pending) > self.ring:  # wait on a send only when its buffers would be reused
+        while len(self.pending) > self.ring * self.parts:  # wait on a send only when its buffers would be reused
             self._wait_send(self.pending.pop(0))
 
     def _wait_send(self, item) -> None:
@@ -621,10 +813,26 @@ class _Link:
             self._wait_send(self.pending.pop(0))
 
 
+def _take(shortcuts: dict[int, torch.Tensor], batch_size: int, lo: int, hi: int) -> dict[int, torch.Tensor]:
+    """Samples ``lo..hi-1`` of every shortcut tensor ``[r * B, ...]``."""
+    return {s: v.index_select(0, _sample_rows(v.shape[0], batch_size, lo, hi, v.device)) for s, v in shortcuts.items()}
+
+
+def _merge(first: torch.Tensor, second: torch.Tensor, batch_size: int, m: int) -> torch.Tensor:
+    """Reassemble a layer's features ``[r * B, ...]`` from the parts of samples ``0..m-1`` and ``m..B-1``."""
+    reps = first.shape[0] // m
+    n = batch_size - m
+    pieces = []
+    for q in range(reps):
+        pieces += [first[q * m : (q + 1) * m], second[q * n : (q + 1) * n]]
+    return torch.cat(pieces)
+
+
 def _exchange_shapes(t: PipelineTrainer) -> list[dict[str, Any]]:
     """Every rank learns the shapes each stage sends: rank 0 runs one no-grad pass on a batch of the right size."""
     spec: list[Any] = [None]
     if t.rank == 0:
+        assert t._shape_spec is not None, "rank 0 measures the shapes before the link is built"
         spec[0] = [{**d, "dtype": str(d["dtype"]).replace("torch.", "")} for d in t._shape_spec]
     dist.broadcast_object_list(spec, src=0)
     return [{**d, "dtype": getattr(torch, d["dtype"])} for d in spec[0]]
@@ -671,3 +879,12 @@ def init_distributed(timeout: float = 60.0, backend: str | None = None) -> tuple
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
     return dist.get_rank(), dist.get_world_size()
 
+
+
+def _shareable(network: FFNetwork) -> list[bool]:
+    """Which layers two stages may split by samples: no batch statistics, and a layer loss that is a mean over
+    samples (the built-in objectives; a custom one says so with ``batch_separable = True``)."""
+    if not getattr(network.objective, "batch_separable", False):
+        return [False] * len(network)
+    return [not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in layer.modules())
+            for layer in network.layers]
