@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -66,6 +67,8 @@ class FFNetwork(nn.Module):
         :meth:`set_inference_range`); :meth:`layer_scores` gives every layer's ``[L, B, K]``.
     """
 
+    inference_range: torch.Tensor  # a buffer: ``[start, end]`` of the layers that vote
+
     def __init__(
         self,
         layers: Sequence[FFLayer],
@@ -101,7 +104,7 @@ class FFNetwork(nn.Module):
             if layer.accepts_shortcut and i not in self.shortcuts:
                 raise ValueError(f"layer {i} expects a shortcut but none is wired to it")
         # The last use of each shortcut source, so its features can be freed as soon as possible.
-        self._last_use = {}
+        self._last_use: dict[int, int] = {}
         for target, source in sorted(self.shortcuts.items()):
             self._last_use[source] = max(self._last_use.get(source, -1), target)
         if head is not None:
@@ -170,7 +173,7 @@ class FFNetwork(nn.Module):
         for i in range(start, last + 1):
             shortcut = kept[self.shortcuts[i]] if i in self.shortcuts else None
             cut = detach(i) if callable(detach) else detach
-            layer = self.layers[i]
+            layer = cast(FFLayer, self.layers[i])  # the constructor checked every layer is an FFLayer
             if checkpoint and torch.is_grad_enabled():
                 out = torch.utils.checkpoint.checkpoint(
                     layer, h, shortcut, use_reentrant=False, context_fn=lambda m=layer: _recompute_keeps_stats(m)

@@ -103,7 +103,7 @@ class SavedTensorMeter:
         if hooks is not None:
             hooks.__exit__(exc_type, exc, tb)
 
-    def _pack(self, t: torch.Tensor) -> object:
+    def _pack(self, t: torch.Tensor) -> torch.Tensor | _Packed:
         key, nbytes = _storage_key(t)
         if key in self._excluded:
             return t
@@ -119,7 +119,7 @@ class SavedTensorMeter:
         return packed
 
     @staticmethod
-    def _unpack(packed: object) -> torch.Tensor:
+    def _unpack(packed: torch.Tensor | _Packed) -> torch.Tensor:
         return packed.tensor if isinstance(packed, _Packed) else packed
 
     def _release(self, key: tuple, nbytes: int) -> None:

@@ -55,7 +55,8 @@ class LabelChannel(nn.Module):
 
     Args:
         num_classes: ``K``.
-        height, width: spatial size of the images.
+        height: image height ``H``.
+        width: image width ``W``.
         learned: make ``M`` a learnable parameter.
         seed: seed of the random initial ``M``.
 

@@ -21,6 +21,8 @@ Details the paper does not fix, chosen here and documented:
 
 from __future__ import annotations
 
+from typing import Literal, overload
+
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -85,6 +87,21 @@ def make_teacher(
     return teacher
 
 
+@overload
+def teacher_student(
+    num_samples: int, *, dim: int = ..., num_classes: int = ..., hidden: int = ..., seed: int = ...,
+    noise: float = ..., return_teacher: Literal[False] = ...,
+) -> TensorDataset: ...
+@overload
+def teacher_student(
+    num_samples: int, *, dim: int = ..., num_classes: int = ..., hidden: int = ..., seed: int = ...,
+    noise: float = ..., return_teacher: Literal[True],
+) -> tuple[TensorDataset, nn.Sequential]: ...
+@overload
+def teacher_student(
+    num_samples: int, *, dim: int = ..., num_classes: int = ..., hidden: int = ..., seed: int = ...,
+    noise: float = ..., return_teacher: bool = ...,
+) -> TensorDataset | tuple[TensorDataset, nn.Sequential]: ...
 @torch.no_grad()
 def teacher_student(
     num_samples: int,
@@ -128,6 +145,21 @@ def teacher_student(
     return (data, teacher) if return_teacher else data
 
 
+@overload
+def teacher_student_images(
+    num_samples: int, *, in_channels: int = ..., num_classes: int = ..., hidden: int = ..., seed: int = ...,
+    noise: float = ..., return_teacher: Literal[False] = ...,
+) -> TensorDataset: ...
+@overload
+def teacher_student_images(
+    num_samples: int, *, in_channels: int = ..., num_classes: int = ..., hidden: int = ..., seed: int = ...,
+    noise: float = ..., return_teacher: Literal[True],
+) -> tuple[TensorDataset, nn.Sequential]: ...
+@overload
+def teacher_student_images(
+    num_samples: int, *, in_channels: int = ..., num_classes: int = ..., hidden: int = ..., seed: int = ...,
+    noise: float = ..., return_teacher: bool = ...,
+) -> TensorDataset | tuple[TensorDataset, nn.Sequential]: ...
 def teacher_student_images(
     num_samples: int,
     *,

@@ -74,7 +74,8 @@ class DTGConv(FFLayer):
         kernel_size: conv kernel (square, padding ``kernel_size // 2``).
         pool: 2x2 average-pool the propagated features (VGG's downsampling, after the normalisation).
         grid: side of the pooled goodness grid.
-        tau_min, tau_max: bounds of the learnable temperature.
+        tau_min: lower bound of the learnable temperature.
+        tau_max: upper bound of the learnable temperature.
         dropout: dropout probability on the propagation path.
         seed: seed of the fixed random projection.
 
@@ -82,6 +83,8 @@ class DTGConv(FFLayer):
         ``x [B, C_in, H, W] -> LayerOutput(features [B, C, H', W'], scores [B, K], goodness [B])`` with
         ``H' = H // 2`` when ``pool`` else ``H``; ``goodness`` is the mean of ``h**2`` over ``(C, H, W)``.
     """
+
+    projection: torch.Tensor  # buffer: the fixed random readout ``[C * grid * grid, K]``
 
     def __init__(
         self,
@@ -192,12 +195,15 @@ class DTGLinear(FFLinear):
     Args:
         in_features: input size ``D_in`` (images are flattened).
         out_features: number of units ``D``.
-        tau_min, tau_max: bounds of the learnable temperature.
+        tau_min: lower bound of the learnable temperature.
+        tau_max: upper bound of the learnable temperature.
         eps: added to the input's length to avoid dividing by zero.
 
     Shape:
         ``x [B, D_in] or [B, C, H, W] -> LayerOutput(features [B, D], goodness [B])``.
     """
+
+    initialised: torch.Tensor  # buffer: whether the margin was warm-started (saved in checkpoints)
 
     def __init__(
         self,

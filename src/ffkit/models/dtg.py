@@ -99,7 +99,8 @@ _VGG_DOC = """
         in_channels: image channels.
         width_multiplier: scales every conv width (rounded, at least 1), as for ``bp_vgg8``.
         head: add the classifier path.
-        tau_min, tau_max: bounds of every layer's learnable temperature.
+        tau_min: lower bound of every layer's learnable temperature.
+        tau_max: upper bound of every layer's learnable temperature.
         dropout: dropout on the propagation path (DTG-FF: 0.1).
         label_smoothing: label smoothing of the layers' local cross-entropy and of the head's (DTG-FF: 0.1 for the
             head; ffkit uses one value for both).
@@ -191,7 +192,8 @@ def dtg_mlp(
         hidden: hidden-layer widths (at least one).
         head: add the hybrid classifier head.
         negatives: ``"random"``, ``"fixed"`` or ``"adaptive"`` (:func:`ffkit.data.get_negatives`).
-        tau_min, tau_max: bounds of every layer's learnable temperature.
+        tau_min: lower bound of every layer's learnable temperature.
+        tau_max: upper bound of every layer's learnable temperature.
 
     Shape:
         ``[B, in_channels, 32, 32] -> [B, num_classes]``.

@@ -28,7 +28,14 @@ class BackpropTrainer(Trainer):
 
     Args:
         network: an :class:`~ffkit.FFNetwork` (trained as BP-DeepSup) or a single-head baseline model.
-        lr, final_lr, weight_decay, optimizer, schedule, total_steps, device: as :class:`~ffkit.LocalTrainer`.
+        lr: initial learning rate (as :class:`~ffkit.LocalTrainer`, and likewise the next six).
+        final_lr: learning rate at the end of the schedule (default ``lr / 10``).
+        weight_decay: weight decay.
+        optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"``.
+        schedule: ``"cosine"``, ``"constant"``, ``"cooldown"`` or ``"piecewise"``.
+        total_steps: number of training steps the schedule spans.
+        device: where to train.
+        milestones: ``((step, factor), ...)`` for ``"piecewise"``.
         label_smoothing: label smoothing of a single-head model's cross-entropy.
         deep_supervision: on an FFNetwork, back-propagate every layer's local loss (``True``, BP-DeepSup) or only
             the last layer's (``False``, single-head backprop on the same backbone); the classifier head's loss, if
@@ -43,8 +50,11 @@ class BackpropTrainer(Trainer):
             non-reentrant): only each layer's inputs are held for backward, and each layer's forward runs again
             when the backward pass reaches it. The update is unchanged (dropout masks are replayed). Single-head
             baselines have no layer boundaries to checkpoint at: ``ValueError``.
-        channels_last, amp, compile, fused_optimizer: as :class:`~ffkit.LocalTrainer`, so that a comparison with FF
-            can give both engines the same optimisations.
+        channels_last: channels-last memory format, as :class:`~ffkit.LocalTrainer` (and likewise the next three),
+            so that a comparison with FF can give both engines the same optimisations.
+        amp: bfloat16 autocast of the forward and loss.
+        compile: ``torch.compile`` of the forward (``True`` or a backend name).
+        fused_optimizer: PyTorch's fused optimizer kernels (``None``: when the parameters allow it).
     """
 
     def __init__(
@@ -104,8 +114,11 @@ class BackpropTrainer(Trainer):
             torch.tensor_split(index, steps) if index is not None else [None] * steps,
         )
         opt = self.optimizers[0]
+        assert opt is not None  # one optimizer over the whole network
         opt.zero_grad(set_to_none=True)
-        losses = correct = head_result = None
+        losses: torch.Tensor | None = None
+        correct: torch.Tensor | None = None
+        head_result: tuple[torch.Tensor, torch.Tensor] | None = None
         for xm, ym, im in parts:
             # Each micro-batch loss is a mean over its samples; weighting by its share makes the summed gradient the
             # gradient of the whole batch's mean loss.
@@ -119,13 +132,14 @@ class BackpropTrainer(Trainer):
                 )
             (total if steps == 1 else total * weight).backward()
             del total  # free this micro-batch's graph before the next one is built
-            if losses is None:
+            if losses is None or correct is None:
                 losses, correct = m_losses * weight, m_correct
                 head_result = (m_head[0] * weight, m_head[1]) if m_head is not None else None
             else:
                 losses, correct = losses + m_losses * weight, correct + m_correct
-                if m_head is not None:
+                if m_head is not None and head_result is not None:
                     head_result = (head_result[0] + m_head[0] * weight, head_result[1] + m_head[1])
+        assert losses is not None and correct is not None  # at least one micro-batch ran
         opt.step()
         self._step_schedules()
         self.step_count += 1

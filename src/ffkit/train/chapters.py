@@ -268,10 +268,11 @@ class ChapterTrainer(Trainer):
         net.layers[layer].load_state_dict(state["layer"])
         if "objective" in state:
             net.objective.load_state_dict(state["objective"])
-        if state["optimizer"] is not None:
-            self.optimizers[layer].load_state_dict(state["optimizer"])
-        if state["scheduler"] is not None:
-            self.schedulers[layer].load_state_dict(state["scheduler"])
+        opt, sched = self.optimizers[layer], self.schedulers[layer]
+        if opt is not None and state["optimizer"] is not None:
+            opt.load_state_dict(state["optimizer"])
+        if sched is not None and state["scheduler"] is not None:
+            sched.load_state_dict(state["scheduler"])
 
     def _send_layer(self, layer: int, dst: int) -> None:
         """Post layer ``layer``'s state to rank ``dst`` without waiting: a size header, then the serialised state."""

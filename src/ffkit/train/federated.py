@@ -231,7 +231,7 @@ class FederatedTrainer(Trainer):
             out["train_head_acc"] = sums[2 * n + 3].round().item() / total
         return out
 
-    def fit(self, train: DataLoader, *, epochs: int, holdout: Iterable | None = None, test: Iterable | None = None,
+    def fit(self, train: Iterable, *, epochs: int, holdout: Iterable | None = None, test: Iterable | None = None,
             out_dir: str | Path | None = None, log: Callable[[str], None] | None = print,
             **kwargs: Any) -> list[dict[str, Any]]:
         """As :meth:`Trainer.fit`, on every rank with the same arguments: each rank trains on its shard; rank 0 alone
@@ -298,7 +298,8 @@ def shard_loader(
     for name in ("sampler", "shuffle", "batch_sampler"):
         if name in loader_options:
             raise ValueError(f"shard_loader sets the sampler itself; do not pass {name!r} in loader_options")
-    sampler = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
-                                 drop_last=True)
+    sampler: DistributedSampler[int] = DistributedSampler(
+        dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=True
+    )
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **loader_options)
 
