@@ -160,7 +160,8 @@ def test_train_with_a_threads_pipeline(tmp_path, data_dir, capsys):
 
 
 @needs_fmnist
-@pytest.mark.parametrize("stages,message", [("0,x", "--stages must be"), ("0,9", "starts")])
+@pytest.mark.parametrize("stages,message", [("0,x", "--stages must be"), ("0,9", "starts"),
+                                            ("0,1.5", "backend='distributed'")])
 def test_bad_pipeline_stages(tmp_path, data_dir, capsys, stages, message):
     args = ["train", "--dataset", "fashion-mnist", "--data-dir", data_dir, "--out", str(tmp_path / "run"),
             "--pipeline", "--stages", stages, *QUICK]
@@ -174,13 +175,16 @@ def test_pipeline_conflicts_with_backprop(capsys):
 
 
 @needs_fmnist
-@pytest.mark.parametrize("variant", ["stages", "federated", "all-layers"])
+@pytest.mark.parametrize("variant", ["stages", "federated", "all-layers", "stages:0,1.5"])
 def test_torchrun_pipeline_variants(tmp_path, data_dir, variant):
-    """`torchrun --nproc-per-node 2 -m ffkit train ... --pipeline`: two gloo processes train, rank 0 alone reports."""
+    """`torchrun --nproc-per-node 2 -m ffkit train ... --pipeline`: two gloo processes train, rank 0 alone reports.
+    ``--stages 0,1.5`` shares layer 1 between the two stages, half of each batch on each."""
     from helpers.distributed import torchrun
 
+    variant, _, split = variant.partition(":")
     proc, _ = torchrun("-m", "ffkit", "train", "--dataset", "fashion-mnist", "--data-dir", data_dir,
                        "--out", str(tmp_path / "run"), "--json", "--pipeline", "--pipeline-variant", variant,
+                       *(["--stages", split] if split else []),
                        "--chapter-batches", "2", "--pipeline-timeout", "30", *QUICK, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -188,3 +192,6 @@ def test_torchrun_pipeline_variants(tmp_path, data_dir, variant):
     summary = json.loads(lines[0])
     assert 0.0 < summary["test_accuracy"] <= 1.0 and summary["epochs"] == 1
     assert (tmp_path / "run" / "checkpoint.pt").is_file()
+    if split:
+        record = json.loads((tmp_path / "run" / "metrics.json").read_text())[-1]
+        assert record["shared_layers"][0]["layer"] == 1 and record["stage_starts"] == [0, 1.5]

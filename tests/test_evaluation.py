@@ -176,8 +176,10 @@ def test_make_report_fields():
     assert rep.sip_range == (1, 2)
     assert rep.num_samples == 4
     d = rep.to_dict()
-    assert set(d) == {"per_layer", "all_layers", "last3", "sip", "sip_range", "num_samples", "head"}
-    assert d["head"] is None
+    assert set(d) == {"per_layer", "all_layers", "last3", "sip", "sip_range", "num_samples", "head",
+                      "goodness_pos", "goodness_neg", "dead_ratio", "sip_grid"}
+    assert d["head"] is None and d["dead_ratio"] is None  # no dead_ratio given
+    assert d["sip_grid"] == [[0.5, 0.5, 0.75], [None, 0.75, 1.0], [None, None, 0.75]]  # the GRID above
     assert d["sip"] == pytest.approx(1.0)
     assert d["num_samples"] == 4
 

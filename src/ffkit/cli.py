@@ -1,4 +1,4 @@
-"""The ``ffkit`` command: ``ffkit train``, ``ffkit test``, ``ffkit models``."""
+"""The ``ffkit`` command: ``ffkit train``, ``ffkit test``, ``ffkit plot``, ``ffkit models``, ``ffkit recipes``."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -100,7 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train the layers as a pipeline of stages: one per process under torchrun "
                         "(torchrun --nproc-per-node N -m ffkit train ... --pipeline), else threads in this process")
     t.add_argument("--stages", default="2", metavar="N|per-layer|I,J,...",
-                   help="pipeline stages without torchrun (default 2), or the stages' first layers, e.g. 0,3")
+                   help="pipeline stages without torchrun (default 2), or the stages' first layers, e.g. 0,3; under "
+                        "torchrun a first layer may be fractional, e.g. 0,1.6 shares layer 1 (60%% of each batch on "
+                        "stage 0)")
+    t.add_argument("--no-share-layers", action="store_true",
+                   help="under torchrun: automatic balancing keeps whole layers per stage (no layer shared by two)")
     t.add_argument("--pipeline-variant", choices=["stages", "federated", "all-layers"], default="stages",
                    help="with --pipeline under torchrun: stages of layers (default), federated (each rank trains the "
                         "whole network on its data shard, parameters averaged) or all-layers (chapters)")
@@ -125,13 +129,24 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--eval-limit", type=_positive(int), default=None)
     e.add_argument("--json", action="store_true")
 
+    pl = sub.add_parser("plot", help="draw a run's plots (per-layer accuracy, goodness, dead neurons, SIP grid)")
+    pl.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'ffkit train --out RUN_DIR'")
+    pl.add_argument("--out", default=None, metavar="DIR", help="where to write the figures (default RUN_DIR)")
+    pl.add_argument("--format", nargs="+", choices=["png", "pdf", "svg"], default=["png"], dest="formats",
+                    help="file format(s) (default png)")
+
     sub.add_parser("models", help="list the registered model builders")
     sub.add_parser("recipes", help="list the papers' named training recipes")
     return p
 
 
+def _size(dataset: Dataset) -> int:
+    """``len(dataset)``: ffkit's datasets are map-style with a length, which torch's ``Dataset`` type leaves out."""
+    return len(cast(Sized, dataset))
+
+
 def _first(dataset: Dataset, n: int | None) -> Dataset:
-    return Subset(dataset, range(min(n, len(dataset)))) if n is not None else dataset
+    return Subset(dataset, range(min(n, _size(dataset)))) if n is not None else dataset
 
 
 #: What ``ffkit train`` uses for a field that neither a flag nor a recipe sets.
@@ -183,6 +198,14 @@ def _pipeline_options(args: argparse.Namespace, trainer_name: str, device: torch
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         options = {"backend": "distributed", "variant": args.pipeline_variant, "timeout": args.pipeline_timeout}
+        if args.pipeline_variant == "stages":
+            stages = _parse_stages(args.stages)
+            if isinstance(stages, tuple):
+                options["stages"] = stages
+            elif stages != 2 and stages != world:  # 2 is the default, which the world size overrides
+                raise ValueError(f"--stages {args.stages} conflicts with torchrun's {world} processes: under torchrun "
+                                 "there is one stage per process (give first layers such as 0,1.6, or nothing)")
+            options["share_layers"] = not args.no_share_layers
         if args.pipeline_variant == "federated":
             options["sync_every"] = args.sync_every
         elif args.pipeline_variant == "all-layers":
@@ -191,17 +214,21 @@ def _pipeline_options(args: argparse.Namespace, trainer_name: str, device: torch
     if args.pipeline_variant != "stages":
         raise ValueError(f"--pipeline-variant {args.pipeline_variant} runs one rank per process: launch with "
                          "torchrun --nproc-per-node N -m ffkit train ... --pipeline")
-    text = args.stages.strip()
-    if text.isdigit():
-        stages: object = int(text)
-    elif text == "per-layer":
-        stages = text
-    else:
-        try:
-            stages = tuple(int(v) for v in text.split(","))
-        except ValueError:
-            raise ValueError(f"--stages must be N, 'per-layer' or first layers like 0,3; got {args.stages!r}") from None
+    stages = _parse_stages(args.stages)
     return {"backend": "threads", "variant": "stages", "stages": stages, "timeout": args.pipeline_timeout}, 0, device
+
+
+def _parse_stages(value: str) -> int | str | tuple[float, ...]:
+    """``--stages``: ``N``, ``per-layer``, or the stages' first layers (``0,3``; ``0,1.6`` shares layer 1)."""
+    text = value.strip()
+    if text.isdigit():
+        return int(text)
+    if text == "per-layer":
+        return text
+    try:
+        return tuple(int(v) if v.strip().isdigit() else float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--stages must be N, 'per-layer' or first layers like 0,3; got {value!r}") from None
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -267,7 +294,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     n_params = sum(p.numel() for p in net.parameters())
     print(
         f"ffkit {__version__}: training {model} ({len(net)} layers, {n_params / 1e6:.2f}M parameters) on "
-        f"{info.name} ({len(train_set)} training images, {len(holdout)} held-out, {len(test)} test) "
+        f"{info.name} ({_size(train_set)} training images, {_size(holdout)} held-out, {_size(test)} test) "
         f"for {epochs} epoch(s) on {device} with the {trainer_name} trainer"
         + (f" (recipe {cfg['recipe']})" if cfg["recipe"] else "") + f"; run directory {out}",
         flush=True,
@@ -333,20 +360,30 @@ def cmd_test(args: argparse.Namespace) -> int:
     info = dataset_info(dataset)
     test = _first(load_dataset(info.name, "test", args.data_dir), args.eval_limit)
     net.to(device)
-    collected = collect_scores(net, DataLoader(test, batch_size=args.batch_size), device)
+    collected = collect_scores(net, DataLoader(test, batch_size=args.batch_size), device, track_activity=True)
     start, end = (int(v) for v in net.inference_range)
-    rep = make_report(collected.layers, collected.labels, (start, end), head_scores=collected.head)
+    rep = make_report(collected.layers, collected.labels, (start, end), head_scores=collected.head,
+                      dead_ratio=collected.dead_ratio)
     epoch = payload.get("trainer", {}).get("epoch")
     print(f"{name} on {info.name} test ({rep.num_samples} images), checkpoint after epoch {epoch}")
     print("  layer      " + " ".join(f"{i + 1:>6d}" for i in range(len(rep.per_layer))))
     print("  test acc   " + " ".join(f"{100 * v:6.2f}" for v in rep.per_layer))
     print(f"  one-pass, all layers: {100 * rep.all_layers:.2f}%")
+    assert rep.sip is not None  # make_report was given the SIP range
     print(f"  one-pass, SIP layers {start + 1}..{end + 1}: {100 * rep.sip:.2f}%")
     print(f"  last 3 layers: {100 * rep.last3:.2f}%")
     if rep.head is not None:
         print(f"  classifier head: {100 * rep.head:.2f}%")
     if args.json:
         print(json.dumps({"model": name, "dataset": info.name, **rep.to_dict()}))
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .plotting import plot_run
+
+    for path in plot_run(args.run_dir, out_dir=args.out, formats=args.formats):
+        print(path)
     return 0
 
 
@@ -370,7 +407,8 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"train": cmd_train, "test": cmd_test, "models": cmd_models, "recipes": cmd_recipes}[args.command]
+    handler = {"train": cmd_train, "test": cmd_test, "plot": cmd_plot, "models": cmd_models,
+               "recipes": cmd_recipes}[args.command]
     try:
         return handler(args)
     except (ValueError, TypeError, FileNotFoundError, ImportError, FloatingPointError) as err:

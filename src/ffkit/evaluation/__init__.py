@@ -1,6 +1,7 @@
 """Evaluation: per-layer scores, read-outs (per layer, range, last k) and SIP layer selection."""
 
-from .metrics import last_k_accuracy, layer_accuracies, range_accuracy
+from .activity import ActivityMonitor, dead_unit_ratio
+from .metrics import last_k_accuracy, layer_accuracies, mean_goodness, range_accuracy, range_accuracy_grid
 from .report import EvalReport, make_report
 from .scores import CollectedScores, collect_scores
 from .sip import SIPResult, select_layers
@@ -11,6 +12,10 @@ __all__ = [
     "layer_accuracies",
     "range_accuracy",
     "last_k_accuracy",
+    "range_accuracy_grid",
+    "mean_goodness",
+    "ActivityMonitor",
+    "dead_unit_ratio",
     "SIPResult",
     "select_layers",
     "EvalReport",

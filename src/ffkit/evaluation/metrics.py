@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["layer_accuracies", "range_accuracy", "last_k_accuracy"]
+__all__ = ["layer_accuracies", "range_accuracy", "range_accuracy_grid", "last_k_accuracy", "mean_goodness"]
 
 
 def _check(scores: torch.Tensor, labels: torch.Tensor) -> None:
@@ -25,8 +25,62 @@ def range_accuracy(scores: torch.Tensor, labels: torch.Tensor, start: int, end: 
     _check(scores, labels)
     if not 0 <= start <= end < scores.shape[0]:
         raise ValueError(f"layer range must satisfy 0 <= start <= end < {scores.shape[0]}, got {start}..{end}")
-    # float64 sums, as in SIP's selection, so a range scores the same whichever function computes it
-    return (scores[start : end + 1].double().sum(dim=0).argmax(dim=1) == labels).double().mean().item()
+    # float64 running sums (one cumulative sum), as in :func:`range_accuracy_grid`, so a range scores exactly the
+    # same whichever function computes it
+    return _summed_accuracy(scores[start : end + 1].double().cumsum(dim=0)[-1], labels).item()
+
+
+def _summed_accuracy(sums: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Accuracy of summed scores ``[..., N, K]``: ``[...]`` (float64)."""
+    return (sums.argmax(dim=-1) == labels).double().mean(dim=-1)
+
+
+def range_accuracy_grid(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """SIP's accuracy grid: :func:`range_accuracy` of every layer range at once.
+
+    ``grid[start, end]`` is the accuracy of the scores summed over layers ``start..end`` (inclusive), for
+    ``start <= end``; entries below the diagonal are NaN. Each row is one cumulative sum over the layers from
+    ``start`` on, so the grid costs ``O(L^2 N K)`` and each entry equals ``range_accuracy(scores, labels, start, end)``
+    exactly.
+
+    Args:
+        scores: per-layer class scores ``[L, N, K]``.
+        labels: the true labels ``[N]``.
+
+    Returns:
+        ``[L, L]`` float64 accuracies in ``[0, 1]`` (NaN below the diagonal).
+    """
+    _check(scores, labels)
+    n_layers = scores.shape[0]
+    grid = torch.full((n_layers, n_layers), float("nan"), dtype=torch.float64)
+    s64 = scores.double()
+    for start in range(n_layers):
+        grid[start, start:] = _summed_accuracy(s64[start:].cumsum(dim=0), labels)
+    return grid
+
+
+def mean_goodness(scores: torch.Tensor, labels: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Each layer's mean goodness of positive and of negative data, from its class scores.
+
+    Positive: the score of the true label, ``mean_n scores[l, n, y_n]``. Negative: the mean score of the ``K - 1``
+    wrong labels, ``mean_n mean_{k != y_n} scores[l, n, k]``. For label-input networks (Hinton's overlay, The
+    Trifecta) ``scores[l, n, k]`` is layer ``l``'s goodness of image ``n`` with label ``k`` overlaid, so these are
+    exactly the goodness of positive and negative (label-overlaid) data; for channel-wise networks (DeeperForward) they
+    are the goodness of the true class's channel group against the other classes' groups.
+
+    Args:
+        scores: per-layer class scores ``[L, N, K]``.
+        labels: the true labels ``[N]``.
+
+    Returns:
+        ``(positive, negative)``: two lists of ``L`` floats (negative is NaN when ``K == 1``).
+    """
+    _check(scores, labels)
+    s64 = scores.double()
+    n_layers, _, k = s64.shape
+    pos = s64.gather(2, labels.view(1, -1, 1).expand(n_layers, -1, 1)).squeeze(2)  # [L, N]
+    neg = (s64.sum(dim=2) - pos) / (k - 1) if k > 1 else torch.full_like(pos, float("nan"))
+    return pos.mean(dim=1).tolist(), neg.mean(dim=1).tolist()
 
 
 def last_k_accuracy(scores: torch.Tensor, labels: torch.Tensor, k: int) -> float:

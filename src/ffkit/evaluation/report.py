@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
 
-from .metrics import last_k_accuracy, layer_accuracies, range_accuracy
+from .metrics import last_k_accuracy, layer_accuracies, mean_goodness, range_accuracy, range_accuracy_grid
 
 __all__ = ["EvalReport", "make_report"]
 
@@ -23,6 +24,15 @@ class EvalReport:
         sip_range: that range ``(start, end)``, 0-based inclusive.
         num_samples: how many samples were evaluated.
         head: accuracy of the network's classifier head, if it has one.
+        goodness_pos: each layer's mean goodness of positive data: its score of the true label, averaged over the
+            samples (:func:`~ffkit.evaluation.mean_goodness`).
+        goodness_neg: each layer's mean goodness of negative data: its mean score of the wrong labels.
+        dead_ratio: each layer's fraction of deactivated units, zero for every input of the evaluation (DeeperForward
+            Appendix I; :class:`~ffkit.evaluation.ActivityMonitor`); ``None`` where not measured.
+        sip_grid: SIP's accuracy grid, ``sip_grid[start][end]`` the accuracy of layers ``start..end``'s summed scores
+            (``None`` below the diagonal; :func:`~ffkit.evaluation.range_accuracy_grid`).
+
+    The last four are ``None`` in reports built by older ffkit versions.
     """
 
     per_layer: list[float]
@@ -32,6 +42,10 @@ class EvalReport:
     sip_range: tuple[int, int] | None
     num_samples: int
     head: float | None = None
+    goodness_pos: list[float] | None = None
+    goodness_neg: list[float] | None = None
+    dead_ratio: list[float | None] | None = None
+    sip_grid: list[list[float | None]] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -42,15 +56,27 @@ def make_report(
     labels: torch.Tensor,
     sip_range: tuple[int, int] | None = None,
     head_scores: torch.Tensor | None = None,
+    dead_ratio: Sequence[float | None] | None = None,
 ) -> EvalReport:
-    """Build an :class:`EvalReport` from per-layer scores ``[L, N, K]``, labels ``[N]`` and head logits ``[N, K]``."""
+    """Build an :class:`EvalReport` from per-layer scores ``[L, N, K]``, labels ``[N]`` and head logits ``[N, K]``.
+
+    ``dead_ratio`` (one entry per layer, e.g. :attr:`CollectedScores.dead_ratio`) is passed through; the goodness of
+    positive and negative data and SIP's grid are computed from ``scores``.
+    """
     n_layers = scores.shape[0]
+    goodness_pos, goodness_neg = mean_goodness(scores, labels)
+    grid = range_accuracy_grid(scores, labels)
     return EvalReport(
         per_layer=layer_accuracies(scores, labels),
         all_layers=range_accuracy(scores, labels, 0, n_layers - 1),
         last3=last_k_accuracy(scores, labels, min(3, n_layers)),
         sip=range_accuracy(scores, labels, *sip_range) if sip_range is not None else None,
-        sip_range=tuple(sip_range) if sip_range is not None else None,
+        sip_range=(sip_range[0], sip_range[1]) if sip_range is not None else None,
         num_samples=int(labels.shape[0]),
         head=(head_scores.argmax(dim=1) == labels).double().mean().item() if head_scores is not None else None,
+        goodness_pos=goodness_pos,
+        goodness_neg=goodness_neg,
+        dead_ratio=list(dead_ratio) if dead_ratio is not None else None,
+        # JSON-friendly: None (null) below the diagonal instead of NaN
+        sip_grid=[[v if j >= i else None for j, v in enumerate(row)] for i, row in enumerate(grid.tolist())],
     )

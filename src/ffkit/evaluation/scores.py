@@ -7,6 +7,8 @@ from typing import NamedTuple
 
 import torch
 
+from .activity import ActivityMonitor
+
 __all__ = ["CollectedScores", "collect_scores"]
 
 
@@ -17,11 +19,14 @@ class CollectedScores(NamedTuple):
         layers: every layer's class scores ``[L, N, K]`` (float32).
         labels: the true labels ``[N]`` (int64).
         head: the classifier head's logits ``[N, K]``, or ``None`` when the network has no head.
+        dead_ratio: each layer's fraction of deactivated units over the pass (:class:`ActivityMonitor`), when
+            ``collect_scores(..., track_activity=True)``; else ``None``.
     """
 
     layers: torch.Tensor
     labels: torch.Tensor
     head: torch.Tensor | None
+    dead_ratio: list[float | None] | None = None
 
 
 @torch.no_grad()
@@ -31,6 +36,7 @@ def collect_scores(
     device: torch.device | str = "cpu",
     *,
     with_head: bool = True,
+    track_activity: bool = False,
 ) -> CollectedScores:
     """Run the network in eval mode over ``batches`` and keep every layer's scores (and the head's logits).
 
@@ -41,12 +47,17 @@ def collect_scores(
         batches: an iterable of ``(x, y)`` or ``(x, y, index)`` batches (e.g. a ``DataLoader``).
         device: where to run.
         with_head: also compute the classifier head's logits, if the network has a head.
+        track_activity: also measure each layer's deactivated-unit ratio in the same pass (forward hooks; see
+            :class:`~ffkit.evaluation.ActivityMonitor`).
     """
     was_training = network.training
     network.eval()
     layers, labels, heads = [], [], []
     use_head = with_head and getattr(network, "head", None) is not None
+    monitor = ActivityMonitor(network) if track_activity else None
     try:
+        if monitor is not None:
+            monitor.__enter__()
         for batch in batches:
             x, y = batch[0].to(device, non_blocking=True), batch[1]
             if use_head:
@@ -57,9 +68,12 @@ def collect_scores(
             layers.append(s.float().cpu())
             labels.append(torch.as_tensor(y).cpu())
     finally:
+        if monitor is not None:
+            monitor.__exit__(None, None, None)
         network.train(was_training)
     if not layers:
         raise ValueError("no batches to evaluate: the evaluation dataset is empty")
     return CollectedScores(
-        torch.cat(layers, dim=1), torch.cat(labels).long(), torch.cat(heads) if heads else None
+        torch.cat(layers, dim=1), torch.cat(labels).long(), torch.cat(heads) if heads else None,
+        monitor.dead_ratios() if monitor is not None else None,
     )

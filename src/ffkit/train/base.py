@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import RandomSampler
 
 from .._version import __version__
 from ..evaluation import collect_scores, make_report, select_layers
@@ -108,6 +108,8 @@ def make_schedule(
     if schedule == "constant":
         return None
     if schedule == "cosine":
+        if total_steps is None:
+            raise ValueError("schedule='cosine' needs total_steps (epochs x batches per epoch)")
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps, eta_min=final_lr)
     base = opt.param_groups[0]["lr"]
     return torch.optim.lr_scheduler.LambdaLR(
@@ -194,7 +196,9 @@ class Trainer:
     # -- epochs -------------------------------------------------------------------------------------------------
     def train_epoch(self, loader: Iterable, *, progress: bool = False, desc: str = "train") -> dict[str, Any]:
         """Train one pass over ``loader`` (batches ``(x, y)`` or ``(x, y, index)``); return per-layer means."""
-        loss_sum = correct_sum = head_sum = None
+        loss_sum: torch.Tensor | None = None
+        correct_sum: torch.Tensor | None = None
+        head_sum: torch.Tensor | None = None
         seen = 0
         start = time.perf_counter()
         bar = _progress(loader, progress, desc)
@@ -213,6 +217,7 @@ class Trainer:
         seconds = time.perf_counter() - start
         if seen == 0:
             raise ValueError("the training data is empty: no batch was produced")
+        assert loss_sum is not None and correct_sum is not None  # set by the first batch
         record = {
             "train_loss": (loss_sum / seen).tolist(),
             "train_acc": (correct_sum.double() / seen).tolist(),
@@ -225,9 +230,13 @@ class Trainer:
         return record
 
     def evaluate(self, loader: Iterable, sip_range: tuple[int, int] | None = None):
-        """Per-layer, all-layer, last-3 and (if given) SIP-range accuracy on ``loader``: an ``EvalReport``."""
-        collected = collect_scores(self.network, loader, self.device)
-        return make_report(collected.layers, collected.labels, sip_range, head_scores=collected.head)
+        """Per-layer, all-layer, last-3 and (if given) SIP-range accuracy on ``loader``: an ``EvalReport``, which also
+        holds each layer's goodness of positive and negative data, its deactivated-unit ratio (measured in the same
+        pass) and SIP's accuracy grid over every layer range."""
+        collected = collect_scores(self.network, loader, self.device, track_activity=True)
+        return make_report(
+            collected.layers, collected.labels, sip_range, head_scores=collected.head, dead_ratio=collected.dead_ratio
+        )
 
     def select_layers(self, loader: Iterable):
         """SIP on a held-out loader: choose the best layer range and prune the network's inference to it."""
@@ -238,7 +247,7 @@ class Trainer:
 
     def fit(
         self,
-        train: DataLoader,
+        train: Iterable,
         *,
         epochs: int,
         holdout: Iterable | None = None,
@@ -306,11 +315,13 @@ class Trainer:
     def _load_optimizer_states(self, optimizers: Iterable[tuple[int, Any]], schedulers: Iterable[tuple[int, Any]]):
         """Load ``(index, state)`` pairs into ``self.optimizers`` / ``self.schedulers`` (``None`` entries skipped)."""
         for i, s in optimizers:
-            if self.optimizers[int(i)] is not None and s is not None:
-                self.optimizers[int(i)].load_state_dict(s)
+            opt = self.optimizers[int(i)]
+            if opt is not None and s is not None:
+                opt.load_state_dict(s)
         for i, s in schedulers:
-            if self.schedulers[int(i)] is not None and s is not None:
-                self.schedulers[int(i)].load_state_dict(s)
+            sched = self.schedulers[int(i)]
+            if sched is not None and s is not None:
+                sched.load_state_dict(s)
 
     def save(self, path: str | Path) -> Path:
         """Write network, optimizers, schedulers, progress and RNG states atomically to ``path``."""
