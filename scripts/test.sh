@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
-.venv/bin/ruff check src tests
+.venv/bin/ruff check src tests examples benchmarks
 .venv/bin/mypy  # config in pyproject.toml: [tool.mypy] (files = src/ffkit)
 exec .venv/bin/python -m pytest -q "$@"
