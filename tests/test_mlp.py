@@ -302,3 +302,25 @@ def test_tiny_pon_mlp_learns_the_teacher_student_task():
     accuracy = _fit_and_score(net)
     print(f"pon_mlp teacher-student accuracy {accuracy:.3f}")
     assert accuracy > 0.35
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_ffl_linear_unit_shards_sum_to_the_layer(reduction):
+    """split_units: the shards' features are the layer's units and their goodness values sum to the layer's; making
+    a shard leaves the random stream alone; push_units writes a shard back."""
+    torch.manual_seed(0)
+    layer = FFLinear(12, 10, goodness=reduction)
+    x = torch.randn(5, 12)
+    state = torch.get_rng_state()
+    a, b = layer.split_units(0, 4), layer.split_units(4, 10)
+    assert torch.equal(torch.get_rng_state(), state)
+    whole, pa, pb = layer(x), a(x), b(x)
+    torch.testing.assert_close(torch.cat([pa.features, pb.features], dim=1), whole.features)
+    torch.testing.assert_close(pa.goodness + pb.goodness, whole.goodness)
+    with torch.no_grad():
+        b.linear.weight.add_(1.0)
+    b.push_units(layer, 4)
+    assert torch.equal(layer.linear.weight[4:], b.linear.weight)
+    assert torch.equal(layer.linear.weight[:4], a.linear.weight)
+    with pytest.raises(ValueError, match="units"):
+        layer.split_units(3, 11)

@@ -140,8 +140,9 @@ def test_distributed_pipeline_equals_local_trainer(tmp_path, name):
 def test_distributed_shared_layer_equals_local_trainer(tmp_path, name, split):
     """A layer shared by two stages, each running part of every batch through it and summing the gradients with
     one all_reduce: still LocalTrainer's weights within float tolerance. TinyCNN shares a CW-Conv layer; ResNet17
-    layer 4 reads a shortcut from layer 2 and is the source of one into layer 6; Hinton's MLP keeps positive and
-    negative rows of each sample together."""
+    layer 4 reads a shortcut from layer 2 and is the source of one into layer 6 (both split by samples); Hinton's
+    MLP splits its FFLinear layer by units (each stage trains a quarter / three quarters of the 2000 units on the
+    whole batch, their goodness values summed)."""
     proc, _ = _torchrun(tmp_path, name, "2", env_extra={"FFKIT_TEST_STAGES": split})
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = torch.load(tmp_path / "out.pt")
@@ -153,8 +154,9 @@ def test_distributed_shared_layer_equals_local_trainer(tmp_path, name, split):
     _assert_same_weights(_local(name, epochs=2), net, atol=1e-3 if "resnet" in name else 1e-4)
     record = result["record"]
     j = int(float(split.split(",")[1]))
-    m = round((float(split.split(",")[1]) - j) * 8)
-    assert record["shared_layers"] == [{"layer": j, "stages": [0, 1], "samples": [m, 8 - m]}]
+    by, n = ("units", net.layers[j].num_units) if "mlp" in name else ("samples", 8)
+    m = round((float(split.split(",")[1]) - j) * n)
+    assert record["shared_layers"] == [{"layer": j, "stages": [0, 1], "by": by, "split": [m, n - m]}]
     assert len(record["train_loss"]) == len(net) and record["train_images"] == 48
     # the shared layer's reported loss is the whole batch's: equal to LocalTrainer's within float tolerance
     ref = LocalTrainer(_model(name), schedule="constant")
@@ -198,14 +200,22 @@ def test_distributed_stage_checkpoints_resume(tmp_path):
     _assert_same_weights(_local("deeperforward_resnet17", epochs=2), net, atol=1e-4)
 
 
-def test_distributed_resume_with_a_shared_layer(tmp_path):
-    """Both stages checkpoint the layer they share (with its optimizer and schedule) and resume it."""
-    run_dir, env = tmp_path / "run", {"FFKIT_TEST_STAGES": "0,1.375"}
+@pytest.mark.parametrize("name,split", [("deeperforward_tinycnn", "0,1.375"), ("hinton_mlp", "0,2.5")])
+def test_distributed_resume_with_a_shared_layer(tmp_path, name, split):
+    """Both stages checkpoint their part of the layer they share (by samples: the layer; by units: their shard) with
+    its optimizer and schedule, and a new job resumes it: two uninterrupted epochs of LocalTrainer."""
+    run_dir, env = tmp_path / "run", {"FFKIT_TEST_STAGES": split}
     for epochs in ("1", "2"):
-        proc, _ = _torchrun(tmp_path, "deeperforward_tinycnn", epochs, f"fit:{run_dir}", env_extra=env)
+        proc, _ = _torchrun(tmp_path, name, epochs, f"fit:{run_dir}", env_extra=env)
         assert proc.returncode == 0, proc.stderr[-3000:]
     stage0 = torch.load(run_dir / "checkpoint.stage0-of-2.pt", weights_only=False)
-    assert sorted(stage0["layers"]) == [0, 1] and stage0["starts"] == [0, 1.375]
-    net = _model()
+    j = int(float(split.split(",")[1]))
+    if "mlp" in name:  # the first half of layer 2's units
+        assert sorted(stage0["layers"]) == [0, 1] and list(stage0["unit_shards"]) == [j]
+        assert stage0["unit_shards"][j][:2] == (0, _model(name).layers[j].num_units // 2)
+    else:
+        assert sorted(stage0["layers"]) == [0, 1] and stage0["unit_shards"] == {}
+    assert stage0["starts"] == [0, float(split.split(",")[1])]
+    net = _model(name)
     net.load_state_dict(torch.load(tmp_path / "out.pt")["state"])
-    _assert_same_weights(_local("deeperforward_tinycnn", epochs=2), net, atol=1e-4)
+    _assert_same_weights(_local(name, epochs=2), net, atol=1e-4)

@@ -238,6 +238,7 @@ def balance_stages(
     shareable: Sequence[bool] | None = None,
     min_share: float = 0.05,
     min_gain: float = 0.02,
+    share_seconds: Sequence[float] | None = None,
 ) -> tuple[float, ...]:
     """The contiguous split of ``L`` layers into ``num_stages`` stages whose slowest stage is fastest.
 
@@ -262,6 +263,8 @@ def balance_stages(
             whole-layer split's by more than ``min_gain`` (a share costs a gradient exchange and a synchronisation).
         min_share: a cut closer than this fraction of a layer to a layer boundary snaps to the boundary.
         min_gain: the relative gain a shared split must bring (see ``shareable``).
+        share_seconds: ``L`` extra seconds that both stages pay per batch when a layer is shared (e.g. exchanging
+            its gradient); counted when comparing a shared split with the whole-layer one.
 
     Returns:
         the ``S`` stages' first layers, e.g. ``(0, 2)`` for layers ``0..1`` and ``2..L-1``; a non-integer start
@@ -312,7 +315,11 @@ def balance_stages(
     shared = _shared_split(costs, num_stages, _check_flags(shareable, n), _check_fraction(min_share, "min_share"))
     if shared is None:
         return whole
-    if max(stage_times(costs, shared, output_bytes, bytes_per_second)) < (1 - min_gain) * bound:
+    extra = _check_costs(share_seconds, "share_seconds") if share_seconds is not None else [0.0] * n
+    if len(extra) != n:
+        raise ValueError(f"share_seconds must have one entry per layer ({n}), got {len(extra)}")
+    penalty = max((extra[j] for j in shared_layers(shared)), default=0.0)
+    if max(stage_times(costs, shared, output_bytes, bytes_per_second)) + penalty < (1 - min_gain) * bound:
         return shared
     return whole
 

@@ -31,8 +31,9 @@ import torch
 import torch.distributed as dist
 
 from .._version import __version__
+from ..layers.base import LayerOutput
 from ..network import FFNetwork
-from ..objectives import PreparedBatch
+from ..objectives import PosNegObjective, PreparedBatch
 from ._distributed import check_timeout, default_device
 from .base import StepResult, Trainer
 from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
@@ -48,11 +49,16 @@ class PipelineError(RuntimeError):
 
 
 class _Share:
-    """This stage's part of a layer shared with a neighbouring stage: samples ``lo..hi-1`` of every batch."""
+    """This stage's part of a layer shared with a neighbouring stage: samples ``lo..hi-1`` of every batch
+    (``mode="samples"``), or the layer's units ``lo..hi-1`` for the whole batch (``mode="units"``, a layer with
+    ``split_units``: ``module`` is this stage's shard of the layer)."""
 
-    def __init__(self, layer: int, lo: int, hi: int, batch_size: int, group: Any) -> None:
+    def __init__(self, layer: int, lo: int, hi: int, batch_size: int, group: Any, mode: str = "samples") -> None:
         self.layer, self.lo, self.hi, self.batch_size, self.group = layer, lo, hi, batch_size, group
-        self.scale = (hi - lo) / batch_size  # the layer's loss is a mean over samples: weigh the part by its share
+        self.mode = mode
+        self.module: Any = None
+        # the layer's loss is a mean over samples: weigh a part of the batch by its share
+        self.scale = (hi - lo) / batch_size if mode == "samples" else 1.0
 
 
 def _sample_rows(n_rows: int, batch_size: int, lo: int, hi: int, device: torch.device) -> torch.Tensor:
@@ -151,6 +157,37 @@ class _Stage:
         t.step_schedules_of([j])  # both stages hold the layer's optimizer and schedule, and keep them equal
         self.busy += time.perf_counter() - began
         return kept[j], losses, correct
+
+    def unit_step(self, share: _Share, h: torch.Tensor, y: torch.Tensor, batch_size: int,
+                  timeout: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Update this stage's units of a layer shared by units, on the whole batch: the goodness of the two shards
+        is summed with one ``all_reduce`` of ``[r * B]`` numbers, the loss is computed on the sum, and the backward
+        reaches only this stage's units, whose gradient is exactly the whole layer's gradient for them. Returns
+        this shard's features and the loss ``[1]`` and correct count ``[1]`` of the whole layer."""
+        t, j, shard = self.trainer, share.layer, share.module
+        began = time.perf_counter()
+        with t._autocast():
+            out = shard(h, None)
+            part = out.goodness
+            total = part.detach().float().clone()
+            self.busy += time.perf_counter() - began
+            waited = time.perf_counter()
+            work = dist.all_reduce(total, group=share.group, async_op=True)
+            _wait(work, timeout, f"pipeline stage {self.index} lost the stage it shares layer {j} with")
+            self.reduce_seconds += time.perf_counter() - waited
+            began = time.perf_counter()
+            goodness = part + (total.to(part.dtype) - part.detach())  # the other shard's goodness, as a constant
+            batch = PreparedBatch(inputs=h, target=y, batch_size=batch_size, x=None)
+            loss, n_right = t.network.objective.layer_loss(LayerOutput(out.features, None, goodness), batch)
+        opt = t.optimizers[j]
+        assert opt is not None, "a shared layer has parameters"
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        t.step_schedules_of([j])
+        feats = out.features.detach()
+        self.busy += time.perf_counter() - began
+        return feats, loss.detach().float().view(1), n_right.view(1)
 
     def reset_metrics(self) -> None:
         self.loss_sum = self.correct_sum = None
@@ -269,6 +306,7 @@ class PipelineTrainer(Trainer):
         self.balance_report: dict[str, Any] | None = None
         self._stages: list[_Stage] = []
         self._share_batch: int | None = None  # the batch size the shared layers' parts were cut for
+        self._bytes_per_second = math.inf
         self._shape_spec: list[dict[str, Any]] | None = None
         self._link: _Link | None = None
         self._out_dir: Path | None = None
@@ -280,6 +318,7 @@ class PipelineTrainer(Trainer):
         from .balance import shared_layers
 
         if self.starts is None and self.balance == "auto" and self.n_stages > 1:
+            self._bytes_per_second = self._probe_bandwidth() if self.share_layers else math.inf
             report = None
             if self.rank == 0:
                 assert x is not None and y is not None, "rank 0 plans on the first batch"
@@ -309,12 +348,30 @@ class PipelineTrainer(Trainer):
             if batch is None:
                 raise RuntimeError("the batch size of a shared layer's parts is unknown (a stage file without it?)")
             group = dist.new_group([k - 1, k], timeout=timedelta(seconds=self.timeout))
-            m = round(shares[j] * batch)
-            if not 0 < m < batch:
-                raise ValueError(f"batches of {batch} are too small to share layer {j} as the split {starts} asks "
-                                 f"({shares[j]:.3f} of the samples on stage {k - 1}); give whole layers")
-            self._stages[k - 1].tail = _Share(j, 0, m, batch, group)
-            self._stages[k].head = _Share(j, m, batch, batch, group)
+            mode = _share_mode(self.network, j)
+            n = batch if mode == "samples" else self.network.layers[j].num_units
+            m = round(shares[j] * n)
+            if not 0 < m < n:
+                raise ValueError(f"layer {j} has too few {mode} ({n}) to share as the split {starts} asks "
+                                 f"({shares[j]:.3f} on stage {k - 1}); give whole layers")
+            self._stages[k - 1].tail = _Share(j, 0, m, batch, group, mode)
+            self._stages[k].head = _Share(j, m, n, batch, group, mode)
+        self._attach_shards()
+
+    def _attach_shards(self) -> None:
+        """Each stage that shares a layer by units trains its own shard of it: the layer's optimizer (and so its
+        schedule) is pointed at the shard's parameters; Adam and SGD act element by element, so the shards' steps
+        are the whole layer's."""
+        for st in self._stages:
+            for share in (st.head, st.tail):
+                if share is None or share.mode != "units" or share.module is not None:
+                    continue
+                if self.backend == "distributed" and st.index != self.rank:
+                    continue
+                share.module = self.network.layers[share.layer].split_units(share.lo, share.hi)
+                opt = self.optimizers[share.layer]
+                assert opt is not None and not opt.state, "shards are cut before the first step"
+                opt.param_groups[0]["params"] = list(share.module.parameters())
 
     def _broadcast(self, value: Any) -> Any:
         """Rank 0's ``value`` on every rank of a distributed pipeline."""
@@ -323,6 +380,19 @@ class PipelineTrainer(Trainer):
         box = [value]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def _probe_bandwidth(self, nbytes: int = 1 << 22) -> float:
+        """Bytes per second of an ``all_reduce`` between this pipeline's ranks (every rank takes part): what
+        sharing a layer by samples pays per batch for its gradient."""
+        buf = torch.zeros(nbytes // 4, device=self.device)
+        seconds = []
+        for _ in range(4):
+            began = time.perf_counter()
+            dist.all_reduce(buf)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            seconds.append(time.perf_counter() - began)
+        return nbytes / max(sorted(seconds[1:])[1], 1e-9)
 
     def _profile(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None) -> dict[str, Any]:
         """Rank 0: time each layer's local step on the first batch and choose the split (:mod:`.balance`)."""
@@ -339,7 +409,10 @@ class PipelineTrainer(Trainer):
         shareable = _shareable(self.network) if self.share_layers else None
         # A share must hold at least one sample on each side.
         min_share = min(0.49, max(0.05, 1.0 / x.shape[0]))
-        starts = balance_stages(seconds, self.n_stages, shareable=shareable, min_share=min_share)
+        extra = [0.0 if _share_mode(self.network, j) == "units" else  # a [r * B] goodness exchange
+                 2 * sum(p.numel() * p.element_size() for p in layer.parameters()) / self._bytes_per_second
+                 for j, layer in enumerate(self.network.layers)]
+        starts = balance_stages(seconds, self.n_stages, shareable=shareable, min_share=min_share, share_seconds=extra)
         times = stage_times(seconds, starts)
         return {"layer_seconds": list(costs.seconds), "layer_peak_bytes": list(costs.peak_bytes),
                 "prepare_seconds": prep, "starts": list(starts), "stage_seconds": times,
@@ -407,7 +480,10 @@ class PipelineTrainer(Trainer):
         spec = []
         for st in self._stages:
             h, share = tuple(feats[st.end].shape), None
-            if st.tail is not None:  # the next stage gets the input rows of its part of the shared layer first ...
+            if st.tail is not None and st.tail.mode == "units":  # the whole input, then this stage's units
+                shared = feats[st.tail.layer].shape
+                share = (shared[0], st.tail.hi, *shared[2:])
+            elif st.tail is not None:  # the next stage gets the input rows of its part of the shared layer first ...
                 rows = feats[st.end].shape[0] // b
                 h = (rows * (b - st.tail.hi), *h[1:])
                 # ... and the shared layer's features of this stage's part after the gradient exchange
@@ -456,10 +532,16 @@ class PipelineTrainer(Trainer):
 
     @property
     def shared_layers(self) -> list[dict[str, Any]]:
-        """The layers two stages share: ``{"layer", "stages", "samples"}`` (samples per batch on each stage)."""
-        return [{"layer": st.tail.layer, "stages": [st.index, st.index + 1],
-                 "samples": [st.tail.hi - st.tail.lo, st.tail.batch_size - st.tail.hi]}
-                for st in self._stages if st.tail is not None]
+        """The layers two stages share: ``{"layer", "stages", "by", "split"}``: split by ``"samples"`` (samples per
+        batch on each stage) or by ``"units"`` (the layer's units on each stage)."""
+        out = []
+        for st in self._stages:
+            if st.tail is not None:
+                nxt = self._stages[st.index + 1].head
+                assert nxt is not None, "a shared layer has a part on both stages"
+                out.append({"layer": st.tail.layer, "stages": [st.index, st.index + 1], "by": st.tail.mode,
+                            "split": [st.tail.hi - st.tail.lo, nxt.hi - nxt.lo]})
+        return out
 
     # -- threads ------------------------------------------------------------------------------------------------
     def _run_threads(self, batches: Iterable, concurrent: bool) -> None:
@@ -567,7 +649,12 @@ class PipelineTrainer(Trainer):
                         break
                     b = self._batch_size = link.batch_size
                     lead = None
-                    if st.head is not None:  # h holds this stage's rows of the shared layer's input
+                    if st.head is not None and st.head.mode == "units":  # h is the shared layer's whole input
+                        mine, loss, right = st.unit_step(st.head, h, y, b, self.timeout)
+                        h = torch.cat([link.recv_share(), mine], dim=1)
+                        sc = {**sc, st.head.layer: h}
+                        lead = (loss, right)
+                    elif st.head is not None:  # h holds this stage's rows of the shared layer's input
                         j = st.head.layer
                         mine, loss, right = st.share_step(st.head, h, y[st.head.lo :], _take(sc, b, st.head.lo, b),
                                                           self.timeout)
@@ -590,6 +677,11 @@ class PipelineTrainer(Trainer):
         h, sc = st.step(h, y, b, sc, lead)
         if st.tail is None:
             link.send(_BATCH, h, y, sc)
+            return
+        if st.tail.mode == "units":
+            link.send(_BATCH, h, y, sc)  # the next stage runs its units on the same input at the same time
+            feats, _, _ = st.unit_step(st.tail, h, y, b, self.timeout)
+            link.send_share(feats)
             return
         m = st.tail.hi
         rows_next = _sample_rows(h.shape[0], b, m, b, h.device)
@@ -635,14 +727,30 @@ class PipelineTrainer(Trainer):
             return
         st = self._stages[self.rank]
         gathered: list[Any] = [None] * self.world
-        dist.all_gather_object(gathered, self._layer_states(st))
-        for rank, states in enumerate(gathered):
+        dist.all_gather_object(gathered, (self._layer_states(st), self._unit_shards(st)))
+        for rank, (states, shards) in enumerate(gathered):
             if rank != self.rank:
                 for i, state in states.items():
                     self.network.layers[i].load_state_dict(state)
+                for i, (lo, hi, state) in shards.items():
+                    shard = self.network.layers[i].split_units(lo, hi)
+                    shard.load_state_dict(state)
+                    shard.push_units(self.network.layers[i], lo)
 
     def _layer_states(self, st: _Stage) -> dict[int, dict[str, torch.Tensor]]:
-        return {i: {k: v.cpu() for k, v in self.network.layers[i].state_dict().items()} for i in st.layer_ids}
+        """The states of the layers this stage updates whole or by samples (its copy of a shared one is current)."""
+        units = {s.layer for s in (st.head, st.tail) if s is not None and s.mode == "units"}
+        return {i: {k: v.cpu() for k, v in self.network.layers[i].state_dict().items()}
+                for i in st.layer_ids if i not in units}
+
+    def _unit_shards(self, st: _Stage) -> dict[int, tuple[int, int, dict[str, torch.Tensor]]]:
+        """``{layer: (lo, hi, state)}`` of this stage's unit shards; also written into its copy of the layer."""
+        out = {}
+        for s in (st.head, st.tail):
+            if s is not None and s.mode == "units" and s.module is not None:
+                s.module.push_units(self.network.layers[s.layer], s.lo)
+                out[s.layer] = (s.lo, s.hi, {k: v.cpu() for k, v in s.module.state_dict().items()})
+        return out
 
     def stage_state(self, k: int) -> dict[str, Any]:
         st = self._stages[k]
@@ -656,6 +764,7 @@ class PipelineTrainer(Trainer):
             "starts": list(self.starts or ()),
             "share_batch_size": self._share_batch,
             "layers": self._layer_states(st),
+            "unit_shards": self._unit_shards(st),
             "optimizers": {i: opt.state_dict() for i in idx if (opt := self.optimizers[i]) is not None},
             "schedulers": {i: sch.state_dict() for i in idx if (sch := self.schedulers[i]) is not None},
             "steps": st.steps,
@@ -689,11 +798,18 @@ class PipelineTrainer(Trainer):
             st = self._stages[k]
             for i, state in payload["layers"].items():
                 self.network.layers[i].load_state_dict(state)
+            for share in (st.head, st.tail):
+                if share is not None and share.mode == "units" and share.module is not None:
+                    share.module.load_state_dict(payload["unit_shards"][share.layer][2])
+                    share.module.push_units(self.network.layers[share.layer], share.lo)
             self._load_optimizer_states(payload["optimizers"].items(), payload["schedulers"].items())
             st.steps = payload["steps"]
             self.epoch = payload["epoch"]
             self.history = list(payload["history"])
         self.step_count = max(s.steps for s in self._stages)
+        # Each process continues its random stream (negative labels on the first stage, dropout masks) where it was
+        # saved; with threads, every stage file holds the one process's state.
+        torch.set_rng_state(first["rng"].cpu())
         if self.backend == "distributed":
             self.gather_network()
         return first
@@ -882,9 +998,21 @@ def init_distributed(timeout: float = 60.0, backend: str | None = None) -> tuple
 
 
 def _shareable(network: FFNetwork) -> list[bool]:
-    """Which layers two stages may split by samples: no batch statistics, and a layer loss that is a mean over
-    samples (the built-in objectives; a custom one says so with ``batch_separable = True``)."""
-    if not getattr(network.objective, "batch_separable", False):
-        return [False] * len(network)
-    return [not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in layer.modules())
-            for layer in network.layers]
+    """Which layers two stages may share: split by units (:func:`_share_mode`), or by samples when the layer has no
+    batch statistics and the layer loss is a mean over samples (the built-in objectives; a custom one says so with
+    ``batch_separable = True``)."""
+    separable = getattr(network.objective, "batch_separable", False)
+    return [_share_mode(network, j) == "units" or (
+        separable and not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in layer.modules()))
+        for j, layer in enumerate(network.layers)]
+
+
+def _share_mode(network: FFNetwork, j: int) -> str:
+    """``"units"`` for a layer that can be cut into unit shards whose goodness values sum to the layer's
+    (``split_units``, e.g. :class:`~ffkit.layers.FFLinear`) under a goodness objective, with no shortcut in;
+    otherwise ``"samples"``. Units cost one exchange of ``[r * B]`` goodness values per batch instead of the
+    layer's gradient."""
+    layer = network.layers[j]
+    if hasattr(layer, "split_units") and isinstance(network.objective, PosNegObjective) and j not in network.shortcuts:
+        return "units"
+    return "samples"
