@@ -158,36 +158,44 @@ class _Stage:
         self.busy += time.perf_counter() - began
         return kept[j], losses, correct
 
-    def unit_step(self, share: _Share, h: torch.Tensor, y: torch.Tensor, batch_size: int,
-                  timeout: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Update this stage's units of a layer shared by units, on the whole batch: the goodness of the two shards
-        is summed with one ``all_reduce`` of ``[r * B]`` numbers, the loss is computed on the sum, and the backward
-        reaches only this stage's units, whose gradient is exactly the whole layer's gradient for them. Returns
-        this shard's features and the loss ``[1]`` and correct count ``[1]`` of the whole layer."""
-        t, j, shard = self.trainer, share.layer, share.module
+    def unit_forward(self, share: _Share, h: torch.Tensor, y: torch.Tensor, batch_size: int) -> dict[str, Any]:
+        """First half of a unit-shard update: the forward of this stage's units on the whole batch, and the start
+        of one asynchronous ``all_reduce`` that sums the two shards' goodness values (``[r * B]`` numbers).
+        The features (``["features"]``) are final at once; :meth:`unit_finish` completes the update."""
+        t = self.trainer
         began = time.perf_counter()
         with t._autocast():
-            out = shard(h, None)
-            part = out.goodness
-            total = part.detach().float().clone()
-            self.busy += time.perf_counter() - began
-            waited = time.perf_counter()
-            work = dist.all_reduce(total, group=share.group, async_op=True)
-            _wait(work, timeout, f"pipeline stage {self.index} lost the stage it shares layer {j} with")
-            self.reduce_seconds += time.perf_counter() - waited
-            began = time.perf_counter()
-            goodness = part + (total.to(part.dtype) - part.detach())  # the other shard's goodness, as a constant
-            batch = PreparedBatch(inputs=h, target=y, batch_size=batch_size, x=None)
+            out = share.module(h, None)
+        total = out.goodness.detach().float().clone()
+        work = dist.all_reduce(total, group=share.group, async_op=True)
+        self.busy += time.perf_counter() - began
+        return {"share": share, "out": out, "total": total, "work": work, "y": y, "h": h, "batch_size": batch_size,
+                "features": out.features.detach()}
+
+    def unit_finish(self, pending: dict[str, Any], timeout: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Second half: wait for the summed goodness, compute the whole layer's loss on it, and backpropagate into
+        this stage's units only (the other shard's goodness is a constant), whose gradient is exactly the whole
+        layer's gradient for them; then the optimizer and schedule step. Returns the loss ``[1]`` and correct
+        count ``[1]`` of the whole layer."""
+        t, share, out = self.trainer, pending["share"], pending["out"]
+        waited = time.perf_counter()
+        _wait(pending["work"], timeout, f"pipeline stage {self.index} lost the stage it shares layer {share.layer} "
+              "with")
+        self.reduce_seconds += time.perf_counter() - waited
+        began = time.perf_counter()
+        part = out.goodness
+        with t._autocast():
+            goodness = part + (pending["total"].to(part.dtype) - part.detach())
+            batch = PreparedBatch(inputs=pending["h"], target=pending["y"], batch_size=pending["batch_size"], x=None)
             loss, n_right = t.network.objective.layer_loss(LayerOutput(out.features, None, goodness), batch)
-        opt = t.optimizers[j]
+        opt = t.optimizers[share.layer]
         assert opt is not None, "a shared layer has parameters"
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        t.step_schedules_of([j])
-        feats = out.features.detach()
+        t.step_schedules_of([share.layer])
         self.busy += time.perf_counter() - began
-        return feats, loss.detach().float().view(1), n_right.view(1)
+        return loss.detach().float().view(1), n_right.view(1)
 
     def reset_metrics(self) -> None:
         self.loss_sum = self.correct_sum = None
@@ -307,6 +315,7 @@ class PipelineTrainer(Trainer):
         self._stages: list[_Stage] = []
         self._share_batch: int | None = None  # the batch size the shared layers' parts were cut for
         self._bytes_per_second = math.inf
+        self._pending_units: dict[str, Any] | None = None  # the first stage's unit-shard update, finished later
         self._shape_spec: list[dict[str, Any]] | None = None
         self._link: _Link | None = None
         self._out_dir: Path | None = None
@@ -638,11 +647,13 @@ class PipelineTrainer(Trainer):
                     st.busy += time.perf_counter() - began  # preparing batches is the first stage's work too
                     link.check_batch(h, y, b)
                     self._stage_step(st, link, h, y, b, {})
+                self._finish_units(st)
                 link.send(_EPOCH_END)
             else:
                 while True:
                     kind, h, y, sc = link.recv()
                     if kind != _BATCH:
+                        self._finish_units(st)
                         link.send(kind)
                         if kind == _STOP:
                             self._link = None
@@ -650,8 +661,9 @@ class PipelineTrainer(Trainer):
                     b = self._batch_size = link.batch_size
                     lead = None
                     if st.head is not None and st.head.mode == "units":  # h is the shared layer's whole input
-                        mine, loss, right = st.unit_step(st.head, h, y, b, self.timeout)
-                        h = torch.cat([link.recv_share(), mine], dim=1)
+                        pending = st.unit_forward(st.head, h, y, b)
+                        loss, right = st.unit_finish(pending, self.timeout)
+                        h = torch.cat([link.recv_share(), pending["features"]], dim=1)
                         sc = {**sc, st.head.layer: h}
                         lead = (loss, right)
                     elif st.head is not None:  # h holds this stage's rows of the shared layer's input
@@ -672,6 +684,11 @@ class PipelineTrainer(Trainer):
                 f"{e}"
             ) from e
 
+    def _finish_units(self, st: _Stage) -> None:
+        if self._pending_units is not None:
+            pending, self._pending_units = self._pending_units, None
+            st.unit_finish(pending, self.timeout)
+
     def _stage_step(self, st: _Stage, link: _Link, h, y, b: int, sc: dict, lead=None) -> None:
         """This stage's whole layers on the batch, then (if it shares the next layer) its part of that layer."""
         h, sc = st.step(h, y, b, sc, lead)
@@ -680,8 +697,11 @@ class PipelineTrainer(Trainer):
             return
         if st.tail.mode == "units":
             link.send(_BATCH, h, y, sc)  # the next stage runs its units on the same input at the same time
-            feats, _, _ = st.unit_step(st.tail, h, y, b, self.timeout)
-            link.send_share(feats)
+            self._finish_units(st)  # the previous batch's update: this shard's weights must be current
+            self._pending_units = st.unit_forward(st.tail, h, y, b)
+            link.send_share(self._pending_units["features"])
+            # The update itself waits for the next batch (or the epoch's end): the goodness exchange then costs
+            # this stage no waiting, while the next stage runs its units.
             return
         m = st.tail.hi
         rows_next = _sample_rows(h.shape[0], b, m, b, h.device)
