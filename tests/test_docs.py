@@ -29,6 +29,7 @@ EXECUTED_PAGES = [
     "index.md",
     "assemble-deeperforward.md",
     "getting-started.md",
+    "long-runs.md",
 ]
 #: Pages whose blocks read real Fashion-MNIST (skipped when the Debian package is not installed).
 NEEDS_FASHION_MNIST = {"getting-started.md"}

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence, Sized
 from pathlib import Path
 from typing import Any, cast
@@ -27,19 +29,9 @@ DEFAULT_LR = 0.005
 
 def resolve_device(name: str) -> torch.device:
     """``"auto"`` -> CUDA if available else CPU; anything else must be a device torch knows and can use."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(
-            f"--device {name!r} is not a valid device; expected 'auto', 'cpu', 'cuda' or 'cuda:N'"
-        ) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name!r}: CUDA is not available on this machine; use --device cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {name!r}: only 'cpu' and 'cuda' devices are supported")
-    return device
+    from ._validation import check_device
+
+    return check_device(name, "--device", auto=True)
 
 
 def _positive(kind: type):
@@ -96,23 +88,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
         help="resume from CHECKPOINT (default: OUT/checkpoint.pt) and train until --epochs",
     )
+    t.add_argument("--checkpoint-every", type=_positive(int), default=None, metavar="N",
+                   help="also write OUT/checkpoint.pt after every N-th batch of an epoch, so a killed run loses at "
+                        "most N batches (default: at the end of each epoch only)")
+    t.add_argument("--on-divergence", choices=["stop", "skip"], default="stop",
+                   help="a NaN/inf loss or goodness: stop (saving the last good state as the checkpoint) or skip the "
+                        "batch and count it (local trainer)")
     t.add_argument("--pipeline", action="store_true",
                    help="train the layers as a pipeline of stages: one per process under torchrun "
                         "(torchrun --nproc-per-node N -m ffkit train ... --pipeline), else threads in this process")
-    t.add_argument("--stages", default="2", metavar="N|per-layer|I,J,...",
+    t.add_argument("--stages", default=None, metavar="N|per-layer|I,J,...",
                    help="pipeline stages without torchrun (default 2), or the stages' first layers, e.g. 0,3; under "
                         "torchrun a first layer may be fractional, e.g. 0,1.6 shares layer 1 (60%% of each batch on "
                         "stage 0)")
     t.add_argument("--no-share-layers", action="store_true",
                    help="under torchrun: automatic balancing keeps whole layers per stage (no layer shared by two)")
-    t.add_argument("--pipeline-variant", choices=["stages", "federated", "all-layers"], default="stages",
+    t.add_argument("--pipeline-variant", choices=["stages", "federated", "all-layers"], default=None,
                    help="with --pipeline under torchrun: stages of layers (default), federated (each rank trains the "
                         "whole network on its data shard, parameters averaged) or all-layers (chapters)")
-    t.add_argument("--sync-every", type=_positive(int), default=1,
+    t.add_argument("--sync-every", type=_positive(int), default=None,
                    help="federated: steps between parameter averages (default 1)")
-    t.add_argument("--chapter-batches", type=_positive(int), default=10,
+    t.add_argument("--chapter-batches", type=_positive(int), default=None,
                    help="all-layers: batches per chapter (default 10)")
-    t.add_argument("--pipeline-timeout", type=_positive(float), default=60.0,
+    t.add_argument("--pipeline-timeout", type=_positive(float), default=None,
                    help="seconds a pipeline stage waits for a peer before stopping with an error (default 60)")
     t.add_argument("--channels-last", action="store_true", help="channels-last memory format (faster convs)")
     t.add_argument("--amp", action="store_true", help="bf16 autocast of each layer's forward (GPUs; CPUs with AMX)")
@@ -218,6 +216,59 @@ def _pipeline_options(args: argparse.Namespace, trainer_name: str, device: torch
     return {"backend": "threads", "variant": "stages", "stages": stages, "timeout": args.pipeline_timeout}, 0, device
 
 
+#: The options of ``--pipeline`` and their defaults; the parser leaves them ``None`` so that one given without
+#: ``--pipeline`` (which would be silently ignored) can be refused.
+PIPELINE_DEFAULTS: dict[str, Any] = {
+    "stages": "2", "pipeline_variant": "stages", "sync_every": 1, "chapter_batches": 10, "pipeline_timeout": 60.0,
+}
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _check_pipeline_flags(args: argparse.Namespace) -> None:
+    """Refuse ``--pipeline``'s options without ``--pipeline`` (they would be silently ignored), then fill in their
+    defaults. A variant's option under another variant is accepted, so that one command line can loop over
+    variants."""
+    given = [k for k in PIPELINE_DEFAULTS if getattr(args, k, None) is not None]
+    given += ["no_share_layers"] if getattr(args, "no_share_layers", False) else []
+    if given and not args.pipeline:
+        flags = ", ".join(_flag(k) for k in given)
+        verb = "only applies" if len(given) == 1 else "only apply"
+        raise ValueError(f"{flags} {verb} to --pipeline training; add --pipeline or drop {flags}")
+    for key, default in PIPELINE_DEFAULTS.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, default)
+
+
+def _check_model_flags(args: argparse.Namespace, cfg: dict[str, Any], net: Any) -> None:
+    """Flags that the chosen model would silently ignore or fail on deep inside training."""
+    if args.head_lr is not None and getattr(net, "head", None) is None:
+        raise ValueError(f"--head-lr sets the learning rate of a classifier head, but {cfg['model']} has none "
+                         "(DTG-FF models and hinton_mlp with a head have one)")
+    if args.final_lr is not None and cfg["schedule"] in ("constant", "piecewise"):
+        origin = f" (set by --recipe {cfg['recipe']})" if args.schedule is None and cfg["recipe"] else ""
+        raise ValueError(f"--final-lr is the end of a decaying schedule; it conflicts with --schedule "
+                         f"{cfg['schedule']}{origin}, which never reaches it (use cosine or cooldown)")
+
+
+def _check_batches(n: int, batch_size: int, net: Any, model: str, drop_last: bool) -> None:
+    """A training set too small for one batch, or a last batch that a BatchNorm head cannot train on."""
+    if drop_last and n < batch_size:
+        raise ValueError(f"the training set has {n} samples, fewer than one batch of --batch-size {batch_size}, and "
+                         "--pipeline drops incomplete batches, so nothing would be trained: lower --batch-size or "
+                         "raise --limit")
+    min_batch = getattr(getattr(net, "head", None), "min_batch_size", 1)
+    last = n % batch_size
+    head_needs = f"{model}'s classifier head (BatchNorm1d) needs at least {min_batch} samples per training batch"
+    if batch_size < min_batch:
+        raise ValueError(f"--batch-size {batch_size}: {head_needs}")
+    if min_batch > 1 and not drop_last and 0 < last < min_batch:
+        raise ValueError(f"{n} training samples in batches of --batch-size {batch_size} leave a last batch of {last}, "
+                         f"but {head_needs}: change --batch-size or --limit")
+
+
 def _parse_stages(value: str) -> int | str | tuple[float, ...]:
     """``--stages``: ``N``, ``per-layer``, or the stages' first layers (``0,3``; ``0,1.6`` shares layer 1)."""
     text = value.strip()
@@ -236,6 +287,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .models import model_kind
     from .recipes import Recipe, build_model, build_trainer
     from .train import check_same_model, load_checkpoint
+    from .train.checkpoint import CheckpointVersionWarning
 
     wall_start = time.perf_counter()
     cfg = resolve_train_config(args)
@@ -245,10 +297,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg["trainer"] = trainer_name = cfg["trainer"] or ("backprop" if model_kind(model) == "backprop" else "local")
     recipe = Recipe(name=cfg["recipe"] or "command-line", **{k: cfg[k] for k in TRAIN_DEFAULTS})
     if trainer_name == "backprop" and cfg["overlap"]:
-        raise ValueError("--overlap is an option of the local trainer; it conflicts with --trainer backprop")
+        origin = f" (set by --recipe {cfg['recipe']}; add --no-overlap)" if args.overlap is None else ""
+        raise ValueError(f"--overlap{origin} is an option of the local trainer; it conflicts with --trainer backprop")
+    if args.width_multiplier is not None:
+        from .models import get_model_builder
+
+        params = inspect.signature(get_model_builder(model)).parameters
+        if "width_multiplier" not in params:
+            raise ValueError(f"--width-multiplier: model {model} has no width_multiplier (its arguments: "
+                             f"{', '.join(params)})")
     out = Path(args.out) if args.out else Path("runs") / f"{model}-{info.name}"
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    if args.checkpoint_every is not None and args.pipeline:
+        raise ValueError("--checkpoint-every conflicts with --pipeline: pipeline stages checkpoint at epoch ends")
+    if args.on_divergence != "stop" and trainer_name != "local":
+        raise ValueError(f"--on-divergence {args.on_divergence} is an option of the local trainer; it conflicts with "
+                         f"--trainer {trainer_name}")
+    _check_pipeline_flags(args)
     pipeline, rank = None, 0
     if args.pipeline:
         pipeline, rank, device = _pipeline_options(args, trainer_name, device)
@@ -256,10 +322,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the rest of this process
     torch.manual_seed(args.seed)
     net = build_model(recipe, num_classes=info.num_classes, in_channels=info.in_channels)
+    _check_model_flags(args, cfg, net)
     ckpt = None
     if args.resume is not None:  # check the checkpoint before spending time on data
         ckpt = Path(args.resume) if args.resume else out / "checkpoint.pt"
-        check_same_model(load_checkpoint(ckpt), net, ckpt)
+        with warnings.catch_warnings():  # a version warning is shown once, when the trainer loads it below
+            warnings.simplefilter("ignore", CheckpointVersionWarning)
+            payload = load_checkpoint(ckpt)
+        check_same_model(payload, net, ckpt)
+        trained_with = payload.get("metadata", {}).get("trainer")
+        if trained_with is not None and trained_with != trainer_name:
+            raise ValueError(f"checkpoint {ckpt} was trained with the {trained_with} trainer; resuming it with "
+                             f"--trainer {trainer_name} would not match its optimizer states (pass --trainer "
+                             f"{trained_with})")
 
     train_set = load_dataset(info.name, "train", args.data_dir, holdout_seed=args.seed, augment=cfg["augment"])
     train_set = WithIndex(_first(train_set, args.limit))  # indices let FixedNEG keep one wrong label per sample
@@ -267,6 +342,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     test = _first(load_dataset(info.name, "test", args.data_dir), args.eval_limit)
     loader_kw = {"num_workers": args.workers, "pin_memory": device.type == "cuda"}
     batch_size = cfg["batch_size"]
+    federated = pipeline is not None and pipeline["variant"] == "federated"
+    if not federated:  # federated ranks each train on a shard, whose size depends on the world size
+        _check_batches(_size(train_set), batch_size, net, model, drop_last=pipeline is not None)
     if pipeline is not None and pipeline["variant"] == "federated":  # every rank its own shard of the data
         from .train import shard_loader
 
@@ -279,8 +357,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     test_loader = DataLoader(test, batch_size=eval_bs, **loader_kw)
 
     epochs = cfg["epochs"]
+    options = {"on_divergence": args.on_divergence} if args.on_divergence != "stop" else {}
     trainer = build_trainer(recipe, net, steps_per_epoch=len(train_loader), device=device, pipeline=pipeline,
-                            channels_last=args.channels_last, amp=args.amp, compile=args.compile)
+                            channels_last=args.channels_last, amp=args.amp, compile=args.compile, **options)
     metadata = {
         "dataset": info.name, "seed": args.seed, "limit": args.limit, "trainer": trainer_name,
         **{k: v for k, v in cfg.items() if k not in ("dataset", "trainer")},
@@ -290,7 +369,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         trained_on = payload.get("metadata", {}).get("dataset")
         if trained_on is not None and trained_on != info.name:
             raise ValueError(f"checkpoint {ckpt} was trained on {trained_on!r}, not {info.name!r}")
-        print(f"resumed from {ckpt} after epoch {trainer.epoch}", flush=True)
+        position = payload.get("position")
+        where = f"batch {position['batches']} of epoch {position['epoch']}" if position else f"epoch {trainer.epoch}"
+        print(f"resumed from {ckpt} after {where}", flush=True)
     n_params = sum(p.numel() for p in net.parameters())
     print(
         f"ffkit {__version__}: training {model} ({len(net)} layers, {n_params / 1e6:.2f}M parameters) on "
@@ -302,6 +383,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     history = trainer.fit(
         train_loader, epochs=epochs, holdout=holdout_loader, test=test_loader, out_dir=out, seed=args.seed,
         progress=not args.no_progress and rank == 0, log=lambda s: print(s, flush=True), metadata=metadata,
+        checkpoint_every=args.checkpoint_every,
     )
     if pipeline is not None and pipeline["backend"] == "distributed":
         import torch.distributed as dist

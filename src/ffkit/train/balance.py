@@ -32,6 +32,7 @@ import torch
 
 from ..profiling import SavedTensorMeter
 from .local import LocalTrainer
+from .rng import held_generators
 
 __all__ = ["LayerCosts", "profile_layers", "balance_stages", "stage_times", "check_split", "stage_balance",
            "shared_layers"]
@@ -80,9 +81,11 @@ def profile_layers(
 ) -> LayerCosts:
     """Time each layer's part of ``trainer.train_step(x, y)`` over ``warmup + steps`` steps, then undo them.
 
-    ``LocalTrainer`` runs layer ``i``'s whole local step (forward, loss, backward, optimizer step) between the start
-    of layer ``i``'s forward and the start of layer ``i + 1``'s, so forward pre-hooks on the layers split the step
-    without changing the trainer: layer ``i`` takes ``t(i + 1) - t(i)``, the last layer until ``train_step`` returns.
+    ``LocalTrainer`` runs layer ``i``'s forward, loss and backward between the start of layer ``i``'s forward and the
+    start of layer ``i + 1``'s, and every layer's optimizer step after the last layer's backward (once the step's
+    losses are known to be finite), so forward pre-hooks on the layers and step hooks on their optimizers split the
+    step without changing the trainer: layer ``i`` takes ``t(i + 1) - t(i)`` plus its optimizer step, the last layer
+    the rest until ``train_step`` returns.
     Only forwards run with gradients enabled are stamped, so the no-grad passes of adaptive negatives (before the
     layers) and of a classifier head (after them) do not move the stamps. On CUDA every stamp synchronises first.
 
@@ -145,20 +148,44 @@ def profile_layers(
 
         return hook
 
+    # LocalTrainer takes every layer's optimizer step after the step's finiteness check, i.e. inside the last
+    # layer's interval: time each step and move it back to its layer.
+    step_began: list[float] = [0.0] * n
+    step_seconds: list[float] = [0.0] * n
+
+    def step_pre(i: int):
+        def hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+            sync()
+            step_began[i] = time.perf_counter()
+
+        return hook
+
+    def step_post(i: int):
+        def hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+            sync()
+            step_seconds[i] += time.perf_counter() - step_began[i]
+
+        return hook
+
     saved = _TrainingState(trainer)
-    handles = []
+    handles: list[Any] = []
     per_step_seconds: list[list[float]] = []
     per_step_peaks: list[list[int]] = []
     try:
         for i, layer in enumerate(net.layers):
             handles.append(layer.register_forward_pre_hook(pre_hook(i)))
             handles.append(layer.register_forward_hook(post_hook(i)))
+        for i, opt in enumerate(trainer.optimizers[: n - 1]):
+            if opt is not None:
+                handles.append(opt.register_step_pre_hook(step_pre(i)))
+                handles.append(opt.register_step_post_hook(step_post(i)))
         for _ in range(warmup):
             trainer.train_step(x, y, index)
         with meter:
             measuring = True
             for _ in range(steps):
                 stamps[:] = [None] * n
+                step_seconds[:] = [0.0] * n
                 trainer.train_step(x, y, index)
                 sync()
                 end = time.perf_counter()
@@ -167,7 +194,9 @@ def profile_layers(
                     missing = [i for i, t in enumerate(stamps) if t is None]
                     raise RuntimeError(f"train_step did not run layers {missing} with gradients; cannot time them")
                 bounds = [t for t in stamps if t is not None] + [end]
-                per_step_seconds.append([bounds[i + 1] - bounds[i] for i in range(n)])
+                row = [bounds[i + 1] - bounds[i] + step_seconds[i] for i in range(n)]
+                row[n - 1] -= sum(step_seconds[: n - 1])
+                per_step_seconds.append(row)
                 per_step_peaks.append(list(peaks))
             measuring = False
     finally:
@@ -196,7 +225,7 @@ class _TrainingState:
         self.grads = [(p, None if p.grad is None else p.grad.detach().clone()) for p in net.parameters()]
         self.cpu_rng = torch.get_rng_state()
         self.cuda_rng = torch.cuda.get_rng_state(trainer.device) if trainer.device.type == "cuda" else None
-        self.generators = [(g, g.get_state()) for g in _sampler_generators(net)]
+        self.generators = [(g, g.get_state()) for g in held_generators(net)]
 
     def restore(self) -> None:
         net = self.trainer.network
@@ -211,21 +240,6 @@ class _TrainingState:
             torch.cuda.set_rng_state(self.cuda_rng, self.trainer.device)
         for g, state in self.generators:
             g.set_state(state)
-
-
-def _sampler_generators(network: torch.nn.Module) -> list[torch.Generator]:
-    """The ``torch.Generator`` objects held by the network's modules or by plain objects they hold (a negative-label
-    sampler's), which a training step may advance."""
-    found: dict[int, torch.Generator] = {}
-    for module in network.modules():
-        for value in vars(module).values():
-            candidates = [value]
-            if hasattr(value, "__dict__") and not isinstance(value, (torch.nn.Module, torch.Tensor)):
-                candidates += vars(value).values()
-            for v in candidates:
-                if isinstance(v, torch.Generator):
-                    found[id(v)] = v
-    return list(found.values())
 
 
 # -- choosing the split -------------------------------------------------------------------------------------------

@@ -5,28 +5,46 @@ from __future__ import annotations
 import csv
 import json
 import math
-import random
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import RandomSampler
 
+from .._validation import check_device
 from .._version import __version__
 from ..evaluation import collect_scores, make_report, select_layers
 from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from .rng import capture_rng, restore_rng
 
-__all__ = ["Trainer", "StepResult", "DivergenceError", "make_optimizer", "check_same_model"]
+__all__ = ["Trainer", "StepResult", "EpochProgress", "DivergenceError", "make_optimizer", "check_same_model"]
 
 _OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 
 
+DIVERGENCE_ACTIONS = ("stop", "skip")
+
+
 class DivergenceError(FloatingPointError):
-    """A layer's loss became NaN or infinite; the message names the layer, epoch and step."""
+    """A layer's loss or goodness became NaN or infinite; the message names the layer, the epoch and the step.
+
+    Attributes:
+        layer: index of the layer (``None``: the classifier head, or a whole-network loss).
+        epoch: the epoch (1-based) the step belonged to.
+        step: the training step (1-based, counted over the whole run).
+        checkpoint: where :meth:`Trainer.fit` saved the last good state before raising, if it had a run directory.
+    """
+
+    def __init__(
+        self, message: str, *, layer: int | None = None, epoch: int | None = None, step: int | None = None,
+        checkpoint: Path | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.layer, self.epoch, self.step, self.checkpoint = layer, epoch, step, checkpoint
 
 
 class StepResult(NamedTuple):
@@ -37,12 +55,14 @@ class StepResult(NamedTuple):
         correct: ``[L]`` samples each layer got right (class argmax, or ``g_pos > g_neg``).
         batch_size: ``B``.
         head: ``(loss, correct)`` of the network's classifier head, if it has one.
+        skipped: the update was dropped because a value was not finite (``on_divergence="skip"``).
     """
 
     losses: torch.Tensor
     correct: torch.Tensor
     batch_size: int
     head: tuple[torch.Tensor, torch.Tensor] | None = None
+    skipped: bool = False
 
 
 def make_optimizer(
@@ -137,12 +157,14 @@ class Trainer:
 
     network: Any
     device: torch.device
+    _epoch_progress: EpochProgress | None = None  # the epoch in flight (fit saves it when a step diverges)
+    _resume_position: EpochProgress | None = None  # from a checkpoint written inside an epoch
     optimizers: list[torch.optim.Optimizer | None]
     schedulers: list[torch.optim.lr_scheduler.LRScheduler | None]
 
     def _setup(self, network: Any, lr: float, final_lr: float | None, device: str | torch.device) -> None:
         """Place the network and record the learning rates (``final_lr`` defaults to ``lr / 10``)."""
-        self.device = torch.device(device)
+        self.device = check_device(device)
         self.network = network.to(self.device)
         self.lr = float(lr)
         self.final_lr = self.lr / 10 if final_lr is None else float(final_lr)
@@ -194,39 +216,80 @@ class Trainer:
                 sched.step()
 
     # -- epochs -------------------------------------------------------------------------------------------------
-    def train_epoch(self, loader: Iterable, *, progress: bool = False, desc: str = "train") -> dict[str, Any]:
-        """Train one pass over ``loader`` (batches ``(x, y)`` or ``(x, y, index)``); return per-layer means."""
-        loss_sum: torch.Tensor | None = None
-        correct_sum: torch.Tensor | None = None
-        head_sum: torch.Tensor | None = None
-        seen = 0
-        start = time.perf_counter()
-        bar = _progress(loader, progress, desc)
-        for step, batch in enumerate(bar):
+    def train_epoch(
+        self,
+        loader: Iterable,
+        *,
+        progress: bool = False,
+        desc: str = "train",
+        position: EpochProgress | None = None,
+        on_batch: Callable[[EpochProgress], None] | None = None,
+    ) -> dict[str, Any]:
+        """Train one pass over ``loader`` (batches ``(x, y)`` or ``(x, y, index)``); return per-layer means.
+
+        Args:
+            loader: the training batches.
+            progress: show a progress bar.
+            desc: the progress bar's label.
+            position: continue an epoch interrupted after ``position.batches`` batches (a checkpoint written by
+                :meth:`fit` with ``checkpoint_every``): the random state of the epoch's start is restored before the
+                loader's iterator is created, so it draws the same order (and worker seeds); the batches already
+                trained are read and dropped, then the random state saved with the checkpoint is restored.
+            on_batch: called with the epoch's progress after every batch (``fit`` writes checkpoints from it).
+        """
+        if position is not None and position.batches > 0:
+            step_rng = capture_rng(self.network)  # the checkpoint's random state, put back by resume()
+            restore_rng(position.rng, self.network)
+            it = iter(loader)
+            for k in range(position.batches):
+                if next(it, None) is None:
+                    raise ValueError(
+                        f"the checkpoint stopped after batch {position.batches} of epoch {position.epoch}, but the "
+                        f"training data has only {k} batches: resume with the same data, limit and batch size"
+                    )
+            restore_rng(step_rng, self.network)
+            pos = position
+        else:
+            pos = EpochProgress(epoch=self.epoch + 1, rng=capture_rng(self.network))
+            it = iter(loader)
+        self._epoch_progress = pos
+        total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
+        bar = _progress(it, progress, desc, initial=pos.batches, total=total)
+        began = time.perf_counter() - pos.seconds
+        for batch in bar:
+            if not isinstance(batch, (tuple, list)) or not 2 <= len(batch) <= 3:
+                got = f"a {type(batch).__name__}" + (f" of {len(batch)}" if isinstance(batch, (tuple, list)) else "")
+                raise TypeError(f"each training batch must be (x, y) or (x, y, index), got {got}: give the loader "
+                                f"a dataset of (image, label) pairs, e.g. TensorDataset(x, y)")
             index = batch[2] if len(batch) > 2 else None
             res = self.train_step(batch[0], batch[1], index)
-            loss_sum = res.losses * res.batch_size if loss_sum is None else loss_sum + res.losses * res.batch_size
-            correct_sum = res.correct if correct_sum is None else correct_sum + res.correct
-            if res.head is not None:
-                h = torch.stack([res.head[0] * res.batch_size, res.head[1].to(res.head[0].dtype)])
-                head_sum = h if head_sum is None else head_sum + h
-            seen += res.batch_size
-            if progress and step % 10 == 0:
+            pos.add(res)
+            pos.seconds = time.perf_counter() - began
+            if progress and pos.batches % 10 == 1:
                 last_acc = res.correct[-1].item() / res.batch_size
                 bar.set_postfix(loss=f"{res.losses[-1].item():.3f}", acc=f"{last_acc:.3f}")
-        seconds = time.perf_counter() - start
-        if seen == 0:
+            if on_batch is not None:
+                on_batch(pos)
+        self._epoch_progress = None
+        if pos.batches == 0:
             raise ValueError("the training data is empty: no batch was produced")
-        assert loss_sum is not None and correct_sum is not None  # set by the first batch
-        record = {
-            "train_loss": (loss_sum / seen).tolist(),
-            "train_acc": (correct_sum.double() / seen).tolist(),
-            "train_images": seen,
-            "train_seconds": seconds,
-            "train_images_per_s": seen / seconds,
+        if pos.seen == 0:
+            raise DivergenceError(
+                f"every one of the {pos.batches} batches of epoch {pos.epoch} had a non-finite loss or goodness and "
+                f"was skipped: lower the learning rate or check the input data", epoch=pos.epoch,
+            )
+        assert pos.loss_sum is not None and pos.correct_sum is not None  # set by the first applied batch
+        record: dict[str, Any] = {
+            "train_loss": (pos.loss_sum / pos.seen).tolist(),
+            "train_acc": (pos.correct_sum.double() / pos.seen).tolist(),
+            "train_images": pos.seen,
+            "train_seconds": pos.seconds,
+            "train_images_per_s": pos.seen / pos.seconds if pos.seconds > 0 else math.inf,
         }
-        if head_sum is not None:
-            record["train_head_loss"], record["train_head_acc"] = (head_sum.double() / seen).tolist()
+        if pos.head_sum is not None:
+            record["train_head_loss"], record["train_head_acc"] = (pos.head_sum.double() / pos.seen).tolist()
+        if getattr(self, "on_divergence", "stop") == "skip":
+            record["skipped_batches"] = pos.skipped
         return record
 
     def evaluate(self, loader: Iterable, sip_range: tuple[int, int] | None = None):
@@ -245,6 +308,9 @@ class Trainer:
         self.network.set_inference_range(result.start, result.end)
         return result
 
+    #: Whether :meth:`fit` can write checkpoints inside an epoch and continue from them (``checkpoint_every``).
+    mid_epoch_checkpoints: bool = True
+
     def fit(
         self,
         train: Iterable,
@@ -257,11 +323,19 @@ class Trainer:
         progress: bool = False,
         log: Callable[[str], None] | None = print,
         metadata: dict[str, Any] | None = None,
+        checkpoint_every: int | None = None,
     ) -> list[dict[str, Any]]:
         """Train until ``epochs`` epochs are complete (continuing after a :meth:`resume`).
 
         After each epoch: SIP on ``holdout`` (if given), evaluation on ``test`` (if given), the per-layer table is
         logged, and ``out_dir`` receives ``metrics.json``, ``metrics.csv`` and ``checkpoint.pt`` (atomically).
+        With ``checkpoint_every=N`` the checkpoint is also written after every ``N``-th batch of an epoch, with the
+        epoch's position; a run killed at any point resumes from its last checkpoint and, on CPU with the same seed
+        and data, ends with exactly the weights of an uninterrupted run.
+
+        If a step diverges (``DivergenceError``, see ``LocalTrainer(on_divergence=...)``) and ``out_dir`` is given,
+        the trainer's last good state (the one before that step) is saved as ``out_dir/checkpoint.pt`` first, and
+        the error names it.
 
         The shuffling order of epoch ``e`` is seeded by ``seed + e`` when ``train`` shuffles with its own generator,
         so a resumed run sees the same data order as an uninterrupted one.
@@ -269,14 +343,41 @@ class Trainer:
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be a positive int, got {epochs!r}")
         out = Path(out_dir) if out_dir is not None else None
+        if checkpoint_every is not None:
+            if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+                raise ValueError(f"checkpoint_every must be a positive int (batches), got {checkpoint_every!r}")
+            if not self.mid_epoch_checkpoints:
+                raise ValueError(
+                    f"checkpoint_every is not supported by {type(self).__name__}, which checkpoints at the end of "
+                    f"each epoch; use LocalTrainer or BackpropTrainer for checkpoints inside an epoch"
+                )
         self.metadata = dict(metadata or {})
+        ckpt = out / "checkpoint.pt" if out is not None else None
+        trained = self.epoch < epochs
         while self.epoch < epochs:
             e = self.epoch + 1
             sampler = getattr(train, "sampler", None)
             if isinstance(sampler, RandomSampler) and sampler.generator is not None:
                 sampler.generator.manual_seed(seed + e)
             record: dict[str, Any] = {"epoch": e}
-            record.update(self.train_epoch(train, progress=progress, desc=f"epoch {e}/{epochs}"))
+            extra: dict[str, Any] = {}
+            if self.mid_epoch_checkpoints:
+                position, self._resume_position = self._resume_position, None
+                extra["position"] = position if position is not None and position.epoch == e else None
+                if ckpt is not None and checkpoint_every is not None:
+                    extra["on_batch"] = _checkpoint_every(self, ckpt, checkpoint_every)
+            try:
+                record.update(self.train_epoch(train, progress=progress, desc=f"epoch {e}/{epochs}", **extra))
+            except DivergenceError as err:
+                pos = self._epoch_progress
+                if ckpt is None or pos is None or not self.mid_epoch_checkpoints:
+                    raise
+                self.save(ckpt, position=pos)
+                raise DivergenceError(
+                    f"{err}. The last good state (before this step) is saved in {ckpt}: resume from it with a lower "
+                    f"learning rate, or with on_divergence='skip' to drop such batches",
+                    layer=err.layer, epoch=err.epoch, step=err.step, checkpoint=ckpt,
+                ) from None
             if holdout is not None:
                 sip = self.select_layers(holdout)
                 record["holdout_sip"] = {"start": sip.start, "end": sip.end, "accuracy": sip.accuracy}
@@ -287,9 +388,11 @@ class Trainer:
             self.history.append(record)
             if log is not None:
                 log(format_epoch(record, epochs))
-            if out is not None:
-                self.save(out / "checkpoint.pt")
+            if ckpt is not None and out is not None:
+                self.save(ckpt)
                 write_metrics(self.history, out)
+        if out is not None and self.history and not trained:
+            write_metrics(self.history, out)  # a run may have stopped between its last checkpoint and its metrics
         return self.history
 
     # -- state ----------------------------------------------------------------------------------------------------
@@ -323,43 +426,105 @@ class Trainer:
             if sched is not None and s is not None:
                 sched.load_state_dict(s)
 
-    def save(self, path: str | Path) -> Path:
-        """Write network, optimizers, schedulers, progress and RNG states atomically to ``path``."""
+    def save(self, path: str | Path, *, position: EpochProgress | None = None) -> Path:
+        """Write network, optimizers, schedulers, progress and random states atomically to ``path``; ``position``:
+        the progress of an epoch in flight (a checkpoint inside an epoch)."""
         net = self.network
         payload = {
             "ffkit_checkpoint_format": CHECKPOINT_FORMAT,
             "ffkit_version": __version__,
             "model_name": net.model_name,
             "model_kwargs": net.model_kwargs,
+            "trainer_class": type(self).__name__,
             "network": net.state_dict(),
             "trainer": self.state_dict(),
             "metadata": getattr(self, "metadata", {}),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "numpy": np.random.get_state(),
-                "python": random.getstate(),
-            },
+            "rng": capture_rng(net),
+            "position": position.state_dict() if position is not None else None,
         }
         return save_checkpoint(payload, path)
 
     def resume(self, path: str | Path) -> dict[str, Any]:
-        """Restore everything :meth:`save` wrote; raises ``ValueError`` for a checkpoint of another model."""
+        """Restore everything :meth:`save` wrote; raises ``ValueError`` for a checkpoint of another model. A
+        checkpoint written inside an epoch makes the next :meth:`fit` continue that epoch where it stopped."""
         payload = load_checkpoint(path, map_location=self.device)
         check_same_model(payload, self.network, path)
+        written_by = payload.get("trainer_class")
+        if written_by and len(payload["trainer"]["optimizers"]) != len(self.optimizers):
+            raise ValueError(
+                f"checkpoint {path} was written by a {written_by}, whose optimizer states do not fit this "
+                f"{type(self).__name__}: resume it with a {written_by}"
+            )
         self.network.load_state_dict(payload["network"])
         self.load_state_dict(payload["trainer"])
-        rng = payload.get("rng") or {}
-        if rng.get("torch") is not None:
-            torch.set_rng_state(rng["torch"].cpu())
-        if rng.get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        if rng.get("numpy") is not None:
-            np.random.set_state(rng["numpy"])
-        if rng.get("python") is not None:
-            random.setstate(rng["python"])
+        restore_rng(payload.get("rng") or {}, self.network)
+        position = payload.get("position")
+        self._resume_position = EpochProgress.from_state(position, self.device) if position else None
         self.metadata = payload.get("metadata", {})
         return payload
+
+
+def reject_mid_epoch(trainer: Trainer, position: Any, on_batch: Any) -> None:
+    """For engines that checkpoint only at epoch ends: refuse an epoch position or a per-batch hook."""
+    if position is not None or on_batch is not None:
+        raise ValueError(f"{type(trainer).__name__} checkpoints at the end of each epoch only; it cannot continue "
+                         f"or checkpoint an epoch in flight")
+
+
+def _checkpoint_every(trainer: Trainer, path: Path, every: int) -> Callable[[EpochProgress], None]:
+    def on_batch(pos: EpochProgress) -> None:
+        if pos.batches % every == 0:
+            trainer.save(path, position=pos)
+
+    return on_batch
+
+
+@dataclass
+class EpochProgress:
+    """The progress of an epoch in flight: what a checkpoint written inside an epoch needs to continue it.
+
+    Attributes:
+        epoch: the epoch (1-based).
+        rng: the random state at the epoch's start, before its data iterator was created.
+        batches: batches trained so far (skipped ones included).
+        seen: samples of the applied batches.
+        skipped: batches whose update was dropped as non-finite.
+        seconds: training time so far.
+        loss_sum: ``[L]`` per-layer losses weighted by batch size, summed; ``correct_sum`` ``[L]``; ``head_sum``
+            ``[2]`` the head's weighted loss and correct count.
+    """
+
+    epoch: int
+    rng: dict[str, Any]
+    batches: int = 0
+    seen: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    loss_sum: torch.Tensor | None = None
+    correct_sum: torch.Tensor | None = None
+    head_sum: torch.Tensor | None = None
+
+    def add(self, res: StepResult) -> None:
+        """Count one step's result (a skipped step only as a batch)."""
+        self.batches += 1
+        if res.skipped:
+            self.skipped += 1
+            return
+        w = res.losses * res.batch_size
+        self.loss_sum = w if self.loss_sum is None else self.loss_sum + w
+        self.correct_sum = res.correct if self.correct_sum is None else self.correct_sum + res.correct
+        if res.head is not None:
+            h = torch.stack([res.head[0] * res.batch_size, res.head[1].to(res.head[0].dtype)])
+            self.head_sum = h if self.head_sum is None else self.head_sum + h
+        self.seen += res.batch_size
+
+    def state_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], device: torch.device) -> EpochProgress:
+        moved: dict[str, Any] = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+        return cls(**moved)
 
 
 def check_same_model(payload: dict[str, Any], network: nn.Module, path: str | Path) -> None:
@@ -380,12 +545,12 @@ def check_same_model(payload: dict[str, Any], network: nn.Module, path: str | Pa
         )
 
 
-def _progress(loader: Iterable, enabled: bool, desc: str):
+def _progress(loader: Iterable, enabled: bool, desc: str, initial: int = 0, total: int | None = None):
     if not enabled:
         return loader
     from tqdm.auto import tqdm
 
-    return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
+    return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, initial=initial, total=total)
 
 
 def format_epoch(record: dict[str, Any], epochs: int) -> str:

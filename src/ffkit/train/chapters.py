@@ -38,7 +38,7 @@ import torch.distributed as dist
 from ..network import FFNetwork, _RestoreNormStats
 from ..objectives import PreparedBatch
 from ._distributed import check_timeout, default_device
-from .base import StepResult, Trainer
+from .base import EpochProgress, StepResult, Trainer, reject_mid_epoch
 from .local import LocalTrainer
 from .pipeline import PipelineError
 
@@ -92,6 +92,8 @@ class ChapterTrainer(Trainer):
     Memory: a rank keeps its current chapter's prepared batches and, per batch, the detached features of the layer
     being fed (plus shortcut sources still to be read), so chapters should be small.
     """
+
+    mid_epoch_checkpoints = False  # its ranks checkpoint at epoch ends
 
     def __init__(
         self,
@@ -154,7 +156,9 @@ class ChapterTrainer(Trainer):
         self.inner.step_count = self.step_count
         return StepResult(sums.last_loss.clone(), sums.last_correct.clone(), sums.images)
 
-    def train_epoch(self, loader: Iterable, *, progress: bool = False, desc: str = "train") -> dict[str, Any]:
+    def train_epoch(self, loader: Iterable, *, progress: bool = False, desc: str = "train",
+                    position: EpochProgress | None = None,
+                    on_batch: Callable[[EpochProgress], None] | None = None) -> dict[str, Any]:
         """One pass over ``loader`` (batches ``(x, y)`` or ``(x, y, index)``) cut into chapters; this rank trains its
         own. Collective on distributed runs: every rank must call it with the same loader.
 
@@ -162,6 +166,7 @@ class ChapterTrainer(Trainer):
         (per-layer ``train_loss`` / ``train_acc`` ``[L]``, ``train_images``, ...), plus ``chapters``, ``ranks`` and
         ``rank_busy_seconds`` (each rank's time preparing and training, the balance of the wavefront).
         """
+        reject_mid_epoch(self, position, on_batch)
         del progress, desc  # no progress bar: a rank skips most batches, so its bar would mislead
         start = time.perf_counter()
         sums = _Sums(len(self.network))
@@ -400,8 +405,9 @@ class ChapterTrainer(Trainer):
             out_dir, log = None, None
         return super().fit(train, epochs=epochs, holdout=holdout, test=test, out_dir=out_dir, log=log, **kwargs)
 
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, *, position: EpochProgress | None = None) -> Path:
         """Rank 0 writes the whole checkpoint (every rank holds the same state between epochs); others write nothing."""
+        reject_mid_epoch(self, position, None)
         if self.rank == 0:
             return super().save(path)
         return Path(path)

@@ -5,22 +5,30 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint"]
+from .._version import __version__
+
+__all__ = ["CHECKPOINT_FORMAT", "CheckpointVersionWarning", "save_checkpoint", "load_checkpoint"]
 
 #: Bumped when the layout of the checkpoint dictionary changes incompatibly.
 CHECKPOINT_FORMAT = 1
+
+
+class CheckpointVersionWarning(UserWarning):
+    """A checkpoint written by another ffkit version (with a checkpoint format this version reads) was loaded."""
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write ``payload`` with ``torch.save`` to a temporary file in the same directory, fsync it, then rename.
 
     ``os.replace`` is atomic on POSIX and Windows, so a reader sees either the old or the new file, never half.
+    Temporary files that a process killed while saving to the same ``path`` left behind are removed.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -34,6 +42,9 @@ def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    # A process killed while writing leaves its temporary file behind (never the checkpoint): clear such leftovers.
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
     if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_DIRECTORY)
         try:
@@ -44,19 +55,44 @@ def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load an ffkit checkpoint, with clear errors for a missing, truncated or foreign file."""
+    """Load an ffkit checkpoint, with clear errors for a missing, truncated or foreign file.
+
+    Compatibility follows ``ffkit_checkpoint_format``, not the ffkit version: a checkpoint of this format loads
+    whichever ffkit version wrote it (a :class:`CheckpointVersionWarning` names both versions when they differ);
+    one of a newer format is refused with a ``ValueError`` that says to upgrade ffkit.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise FileNotFoundError(f"checkpoint not found: {path}" + (" (a directory)" if path.is_dir() else ""))
     try:
         payload = torch.load(path, map_location=map_location, weights_only=False)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
-        raise ValueError(f"{path} is not a readable checkpoint (truncated or corrupt?): {e}") from None
+    except PermissionError as e:
+        raise ValueError(f"cannot read checkpoint {path}: {e.strerror}") from None
+    # A truncated zip makes torch's reader fail with OSError (EINVAL) as well as with the errors below.
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
+        detail = str(e).split(". ")[0]  # torch's zip reader appends a paragraph of advice
+        raise ValueError(f"{path} is not a readable checkpoint (truncated or corrupt?): {detail}") from None
     if not isinstance(payload, dict) or "ffkit_checkpoint_format" not in payload:
-        raise ValueError(f"{path} is not an ffkit checkpoint (no 'ffkit_checkpoint_format' key)")
-    if payload["ffkit_checkpoint_format"] > CHECKPOINT_FORMAT:
+        hint = " (a bare state_dict? load it with network.load_state_dict(torch.load(path)))" if isinstance(
+            payload, dict) else ""
+        raise ValueError(f"{path} is not an ffkit checkpoint (no 'ffkit_checkpoint_format' key){hint}")
+    fmt = payload["ffkit_checkpoint_format"]
+    written_by = payload.get("ffkit_version")
+    if isinstance(fmt, bool) or not isinstance(fmt, int) or fmt < 1:
         raise ValueError(
-            f"{path} has checkpoint format {payload['ffkit_checkpoint_format']}, newer than this ffkit "
-            f"understands ({CHECKPOINT_FORMAT}); upgrade ffkit"
+            f"{path} has an invalid checkpoint format {fmt!r}; expected a positive int (this ffkit reads format "
+            f"{CHECKPOINT_FORMAT})"
+        )
+    if fmt > CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"{path} has checkpoint format {fmt} (written by ffkit {written_by or '?'}), newer than this ffkit "
+            f"{__version__} understands (format {CHECKPOINT_FORMAT}); upgrade ffkit"
+        )
+    if written_by is not None and written_by != __version__:
+        warnings.warn(
+            f"{path} was written by ffkit {written_by}, this is ffkit {__version__}; its checkpoint format "
+            f"({fmt}) is one this version reads, so it is loaded",
+            CheckpointVersionWarning,
+            stacklevel=2,
         )
     return payload

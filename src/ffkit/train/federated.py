@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..network import FFNetwork
 from ._distributed import check_timeout, default_device
-from .base import StepResult, Trainer
+from .base import EpochProgress, StepResult, Trainer, reject_mid_epoch
 from .local import LocalTrainer
 from .pipeline import PipelineError
 
@@ -64,6 +64,8 @@ class FederatedTrainer(Trainer):
     Checkpoints: rank 0 writes the usual whole-network checkpoint (with its own optimizer states and RNG state);
     :meth:`resume` loads that same checkpoint on every rank, so every rank continues from rank 0's optimizer states.
     """
+
+    mid_epoch_checkpoints = False  # its ranks checkpoint at epoch ends
 
     def __init__(
         self,
@@ -173,12 +175,15 @@ class FederatedTrainer(Trainer):
             self.synchronize()
         return result
 
-    def train_epoch(self, loader: Iterable, *, progress: bool = False, desc: str = "train") -> dict[str, Any]:
+    def train_epoch(self, loader: Iterable, *, progress: bool = False, desc: str = "train",
+                    position: EpochProgress | None = None,
+                    on_batch: Callable[[EpochProgress], None] | None = None) -> dict[str, Any]:
         """One pass over this rank's ``loader``, then a final average; the record covers every rank's images.
 
         ``train_loss``/``train_acc`` are means over all ranks' samples, ``train_images`` their total, and
         ``train_seconds`` the slowest rank's time.
         """
+        reject_mid_epoch(self, position, on_batch)
         sampler = getattr(loader, "sampler", None)
         if isinstance(sampler, DistributedSampler):
             sampler.set_epoch(self.epoch)  # reproducible shuffles, also after a resume
@@ -246,11 +251,12 @@ class FederatedTrainer(Trainer):
         return super().fit(train, epochs=epochs, holdout=holdout, test=test, out_dir=out_dir, log=log, **kwargs)
 
     # -- state ----------------------------------------------------------------------------------------------------
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, *, position: EpochProgress | None = None) -> Path:
         """Rank 0 writes the whole-network checkpoint; other ranks write nothing.
 
         Called mid-chapter (ranks not in sync) it first averages, which is a collective: then call it on every rank.
         """
+        reject_mid_epoch(self, position, None)
         if not self.in_sync:
             self.synchronize()
         if self.rank == 0:

@@ -10,6 +10,7 @@ import torch
 from ..network import FFNetwork
 from ..objectives import PreparedBatch
 from .base import (
+    DIVERGENCE_ACTIONS,
     DivergenceError,
     StepResult,
     Trainer,
@@ -18,7 +19,7 @@ from .base import (
     make_schedule,
 )
 
-__all__ = ["LocalTrainer"]
+__all__ = ["LocalTrainer", "PendingUpdate"]
 
 
 class LocalTrainer(Trainer):
@@ -55,8 +56,15 @@ class LocalTrainer(Trainer):
         compile: compile each layer's forward with ``torch.compile`` (its backward is compiled with it); ``True`` for
             the default backend, or a backend name such as ``"aot_eager"``.
         fused_optimizer: use PyTorch's fused optimizer kernels (``None``: when the parameters allow it).
-        check_finite: stop with :class:`~ffkit.train.DivergenceError` when a loss is NaN or infinite. The check runs
-            once per step on the stacked per-layer losses, so a CUDA step needs no host synchronisation per layer.
+        check_finite: check every layer's loss and goodness for NaN and infinity before any optimizer steps. The
+            check runs once per step on the stacked per-layer flags, so a CUDA step needs no host synchronisation
+            per layer; the layers' optimizer steps wait for it (their gradients are held until then).
+        on_divergence: what a non-finite step does. ``"stop"`` (default): raise
+            :class:`~ffkit.train.DivergenceError` naming the layer, the epoch and the step; no parameter, optimizer
+            state or normalisation statistic has taken the bad step, so the trainer holds the last good state
+            (:meth:`fit` saves it as the checkpoint before raising). ``"skip"``: drop the batch's update (every
+            layer's, and the statistics its forward changed), count it in the epoch's ``skipped_batches`` and go on;
+            the learning-rate schedules still advance, so the schedule stays tied to the data position.
 
     Performance: each layer's input is detached (it never requires grad), so its backward computes weight
     gradients only, never the input gradient that backprop needs; each layer runs exactly once per batch and its
@@ -82,13 +90,17 @@ class LocalTrainer(Trainer):
         compile: bool | str = False,
         fused_optimizer: bool | None = None,
         check_finite: bool = True,
+        on_divergence: str = "stop",
     ) -> None:
         if not isinstance(network, FFNetwork):
             raise TypeError(f"network must be an ffkit FFNetwork, got {type(network).__name__}")
         check_trainer_args(network, lr, schedule, total_steps)
         self._setup(network, lr, final_lr, device)
         self._setup_performance(channels_last, amp, compile)
+        if on_divergence not in DIVERGENCE_ACTIONS:
+            raise ValueError(f"on_divergence must be one of {DIVERGENCE_ACTIONS}, got {on_divergence!r}")
         self.check_finite = bool(check_finite)
+        self.on_divergence = on_divergence
         self.overlap = bool(overlap)
         self.optimizers: list[torch.optim.Optimizer | None] = []
         self.schedulers: list[torch.optim.lr_scheduler.LRScheduler | None] = []
@@ -113,13 +125,13 @@ class LocalTrainer(Trainer):
         """One local update of every layer on the batch ``x [B, C, H, W]``, ``y [B]``."""
         net = self.network
         x, y = self._batch_to_device(x, y)
+        update = self.begin_update(range(len(net)), head=True)  # before prepare: adaptive negatives change BN stats
         batch = net.objective.prepare(net, x, y, index)
-        losses, correct, head_feats, _ = self.train_layers(batch, batch.inputs)
-        head_result = self._head_step(batch, head_feats) if net.head is not None else None
-        if self.check_finite:
-            self._raise_if_diverged(losses, head_result)
+        losses, correct, head_feats, _ = self.train_layers(batch, batch.inputs, update=update)
+        head_result = self._head_step(batch, head_feats, update) if net.head is not None else None
+        applied = self.commit_update(update, losses, head_result)
         self._finish_step(range(len(self.schedulers)))
-        return StepResult(losses, correct, batch.batch_size, head_result)
+        return StepResult(losses, correct, batch.batch_size, head_result, skipped=not applied)
 
     def train_layers(
         self,
@@ -132,6 +144,7 @@ class LocalTrainer(Trainer):
         keep: Iterable[int] = (),
         loss_scale: float = 1.0,
         before_step: Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+        update: PendingUpdate | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, dict[int, torch.Tensor], dict[int, torch.Tensor]]:
         """Update layers ``start..end`` in order on one batch: the core of :meth:`train_step` and of a pipeline stage.
 
@@ -148,6 +161,9 @@ class LocalTrainer(Trainer):
             before_step: called as ``before_step(i, scaled_loss, correct)`` between layer ``i``'s backward and its
                 optimizer step (e.g. to sum the gradients of the batch's parts over processes); it returns the
                 ``(loss, correct)`` to record for the layer.
+            update: collect the range's optimizer steps and finiteness checks into this update (from
+                :meth:`begin_update`), for the caller's :meth:`commit_update`; ``None`` (default): check and step
+                before returning.
 
         Returns:
             ``(losses [n], correct [n], head_features, kept)``: per-layer losses and correct counts of the ``n`` layers
@@ -155,6 +171,9 @@ class LocalTrainer(Trainer):
             ``{i: features}`` for every ``i`` in ``keep`` that was run.
         """
         net = self.network
+        commit = update is None
+        if update is None:
+            update = self.begin_update(range(start, len(net) if end is None else end + 1))
         keep = set(keep)
         losses, correct = [], []
         kept: dict[int, torch.Tensor] = {}
@@ -180,6 +199,7 @@ class LocalTrainer(Trainer):
                     correct.append(n_right)
                     continue
                 loss, n_right = net.objective.layer_loss(out, batch)
+            update.check(i, out)
             opt = self.optimizers[i]
             if loss_scale != 1.0:
                 loss = loss * loss_scale
@@ -190,11 +210,60 @@ class LocalTrainer(Trainer):
             if before_step is not None:
                 recorded, n_right = before_step(i, recorded, n_right)
             if opt is not None:
-                opt.step()
+                update.optimizers.append(opt)
             losses.append(recorded)
             correct.append(n_right)
             del loss, out, nxt  # release this layer's graph before the next layer runs
-        return torch.stack(losses), torch.stack(correct), head_feats, kept
+        stacked = torch.stack(losses)
+        if commit:
+            self.commit_update(update, stacked, None, first_layer=start)
+        return stacked, torch.stack(correct), head_feats, kept
+
+    # -- the finiteness guard -------------------------------------------------------------------------------------
+    def begin_update(self, layers: Iterable[int], head: bool = False) -> PendingUpdate:
+        """Start a step of ``layers`` (and of the head): remember their buffers (BatchNorm statistics) so a dropped
+        step can restore them, since a step's forward changes them before its losses can be checked. Each call gets
+        its own update, so pipeline stages in threads sharing this trainer never mix theirs."""
+        if not self.check_finite:
+            return PendingUpdate(checking=False)
+        net = self.network
+        modules = [net.layers[i] for i in layers] + ([net.head] if head and net.head is not None else [])
+        return PendingUpdate(saved=[(b, b.clone()) for m in modules for b in m.buffers()])
+
+    def commit_update(
+        self,
+        update: PendingUpdate,
+        losses: torch.Tensor,
+        head: tuple[torch.Tensor, torch.Tensor] | None = None,
+        *,
+        first_layer: int = 0,
+    ) -> bool:
+        """Take the optimizer steps ``update`` holds, after one check (one host synchronisation) that every loss
+        ``losses [n]`` (of layers ``first_layer ..``), the head's loss and every layer's goodness are finite.
+        Returns ``True`` if the update was applied, ``False`` if ``on_divergence="skip"`` dropped it.
+
+        Raises:
+            DivergenceError: a value is not finite and ``on_divergence="stop"``; the trainer's state is the one
+                before this step.
+        """
+        pending, checks, saved = update.optimizers, update.checks, update.saved
+        if self.check_finite:
+            every = losses.float() if head is None else torch.cat([losses.float(), head[0].float().view(1)])
+            ok = torch.isfinite(every).all()
+            if checks:
+                ok = ok & torch.stack([c for _, c in checks]).all()
+            if not bool(ok):
+                for opt in pending:
+                    opt.zero_grad(set_to_none=True)
+                with torch.no_grad():
+                    for buf, before in saved:
+                        buf.copy_(before)
+                if self.on_divergence == "skip":
+                    return False
+                self._raise_divergence(losses, head, checks, first_layer)
+        for opt in pending:
+            opt.step()
+        return True
 
     def _finish_step(self, schedulers: Iterable[int]) -> None:
         """Step the given schedulers (by index) and count the step."""
@@ -214,28 +283,45 @@ class LocalTrainer(Trainer):
     def _raise_if_diverged(
         self, losses: torch.Tensor, head: tuple[torch.Tensor, torch.Tensor] | None, first_layer: int = 0
     ) -> None:
-        """One host synchronisation per step: name the first layer (or the head) whose loss is not finite.
-        ``losses [n]`` are the losses of layers ``first_layer ..``."""
+        """Raise :class:`DivergenceError` if a loss in ``losses [n]`` (layers ``first_layer ..``) or the head's is
+        not finite (engines that check after their own update)."""
         every = losses if head is None else torch.cat([losses, head[0].float().view(1)])
-        bad = ~torch.isfinite(every)
-        if not bool(bad.any()):
-            return
-        i = int(bad.nonzero()[0])
+        if not bool(torch.isfinite(every).all()):
+            self._raise_divergence(losses, head, [], first_layer)
+
+    def _raise_divergence(
+        self,
+        losses: torch.Tensor,
+        head: tuple[torch.Tensor, torch.Tensor] | None,
+        goodness_ok: list[tuple[int, torch.Tensor]],
+        first_layer: int,
+    ) -> None:
+        """Name the first layer whose loss or goodness is not finite (else the head) in a :class:`DivergenceError`."""
         net = self.network
-        if head is not None and i == len(losses):
+        epoch, step = self.epoch + 1, self.step_count + 1
+        bad_loss = (~torch.isfinite(losses)).nonzero().flatten().tolist()
+        bad_goodness = [i for i, ok in goodness_ok if not bool(ok)]
+        candidates: list[tuple[int, str, float | None]] = [
+            (first_layer + k, "loss", losses[k].item()) for k in bad_loss
+        ]
+        candidates += [(i, "goodness", None) for i in bad_goodness]
+        if not candidates:
+            assert head is not None
             raise DivergenceError(
-                f"the classifier head produced a non-finite loss ({head[0].item()}) at epoch {self.epoch + 1}, "
-                f"step {self.step_count + 1}"
+                f"the classifier head produced a non-finite loss ({head[0].item()}) at epoch {epoch}, step {step}",
+                layer=None, epoch=epoch, step=step,
             )
-        value = losses[i].item()
-        i += first_layer
+        i, what, value = min(candidates, key=lambda c: (c[0], c[1] != "goodness"))
+        shown = f"a non-finite loss ({value})" if what == "loss" else "a non-finite goodness"
         raise DivergenceError(
-            f"layer {i + 1} of {len(net)} (index {i}, {type(net.layers[i]).__name__}) produced a non-finite loss "
-            f"({value}) at epoch {self.epoch + 1}, step {self.step_count + 1}; lower the learning rate "
-            f"(now {self.current_lr(i):.3g}) or check the input data"
+            f"layer {i + 1} of {len(net)} (index {i}, {type(net.layers[i]).__name__}) produced {shown} at epoch "
+            f"{epoch}, step {step}; lower the learning rate (now {self.current_lr(i):.3g}) or check the input data",
+            layer=i, epoch=epoch, step=step,
         )
 
-    def _head_step(self, batch, features: dict[int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _head_step(
+        self, batch, features: dict[int, torch.Tensor], update: PendingUpdate
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Train the classifier head on detached features (from the training pass, or a neutral-label pass)."""
         net = self.network
         if features:
@@ -252,7 +338,7 @@ class LocalTrainer(Trainer):
         assert opt is not None  # a network with a head always has the head's optimizer last
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        update.optimizers.append(opt)  # stepped by commit_update with the layers'
         return loss.detach(), (logits.detach().argmax(dim=1) == batch.target).sum()
 
     def updates_at(self, step: int) -> Callable[[int], bool]:
@@ -265,6 +351,29 @@ class LocalTrainer(Trainer):
     def current_lr(self, layer: int) -> float:
         opt = self.optimizers[layer]
         return opt.param_groups[0]["lr"] if opt is not None else 0.0
+
+class PendingUpdate:
+    """One training step's optimizer steps, held until its losses and goodness are known to be finite, with the
+    checks queued on the device and the buffers to restore if the step is dropped."""
+
+    def __init__(self, saved: list[tuple[torch.Tensor, torch.Tensor]] | None = None, checking: bool = True) -> None:
+        self.optimizers: list[torch.optim.Optimizer] = []
+        self.checks: list[tuple[int, torch.Tensor]] = []  # (layer, its goodness and scores all finite)
+        self.saved = saved or []  # (buffer, its value before the step)
+        self.checking = checking
+
+    def check(self, layer: int, out) -> None:
+        """Queue the check that the layer's goodness and class scores (the goodness per class) are finite: a loss can
+        stay finite when they are not (a saturated softplus or softmax)."""
+        if not self.checking:
+            return
+        values = [v.detach() for v in (out.goodness, out.scores) if v is not None]
+        if values:
+            ok = torch.isfinite(values[0]).all()
+            for v in values[1:]:
+                ok = ok & torch.isfinite(v).all()
+            self.checks.append((layer, ok))
+
 
 def _always(_: int) -> bool:
     return True

@@ -22,7 +22,7 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from ..layers.base import LayerOutput
 from ..network import FFNetwork
 from ..objectives import PosNegObjective, PreparedBatch
 from ._distributed import check_timeout, default_device
-from .base import StepResult, Trainer
+from .base import EpochProgress, StepResult, Trainer, reject_mid_epoch
 from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from .local import LocalTrainer
 
@@ -233,6 +233,8 @@ class PipelineTrainer(Trainer):
 
     Batches must all have the same size (use ``DataLoader(drop_last=True)``): a stage posts its receives ahead.
     """
+
+    mid_epoch_checkpoints = False  # its ranks checkpoint at epoch ends
 
     def __init__(
         self,
@@ -438,8 +440,11 @@ class PipelineTrainer(Trainer):
         record = self._run([(x, y, index)], concurrent=False)
         return record["last_step"]
 
-    def train_epoch(self, loader: Iterable, *, progress: bool = False, desc: str = "train") -> dict[str, Any]:
+    def train_epoch(self, loader: Iterable, *, progress: bool = False, desc: str = "train",
+                    position: EpochProgress | None = None,
+                    on_batch: Callable[[EpochProgress], None] | None = None) -> dict[str, Any]:
         """One pass over ``loader`` with every stage working concurrently; per-layer means as ``LocalTrainer``."""
+        reject_mid_epoch(self, position, on_batch)
         batches = ((b[0], b[1], b[2] if len(b) > 2 else None) for b in loader)
         record = self._run(batches, concurrent=True)["record"]
         self.gather_network()  # every rank takes part; rank 0 then holds the whole trained network
@@ -793,9 +798,10 @@ class PipelineTrainer(Trainer):
             "rng": torch.get_rng_state(),
         }
 
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, *, position: EpochProgress | None = None) -> Path:
         """Each stage writes ``<path stem>.stage<k>-of-<S>.pt`` (its layers, optimizers, schedules, progress), and
         rank 0 also writes the whole network's checkpoint at ``path`` (loadable by ``ffkit test``)."""
+        reject_mid_epoch(self, position, None)
         path = Path(path)
         ks = [self.rank] if self.backend == "distributed" else range(len(self._stages))
         for k in ks:

@@ -1,0 +1,173 @@
+"""Kill-and-resume: ``ffkit train`` SIGKILLed at every kind of point (mid-epoch, mid-checkpoint, mid-evaluation, between
+checkpoint and metrics, and repeatedly) resumes from its last checkpoint and ends with exactly the weights and the
+training history of an uninterrupted run (CPU, same seed), with no corrupt or stray file."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+from ffkit.data import DEBIAN_FASHION_MNIST_DIR
+from ffkit.train import load_checkpoint
+
+pytestmark = pytest.mark.skipif(
+    not DEBIAN_FASHION_MNIST_DIR.is_dir(), reason="Debian package dataset-fashion-mnist is not installed"
+)
+
+HARNESS = Path(__file__).parent / "helpers" / "kill_run.py"
+# 96 images in batches of 16: 6 steps per epoch, 2 epochs; a checkpoint after every 2nd batch and at each epoch end.
+# Random augmentation and dropout make every random stream matter.
+RUN = ["--model", "deeperforward_tinycnn", "--dataset", "fashion-mnist", "--width-multiplier", "0.15",
+       "--limit", "96", "--eval-limit", "48", "--batch-size", "16", "--epochs", "2", "--augment", "rotate-crop",
+       "--checkpoint-every", "2", "--no-progress", "--seed", "3"]
+
+# Each case: the kill points of successive attempts (every attempt but the last is killed), as KILL_AT values.
+CASES = {
+    "mid-epoch-1": ["step:3"],  # after step 3; the last checkpoint is after step 2
+    "just-after-a-checkpoint": ["step:5"],  # the checkpoint after step 4 is the last one
+    "checkpoint-half-written": ["save-partial:2"],
+    "checkpoint-complete-not-renamed": ["save-before-rename:3"],
+    "during-evaluation": ["eval:1"],
+    "between-checkpoint-and-metrics": ["metrics:1"],
+    "mid-epoch-2": ["step:9"],
+    "last-step": ["step:12"],
+    "three-kills": ["step:2", "save-partial:2", "step:4"],
+}
+
+
+def _run(out: Path, data_dir: Path, kill_at: str | None, resume: bool, extra: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FFKIT_DATA_DIR": str(data_dir)}
+    env.pop("KILL_AT", None)
+    if kill_at:
+        env["KILL_AT"] = kill_at
+    args = [sys.executable, str(HARNESS), *RUN, *extra, "--out", str(out)]
+    if resume:
+        args.append("--resume")
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _attempts(out: Path, data_dir: Path, kills: list[str], extra: list[str]) -> list[str]:
+    """Run until done: one attempt per kill point, then one more; each resumes if a checkpoint exists."""
+    log = []
+    for kill_at in [*kills, None]:
+        resume = (out / "checkpoint.pt").is_file()
+        proc = _run(out, data_dir, kill_at, resume, extra)
+        expected = -signal.SIGKILL if kill_at else 0
+        assert proc.returncode == expected, (kill_at, proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
+        log.append(proc.stdout)
+    return log
+
+
+def _final(out: Path) -> tuple[dict, list]:
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "metrics.csv", "metrics.json"]  # no temp file
+    payload = load_checkpoint(out / "checkpoint.pt")
+    assert payload["trainer"]["epoch"] == 2 and payload["position"] is None
+    history = json.loads((out / "metrics.json").read_text())
+    return payload, history
+
+
+def _same_run(a: tuple[dict, list], b: tuple[dict, list]) -> None:
+    (pa, ha), (pb, hb) = a, b
+    assert pa["network"].keys() == pb["network"].keys()
+    for k in pa["network"]:
+        assert torch.equal(pa["network"][k], pb["network"][k]), k
+    for oa, ob in zip(pa["trainer"]["optimizers"], pb["trainer"]["optimizers"]):
+        for sa, sb in zip(oa["state"].values(), ob["state"].values()):
+            assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert pa["trainer"]["step_count"] == pb["trainer"]["step_count"] == 12
+    keys = ("train_loss", "train_acc", "train_images", "test", "holdout_sip")
+    assert [{k: r[k] for k in keys} for r in ha] == [{k: r[k] for k in keys} for r in hb]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, data_dir):
+    out = tmp_path_factory.mktemp("reference")
+    _attempts(out, data_dir, [], [])
+    return _final(out)
+
+
+@pytest.mark.slow
+def test_every_kill_point_resumes_to_the_uninterrupted_weights(tmp_path, data_dir, reference):
+    def case(name: str) -> tuple[str, tuple[dict, list], list[str]]:
+        out = tmp_path / name
+        log = _attempts(out, data_dir, CASES[name], [])
+        return name, _final(out), log
+
+    with ThreadPoolExecutor(2) as pool:  # two runs at a time, one thread each: the machine's two cores
+        results = list(pool.map(case, CASES))
+    for _name, final, _log in results:
+        _same_run(reference, final)
+    by_name = {name: log for name, _, log in results}
+    assert "resumed from" in by_name["mid-epoch-1"][1] and "after batch 2 of epoch 1" in by_name["mid-epoch-1"][1]
+    assert "after batch 4 of epoch 1" in by_name["just-after-a-checkpoint"][1]
+    # the half-written second checkpoint never replaced the first: the run resumed from batch 2
+    assert "after batch 2 of epoch 1" in by_name["checkpoint-half-written"][1]
+    assert "after batch 4 of epoch 1" in by_name["checkpoint-complete-not-renamed"][1]
+    assert "after batch 6 of epoch 1" in by_name["during-evaluation"][1]
+    assert "after epoch 1" in by_name["between-checkpoint-and-metrics"][1]
+    assert "after batch 2 of epoch 2" in by_name["mid-epoch-2"][1]
+    assert len(by_name["three-kills"]) == 4
+
+
+def _start(out: Path, data_dir: Path, extra: list[str]) -> tuple[subprocess.Popen, float]:
+    """Start an attempt (resuming if a checkpoint exists); return it once it has begun training, and that moment."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FFKIT_DATA_DIR": str(data_dir)}
+    env.pop("KILL_AT", None)
+    args = [sys.executable, str(HARNESS), *RUN, *extra, "--out", str(out)]
+    if (out / "checkpoint.pt").is_file():
+        args.append("--resume")
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            start_new_session=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:  # the CLI prints this line just before the first epoch
+        if line.startswith("ffkit ") and ": training " in line:
+            break
+    return proc, time.perf_counter()
+
+
+def _finish(proc: subprocess.Popen) -> int:
+    assert proc.stdout is not None
+    proc.stdout.read()
+    proc.stdout.close()
+    return proc.wait(timeout=300)
+
+
+@pytest.mark.slow
+def test_workers_and_random_external_kills_resume_exactly(tmp_path, data_dir):
+    """DataLoader workers (their seeds come from the epoch's random state) and SIGKILLs sent from outside at random
+    moments of training, then resumed until the run completes."""
+    extra = ["--workers", "2"]
+    ref = tmp_path / "reference"
+    proc, began = _start(ref, data_dir, extra)
+    assert _finish(proc) == 0
+    training = time.perf_counter() - began
+    out = tmp_path / "killed"
+    rng = random.Random(0)
+    kills = 0
+    for _ in range(3):
+        proc, began = _start(out, data_dir, extra)
+        try:
+            proc.wait(timeout=rng.uniform(0.1, 0.7) * training)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the trainer and its DataLoader workers
+            kills += 1
+        _finish(proc)
+    proc, _ = _start(out, data_dir, extra)
+    assert _finish(proc) == 0
+    assert kills >= 2
+    _same_run(_final(ref), _final(out))
