@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["check_tensor", "check_groups", "check_labels", "check_positive", "check_positive_int", "check_image_input"]
+__all__ = [
+    "check_tensor", "check_groups", "check_labels", "check_positive", "check_positive_int", "check_image_input",
+    "check_device",
+]
 
 
 def check_tensor(value: object, name: str, *, min_dim: int = 1, floating: bool = True) -> torch.Tensor:
@@ -76,12 +79,24 @@ def check_image_input(
     input_size: tuple[int, ...] | None,
     num_classes: int,
     y: object | None = None,
+    *,
+    dtype: torch.dtype | None = None,
 ) -> None:
-    """Check a model's input ``[B, in_channels, H, W]`` (and ``(H, W) == input_size`` when given) and its labels."""
+    """Check a model's input ``[B, in_channels, H, W]`` (and ``(H, W) == input_size`` when given) and its labels.
+
+    ``dtype``: the model's parameter dtype, which the input must share (torch would otherwise fail deep inside the
+    first conv or matmul). Labels must be ``int64``: the losses' ``cross_entropy`` accepts no other integer type.
+    """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise TypeError(f"input must be a floating-point tensor, got dtype {x.dtype} (convert images to float)")
+    if dtype is not None and x.dtype != dtype:
+        numpy_hint = " (NumPy arrays are float64: torch.from_numpy(a).float())" if x.dtype == torch.float64 else ""
+        raise TypeError(
+            f"input has dtype {x.dtype}, but this model's parameters are {dtype}: convert the input with "
+            f"x.to({dtype}){numpy_hint}, or the model with model.to({x.dtype})"
+        )
     if x.dim() != 4 or x.shape[1] != in_channels:
         raise ValueError(
             f"input must have shape [B, {in_channels}, H, W] for this model "
@@ -92,4 +107,34 @@ def check_image_input(
             f"input must be {input_size[0]}x{input_size[1]} pixels for this model, got {x.shape[-2]}x{x.shape[-1]}"
         )
     if y is not None:
-        check_labels(y, num_classes, "labels", batch_size=x.shape[0])
+        labels = check_labels(y, num_classes, "labels", batch_size=x.shape[0])
+        if labels.dtype != torch.int64:
+            raise TypeError(
+                f"labels must be int64 (torch.long) class indices, got dtype {labels.dtype}: convert them with y.long()"
+            )
+
+
+def check_device(value: object, name: str = "device", *, auto: bool = False) -> torch.device:
+    """A device this machine can train on: ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` with ``N`` an existing GPU (a
+    ``torch.device`` or its string). ``auto=True`` also accepts ``"auto"``: CUDA if available, else the CPU."""
+    expected = "'auto', 'cpu', 'cuda' or 'cuda:N'" if auto else "'cpu', 'cuda' or 'cuda:N'"
+    if auto and value == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(value, torch.device):
+        device = value
+    elif isinstance(value, str):
+        try:
+            device = torch.device(value)
+        except RuntimeError:
+            raise ValueError(f"{name} {value!r} is not a valid device; expected {expected}") from None
+    else:
+        raise TypeError(f"{name} must be a str or torch.device, got {type(value).__name__}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name} {value!r}: CUDA is not available on this machine; use 'cpu'")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"{name} {value!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    elif device.type != "cpu":
+        raise ValueError(f"{name} {value!r}: only 'cpu' and 'cuda' devices are supported; expected {expected}")
+    return device

@@ -14,7 +14,7 @@ from torch import nn
 from ._validation import check_image_input
 from .layers.base import FFLayer, LayerOutput
 from .layers.heads import ClassifierHead
-from .objectives import Objective
+from .objectives import ClassScoreObjective, Objective
 
 __all__ = ["FFNetwork"]
 
@@ -41,6 +41,35 @@ def _recompute_keeps_stats(module: nn.Module) -> tuple[contextlib.AbstractContex
     """Checkpoint contexts: nothing around the forward; around the recomputation, undo the second update of
     BatchNorm running statistics (the forward already made it once)."""
     return contextlib.nullcontext(), _RestoreNormStats(module)
+
+
+def _check_layer_sizes(layers: Sequence[FFLayer], objective: Objective, num_classes: int, in_channels: int) -> None:
+    """Catch a mis-assembled stack when it is built, not as a shape error deep inside torch's first forward.
+
+    Only the layers that record their sizes (``num_classes``, ``in_channels``, ``out_channels``) are checked.
+    """
+    for i, layer in enumerate(layers):
+        k = getattr(layer, "num_classes", None)
+        if isinstance(k, int) and k != num_classes:
+            raise ValueError(
+                f"layers[{i}] ({type(layer).__name__}) was built with num_classes={k}, but the network has "
+                f"num_classes={num_classes}; build every layer with the network's class count"
+            )
+    first = getattr(layers[0], "in_channels", None)
+    # Only the class-score objective feeds the input to the first layer unchanged (label-input objectives add
+    # channels or overwrite pixels).
+    if isinstance(objective, ClassScoreObjective) and isinstance(first, int) and first != in_channels:
+        raise ValueError(
+            f"layers[0] ({type(layers[0]).__name__}) expects {first} input channels, but the network has "
+            f"in_channels={in_channels}"
+        )
+    for i in range(1, len(layers)):
+        prev, cur = getattr(layers[i - 1], "out_channels", None), getattr(layers[i], "in_channels", None)
+        if isinstance(prev, int) and isinstance(cur, int) and prev != cur:
+            raise ValueError(
+                f"layers[{i}] ({type(layers[i]).__name__}) expects {cur} input channels, but layers[{i - 1}] "
+                f"({type(layers[i - 1]).__name__}) outputs {prev} channels"
+            )
 
 
 class FFNetwork(nn.Module):
@@ -88,6 +117,7 @@ class FFNetwork(nn.Module):
         for i, layer in enumerate(layers):
             if not isinstance(layer, FFLayer):
                 raise TypeError(f"layers[{i}] must be an ffkit FFLayer, got {type(layer).__name__}")
+        _check_layer_sizes(layers, objective, num_classes, in_channels)
         self.layers = nn.ModuleList(layers)
         self.objective = objective
         self.num_classes = num_classes
@@ -125,7 +155,9 @@ class FFNetwork(nn.Module):
     # -- input checks -------------------------------------------------------------------------------------------
     def check_input(self, x: object, y: object | None = None) -> None:
         """Raise a clear error if ``x`` (and labels ``y``) do not fit this network."""
-        check_image_input(x, self.in_channels, self.input_size, self.num_classes, y)
+        param = next(self.parameters(), None)
+        dtype = param.dtype if param is not None else None
+        check_image_input(x, self.in_channels, self.input_size, self.num_classes, y, dtype=dtype)
 
     # -- running the layers -------------------------------------------------------------------------------------
     def iter_layers(

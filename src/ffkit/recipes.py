@@ -6,6 +6,7 @@ code. ``reference`` quotes the published figure (``ANCHORS.md``) the recipe is m
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -71,7 +72,12 @@ def get_recipe(name: str) -> Recipe:
     try:
         return RECIPES[name]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown recipe {name!r}; available recipes: {', '.join(list_recipes())}") from None
+        close = _suggest(name, list_recipes())
+        hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+        raise ValueError(
+            f"unknown recipe {name!r}{hint}; available recipes (described by `ffkit recipes`): "
+            f"{', '.join(list_recipes())}"
+        ) from None
 
 
 def list_recipes() -> list[str]:
@@ -177,8 +183,15 @@ def build_model(recipe: Recipe, *, num_classes: int, in_channels: int, **overrid
     """The recipe's model, with ``overrides`` (e.g. ``width_multiplier``) on top of its ``model_kwargs``."""
     from .models import create_model
 
-    return create_model(recipe.model, num_classes=num_classes, in_channels=in_channels,
-                        **{**recipe.model_kwargs, **overrides})
+    try:
+        return create_model(recipe.model, num_classes=num_classes, in_channels=in_channels,
+                            **{**recipe.model_kwargs, **overrides})
+    except TypeError as e:
+        if not recipe.model_kwargs:
+            raise
+        # The usual cause: a recipe's model swapped for another (``--recipe R --model M``) that takes other arguments.
+        raise TypeError(f"{e}; recipe {recipe.name!r} passes model_kwargs {recipe.model_kwargs} to {recipe.model}, "
+                        "which must accept them") from None
 
 
 def build_trainer(
@@ -187,7 +200,8 @@ def build_trainer(
 ):
     """The recipe's trainer for ``network``: a LocalTrainer, or a BackpropTrainer for ``trainer="backprop"`` (and for
     single-head baselines). Milestones given in epochs become steps. ``performance``: the trainers' speed options
-    (``channels_last``, ``amp``, ``compile``, ``fused_optimizer``), which do not change what is trained."""
+    (``channels_last``, ``amp``, ``compile``, ``fused_optimizer``), which do not change what is trained, and the
+    local trainer's ``on_divergence``."""
     from .models import model_kind
     from .train import BackpropTrainer, LocalTrainer
 
@@ -224,3 +238,13 @@ def build_trainer(
     if name == "local" and kind == "ff":
         return LocalTrainer(network, overlap=recipe.overlap, head_lr=recipe.head_lr, **common)
     return BackpropTrainer(network, **common)
+
+
+def _suggest(name: object, names: list[str]) -> list[str]:
+    """Up to three known names that ``name`` may have meant: those containing it, then similar spellings."""
+    if not isinstance(name, str) or not name:
+        return []
+    key = name.lower()
+    found = [n for n in names if key in n.lower()]
+    found += [n for n in difflib.get_close_matches(key, names, n=3) if n not in found]
+    return found[:3]

@@ -20,6 +20,7 @@ Splits:
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import re
 import shutil
@@ -185,6 +186,10 @@ def prepare_fashion_mnist(
     Returns:
         True if all four raw files are (now) in place, False otherwise (in
         which case nothing was written).
+
+    Raises:
+        gzip.BadGzipFile, EOFError: A ``.gz`` file in ``source`` is corrupt
+            or truncated (nothing is left behind for it).
     """
     raw = Path(root) / "FashionMNIST" / "raw"
     missing = [f for f in _IDX_FILES if not (raw / f).is_file()]
@@ -284,13 +289,54 @@ def _how_to_get(name: str, root: Path) -> str:
     )
 
 
+# Bytes per element of each IDX element type (the third byte of the magic number).
+_IDX_ITEM_SIZE = {0x08: 1, 0x09: 1, 0x0B: 2, 0x0C: 4, 0x0D: 4, 0x0E: 8}
+
+
+def _idx_problem(path: Path) -> str | None:
+    """Why the IDX file at ``path`` cannot be read (its header is invalid or disagrees with its size), or None.
+
+    torchvision reads MNIST-style files without any checksum, so a truncated or corrupt file otherwise surfaces as an
+    ``AssertionError`` or a reshape error from inside it.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        magic = f.read(4)
+        if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_ITEM_SIZE or not 1 <= magic[3] <= 4:
+            return f"CORRUPT: not an IDX file (bad header), {size} bytes"
+        dims_bytes = f.read(4 * magic[3])
+    if len(dims_bytes) < 4 * magic[3]:
+        return f"CORRUPT: truncated inside its header, {size} bytes"
+    dims = [int.from_bytes(dims_bytes[i : i + 4], "big") for i in range(0, len(dims_bytes), 4)]
+    expected = 4 + 4 * len(dims) + _IDX_ITEM_SIZE[magic[2]] * math.prod(dims)
+    if size < expected:
+        return f"CORRUPT: truncated, {size} bytes where its header says {expected}"
+    if size > expected:
+        return f"CORRUPT: {size} bytes where its header says {expected}"
+    return None
+
+
+def _file_status(name: str, path: Path) -> str:
+    if not path.is_file():
+        return "MISSING"
+    if name in ("mnist", "fashion-mnist"):
+        return _idx_problem(path) or "ok"
+    return "ok"
+
+
 def _not_found(name: str, root: Path, cause: str) -> DatasetNotFoundError:
     directory, files = _expected_files(name, root)
-    status = {f: "ok" if (directory / f).is_file() else "MISSING" for f in files}
-    header = f"Dataset {name!r} not found. torchvision needs these files in "
+    status = {f: _file_status(name, directory / f) for f in files}
+    corrupt = [f for f, s in status.items() if s.startswith("CORRUPT")]
+    if corrupt:
+        header = f"Dataset {name!r} is corrupt: {', '.join(corrupt)} cannot be read. torchvision needs these files in "
+    else:
+        header = f"Dataset {name!r} not found. torchvision needs these files in "
     lines = [f"{header}{directory}{os.sep}"]
     lines += [f"  {directory / f}  ({s})" for f, s in status.items()]
-    if "MISSING" not in status.values():
+    if corrupt:
+        lines.append("Delete the corrupt file(s) and put intact copies in their place.")
+    elif "MISSING" not in status.values():
         # torchvision also fails on MD5 mismatches (CIFAR, SVHN).
         lines.append(f"All are present but torchvision rejected them ({cause});")
         lines.append("they are probably corrupted or incompletely downloaded.")
@@ -315,7 +361,15 @@ def _torchvision_dataset(name: str, root: Path, train: bool, augment: str | None
             ) from err
     if name == "fashion-mnist":
         # Read the module global at call time so it can be redirected (e.g. in tests).
-        prepare_fashion_mnist(root, DEBIAN_FASHION_MNIST_DIR)
+        try:
+            prepare_fashion_mnist(root, DEBIAN_FASHION_MNIST_DIR)
+        except (EOFError, gzip.BadGzipFile) as err:
+            raise DatasetNotFoundError(
+                f"Dataset 'fashion-mnist': a .gz file in {DEBIAN_FASHION_MNIST_DIR} is corrupt ({err}), so it cannot "
+                f"be unpacked into {Path(root) / 'FashionMNIST' / 'raw'}{os.sep}. Reinstall the package "
+                "(`sudo apt-get install --reinstall dataset-fashion-mnist`) or put the four un-gzipped IDX files "
+                "there yourself (pass --data-dir DIR, or set FFKIT_DATA_DIR)."
+            ) from None
 
     transform = _transform(
         resize=name in ("mnist", "fashion-mnist"), augment=augment, channels=dataset_info(name).in_channels
@@ -326,6 +380,10 @@ def _torchvision_dataset(name: str, root: Path, train: bool, augment: str | None
         "target_transform": int,
         "download": False,
     }
+    if name in ("mnist", "fashion-mnist"):
+        directory, files = _expected_files(name, root)
+        if any(_file_status(name, directory / f).startswith("CORRUPT") for f in files):
+            raise _not_found(name, root, "corrupt IDX file")
     try:
         if name == "mnist":
             return tv_datasets.MNIST(train=train, **common)
@@ -342,6 +400,9 @@ def _torchvision_dataset(name: str, root: Path, train: bool, augment: str | None
         if "not found" not in str(err).lower():
             raise
         raise _not_found(name, root, str(err)) from None
+    except (AssertionError, ValueError, EOFError) as err:
+        # Files that pass the checks above but still do not parse (e.g. image and label counts that disagree).
+        raise _not_found(name, root, f"{type(err).__name__}: {err}") from None
 
 
 def _holdout_count(info: DatasetInfo, n: int) -> int:

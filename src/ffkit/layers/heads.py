@@ -72,8 +72,22 @@ class ClassifierHead(nn.Module):
             raise ValueError(f"head expects {self.linear.in_features} pooled features, got {z.shape[1]}")
         return z
 
+    @property
+    def min_batch_size(self) -> int:
+        """The smallest training batch the head accepts: 2 with BatchNorm1d (it needs a batch variance), else 1."""
+        return 2 if isinstance(self.norm, nn.BatchNorm1d) else 1
+
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        return self.linear(self.dropout(self.norm(self.pooled(features))))
+        z = self.pooled(features)
+        if self.training and z.shape[0] < self.min_batch_size:
+            # torch's own error ("Expected more than 1 value per channel when training") names neither the head nor
+            # the usual cause: a last, partial batch of one sample.
+            raise ValueError(
+                f"the classifier head's BatchNorm1d needs at least {self.min_batch_size} samples per training batch, "
+                f"got a batch of {z.shape[0]}: use a batch size >= 2 and DataLoader(drop_last=True) (or a dataset "
+                f"size that leaves no last batch of 1)"
+            )
+        return self.linear(self.dropout(self.norm(z)))
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)

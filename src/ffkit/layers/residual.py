@@ -59,7 +59,9 @@ class ParamFreeResidual(nn.Module):
             h, w = z.shape[-2:]
             if sh % h or sw % w or sh // h != sw // w:
                 raise ValueError(
-                    f"shortcut spatial size {(sh, sw)} is not an integer multiple of the block's size {(h, w)}"
+                    f"shortcut spatial size {(sh, sw)} is not an integer multiple of the block's size {(h, w)}: "
+                    f"the input's height and width must halve evenly at every downsampling step of the network "
+                    f"(ffkit's datasets give 32x32 images)"
                 )
             shortcut = F.avg_pool2d(shortcut, kernel_size=sh // h)
         if self.mode == "add":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 import inspect
 from collections.abc import Callable
@@ -69,9 +70,23 @@ def get_model_builder(name: str) -> Callable[..., Any]:
     try:
         return _MODELS[name]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown model {name!r}; available models: {', '.join(list_models())}") from None
+        close = _suggest(name, list_models())
+        hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+        raise ValueError(
+            f"unknown model {name!r}{hint}; available models (described by `ffkit models`): {', '.join(list_models())}"
+        ) from None
 
 
 def create_model(name: str, **kwargs: Any):
     """Build a registered model by name, e.g. ``create_model("deeperforward_tinycnn", num_classes=10)``."""
     return get_model_builder(name)(**kwargs)
+
+
+def _suggest(name: object, names: list[str]) -> list[str]:
+    """Up to three known names that ``name`` may have meant: those containing it, then similar spellings."""
+    if not isinstance(name, str) or not name:
+        return []
+    key = name.lower()
+    found = [n for n in names if key in n.lower()]
+    found += [n for n in difflib.get_close_matches(key, names, n=3) if n not in found]
+    return found[:3]

@@ -41,9 +41,12 @@ class SingleHeadNetwork(nn.Module):
         return 1
 
     def check_input(self, x: object, y: object | None = None) -> None:
-        check_image_input(x, self.in_channels, None, self.num_classes, y)
+        param = next(self.parameters(), None)
+        dtype = param.dtype if param is not None else None
+        check_image_input(x, self.in_channels, None, self.num_classes, y, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)  # as FFNetwork's forward does: a clear error instead of one from inside the body
         return self.body(x)
 
     def layer_scores(self, x: torch.Tensor, end: int | None = None) -> torch.Tensor:

@@ -1,0 +1,597 @@
+"""Every bad input of docs/errors.md, and what the user sees: one test per row of its table.
+
+Each error must name what was wrong and what was expected, and must be raised by ffkit itself (a ``ValueError`` or
+``TypeError`` from ``src/ffkit``), never a raw error from deep inside torch or torchvision. The command line must print
+one ``ffkit train: error: ...`` line (no traceback) and return 2. ``test_errors_page_lists_every_test`` keeps the page
+and this file in sync.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import ffkit
+from ffkit._validation import check_device
+from ffkit.cli import main
+from ffkit.data import DEBIAN_FASHION_MNIST_DIR, DatasetNotFoundError, dataset_info, dataset_tensors, load_dataset
+from ffkit.data import datasets as ds
+from ffkit.layers import CWConv, TrifectaLinear
+from ffkit.models import create_model
+from ffkit.train import load_checkpoint
+from ffkit.train.checkpoint import CHECKPOINT_FORMAT, CheckpointVersionWarning
+
+SRC = Path(ffkit.__file__).resolve().parent
+ERRORS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
+
+needs_fmnist = pytest.mark.skipif(
+    not DEBIAN_FASHION_MNIST_DIR.is_dir(), reason="Debian package dataset-fashion-mnist is not installed"
+)
+
+
+@pytest.fixture(autouse=True)
+def _no_debug(monkeypatch):
+    monkeypatch.delenv("FFKIT_DEBUG", raising=False)  # FFKIT_DEBUG=1 makes the CLI re-raise instead of printing
+
+
+def raised_by_ffkit(excinfo: pytest.ExceptionInfo, *fragments: str) -> str:
+    """The message, after checking that ffkit raised it (not torch) and that it contains every fragment."""
+    last = excinfo.traceback[-1]
+    origin = Path(str(last.path)).resolve()
+    assert origin.is_relative_to(SRC), f"raised from {origin}, not from ffkit: {excinfo.value!r}"
+    # by one of ffkit's own raise statements, not by a torch function that ffkit code called
+    assert str(last.statement).lstrip().startswith("raise"), f"not an ffkit raise: {last.statement}"
+    message = str(excinfo.value)
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+    return message
+
+
+def cli_error(argv: list[str], capsys: pytest.CaptureFixture, *fragments: str) -> str:
+    """Run the CLI; it must return 2 and print a single ``ffkit CMD: error: ...`` line naming every fragment."""
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.startswith(f"ffkit {argv[0]}: error: "), err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in err, f"{fragment!r} not in {err!r}"
+    return err
+
+
+def tiny(name: str = "deeperforward_tinycnn", **kwargs) -> torch.nn.Module:
+    kwargs.setdefault("width_multiplier", 0.1)
+    return create_model(name, num_classes=10, in_channels=1, **kwargs)
+
+
+def trainer_for(net: torch.nn.Module, backprop: bool = False):
+    cls = ffkit.BackpropTrainer if backprop else ffkit.LocalTrainer
+    return cls(net, schedule="constant")
+
+
+def batch(n: int = 4, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.rand(n, 1, size, size), torch.arange(n) % 10
+
+
+#: CLI arguments that keep a run tiny if a check ever fails to stop it.
+SMALL = ["--no-progress", "--limit", "16", "--eval-limit", "8"]
+
+
+# -- input shape and dtype ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(4, 3, 32, 32), (1, 32, 32)], ids=["3-channels", "no-batch-dim"])
+def test_input_with_wrong_shape(shape):
+    x = torch.rand(*shape)
+    with pytest.raises(ValueError) as excinfo:
+        trainer_for(tiny()).train_step(x, torch.arange(shape[0]))
+    raised_by_ffkit(excinfo, "input must have shape [B, 1, H, W]", f"got {tuple(shape)}")
+
+
+def test_input_with_wrong_spatial_size_for_fixed_size_model():
+    x, y = batch(size=28)
+    with pytest.raises(ValueError) as excinfo:
+        trainer_for(tiny("hinton_mlp")).train_step(x, y)
+    raised_by_ffkit(excinfo, "input must be 32x32 pixels for this model, got 28x28")
+
+
+def test_input_size_that_does_not_halve_evenly():
+    x, y = batch(size=28)
+    with pytest.raises(ValueError) as excinfo:
+        trainer_for(tiny("deeperforward_resnet17")).train_step(x, y)
+    raised_by_ffkit(excinfo, "shortcut spatial size (7, 7)", "must halve evenly", "32x32")
+
+
+@pytest.mark.parametrize("where", ["train-step", "evaluation", "backprop-baseline"])
+def test_input_float64(where):
+    x, y = batch()
+    x = x.double()  # what torch.from_numpy gives for a default NumPy array
+    net = tiny("bp_vgg8") if where == "backprop-baseline" else tiny()
+    with pytest.raises(TypeError) as excinfo:
+        if where == "evaluation":
+            net.eval()
+            net(x)
+        else:
+            trainer_for(net, backprop=where == "backprop-baseline").train_step(x, y)
+    raised_by_ffkit(excinfo, "input has dtype torch.float64", "parameters are torch.float32", "x.to(torch.float32)")
+
+
+def test_input_integer_dtype():
+    x = (torch.rand(4, 1, 32, 32) * 255).to(torch.uint8)
+    with pytest.raises(TypeError) as excinfo:
+        trainer_for(tiny()).train_step(x, torch.arange(4))
+    raised_by_ffkit(excinfo, "input must be a floating-point tensor, got dtype torch.uint8")
+
+
+def test_input_not_a_tensor():
+    with pytest.raises(TypeError) as excinfo:
+        tiny()(np.zeros((4, 1, 32, 32), dtype=np.float32))
+    raised_by_ffkit(excinfo, "input must be a torch.Tensor, got ndarray")
+
+
+# -- channels and classes ------------------------------------------------------------------------------------------
+def test_cwconv_channels_not_multiple_of_classes():
+    with pytest.raises(ValueError) as excinfo:
+        CWConv(1, 10, num_classes=4)
+    raised_by_ffkit(excinfo, "out_channels (10) must be a multiple of num_classes (4)", "e.g. use 12")
+
+
+def test_layer_built_for_another_class_count():
+    with pytest.raises(ValueError) as excinfo:
+        ffkit.FFNetwork([CWConv(1, 8, 4)], ffkit.ClassScoreObjective(), num_classes=10, in_channels=1)
+    raised_by_ffkit(excinfo, "layers[0] (CWConv) was built with num_classes=4", "network has num_classes=10")
+
+
+@pytest.mark.parametrize("where", ["between-layers", "first-layer"])
+def test_layers_with_mismatched_channels(where):
+    if where == "between-layers":
+        layers, expected = [CWConv(1, 8, 4), CWConv(16, 8, 4)], "layers[1] (CWConv) expects 16 input channels"
+    else:
+        layers, expected = [CWConv(3, 8, 4)], "layers[0] (CWConv) expects 3 input channels"
+    with pytest.raises(ValueError) as excinfo:
+        ffkit.FFNetwork(layers, ffkit.ClassScoreObjective(), num_classes=4, in_channels=1)
+    raised_by_ffkit(excinfo, expected)
+
+
+def test_goodness_groups_do_not_divide_channels():
+    with pytest.raises(ValueError) as excinfo:
+        ffkit.goodness.mean(torch.rand(2, 10, 4, 4), groups=4)
+    raised_by_ffkit(excinfo, "h has 10 channels, which do not split into groups=4", "multiple of the group count")
+
+
+# -- labels --------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bad", [10, -1])
+def test_labels_out_of_range(bad):
+    x, _ = batch()
+    with pytest.raises(ValueError) as excinfo:
+        trainer_for(tiny()).train_step(x, torch.tensor([0, 1, bad, 3]))
+    raised_by_ffkit(excinfo, "labels must lie in [0, 10) for num_classes=10", f"{bad}]" if bad > 0 else f"[{bad},")
+
+
+@pytest.mark.parametrize(
+    "dtype, expected",
+    [
+        (torch.float32, "labels must be an integer tensor of class indices, got dtype torch.float32"),
+        (torch.bool, "labels must be an integer tensor of class indices, got dtype torch.bool"),
+        (torch.int32, "labels must be int64 (torch.long) class indices, got dtype torch.int32"),
+    ],
+    ids=["float32", "bool", "int32"],
+)
+def test_labels_of_wrong_dtype(dtype, expected):
+    x, y = batch()
+    with pytest.raises(TypeError) as excinfo:
+        trainer_for(tiny()).train_step(x, (y % 2).to(dtype))
+    raised_by_ffkit(excinfo, expected)
+
+
+@pytest.mark.parametrize("case", ["2-d", "count"])
+def test_labels_of_wrong_shape(case):
+    x, y = batch()
+    y, expected = (y[:, None], "labels must be 1-D [B], got shape (4, 1)") if case == "2-d" else (
+        y[:3], "labels has 3 entries but the batch has 4 samples")
+    with pytest.raises(ValueError) as excinfo:
+        trainer_for(tiny()).train_step(x, y)
+    raised_by_ffkit(excinfo, expected)
+
+
+# -- empty or too-small datasets ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("case", ["empty", "smaller-than-a-batch"])
+def test_empty_training_data(case):
+    n = 0 if case == "empty" else 3
+    data = TensorDataset(torch.rand(n, 1, 32, 32), torch.zeros(n, dtype=torch.long))
+    loader = DataLoader(data, batch_size=4, drop_last=True)
+    with pytest.raises(ValueError) as excinfo:
+        trainer_for(tiny()).fit(loader, epochs=1, log=None)
+    raised_by_ffkit(excinfo, "the training data is empty: no batch was produced")
+
+
+def test_empty_holdout_for_sip():
+    x, y = batch()
+    empty = DataLoader(TensorDataset(x[:0], y[:0]), batch_size=4)
+    with pytest.raises(ValueError) as excinfo:
+        trainer_for(tiny()).fit(DataLoader(TensorDataset(x, y), batch_size=4), epochs=1, holdout=empty, log=None)
+    raised_by_ffkit(excinfo, "no batches to evaluate: the evaluation dataset is empty")
+
+
+def test_materialising_an_empty_dataset():
+    with pytest.raises(ValueError) as excinfo:
+        dataset_tensors(TensorDataset(torch.rand(0, 1, 2, 2), torch.zeros(0)))
+    raised_by_ffkit(excinfo, "cannot materialise an empty dataset")
+
+
+@pytest.fixture(scope="module")
+def fmnist_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("fmnist"))
+
+
+@needs_fmnist
+def test_cli_training_set_smaller_than_a_pipeline_batch(fmnist_dir, tmp_path, capsys):
+    cli_error(["train", "--pipeline", "--limit", "3", "--batch-size", "128", "--eval-limit", "8", "--no-progress",
+               "--width-multiplier", "0.1", "--data-dir", fmnist_dir, "--out", str(tmp_path)], capsys,
+              "the training set has 3 samples, fewer than one batch of --batch-size 128", "--pipeline drops")
+
+
+# -- batch size 1 with BatchNorm ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backprop", [False, True], ids=["local", "backprop"])
+def test_batch_of_one_through_a_batchnorm_head(backprop):
+    x, y = batch(1)
+    with pytest.raises(ValueError) as excinfo:
+        trainer_for(tiny("dtg_vgg8"), backprop=backprop).train_step(x, y)
+    raised_by_ffkit(excinfo, "the classifier head's BatchNorm1d needs at least 2 samples per training batch",
+                    "got a batch of 1", "drop_last=True")
+
+
+def test_batch_of_one_through_trifecta_linear():
+    layer = TrifectaLinear(16, 8).train()
+    with pytest.raises(ValueError) as excinfo:
+        layer(torch.rand(1, 16))
+    raised_by_ffkit(excinfo, "TrifectaLinear's BatchNorm1d needs at least 2 samples per training batch, got 1")
+
+
+@pytest.mark.parametrize("name", ["deeperforward_tinycnn", "trifecta_fcn", "bp_vgg8"])
+def test_batch_of_one_without_a_batch_statistic_problem_trains(name):
+    """CW-Conv nets have no BatchNorm; The Trifecta's layers see the positive and the negative copy (2 samples);
+    a BatchNorm2d over H x W > 1 positions has enough values. These train on a batch of one."""
+    x, y = batch(1)
+    net = tiny(name)
+    result = trainer_for(net, backprop=name.startswith("bp_")).train_step(x, y)
+    assert result.batch_size == 1 and torch.isfinite(result.losses).all()
+
+
+@needs_fmnist
+@pytest.mark.parametrize("limit, batch_size, expected", [
+    ("129", "128", "129 training samples in batches of --batch-size 128 leave a last batch of 1"),
+    ("16", "1", "--batch-size 1: dtg_vgg8's classifier head (BatchNorm1d) needs at least 2 samples"),
+], ids=["last-batch-of-1", "batch-size-1"])
+def test_cli_batch_of_one_with_a_batchnorm_head(fmnist_dir, tmp_path, capsys, limit, batch_size, expected):
+    cli_error(["train", "--model", "dtg_vgg8", "--limit", limit, "--batch-size", batch_size, "--eval-limit", "8",
+               "--width-multiplier", "0.1", "--no-progress", "--data-dir", fmnist_dir, "--out", str(tmp_path)],
+              capsys, expected)
+
+
+# -- missing or corrupt dataset files --------------------------------------------------------------------------------
+@pytest.mark.parametrize("name, where", [("mnist", "MNIST/raw"), ("cifar10", "cifar-10-batches-py")])
+def test_missing_dataset_directory(tmp_path, name, where):
+    root = tmp_path / "nowhere"
+    with pytest.raises(DatasetNotFoundError) as excinfo:
+        load_dataset(name, "train", root)
+    assert excinfo.value.__cause__ is None
+    raised_by_ffkit(excinfo, f"Dataset {name!r} not found. torchvision needs these files in {root / where}",
+                    "(MISSING)", "--data-dir")
+
+
+def test_cli_missing_dataset_directory(tmp_path, capsys):
+    cli_error(["train", "--dataset", "mnist", "--data-dir", str(tmp_path / "nowhere"), *SMALL], capsys,
+              "Dataset 'mnist' not found", str(tmp_path / "nowhere" / "MNIST" / "raw"))
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """A uint8 IDX file as the MNIST files are stored: magic 0x00000803/0x00000801, big-endian dims, data."""
+    path.write_bytes(struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+                     + array.tobytes())
+
+
+def fashion_files(root: Path, n: int = 12) -> Path:
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix in ("train", "t10k"):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", np.full((n, 28, 28), 7, dtype=np.uint8))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", (np.arange(n) % 10).astype(np.uint8))
+    return raw
+
+
+@pytest.mark.parametrize("damage, expected", [
+    ("truncated", "CORRUPT: truncated, 1000 bytes where its header says 9424"),
+    ("garbage", "CORRUPT: not an IDX file (bad header)"),
+])
+def test_corrupt_idx_file(tmp_path, damage, expected):
+    raw = fashion_files(tmp_path)
+    target = raw / "train-images-idx3-ubyte"
+    target.write_bytes(target.read_bytes()[:1000] if damage == "truncated" else b"<html>not found</html>" * 50)
+    with pytest.raises(DatasetNotFoundError) as excinfo:
+        load_dataset("fashion-mnist", "train", tmp_path)
+    raised_by_ffkit(excinfo, "Dataset 'fashion-mnist' is corrupt: train-images-idx3-ubyte cannot be read", expected,
+                    "Delete the corrupt file(s)")
+
+
+def test_cli_corrupt_idx_file(tmp_path, capsys):
+    raw = fashion_files(tmp_path / "data")
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x0c\x01")  # 12 labels promised, 1 given
+    cli_error(["train", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "run"), *SMALL], capsys,
+              "Dataset 'fashion-mnist' is corrupt: t10k-labels-idx1-ubyte cannot be read",
+              "CORRUPT: truncated, 9 bytes where its header says 20")
+
+
+def test_corrupt_debian_archive(tmp_path, monkeypatch):
+    source = tmp_path / "debian"
+    source.mkdir()
+    for f in ds._IDX_FILES:
+        (source / f"{f}.gz").write_bytes(b"not gzip data")
+    monkeypatch.setattr(ds, "DEBIAN_FASHION_MNIST_DIR", source)
+    with pytest.raises(DatasetNotFoundError) as excinfo:
+        load_dataset("fashion-mnist", "test", tmp_path / "data")
+    raised_by_ffkit(excinfo, f"a .gz file in {source} is corrupt", "--reinstall dataset-fashion-mnist")
+    assert not list((tmp_path / "data" / "FashionMNIST" / "raw").iterdir())  # no half-written file is left
+
+
+# -- checkpoints -------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A LocalTrainer checkpoint of TinyCNN at width 0.1."""
+    path = tmp_path_factory.mktemp("ckpt") / "checkpoint.pt"
+    return trainer_for(tiny()).save(path)
+
+
+def edited(checkpoint: Path, tmp_path: Path, **changes) -> Path:
+    payload = torch.load(checkpoint, weights_only=False)
+    payload.update(changes)
+    torch.save(payload, tmp_path / "edited.pt")
+    return tmp_path / "edited.pt"
+
+
+def test_checkpoint_of_another_model(checkpoint):
+    with pytest.raises(ValueError) as excinfo:
+        trainer_for(tiny("deeperforward_cnn14")).resume(checkpoint)
+    raised_by_ffkit(excinfo, "is from model 'deeperforward_tinycnn', not 'deeperforward_cnn14'")
+
+
+def test_checkpoint_of_another_configuration(checkpoint):
+    with pytest.raises(ValueError) as excinfo:
+        trainer_for(tiny(width_multiplier=0.2)).resume(checkpoint)
+    raised_by_ffkit(excinfo, "'width_multiplier': 0.1", "but this network was built with", "'width_multiplier': 0.2")
+
+
+@pytest.mark.parametrize("items", [1, 4])
+def test_loader_without_labels(items):
+    x = torch.rand(8, 1, 32, 32)
+    data = TensorDataset(*[x] * items) if items > 1 else TensorDataset(x)
+    with pytest.raises(TypeError) as excinfo:
+        trainer_for(tiny()).train_epoch(DataLoader(data, batch_size=4))
+    raised_by_ffkit(excinfo, "each training batch must be (x, y) or (x, y, index), got a list of " + str(items))
+
+
+def test_checkpoint_of_another_trainer(checkpoint):
+    with pytest.raises(ValueError) as excinfo:
+        ffkit.BackpropTrainer(tiny(), schedule="constant").resume(checkpoint)
+    raised_by_ffkit(excinfo, "was written by a LocalTrainer", "do not fit this BackpropTrainer")
+
+
+def test_checkpoint_of_a_newer_format(checkpoint, tmp_path):
+    path = edited(checkpoint, tmp_path, ffkit_checkpoint_format=CHECKPOINT_FORMAT + 1, ffkit_version="9.0.0")
+    with pytest.raises(ValueError) as excinfo:
+        load_checkpoint(path)
+    raised_by_ffkit(excinfo, f"has checkpoint format {CHECKPOINT_FORMAT + 1} (written by ffkit 9.0.0)",
+                    f"this ffkit {ffkit.__version__} understands (format {CHECKPOINT_FORMAT}); upgrade ffkit")
+
+
+def test_checkpoint_of_another_ffkit_version_loads_with_a_warning(checkpoint, tmp_path):
+    path = edited(checkpoint, tmp_path, ffkit_version="0.0.1")
+    with pytest.warns(CheckpointVersionWarning, match=f"written by ffkit 0.0.1, this is ffkit {ffkit.__version__}"):
+        trainer_for(tiny()).resume(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same version loads silently
+        load_checkpoint(checkpoint)
+
+
+def test_checkpoint_with_an_invalid_format(checkpoint, tmp_path):
+    with pytest.raises(ValueError) as excinfo:
+        load_checkpoint(edited(checkpoint, tmp_path, ffkit_checkpoint_format="1"))
+    raised_by_ffkit(excinfo, "has an invalid checkpoint format '1'; expected a positive int")
+
+
+@pytest.mark.parametrize("keep", [0.5, 10, 0], ids=["half", "10-bytes", "empty"])
+def test_truncated_checkpoint(checkpoint, tmp_path, keep):
+    data = checkpoint.read_bytes()
+    path = tmp_path / "truncated.pt"
+    path.write_bytes(data[: int(len(data) * keep) if isinstance(keep, float) else keep])
+    with pytest.raises(ValueError) as excinfo:
+        trainer_for(tiny()).resume(path)
+    raised_by_ffkit(excinfo, f"{path} is not a readable checkpoint (truncated or corrupt?)")
+
+
+@pytest.mark.parametrize("kind", ["text", "state_dict"])
+def test_file_that_is_not_a_checkpoint(tmp_path, kind):
+    path = tmp_path / "model.pt"
+    if kind == "text":
+        path.write_text("not a checkpoint")
+        expected = "is not a readable checkpoint"
+    else:
+        torch.save(tiny().state_dict(), path)
+        expected = "is not an ffkit checkpoint (no 'ffkit_checkpoint_format' key) (a bare state_dict?"
+    with pytest.raises(ValueError) as excinfo:
+        load_checkpoint(path)
+    raised_by_ffkit(excinfo, expected)
+
+
+@pytest.mark.parametrize("kind", ["file", "directory"])
+def test_missing_checkpoint(tmp_path, kind):
+    path = tmp_path if kind == "directory" else tmp_path / "nope.pt"
+    with pytest.raises(FileNotFoundError) as excinfo:
+        load_checkpoint(path)
+    raised_by_ffkit(excinfo, f"checkpoint not found: {path}")
+
+
+@pytest.mark.parametrize("case", ["test-truncated", "resume-missing", "resume-other-model", "resume-other-trainer"])
+def test_cli_bad_checkpoint(checkpoint, tmp_path, capsys, case):
+    data = str(tmp_path / "data")
+    if case == "test-truncated":
+        path = tmp_path / "truncated.pt"
+        path.write_bytes(checkpoint.read_bytes()[:100])
+        cli_error(["test", "--checkpoint", str(path), "--data-dir", data], capsys, "is not a readable checkpoint")
+        return
+    base = ["train", "--width-multiplier", "0.1", "--data-dir", data, *SMALL]
+    if case == "resume-missing":
+        cli_error([*base, "--resume", str(tmp_path / "nope.pt")], capsys, f"checkpoint not found: {tmp_path}")
+    elif case == "resume-other-model":
+        cli_error([*base, "--model", "deeperforward_cnn14", "--resume", str(checkpoint)], capsys,
+                  "is from model 'deeperforward_tinycnn', not 'deeperforward_cnn14'")
+    else:
+        path = edited(checkpoint, tmp_path, metadata={"dataset": "fashion-mnist", "trainer": "local"})
+        cli_error([*base, "--trainer", "backprop", "--resume", str(path)], capsys,
+                  "was trained with the local trainer; resuming it with --trainer backprop", "pass --trainer local")
+
+
+# -- unknown names -----------------------------------------------------------------------------------------------------
+def test_unknown_model_name():
+    with pytest.raises(ValueError) as excinfo:
+        create_model("resnet17")
+    raised_by_ffkit(excinfo, "unknown model 'resnet17' (did you mean 'deeperforward_resnet17'",
+                    "available models (described by `ffkit models`): bp_resnet18")
+
+
+def test_unknown_recipe_name():
+    with pytest.raises(ValueError) as excinfo:
+        ffkit.get_recipe("deeperforward-tiny")
+    raised_by_ffkit(excinfo, "unknown recipe 'deeperforward-tiny' (did you mean 'deeperforward-tinycnn-",
+                    "available recipes (described by `ffkit recipes`)")
+
+
+@pytest.mark.parametrize("call", ["load_dataset", "dataset_info"])
+def test_unknown_dataset_name(tmp_path, call):
+    with pytest.raises(ValueError) as excinfo:
+        load_dataset("imagenet", "train", tmp_path) if call == "load_dataset" else dataset_info("imagenet")
+    raised_by_ffkit(excinfo, "unknown dataset 'imagenet'; valid names are mnist, fashion-mnist, cifar10")
+
+
+def test_unknown_split(tmp_path):
+    with pytest.raises(ValueError) as excinfo:
+        load_dataset("mnist", "validation", tmp_path)
+    raised_by_ffkit(excinfo, "unknown split 'validation'; valid splits are train, holdout, train_full, test")
+
+
+def test_unknown_model_argument():
+    with pytest.raises(TypeError) as excinfo:
+        create_model("deeperforward_tinycnn", widht=2)
+    raised_by_ffkit(excinfo, "got an unexpected keyword argument 'widht'", "valid arguments: num_classes")
+
+
+@pytest.mark.parametrize("flag, value, expected", [
+    ("--model", "resnet9000", "unknown model 'resnet9000'; available models"),
+    ("--recipe", "deeperforward-tiny", "unknown recipe 'deeperforward-tiny' (did you mean"),
+    ("--dataset", "imagenet", "unknown dataset 'imagenet'; valid names are"),
+], ids=["model", "recipe", "dataset"])
+def test_cli_unknown_name(tmp_path, capsys, flag, value, expected):
+    cli_error(["train", flag, value, "--data-dir", str(tmp_path), *SMALL], capsys, expected)
+
+
+# -- devices -----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("device, expected", [
+    ("gpu", "--device 'gpu' is not a valid device; expected 'auto', 'cpu', 'cuda' or 'cuda:N'"),
+    ("cpu:x", "--device 'cpu:x' is not a valid device"),
+    ("", "--device '' is not a valid device"),
+    ("mps", "--device 'mps': only 'cpu' and 'cuda' devices are supported"),
+    ("cuda:7", "--device 'cuda:7': "),
+], ids=["gpu", "cpu-x", "empty", "mps", "cuda-7"])
+@pytest.mark.parametrize("command", ["train", "test"])
+def test_cli_invalid_device(tmp_path, capsys, device, expected, command):
+    if device == "cuda:7" and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a GPU 7")
+    argv = ["train", *SMALL] if command == "train" else ["test", "--checkpoint", str(tmp_path / "c.pt")]
+    cli_error([*argv, f"--device={device}", "--data-dir", str(tmp_path)], capsys, expected)
+
+
+@pytest.mark.parametrize("device, expected", [
+    ("gpu", "device 'gpu' is not a valid device; expected 'cpu', 'cuda' or 'cuda:N'"),
+    ("cuda:7", "device 'cuda:7': "),
+    (3, "device must be a str or torch.device, got int"),
+])
+def test_check_device(device, expected):
+    if device == "cuda:7" and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a GPU 7")
+    with pytest.raises((ValueError, TypeError)) as excinfo:
+        check_device(device)
+    raised_by_ffkit(excinfo, expected)
+
+
+def test_trainer_invalid_device():
+    with pytest.raises(ValueError) as excinfo:
+        ffkit.LocalTrainer(tiny(), schedule="constant", device="gpu")
+    raised_by_ffkit(excinfo, "device 'gpu' is not a valid device")
+
+
+# -- conflicting or ignored CLI flags ----------------------------------------------------------------------------------
+CONFLICTS = {
+    "overlap-backprop": (["--trainer", "backprop", "--overlap"],
+                         "--overlap is an option of the local trainer; it conflicts with --trainer backprop"),
+    "recipe-overlap-backprop": (["--recipe", "trifecta-shallow-fmnist", "--trainer", "backprop"],
+                                "--overlap (set by --recipe trifecta-shallow-fmnist; add --no-overlap)"),
+    "checkpoint-every-pipeline": (["--checkpoint-every", "2", "--pipeline"],
+                                  "--checkpoint-every conflicts with --pipeline"),
+    "on-divergence-backprop": (["--on-divergence", "skip", "--trainer", "backprop"],
+                               "--on-divergence skip is an option of the local trainer"),
+    "pipeline-backprop": (["--pipeline", "--trainer", "backprop"],
+                          "--pipeline trains with the local trainer; it conflicts with --trainer backprop"),
+    "stages-without-pipeline": (["--stages", "3"],
+                                "--stages only applies to --pipeline training; add --pipeline or drop --stages"),
+    "variant-without-pipeline": (["--pipeline-variant", "federated", "--sync-every", "2"],
+                                 "--pipeline-variant, --sync-every only apply to --pipeline training"),
+    "variant-without-torchrun": (["--pipeline", "--pipeline-variant", "federated"],
+                                 "--pipeline-variant federated runs one rank per process: launch with torchrun"),
+    "baseline-local-trainer": (["--model", "bp_vgg8", "--trainer", "local"],
+                               "bp_vgg8 is a single-head backprop baseline; it cannot be trained with the local"),
+    "width-without-width": (["--model", "bp_resnet18", "--width-multiplier", "0.5"],
+                            "--width-multiplier: model bp_resnet18 has no width_multiplier"),
+    "head-lr-without-head": (["--head-lr", "0.1"],
+                             "--head-lr sets the learning rate of a classifier head, but deeperforward_tinycnn has"),
+    "final-lr-constant": (["--final-lr", "0.001", "--schedule", "constant"],
+                          "--final-lr is the end of a decaying schedule; it conflicts with --schedule constant"),
+    "recipe-kwargs-other-model": (["--recipe", "trifecta-shallow-fmnist", "--model", "deeperforward_tinycnn"],
+                                  "recipe 'trifecta-shallow-fmnist' passes model_kwargs {'learned_label': True}"),
+    "negative-workers": (["--workers", "-1"], "--workers must be >= 0, got -1"),
+}
+
+
+@pytest.mark.parametrize("case", list(CONFLICTS))
+def test_cli_conflicting_flags(tmp_path, capsys, case):
+    flags, expected = CONFLICTS[case]
+    cli_error(["train", *flags, "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "run"), *SMALL],
+              capsys, expected)
+
+
+def test_cli_flag_out_of_range(capsys):
+    with pytest.raises(SystemExit) as excinfo:
+        main(["train", "--epochs", "0"])
+    err = capsys.readouterr().err
+    assert excinfo.value.code == 2 and "Traceback" not in err
+    assert "ffkit train: error: argument --epochs: expected a positive int, got '0'" in err
+
+
+# -- the page and this file agree --------------------------------------------------------------------------------------
+def test_errors_page_lists_every_test():
+    page = ERRORS_PAGE.read_text()
+    rows = [line for line in page.splitlines() if line.startswith("|") and not set(line) <= set("|-: ")]
+    named = set()
+    for row in rows[1:]:  # the header row names no test
+        found = re.findall(r"`(test_\w+)", row.rsplit("|", 2)[-2])
+        assert found, f"a row of docs/errors.md names no test: {row}"
+        named.update(found)
+    defined = set(re.findall(r"^def (test_\w+)", Path(__file__).read_text(), flags=re.M))
+    assert named - defined == set(), "docs/errors.md names tests that do not exist"
+    assert defined - named - {"test_errors_page_lists_every_test"} == set(), "tests missing from docs/errors.md"
+    for case in CONFLICTS:  # each parametrised conflict has its own row
+        assert f"test_cli_conflicting_flags[{case}]" in page, case
