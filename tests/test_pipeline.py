@@ -3,6 +3,7 @@ processes (torch.distributed, gloo), stage checkpoints, and faults that end the 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -176,14 +177,60 @@ def test_shared_split_needs_the_distributed_backend_and_separable_layers():
         PipelineTrainer(trifecta, stages=(0, 1.5), schedule="constant")
 
 
-@pytest.mark.parametrize("fault", ["kill", "stall", "raise"])
-def test_a_failed_rank_ends_the_job_with_a_clear_error(tmp_path, fault):
-    proc, seconds = _torchrun(tmp_path, "deeperforward_tinycnn", "50", fault, env_extra={"FFKIT_TEST_TIMEOUT": "10"})
-    assert proc.returncode != 0
-    assert seconds < 60
+def test_resume_takes_the_latest_epoch_every_stage_file_has(tmp_path):
+    """Stage 1's epoch-2 file is lost (as when its rank dies between the two ranks' writes): stage 0 goes back to its
+    previous file, and the resumed run still ends with the weights of 3 uninterrupted epochs."""
+    ref = _local("deeperforward_tinycnn", epochs=3)
+    first = PipelineTrainer(_model(), stages=2, balance="layers", schedule="constant")
+    first.fit(_loader(), epochs=2, out_dir=tmp_path, log=None)
+    names = {p.name for p in tmp_path.glob("checkpoint*.pt")}
+    assert names == {"checkpoint.pt", "checkpoint.stage0-of-2.pt", "checkpoint.stage1-of-2.pt",
+                     "checkpoint.stage0-of-2.prev.pt", "checkpoint.stage1-of-2.prev.pt"}
+    (tmp_path / "checkpoint.stage1-of-2.prev.pt").replace(tmp_path / "checkpoint.stage1-of-2.pt")
+    net = _model()
+    again = PipelineTrainer(net, stages=2, balance="layers", schedule="constant")
+    again.resume(tmp_path / "checkpoint.pt")
+    assert again.epoch == 1 and len(again.history) == 1
+    again.fit(_loader(), epochs=3, log=None)
+    _assert_same_weights(ref, net)
+    # no epoch in common: a clear error that lists what each stage has
+    (tmp_path / "checkpoint.stage0-of-2.prev.pt").unlink()
+    with pytest.raises(ValueError, match=r"no epoch in common \(stage 0: \[2\], stage 1: \[1\]\)"):
+        PipelineTrainer(_model(), stages=2, balance="layers", schedule="constant").resume(tmp_path / "checkpoint.pt")
+    with pytest.raises(FileNotFoundError, match="no checkpoint of pipeline stage 0"):
+        PipelineTrainer(_model(), stages=2, balance="layers", schedule="constant").resume(tmp_path / "other.pt")
+
+
+@pytest.mark.parametrize("fault", ["kill:1:8", "stall:1:8", "raise:1:8", "kill-at-save:0:2", "kill-at-save:1:2"])
+def test_a_failed_rank_ends_the_job_and_the_stage_checkpoints_resume(tmp_path, fault):
+    """A rank killed, stalled or raising in the middle of epoch 2 (its 8th step; 6 steps an epoch), or killed while
+    it is about to write its epoch-2 stage file (the other rank's file then says another epoch), ends the whole job
+    with a clear error in bounded time (a stall: the timeout; the others: without waiting for it); a new job resumes
+    every stage from the latest epoch all stage files have and trains to the weights of 3 uninterrupted epochs of
+    LocalTrainer."""
+    run_dir = tmp_path / "run"
+    kind, rank = fault.split(":")[:2]
+    # A stalled peer is found by the timeout; a dead or failing one must end the job without waiting for it.
+    timeout = 10 if kind == "stall" else 30
+    env = {"FFKIT_TEST_TIMEOUT": str(timeout)}
+    proc, seconds = _torchrun(tmp_path, "deeperforward_tinycnn", "3", f"fit:{run_dir}",
+                              env_extra={**env, "FFKIT_TEST_FAULT": fault})
     log = proc.stdout + proc.stderr
-    assert "PipelineError" in log or "exitcode" in log, log[-3000:]
+    assert proc.returncode != 0, log[-3000:]
+    assert seconds < (60 if kind == "stall" else timeout), log[-3000:]
+    if kind == "raise":  # the failing rank's own error names its stage
+        assert "PipelineError: pipeline stage 1 (rank 1 of 2) failed: RuntimeError: injected" in log, log[-3000:]
+    if kind == "stall":  # the waiting rank gives up on its silent peer, and says which one
+        assert "PipelineError: pipeline stage 0 (rank 0 of 2) lost the next stage (rank 1)" in log, log[-3000:]
+    if kind.startswith("kill"):  # the launcher names the rank that died and how
+        assert re.search(rf"rank\s*:\s*{rank} \(local_rank: {rank}\)\s*exitcode\s*:\s*-9", log), log[-3000:]
     print(f"{fault}: job ended in {seconds:.1f} s")
+    assert (run_dir / "checkpoint.stage0-of-2.pt").is_file()
+    proc, _ = _torchrun(tmp_path, "deeperforward_tinycnn", "3", f"fit:{run_dir}", env_extra=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    net = _model()
+    net.load_state_dict(torch.load(tmp_path / "out.pt")["state"])
+    _assert_same_weights(_local("deeperforward_tinycnn", epochs=3), net, atol=1e-4)
 
 
 def test_distributed_stage_checkpoints_resume(tmp_path):

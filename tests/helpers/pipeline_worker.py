@@ -4,6 +4,8 @@
 
 FAULT (on rank 1, after its first batch): ``kill`` (SIGKILL itself), ``stall`` (sleep forever), ``raise``; or
 ``fit:DIR``: train with ``fit(out_dir=DIR)`` until EPOCHS epochs, resuming from DIR's checkpoints if they exist.
+``FFKIT_TEST_FAULT=KIND:RANK:N`` injects a fault into a ``fit`` run: KIND ``kill``, ``stall`` or ``raise`` after
+rank RANK's N-th step of this job, or ``kill-at-save`` when rank RANK is about to write its checkpoint of epoch N.
 ``FFKIT_TEST_STAGES`` (e.g. ``0,1.5``) gives the split; otherwise equal layer counts.
 Rank 0 writes the trained network's state_dict to OUT.pt.
 """
@@ -36,22 +38,47 @@ stages = tuple(float(c) for c in split.split(",")) if split else 2
 trainer = PipelineTrainer(net, backend="distributed", stages=stages, balance="layers", schedule="constant",
                           timeout=timeout)
 
-if fault in ("kill", "stall", "raise") and rank == 1:
+
+def fail(kind):
+    if kind.startswith("kill"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif kind == "stall":
+        time.sleep(3600)
+    raise RuntimeError(f"injected failure in stage {rank}")
+
+
+kind, fault_rank, after = "", -1, 1
+if fault in ("kill", "stall", "raise"):
+    kind, fault_rank = fault, 1
+elif os.environ.get("FFKIT_TEST_FAULT"):
+    kind, r, n = os.environ["FFKIT_TEST_FAULT"].split(":")
+    fault_rank, after = int(r), int(n)
+if rank == fault_rank and kind in ("kill", "stall", "raise"):
     from ffkit.train import pipeline
 
     real_step = pipeline._Stage.step
+    steps = 0
 
     def faulty(self, *a, **k):
+        global steps
         result = real_step(self, *a, **k)
-        if fault == "kill":
-            os.kill(os.getpid(), signal.SIGKILL)
-        elif fault == "stall":
-            time.sleep(3600)
-        elif fault == "raise":
-            raise RuntimeError("injected failure in stage 1")
+        steps += 1
+        if steps >= after:
+            fail(kind)
         return result
 
     pipeline._Stage.step = faulty
+elif rank == fault_rank and kind == "kill-at-save":
+    from ffkit.train import pipeline
+
+    real_save = pipeline._save_stage
+
+    def dying_save(state, path):
+        if state["epoch"] >= after:
+            fail(kind)
+        real_save(state, path)
+
+    pipeline._save_stage = dying_save
 
 if fault is not None and fault.startswith("fit:"):
     run_dir = fault[4:]

@@ -389,7 +389,9 @@ class PipelineTrainer(Trainer):
         if self.backend != "distributed":
             return value
         box = [value]
-        dist.broadcast_object_list(box, src=0)
+        with _lost_peer(f"pipeline rank {self.rank} of {self.world} lost rank 0 while receiving its plan",
+                        self.timeout):
+            dist.broadcast_object_list(box, src=0)
         return box[0]
 
     def _probe_bandwidth(self, nbytes: int = 1 << 22) -> float:
@@ -450,8 +452,8 @@ class PipelineTrainer(Trainer):
         self.gather_network()  # every rank takes part; rank 0 then holds the whole trained network
         if self.rank > 0 and self._out_dir is not None:
             self.epoch += 1  # Trainer.fit counts the epoch after this returns; the stage file must say it is done
-            save_checkpoint(self.stage_state(self.rank), _stage_path(self._out_dir / "checkpoint.pt", self.rank,
-                                                                      self.n_stages))
+            _save_stage(self.stage_state(self.rank), _stage_path(self._out_dir / "checkpoint.pt", self.rank,
+                                                                  self.n_stages))
             self.epoch -= 1
         return record
 
@@ -523,7 +525,9 @@ class PipelineTrainer(Trainer):
         if self.backend == "distributed":
             gathered: list[Any] = [None] * self.world
             mine = [(a, ls.cpu(), cs.cpu(), n, busy) for a, ls, cs, n, busy in parts]
-            dist.all_gather_object(gathered, mine)
+            with _lost_peer(f"pipeline rank {self.rank} of {self.world} lost a peer while gathering the epoch's "
+                            f"losses", self.timeout):
+                dist.all_gather_object(gathered, mine)
             parts = [p for g in gathered for p in g]
         if not parts:
             raise ValueError("the training data is empty: no batch was produced")
@@ -683,10 +687,9 @@ class PipelineTrainer(Trainer):
             link.flush()
         except PipelineError:
             raise
-        except RuntimeError as e:  # gloo/NCCL errors: a peer died or timed out
+        except RuntimeError as e:  # the step itself failed (a lost peer is a PipelineError already)
             raise PipelineError(
-                f"pipeline stage {self.rank} (rank {self.rank} of {self.world}) failed talking to its neighbours: "
-                f"{e}"
+                f"pipeline stage {self.rank} (rank {self.rank} of {self.world}) failed: {type(e).__name__}: {e}"
             ) from e
 
     def _finish_units(self, st: _Stage) -> None:
@@ -739,11 +742,17 @@ class PipelineTrainer(Trainer):
         self._out_dir = Path(out_dir) if out_dir is not None else None
         try:
             if self.rank == 0:
-                return super().fit(train, epochs=epochs, holdout=holdout, test=test, out_dir=out_dir, **kwargs)
-            kwargs["log"] = None
-            return super().fit(train, epochs=epochs, **kwargs)
-        finally:
-            self.close()
+                history = super().fit(train, epochs=epochs, holdout=holdout, test=test, out_dir=out_dir, **kwargs)
+            else:
+                kwargs["log"] = None
+                history = super().fit(train, epochs=epochs, **kwargs)
+        except BaseException:
+            # No goodbye after a failure: the peers may be gone, and waiting for their STOP would hold this
+            # rank's error back for the whole timeout.
+            self._link = None
+            raise
+        self.close()
+        return history
 
     # -- state ----------------------------------------------------------------------------------------------------
     def gather_network(self) -> None:
@@ -752,7 +761,9 @@ class PipelineTrainer(Trainer):
             return
         st = self._stages[self.rank]
         gathered: list[Any] = [None] * self.world
-        dist.all_gather_object(gathered, (self._layer_states(st), self._unit_shards(st)))
+        with _lost_peer(f"pipeline rank {self.rank} of {self.world} lost a peer while gathering the layers",
+                        self.timeout):
+            dist.all_gather_object(gathered, (self._layer_states(st), self._unit_shards(st)))
         for rank, (states, shards) in enumerate(gathered):
             if rank != self.rank:
                 for i, state in states.items():
@@ -800,27 +811,47 @@ class PipelineTrainer(Trainer):
 
     def save(self, path: str | Path, *, position: EpochProgress | None = None) -> Path:
         """Each stage writes ``<path stem>.stage<k>-of-<S>.pt`` (its layers, optimizers, schedules, progress), and
-        rank 0 also writes the whole network's checkpoint at ``path`` (loadable by ``ffkit test``)."""
+        rank 0 also writes the whole network's checkpoint at ``path`` (loadable by ``ffkit test``).
+
+        A stage's previous file is kept as ``<path stem>.stage<k>-of-<S>.prev.pt``: the ranks of a distributed run
+        write their files at different moments, so a job that dies between two of them leaves stages one epoch
+        apart, and :meth:`resume` then takes the latest epoch that every stage has."""
         reject_mid_epoch(self, position, None)
         path = Path(path)
         ks = [self.rank] if self.backend == "distributed" else range(len(self._stages))
         for k in ks:
-            save_checkpoint(self.stage_state(k), _stage_path(path, k, self.n_stages))
+            _save_stage(self.stage_state(k), _stage_path(path, k, self.n_stages))
         if self.rank == 0:
             super().save(path)
         return path
 
     def resume(self, path: str | Path) -> dict[str, Any]:
-        """Every stage reloads its own stage file; the split is the saved one."""
+        """Every stage reloads its own stage file; the split is the saved one. When the stages' latest files are of
+        different epochs (a job that died between two ranks' writes), every stage takes its file of the latest epoch
+        that all of them have (its current or its previous file)."""
         path = Path(path)
-        ks = [self.rank] if self.backend == "distributed" else None
-        first = load_checkpoint(_stage_path(path, self.rank if ks else 0, self.n_stages), map_location="cpu")
+        mine = [self.rank] if self.backend == "distributed" else list(range(self.n_stages))
+        found = {k: _stage_files(path, k, self.n_stages) for k in mine}
+        if self.backend == "distributed" and self.world > 1:
+            gathered: list[Any] = [None] * self.world
+            with _lost_peer(f"pipeline rank {self.rank} of {self.world} lost a peer while resuming", self.timeout):
+                dist.all_gather_object(gathered, {k: sorted(f) for k, f in found.items()})
+            epochs = {k: set(e) for g in gathered for k, e in g.items()}
+        else:
+            epochs = {k: set(f) for k, f in found.items()}
+        common = set.intersection(*epochs.values())
+        if not common:
+            have = ", ".join(f"stage {k}: {sorted(e) or 'none'}" for k, e in sorted(epochs.items()))
+            raise ValueError(f"the stage checkpoints next to {path} have no epoch in common ({have}); every stage "
+                             f"needs a file <stem>.stage<k>-of-{self.n_stages}.pt or .prev.pt of the same epoch")
+        epoch = max(common)
+        payloads = {k: found[k][epoch] for k in mine}
+        first = payloads[mine[0]]
         self.starts = tuple(first["starts"])
         self._share_batch = first.get("share_batch_size")
         self._plan(None, None)
-        for k in ks or range(len(self._stages)):
-            payload = first if k == (ks[0] if ks else 0) else load_checkpoint(
-                _stage_path(path, k, self.n_stages), map_location="cpu")
+        for k in mine:
+            payload = payloads[k]
             st = self._stages[k]
             for i, state in payload["layers"].items():
                 self.network.layers[i].load_state_dict(state)
@@ -879,9 +910,12 @@ class _Link:
         return [slot["header"], slot["h"], slot["y"], *(slot["sc"][s] for s in sorted(slot["sc"]))]
 
     def _post(self, slot) -> None:
-        slot["works"] = dist.batch_isend_irecv([dist.P2POp(dist.irecv, t, self.prev) for t in self._tensors(slot)])
-        if slot["share"] is not None:
-            slot["share_works"] = dist.batch_isend_irecv([dist.P2POp(dist.irecv, slot["share"], self.prev)])
+        with _lost_peer(f"pipeline stage {self.t.rank} (rank {self.t.rank} of {self.t.world}) lost the previous "
+                        f"stage (rank {self.prev}) while posting a receive", self.t.timeout):
+            slot["works"] = dist.batch_isend_irecv([dist.P2POp(dist.irecv, t, self.prev)
+                                                    for t in self._tensors(slot)])
+            if slot["share"] is not None:
+                slot["share_works"] = dist.batch_isend_irecv([dist.P2POp(dist.irecv, slot["share"], self.prev)])
 
     def _wait_recv(self, works) -> None:
         for w in works:
@@ -940,7 +974,10 @@ class _Link:
         self._isend([feats.contiguous()])
 
     def _isend(self, tensors: list[torch.Tensor]) -> None:
-        works = dist.batch_isend_irecv([dist.P2POp(dist.isend, t, self.nxt) for t in tensors])
+        # gloo may report a peer that stopped reading at the send itself, not only at the wait
+        with _lost_peer(f"pipeline stage {self.t.rank} (rank {self.t.rank} of {self.t.world}) lost the next stage "
+                        f"(rank {self.nxt}) while sending it a batch", self.t.timeout):
+            works = dist.batch_isend_irecv([dist.P2POp(dist.isend, t, self.nxt) for t in tensors])
         self.pending.append((works, tensors))
         while len(self.pending) > self.ring * self.parts:  # wait on a send only when its buffers would be reused
             self._wait_send(self.pending.pop(0))
@@ -976,8 +1013,21 @@ def _exchange_shapes(t: PipelineTrainer) -> list[dict[str, Any]]:
     if t.rank == 0:
         assert t._shape_spec is not None, "rank 0 measures the shapes before the link is built"
         spec[0] = [{**d, "dtype": str(d["dtype"]).replace("torch.", "")} for d in t._shape_spec]
-    dist.broadcast_object_list(spec, src=0)
+    with _lost_peer(f"pipeline rank {t.rank} of {t.world} lost rank 0 while receiving the stage shapes", t.timeout):
+        dist.broadcast_object_list(spec, src=0)
     return [{**d, "dtype": getattr(torch, d["dtype"])} for d in spec[0]]
+
+
+@contextlib.contextmanager
+def _lost_peer(what: str, timeout: float):
+    """Turn the backend's error of a call to a peer that died or stopped answering into a :class:`PipelineError`
+    that says which stage lost which peer (gloo raises some of them at the call, not at the wait)."""
+    try:
+        yield
+    except PipelineError:
+        raise
+    except RuntimeError as e:
+        raise PipelineError(f"{what} (timeout {timeout:.0f} s): {e}") from e
 
 
 def _wait(work, timeout: float, what: str) -> None:
@@ -989,8 +1039,29 @@ def _wait(work, timeout: float, what: str) -> None:
         raise PipelineError(f"{what}: no answer within {timeout:.0f} s")
 
 
-def _stage_path(path: Path, k: int, n: int) -> Path:
-    return path.with_name(f"{path.stem}.stage{k}-of-{n}{path.suffix or '.pt'}")
+def _stage_path(path: Path, k: int, n: int, previous: bool = False) -> Path:
+    return path.with_name(f"{path.stem}.stage{k}-of-{n}{'.prev' if previous else ''}{path.suffix or '.pt'}")
+
+
+def _save_stage(state: dict[str, Any], path: Path) -> None:
+    """Write a stage file atomically, keeping the one it replaces as the ``.prev`` file (see ``resume``)."""
+    if path.exists():
+        path.replace(path.with_name(f"{path.stem}.prev{path.suffix}"))
+    save_checkpoint(state, path)
+
+
+def _stage_files(path: Path, k: int, n: int) -> dict[int, dict[str, Any]]:
+    """Stage ``k``'s current and previous files next to ``path``, by the epoch each has finished."""
+    found: dict[int, dict[str, Any]] = {}
+    for previous in (True, False):  # the current file wins if both say the same epoch
+        file = _stage_path(path, k, n, previous)
+        if file.exists():
+            payload = load_checkpoint(file, map_location="cpu")
+            found[int(payload["epoch"])] = payload
+    if not found:
+        raise FileNotFoundError(f"no checkpoint of pipeline stage {k} at {_stage_path(path, k, n)}: a pipeline run "
+                                f"writes one file per stage next to {path.name} (resume with the same --stages)")
+    return found
 
 
 def _stage_error(k: int, e: BaseException) -> BaseException:
