@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
+
 import torch
 
 __all__ = [
     "check_tensor", "check_groups", "check_labels", "check_positive", "check_positive_int", "check_image_input",
-    "check_device",
+    "check_device", "suggest_names",
 ]
 
 
@@ -138,3 +140,13 @@ def check_device(value: object, name: str = "device", *, auto: bool = False) -> 
     elif device.type != "cpu":
         raise ValueError(f"{name} {value!r}: only 'cpu' and 'cuda' devices are supported; expected {expected}")
     return device
+
+
+def suggest_names(name: object, names: list[str]) -> list[str]:
+    """Up to three known names that ``name`` may have meant: those containing it, then similar spellings."""
+    if not isinstance(name, str) or not name:
+        return []
+    key = name.lower()
+    found = [n for n in names if key in n.lower()]
+    found += [n for n in difflib.get_close_matches(key, names, n=3) if n not in found]
+    return found[:3]

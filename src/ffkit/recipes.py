@@ -6,9 +6,10 @@ code. ``reference`` quotes the published figure (``ANCHORS.md``) the recipe is m
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from ._validation import suggest_names
 
 __all__ = ["Recipe", "register_recipe", "get_recipe", "list_recipes", "RECIPES", "build_model", "build_trainer"]
 
@@ -72,7 +73,7 @@ def get_recipe(name: str) -> Recipe:
     try:
         return RECIPES[name]
     except (KeyError, TypeError):
-        close = _suggest(name, list_recipes())
+        close = suggest_names(name, list_recipes())
         hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
         raise ValueError(
             f"unknown recipe {name!r}{hint}; available recipes (described by `ffkit recipes`): "
@@ -239,12 +240,3 @@ def build_trainer(
         return LocalTrainer(network, overlap=recipe.overlap, head_lr=recipe.head_lr, **common)
     return BackpropTrainer(network, **common)
 
-
-def _suggest(name: object, names: list[str]) -> list[str]:
-    """Up to three known names that ``name`` may have meant: those containing it, then similar spellings."""
-    if not isinstance(name, str) or not name:
-        return []
-    key = name.lower()
-    found = [n for n in names if key in n.lower()]
-    found += [n for n in difflib.get_close_matches(key, names, n=3) if n not in found]
-    return found[:3]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
 import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
+
+from .._validation import suggest_names
 
 __all__ = ["register_model", "list_models", "create_model", "get_model_builder", "model_kind"]
 
@@ -70,7 +71,7 @@ def get_model_builder(name: str) -> Callable[..., Any]:
     try:
         return _MODELS[name]
     except (KeyError, TypeError):
-        close = _suggest(name, list_models())
+        close = suggest_names(name, list_models())
         hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
         raise ValueError(
             f"unknown model {name!r}{hint}; available models (described by `ffkit models`): {', '.join(list_models())}"
@@ -81,12 +82,3 @@ def create_model(name: str, **kwargs: Any):
     """Build a registered model by name, e.g. ``create_model("deeperforward_tinycnn", num_classes=10)``."""
     return get_model_builder(name)(**kwargs)
 
-
-def _suggest(name: object, names: list[str]) -> list[str]:
-    """Up to three known names that ``name`` may have meant: those containing it, then similar spellings."""
-    if not isinstance(name, str) or not name:
-        return []
-    key = name.lower()
-    found = [n for n in names if key in n.lower()]
-    found += [n for n in difflib.get_close_matches(key, names, n=3) if n not in found]
-    return found[:3]
