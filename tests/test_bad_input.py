@@ -544,6 +544,8 @@ CONFLICTS = {
                                   "--checkpoint-every conflicts with --pipeline"),
     "on-divergence-backprop": (["--on-divergence", "skip", "--trainer", "backprop"],
                                "--on-divergence skip is an option of the local trainer"),
+    "on-divergence-pipeline": (["--on-divergence", "skip", "--pipeline"],
+                               "--on-divergence skip conflicts with --pipeline: pipeline stages and ranks stop"),
     "pipeline-backprop": (["--pipeline", "--trainer", "backprop"],
                           "--pipeline trains with the local trainer; it conflicts with --trainer backprop"),
     "stages-without-pipeline": (["--stages", "3"],

@@ -242,3 +242,50 @@ def test_a_position_past_the_data_is_a_clear_error(tmp_path):
     b.resume(tmp_path / "checkpoint.pt")
     with pytest.raises(ValueError, match="stopped after batch 4 of epoch 1, but the training data has only 2"):
         b.fit(DataLoader(_data(16), batch_size=8), epochs=1, log=None)
+
+
+@pytest.mark.parametrize("action", ["stop", "skip"])
+def test_a_neutral_pass_head_is_checked_after_the_layers_update(monkeypatch, action):
+    """Hinton's MLP with a softmax head reads a neutral-label pass through the updated layers: a non-finite head
+    loss stops (naming the head) or skips the head's own update; the layers keep theirs."""
+    torch.manual_seed(0)
+    net = create_model("hinton_mlp", head=True, hidden=(32, 32))
+    trainer = ffkit.LocalTrainer(net, lr=0.01, schedule="constant", on_divergence=action)
+    x, y = torch.rand(8, 1, 32, 32), torch.arange(8) % 10
+    trainer.train_step(x, y)
+    before = _snapshot(trainer)["net"]
+    monkeypatch.setattr(net.head, "loss", lambda logits, target: logits.sum() * float("nan"))
+    if action == "stop":
+        with pytest.raises(ffkit.DivergenceError, match="classifier head produced a non-finite loss") as err:
+            trainer.train_step(x, y)
+        assert err.value.layer is None and err.value.step == 2
+    else:
+        assert trainer.train_step(x, y).skipped
+    after = net.state_dict()
+    head_keys = [k for k in before if k.startswith("head.")]
+    assert head_keys and all(torch.equal(before[k], after[k]) for k in head_keys)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("layers."))
+
+
+def test_backprop_divergence_leaves_the_batchnorm_statistics_as_they_were(tmp_path):
+    torch.manual_seed(0)
+    net = create_model("bp_vgg8", num_classes=4, in_channels=1, width_multiplier=0.05)
+    trainer = ffkit.BackpropTrainer(net, lr=0.01, schedule="constant")
+    data = _data(16)
+    bad = data.tensors[0].clone()
+    bad[8:] = float("nan")
+    with pytest.raises(ffkit.DivergenceError, match="saved in") as err:
+        trainer.fit(DataLoader(TensorDataset(bad, data.tensors[1]), batch_size=8), epochs=1, out_dir=tmp_path,
+                    log=None)
+    assert (err.value.epoch, err.value.step) == (1, 2) and "on_divergence" not in str(err.value)
+    saved = load_checkpoint(tmp_path / "checkpoint.pt")["network"]
+    assert all(torch.isfinite(v).all() for v in saved.values() if v.is_floating_point())
+    assert all(torch.isfinite(v).all() for v in net.state_dict().values() if v.is_floating_point())
+
+
+def test_the_multi_process_engines_refuse_skip():
+    net = _cw()
+    with pytest.raises(ValueError, match="PipelineTrainer supports on_divergence='stop' only"):
+        ffkit.PipelineTrainer(net, stages=2, on_divergence="skip")
+    with pytest.raises(ValueError, match="ChapterTrainer supports on_divergence='stop' only"):
+        ffkit.train.ChapterTrainer(net, chapter_batches=1, on_divergence="skip")

@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-every", type=_positive(int), default=None, metavar="N",
                    help="also write OUT/checkpoint.pt after every N-th batch of an epoch, so a killed run loses at "
                         "most N batches (default: at the end of each epoch only)")
+    # the choices are train.base.DIVERGENCE_ACTIONS, not imported here so that --help stays fast
     t.add_argument("--on-divergence", choices=["stop", "skip"], default="stop",
                    help="a NaN/inf loss or goodness: stop (saving the last good state as the checkpoint) or skip the "
                         "batch and count it (local trainer)")
@@ -314,6 +315,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.on_divergence != "stop" and trainer_name != "local":
         raise ValueError(f"--on-divergence {args.on_divergence} is an option of the local trainer; it conflicts with "
                          f"--trainer {trainer_name}")
+    if args.on_divergence != "stop" and args.pipeline:
+        raise ValueError(f"--on-divergence {args.on_divergence} conflicts with --pipeline: pipeline stages and ranks "
+                         f"stop on divergence")
     _check_pipeline_flags(args)
     pipeline, rank = None, 0
     if args.pipeline:
@@ -345,7 +349,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     federated = pipeline is not None and pipeline["variant"] == "federated"
     if not federated:  # federated ranks each train on a shard, whose size depends on the world size
         _check_batches(_size(train_set), batch_size, net, model, drop_last=pipeline is not None)
-    if pipeline is not None and pipeline["variant"] == "federated":  # every rank its own shard of the data
+    if federated:  # every rank its own shard of the data
         from .train import shard_loader
 
         train_loader = shard_loader(train_set, batch_size, seed=args.seed, **loader_kw)

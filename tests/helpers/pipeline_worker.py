@@ -73,10 +73,10 @@ elif rank == fault_rank and kind == "kill-at-save":
 
     real_save = pipeline._save_stage
 
-    def dying_save(state, path):
+    def dying_save(state, *args):
         if state["epoch"] >= after:
             fail(kind)
-        real_save(state, path)
+        real_save(state, *args)
 
     pipeline._save_stage = dying_save
 

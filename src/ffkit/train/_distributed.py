@@ -19,3 +19,11 @@ def check_timeout(timeout: object) -> float:
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
     return float(timeout)
+
+
+def check_divergence_stop(trainer_options: dict, engine: str) -> None:
+    """The multi-process engines stop on divergence; skipping a batch would need every stage or rank to agree."""
+    action = trainer_options.get("on_divergence", "stop")
+    if action != "stop":
+        raise ValueError(f"{engine} supports on_divergence='stop' only (skipping a batch would need every stage or "
+                         f"rank to drop it together), got on_divergence={action!r}")

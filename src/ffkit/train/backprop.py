@@ -116,6 +116,8 @@ class BackpropTrainer(Trainer):
         opt = self.optimizers[0]
         assert opt is not None  # one optimizer over the whole network
         opt.zero_grad(set_to_none=True)
+        # the forward changes BatchNorm statistics before the loss can be checked: put them back if it diverges
+        saved = [(buf, buf.clone()) for buf in self.network.buffers()]
         losses: torch.Tensor | None = None
         correct: torch.Tensor | None = None
         head_result: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -126,9 +128,14 @@ class BackpropTrainer(Trainer):
             with self._autocast():
                 total, m_losses, m_correct, m_head = self._losses(xm, ym, im)
             if not torch.isfinite(total):
+                opt.zero_grad(set_to_none=True)
+                with torch.no_grad():
+                    for buf, before in saved:
+                        buf.copy_(before)
+                epoch, step = self.epoch + 1, self.step_count + 1
                 raise DivergenceError(
-                    f"the backprop loss became non-finite ({total.item()}) at epoch {self.epoch + 1}, "
-                    f"step {self.step_count + 1}; per-layer losses: {m_losses.tolist()}"
+                    f"the backprop loss became non-finite ({total.item()}) at epoch {epoch}, step {step}; "
+                    f"per-layer losses: {m_losses.tolist()}", epoch=epoch, step=step,
                 )
             (total if steps == 1 else total * weight).backward()
             del total  # free this micro-batch's graph before the next one is built

@@ -373,9 +373,10 @@ class Trainer:
                 if ckpt is None or pos is None or not self.mid_epoch_checkpoints:
                     raise
                 self.save(ckpt, position=pos)
+                skip = ", or with on_divergence='skip' to drop such batches" if hasattr(self, "on_divergence") else ""
                 raise DivergenceError(
                     f"{err}. The last good state (before this step) is saved in {ckpt}: resume from it with a lower "
-                    f"learning rate, or with on_divergence='skip' to drop such batches",
+                    f"learning rate{skip}",
                     layer=err.layer, epoch=err.epoch, step=err.step, checkpoint=ckpt,
                 ) from None
             if holdout is not None:

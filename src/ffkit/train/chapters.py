@@ -37,7 +37,7 @@ import torch.distributed as dist
 
 from ..network import FFNetwork, _RestoreNormStats
 from ..objectives import PreparedBatch
-from ._distributed import check_timeout, default_device
+from ._distributed import check_divergence_stop, check_timeout, default_device
 from .base import EpochProgress, StepResult, Trainer, reject_mid_epoch
 from .local import LocalTrainer
 from .pipeline import PipelineError
@@ -109,6 +109,7 @@ class ChapterTrainer(Trainer):
         if isinstance(chapter_batches, bool) or not isinstance(chapter_batches, int) or chapter_batches < 1:
             raise ValueError(f"chapter_batches must be a positive int (batches per chapter), got {chapter_batches!r}")
         check_timeout(timeout)
+        check_divergence_stop(trainer_options, "ChapterTrainer")
         if trainer_options.get("overlap"):
             raise ValueError("overlap (OLU) trains layer pairs through one loss; ChapterTrainer trains one layer at a "
                              "time over a whole chapter, so it cannot overlap updates")
@@ -228,8 +229,6 @@ class ChapterTrainer(Trainer):
                 shortcuts = {s: feats[b][s] for s in crossing}
                 losses, correct, _, _ = t.train_layers(batch, feats[b][layer - 1], start=layer, end=layer,
                                                        shortcuts=shortcuts)
-                if t.check_finite:
-                    t._raise_if_diverged(losses, None, first_layer=layer)
                 t.step_schedules_of([layer])
                 sums.add(layer, losses[0], correct[0], batch.batch_size)
             if self.world > 1 and not last:

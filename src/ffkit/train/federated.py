@@ -27,7 +27,7 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..network import FFNetwork
-from ._distributed import check_timeout, default_device
+from ._distributed import check_divergence_stop, check_timeout, default_device
 from .base import EpochProgress, StepResult, Trainer, reject_mid_epoch
 from .local import LocalTrainer
 from .pipeline import PipelineError
@@ -82,6 +82,7 @@ class FederatedTrainer(Trainer):
             raise ValueError(f"sync_every must be a positive int (steps between parameter averages), got "
                              f"{sync_every!r}")
         check_timeout(timeout)
+        check_divergence_stop(trainer_options, "FederatedTrainer")
         if not dist.is_available() or not dist.is_initialized():
             raise RuntimeError("FederatedTrainer needs torch.distributed initialised: launch one process per rank "
                                "with torchrun and call ffkit.train.pipeline.init_distributed() first")

@@ -128,8 +128,17 @@ class LocalTrainer(Trainer):
         update = self.begin_update(range(len(net)), head=True)  # before prepare: adaptive negatives change BN stats
         batch = net.objective.prepare(net, x, y, index)
         losses, correct, head_feats, _ = self.train_layers(batch, batch.inputs, update=update)
-        head_result = self._head_step(batch, head_feats, update) if net.head is not None else None
+        head_result = None
+        if net.head is not None and net.objective.head_uses_training_pass:
+            head_result = self._head_step(batch, head_feats, update)
         applied = self.commit_update(update, losses, head_result)
+        if applied and net.head is not None and not net.objective.head_uses_training_pass:
+            # The head reads a neutral-label pass through the layers as this step's update left them, so it is
+            # trained and checked after that update (a second synchronisation, for such heads only). If it
+            # diverges, the layers keep their update and the head does not take its own.
+            head_update = self.begin_update((), head=True)
+            head_result = self._head_step(batch, {}, head_update)
+            applied = self.commit_update(head_update, losses[:0], head_result, first_layer=len(net))
         self._finish_step(range(len(self.schedulers)))
         return StepResult(losses, correct, batch.batch_size, head_result, skipped=not applied)
 
@@ -279,15 +288,6 @@ class LocalTrainer(Trainer):
                 sched = self.schedulers[k]
                 if sched is not None:
                     sched.step()
-
-    def _raise_if_diverged(
-        self, losses: torch.Tensor, head: tuple[torch.Tensor, torch.Tensor] | None, first_layer: int = 0
-    ) -> None:
-        """Raise :class:`DivergenceError` if a loss in ``losses [n]`` (layers ``first_layer ..``) or the head's is
-        not finite (engines that check after their own update)."""
-        every = losses if head is None else torch.cat([losses, head[0].float().view(1)])
-        if not bool(torch.isfinite(every).all()):
-            self._raise_divergence(losses, head, [], first_layer)
 
     def _raise_divergence(
         self,

@@ -34,10 +34,11 @@ from .._version import __version__
 from ..layers.base import LayerOutput
 from ..network import FFNetwork
 from ..objectives import PosNegObjective, PreparedBatch
-from ._distributed import check_timeout, default_device
+from ._distributed import check_divergence_stop, check_timeout, default_device
 from .base import EpochProgress, StepResult, Trainer, reject_mid_epoch
 from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from .local import LocalTrainer
+from .rng import capture_rng, restore_rng
 
 __all__ = ["PipelineTrainer", "PipelineError"]
 
@@ -111,8 +112,6 @@ class _Stage:
         )
         if lead is not None:
             losses, correct = torch.cat([lead[0], losses]), torch.cat([lead[1], correct])
-        if t.check_finite:
-            t._raise_if_diverged(losses, None, first_layer=self.first_reported)
         t.step_schedules_of(range(self.start, self.end + 1))
         self.steps += 1
         self.last = (losses, correct)
@@ -141,8 +140,10 @@ class _Stage:
             dtype = grads[0].dtype if grads else torch.float32
             flat = torch.cat([*(g.reshape(-1) for g in grads), loss.view(1).to(dtype), n_right.view(1).to(dtype)])
             waited = time.perf_counter()
-            work = dist.all_reduce(flat, group=share.group, async_op=True)
-            _wait(work, timeout, f"pipeline stage {self.index} lost the stage it shares layer {j} with")
+            what = f"pipeline stage {self.index} lost the stage it shares layer {j} with"
+            with _lost_peer(what, timeout):
+                work = dist.all_reduce(flat, group=share.group, async_op=True)
+            _wait(work, timeout, what)
             self.reduce_seconds += time.perf_counter() - waited
             began = time.perf_counter()
             offset = 0
@@ -158,7 +159,8 @@ class _Stage:
         self.busy += time.perf_counter() - began
         return kept[j], losses, correct
 
-    def unit_forward(self, share: _Share, h: torch.Tensor, y: torch.Tensor, batch_size: int) -> dict[str, Any]:
+    def unit_forward(self, share: _Share, h: torch.Tensor, y: torch.Tensor, batch_size: int,
+                     timeout: float) -> dict[str, Any]:
         """First half of a unit-shard update: the forward of this stage's units on the whole batch, and the start
         of one asynchronous ``all_reduce`` that sums the two shards' goodness values (``[r * B]`` numbers).
         The features (``["features"]``) are final at once; :meth:`unit_finish` completes the update."""
@@ -167,7 +169,9 @@ class _Stage:
         with t._autocast():
             out = share.module(h, None)
         total = out.goodness.detach().float().clone()
-        work = dist.all_reduce(total, group=share.group, async_op=True)
+        with _lost_peer(f"pipeline stage {self.index} lost the stage it shares layer {share.layer} with",
+                        timeout):
+            work = dist.all_reduce(total, group=share.group, async_op=True)
         self.busy += time.perf_counter() - began
         return {"share": share, "out": out, "total": total, "work": work, "y": y, "h": h, "batch_size": batch_size,
                 "features": out.features.detach()}
@@ -259,6 +263,7 @@ class PipelineTrainer(Trainer):
         if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
             raise ValueError(f"queue_size must be a positive int, got {queue_size!r}")
         check_timeout(timeout)
+        check_divergence_stop(trainer_options, "PipelineTrainer")
         if trainer_options.get("overlap"):
             raise ValueError("overlap (OLU) sends gradients across layer boundaries; it cannot be pipelined")
         if network.head is not None:
@@ -452,8 +457,7 @@ class PipelineTrainer(Trainer):
         self.gather_network()  # every rank takes part; rank 0 then holds the whole trained network
         if self.rank > 0 and self._out_dir is not None:
             self.epoch += 1  # Trainer.fit counts the epoch after this returns; the stage file must say it is done
-            _save_stage(self.stage_state(self.rank), _stage_path(self._out_dir / "checkpoint.pt", self.rank,
-                                                                  self.n_stages))
+            _save_stage(self.stage_state(self.rank), self._out_dir / "checkpoint.pt", self.rank, self.n_stages)
             self.epoch -= 1
         return record
 
@@ -670,7 +674,7 @@ class PipelineTrainer(Trainer):
                     b = self._batch_size = link.batch_size
                     lead = None
                     if st.head is not None and st.head.mode == "units":  # h is the shared layer's whole input
-                        pending = st.unit_forward(st.head, h, y, b)
+                        pending = st.unit_forward(st.head, h, y, b, self.timeout)
                         loss, right = st.unit_finish(pending, self.timeout)
                         h = torch.cat([link.recv_share(), pending["features"]], dim=1)
                         sc = {**sc, st.head.layer: h}
@@ -706,7 +710,7 @@ class PipelineTrainer(Trainer):
         if st.tail.mode == "units":
             link.send(_BATCH, h, y, sc)  # the next stage runs its units on the same input at the same time
             self._finish_units(st)  # the previous batch's update: this shard's weights must be current
-            self._pending_units = st.unit_forward(st.tail, h, y, b)
+            self._pending_units = st.unit_forward(st.tail, h, y, b, self.timeout)
             link.send_share(self._pending_units["features"])
             # The update itself waits for the next batch (or the epoch's end): the goodness exchange then costs
             # this stage no waiting, while the next stage runs its units.
@@ -806,7 +810,7 @@ class PipelineTrainer(Trainer):
             "steps": st.steps,
             "epoch": self.epoch,
             "history": self.history,
-            "rng": torch.get_rng_state(),
+            "rng": capture_rng(self.network),
         }
 
     def save(self, path: str | Path, *, position: EpochProgress | None = None) -> Path:
@@ -820,7 +824,7 @@ class PipelineTrainer(Trainer):
         path = Path(path)
         ks = [self.rank] if self.backend == "distributed" else range(len(self._stages))
         for k in ks:
-            _save_stage(self.stage_state(k), _stage_path(path, k, self.n_stages))
+            _save_stage(self.stage_state(k), path, k, self.n_stages)
         if self.rank == 0:
             super().save(path)
         return path
@@ -866,7 +870,8 @@ class PipelineTrainer(Trainer):
         self.step_count = max(s.steps for s in self._stages)
         # Each process continues its random stream (negative labels on the first stage, dropout masks) where it was
         # saved; with threads, every stage file holds the one process's state.
-        torch.set_rng_state(first["rng"].cpu())
+        rng = first["rng"]
+        restore_rng({"torch": rng} if isinstance(rng, torch.Tensor) else rng, self.network)  # older files: a tensor
         if self.backend == "distributed":
             self.gather_network()
         return first
@@ -1031,10 +1036,8 @@ def _lost_peer(what: str, timeout: float):
 
 
 def _wait(work, timeout: float, what: str) -> None:
-    try:
+    with _lost_peer(what, timeout):
         ok = work.wait(timedelta(seconds=timeout))
-    except RuntimeError as e:
-        raise PipelineError(f"{what}: {e}") from e
     if ok is False:
         raise PipelineError(f"{what}: no answer within {timeout:.0f} s")
 
@@ -1043,11 +1046,13 @@ def _stage_path(path: Path, k: int, n: int, previous: bool = False) -> Path:
     return path.with_name(f"{path.stem}.stage{k}-of-{n}{'.prev' if previous else ''}{path.suffix or '.pt'}")
 
 
-def _save_stage(state: dict[str, Any], path: Path) -> None:
-    """Write a stage file atomically, keeping the one it replaces as the ``.prev`` file (see ``resume``)."""
-    if path.exists():
-        path.replace(path.with_name(f"{path.stem}.prev{path.suffix}"))
-    save_checkpoint(state, path)
+def _save_stage(state: dict[str, Any], path: Path, k: int, n: int) -> None:
+    """Write stage ``k``'s file next to ``path`` atomically, keeping the one it replaces as its ``.prev`` file (see
+    ``PipelineTrainer.resume``)."""
+    current = _stage_path(path, k, n)
+    if current.exists():
+        current.replace(_stage_path(path, k, n, previous=True))
+    save_checkpoint(state, current)
 
 
 def _stage_files(path: Path, k: int, n: int) -> dict[int, dict[str, Any]]:
