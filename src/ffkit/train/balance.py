@@ -32,7 +32,7 @@ import torch
 
 from ..profiling import SavedTensorMeter
 from .local import LocalTrainer
-from .rng import held_generators
+from .rng import capture_rng, restore_rng
 
 __all__ = ["LayerCosts", "profile_layers", "balance_stages", "stage_times", "check_split", "stage_balance",
            "shared_layers"]
@@ -223,9 +223,7 @@ class _TrainingState:
         self.network_state = copy.deepcopy(net.state_dict())
         self.training = net.training
         self.grads = [(p, None if p.grad is None else p.grad.detach().clone()) for p in net.parameters()]
-        self.cpu_rng = torch.get_rng_state()
-        self.cuda_rng = torch.cuda.get_rng_state(trainer.device) if trainer.device.type == "cuda" else None
-        self.generators = [(g, g.get_state()) for g in held_generators(net)]
+        self.rng = capture_rng(net)
 
     def restore(self) -> None:
         net = self.trainer.network
@@ -235,11 +233,7 @@ class _TrainingState:
         net.train(self.training)
         for p, g in self.grads:
             p.grad = g
-        torch.set_rng_state(self.cpu_rng)
-        if self.cuda_rng is not None:
-            torch.cuda.set_rng_state(self.cuda_rng, self.trainer.device)
-        for g, state in self.generators:
-            g.set_state(state)
+        restore_rng(self.rng, net)
 
 
 # -- choosing the split -------------------------------------------------------------------------------------------
