@@ -40,7 +40,8 @@ def test_train_test_and_resume_on_real_fashion_mnist(tmp_path, data_dir, capsys)
                  "--json"]) == 0
     test_out = capsys.readouterr().out
     rep = json.loads(test_out.strip().splitlines()[-1])
-    assert "one-pass, SIP layers" in test_out and len(rep["per_layer"]) == 4
+    assert "prediction (SIP layer" in test_out and len(rep["per_layer"]) == 4
+    assert rep["prediction"] == pytest.approx(summary["test_accuracy"])
     # the same checkpoint and test slice give the same per-layer accuracy as the training run reported
     assert rep["per_layer"] == pytest.approx(summary["test_accuracy_per_layer"])
 
@@ -60,6 +61,30 @@ def test_short_run_learns_fashion_mnist(tmp_path, data_dir, capsys):
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["test_accuracy"] > 0.65
+
+
+@needs_fmnist
+def test_only_deeperforward_holds_out_a_split_for_sip(tmp_path, data_dir, capsys):
+    """A DeeperForward model holds out part of the training set and predicts with SIP's range; another model
+    (Hinton's MLP) trains on the whole training set and predicts with its own read-out, never overwritten by SIP."""
+    quick = ["--limit", "256", "--eval-limit", "128", "--no-progress", "--json", "--data-dir", data_dir]
+    assert main(["train", "--model", "hinton_mlp", "--dataset", "fashion-mnist", "--out", str(tmp_path / "h"),
+                 "--lr", "0.01", *quick]) == 0
+    text = capsys.readouterr().out
+    summary = json.loads(text.strip().splitlines()[-1])
+    assert "held-out for SIP" not in text and summary["sip_range"] is None
+    assert summary["prediction_range"] == [1, 3]  # Hinton's FF: every layer but the first
+    assert summary["test_accuracy"] == pytest.approx(
+        json.loads((tmp_path / "h" / "metrics.json").read_text())[-1]["test"]["prediction"])
+    assert main(["train", "--model", "deeperforward_tinycnn", "--width-multiplier", "0.1", "--dataset",
+                 "fashion-mnist", "--out", str(tmp_path / "d"), *quick]) == 0
+    text = capsys.readouterr().out
+    summary = json.loads(text.strip().splitlines()[-1])
+    assert "held-out for SIP" in text and summary["sip_range"] == summary["prediction_range"]
+    assert main(["train", "--model", "deeperforward_tinycnn", "--width-multiplier", "0.1", "--dataset",
+                 "fashion-mnist", "--out", str(tmp_path / "n"), "--no-holdout", *quick]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["sip_range"] is None and summary["prediction_range"] == [0, 3]
 
 
 def test_models_lists_builders(capsys):

@@ -196,10 +196,11 @@ WRITERS: dict[str, Callable[[Path, pytest.MonkeyPatch], dict]] = {
 
 
 def expected_x(name: str, image: np.ndarray) -> torch.Tensor:
-    """Expected ffkit sample for a stored uint8 image (HW for MNIST-like, else HWC)."""
+    """Expected ffkit sample for a stored uint8 image (HW for MNIST-like, else HWC): MNIST-like images are scaled to
+    [0, 1], then resized (bilinear, on the float image, as DeeperForward's released loaders)."""
     if image.ndim == 2:
-        t = torch.from_numpy(image)[None]
-        return F.resize(t, [32, 32], antialias=True).float() / 255
+        t = torch.from_numpy(image)[None].float() / 255
+        return F.resize(t, [32, 32], antialias=True)
     return torch.from_numpy(image).permute(2, 0, 1).float() / 255
 
 
@@ -455,7 +456,7 @@ def test_real_fashion_mnist(
 
 
 def test_dataset_info_values() -> None:
-    assert dataset_info("mnist") == DatasetInfo("mnist", 10, 1, 32, 60_000, 10_000)
+    assert dataset_info("mnist") == DatasetInfo("mnist", 10, 1, 32, 60_000, 10_000, (0.1307,), (0.3081,))
     assert dataset_info("fashion-mnist").holdout_size == 10_000
     assert (
         dataset_info("cifar10").holdout_size == 5_000
@@ -524,7 +525,34 @@ def test_load_uses_default_data_dir(
     assert len(load_dataset("mnist", "test")) == N_TEST
 
 
-@pytest.mark.parametrize("augment", ["rotate-crop", "crop-flip", "dtg"])
+@pytest.mark.parametrize("name", DATASETS)
+def test_standard_normalisation_uses_the_dataset_constants(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = WRITERS[name](tmp_path, monkeypatch)
+    info = dataset_info(name)
+    images, _ = data["test"]
+    dataset = load_dataset(name, "test", tmp_path, normalize="standard")
+    mean = torch.tensor(info.mean).view(-1, 1, 1)
+    std = torch.tensor(info.std).view(-1, 1, 1)
+    assert len(info.mean) == len(info.std) == info.in_channels
+    for i in range(3):
+        torch.testing.assert_close(dataset[i][0], (expected_x(name, images[i]) - mean) / std, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="unknown normalize 'zscore'"):
+        load_dataset(name, "test", tmp_path, normalize="zscore")
+
+
+def test_release_normalisation_constants() -> None:
+    # The constants of the DeeperForward and The Trifecta releases' loaders.
+    assert dataset_info("fashion-mnist").mean == (0.2860,) and dataset_info("fashion-mnist").std == (0.3530,)
+    assert dataset_info("mnist").mean == (0.1307,) and dataset_info("mnist").std == (0.3081,)
+    assert dataset_info("cifar10").mean == (0.4914, 0.4822, 0.4465)
+    assert dataset_info("cifar10").std == (0.2023, 0.1994, 0.2010)
+    assert dataset_info("svhn").mean == (0.4377, 0.4438, 0.4728)
+    assert dataset_info("svhn").std == (0.1980, 0.2010, 0.1970)
+
+
+@pytest.mark.parametrize("augment", ["crop-rotate", "crop-flip", "dtg"])
 def test_augmentations_keep_shape_and_range_and_vary(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, augment: str
 ) -> None:

@@ -101,16 +101,16 @@ def test_select_layers_does_not_depend_on_class_offsets():
     assert_close(res.grid, GRID.to(res.grid.dtype), equal_nan=True)
 
 
-# -- SIP tie-breaking: "Ties go to the range that ends earliest (cheapest inference), then to the one that starts
-# latest." ---------------------------------------------------------------------------------------------------------
+# -- SIP tie-breaking, as in DeeperForward's released code: ranges are visited by end, then start, and only a strictly
+# better range replaces the best, so ties go to the earliest end, then the earliest start. ---------------------------
 
 
-def test_sip_tie_prefers_earliest_end_then_latest_start():
+def test_sip_tie_prefers_earliest_end_then_earliest_start():
     # y = [1, 0]; margins per layer:
     #   layer 0: [-1,  1] -> acc 0     layer 1: [2, -2] -> acc 1     layer 2: [2, -2] -> acc 1
     #   0..1: [1, -1] -> 1   1..2: [4, -4] -> 1   0..2: [3, -3] -> 1
     # grid:   s0: 0, 1, 1 ;  s1: -, 1, 1 ;  s2: -, -, 1
-    # Best ties: 0..1, 1..1, 0..2, 1..2, 2..2. Earliest end is 1; of 0..1 and 1..1 the latest start is 1 -> 1..1.
+    # Best ties: 0..1, 1..1, 0..2, 1..2, 2..2. Earliest end is 1; of 0..1 and 1..1 the earliest start is 0 -> 0..1.
     scores = torch.tensor(
         [
             [[1.0, 0.0], [0.0, 1.0]],
@@ -119,7 +119,7 @@ def test_sip_tie_prefers_earliest_end_then_latest_start():
         ]
     )
     res = select_layers(scores, torch.tensor([1, 0]))
-    assert (res.start, res.end) == (1, 1)
+    assert (res.start, res.end) == (0, 1)
     assert res.accuracy == pytest.approx(1.0)
     assert_close(
         res.grid,
@@ -128,13 +128,13 @@ def test_sip_tie_prefers_earliest_end_then_latest_start():
     )
 
 
-def test_sip_tie_with_same_end_prefers_latest_start():
+def test_sip_tie_with_same_end_prefers_earliest_start():
     # y = [1, 0]; margins per layer:
     #   layer 0: [1, 1]       -> acc 0.5
     #   layer 1: [-2.5, -3]   -> acc 0.5
     #   layer 2: [2, -2]      -> acc 1.0
     #   0..1: [-1.5, -5] -> 0.5   1..2: [-0.5, -5] -> 0.5   0..2: [0.5, -4] -> 1.0
-    # Best ties: 0..2 and 2..2 (same end) -> latest start -> 2..2.
+    # Best ties: 0..2 and 2..2 (same end) -> earliest start -> 0..2.
     scores = torch.tensor(
         [
             [[0.0, 1.0], [0.0, 1.0]],
@@ -143,7 +143,7 @@ def test_sip_tie_with_same_end_prefers_latest_start():
         ]
     )
     res = select_layers(scores, torch.tensor([1, 0]))
-    assert (res.start, res.end) == (2, 2)
+    assert (res.start, res.end) == (0, 2)
     assert res.accuracy == pytest.approx(1.0)
     assert res.grid[0, 2].item() == pytest.approx(1.0)
     assert res.grid[1, 2].item() == pytest.approx(0.5)
@@ -177,7 +177,7 @@ def test_make_report_fields():
     assert rep.num_samples == 4
     d = rep.to_dict()
     assert set(d) == {"per_layer", "all_layers", "last3", "sip", "sip_range", "num_samples", "head",
-                      "goodness_pos", "goodness_neg", "dead_ratio", "sip_grid"}
+                      "goodness_pos", "goodness_neg", "dead_ratio", "sip_grid", "prediction", "prediction_range"}
     assert d["head"] is None and d["dead_ratio"] is None  # no dead_ratio given
     assert d["sip_grid"] == [[0.5, 0.5, 0.75], [None, 0.75, 1.0], [None, None, 0.75]]  # the GRID above
     assert d["sip"] == pytest.approx(1.0)
@@ -188,6 +188,20 @@ def test_make_report_without_sip():
     rep = make_report(SCORES, LABELS)
     assert rep.sip is None
     assert rep.sip_range is None
+    assert rep.prediction is None and rep.prediction_range is None
+
+
+def test_make_report_prediction_is_the_networks_read_out():
+    # The network's own read-out without SIP: layers 1..2 of the GRID above -> 1.0; layer 0 alone -> 0.5.
+    rep = make_report(SCORES, LABELS, prediction_range=(1, 2))
+    assert rep.sip is None and rep.prediction == pytest.approx(1.0) and rep.prediction_range == (1, 2)
+    assert make_report(SCORES, LABELS, prediction_range=(0, 0)).prediction == pytest.approx(0.5)
+    # A network that predicts with its head: the head's accuracy, and no layer range.
+    head = torch.tensor([[1.0, 0.0]] * 4)  # always class 0
+    rep = make_report(SCORES, LABELS, head_scores=head, prediction_range=(1, 2), head_predicts=True)
+    assert rep.prediction == pytest.approx(rep.head) and rep.prediction_range is None
+    with pytest.raises(ValueError, match="head_predicts=True needs head_scores"):
+        make_report(SCORES, LABELS, head_predicts=True)
 
 
 def test_make_report_sip_range_list_becomes_tuple():

@@ -28,7 +28,7 @@ HARNESS = Path(__file__).parent / "helpers" / "kill_run.py"
 # 96 images in batches of 16: 6 steps per epoch, 2 epochs; a checkpoint after every 2nd batch and at each epoch end.
 # Random augmentation and dropout make every random stream matter.
 RUN = ["--model", "deeperforward_tinycnn", "--dataset", "fashion-mnist", "--width-multiplier", "0.15",
-       "--limit", "96", "--eval-limit", "48", "--batch-size", "16", "--epochs", "2", "--augment", "rotate-crop",
+       "--limit", "96", "--eval-limit", "48", "--batch-size", "16", "--epochs", "2", "--augment", "crop-rotate",
        "--checkpoint-every", "2", "--no-progress", "--seed", "3"]
 
 # Each case: the kill points of successive attempts (every attempt but the last is killed), as KILL_AT values.

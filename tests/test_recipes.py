@@ -83,6 +83,56 @@ def test_piecewise_and_cooldown_schedules():
     assert lrs == pytest.approx([0.01] * 6 + [0.008, 0.006, 0.004, 0.002, 0.0])
 
 
+def test_epoch_interval_cosine_equals_cosine_annealing_stepped_per_epoch():
+    # DeeperForward's release: CosineAnnealingLR(T_max=epochs, eta_min=0.008) stepped once per epoch. By hand, with
+    # 3 epochs: epoch 0 at 0.08, epoch 1 at 0.008 + 0.072 * (1 + cos(pi/3)) / 2 = 0.062, epoch 2 at
+    # 0.008 + 0.072 * (1 + cos(2 pi/3)) / 2 = 0.026.
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=0.08)
+    sched = make_schedule(opt, "cosine", 3 * 4, 0.008, every=4)
+    ref_opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.08)
+    ref = torch.optim.lr_scheduler.CosineAnnealingLR(ref_opt, T_max=3, eta_min=0.008)
+    lrs, ref_lrs = [], []
+    for step in range(12):
+        lrs.append(opt.param_groups[0]["lr"])
+        ref_lrs.append(ref_opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+        if step % 4 == 3:  # the end of an epoch
+            ref_opt.step()
+            ref.step()
+    assert lrs == pytest.approx([0.08] * 4 + [0.062] * 4 + [0.026] * 4)
+    assert lrs == pytest.approx(ref_lrs)
+    with pytest.raises(ValueError, match="every must be a positive int"):
+        make_schedule(opt, "cosine", 12, 0.008, every=0)
+
+
+@pytest.mark.parametrize("name", [n for n in list_recipes() if n.startswith("deeperforward-")])
+def test_deeperforward_recipes_use_the_released_optimizers(name):
+    # main.py and the model classes of the release: AdamW per layer (TinyCNN with AdamW's default weight decay 0.01,
+    # the ResNets with 5e-4), CNN14 plain Adam without weight decay; lr 0.08 -> 0.008 by a per-epoch cosine.
+    recipe = get_recipe(name)
+    net = build_model(recipe, num_classes=dataset_info(recipe.dataset).num_classes,
+                      in_channels=dataset_info(recipe.dataset).in_channels, width_multiplier=0.05)
+    trainer = build_trainer(recipe, net, steps_per_epoch=7)
+    opt = trainer.optimizers[0]
+    model = recipe.model.removeprefix("deeperforward_")
+    expected_cls, expected_wd = {"tinycnn": (torch.optim.AdamW, 0.01), "cnn14": (torch.optim.Adam, 0.0)}.get(
+        model, (torch.optim.AdamW, 5e-4))
+    assert type(opt) is expected_cls
+    assert opt.param_groups[0]["weight_decay"] == expected_wd
+    assert (recipe.lr, recipe.final_lr, recipe.batch_size, recipe.epochs) == (0.08, 0.008, 128, 150)
+    assert recipe.schedule == "cosine" and recipe.schedule_interval == "epoch"
+    factor = trainer.schedulers[0].lr_lambdas[0]
+    assert [factor(s) for s in (0, 6)] == [1.0, 1.0] and factor(7) < 1.0  # constant within an epoch
+    assert recipe.holdout
+
+
+def test_only_deeperforward_holds_out_a_split_for_sip():
+    held = {n for n in list_recipes() if get_recipe(n).holdout}
+    assert held == {n for n in list_recipes() if n.startswith("deeperforward-")}
+
+
 def test_trifecta_deep_milestones_become_steps():
     recipe = get_recipe("trifecta-deep-cifar10")
     net = build_model(recipe, num_classes=10, in_channels=3, width_multiplier=0.05)

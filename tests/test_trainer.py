@@ -283,3 +283,20 @@ def test_without_overlap_every_layer_updates_alone():
     net = _trifecta_stack(3)
     trainer = ffkit.LocalTrainer(net, lr=1e-3, schedule="constant")
     assert all(trainer.updates_at(t)(k) for t in range(2) for k in range(3))
+
+
+def test_head_predicts_makes_the_head_the_networks_prediction():
+    """``head_predicts=True``: ``net(x)`` is the head's logits (DTG-FF's test-time prediction), and the report's
+    ``prediction`` is the head's accuracy; without it, the layers' summed scores."""
+    layers = [CWConv(1, 8, 4, kernel_size=3), CWConv(8, 8, 4, pool=2)]
+    head = ffkit.ClassifierHead(8, 4, [1])
+    net = ffkit.FFNetwork(layers, ffkit.ClassScoreObjective(), num_classes=4, in_channels=1, head=head,
+                          head_predicts=True).eval()
+    x = torch.rand(6, 1, 8, 8)
+    torch.testing.assert_close(net(x), net.head_logits(x))
+    assert not torch.allclose(net(x), net.class_scores(x))
+    loader = _loader(TensorDataset(x, torch.arange(6) % 4))
+    rep = ffkit.LocalTrainer(net, total_steps=1).evaluate(loader)
+    assert rep.prediction == rep.head and rep.prediction_range is None
+    with pytest.raises(ValueError, match="head_predicts=True needs a classifier head"):
+        ffkit.FFNetwork(layers, ffkit.ClassScoreObjective(), num_classes=4, in_channels=1, head_predicts=True)

@@ -65,12 +65,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--weight-decay", type=float, default=None, help="default 5e-4")
     t.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default=None, help="default adam")
     t.add_argument("--schedule", choices=["cosine", "constant", "cooldown", "piecewise"], default=None)
+    t.add_argument("--schedule-interval", choices=["step", "epoch"], default=None,
+                   help="the lr changes every step (default) or once per epoch (DeeperForward's release)")
     t.add_argument("--trainer", choices=["local", "backprop"], default=None,
                    help="local (FF, default) or backprop (BP-DeepSup on an FF network; plain BP for bp_* models)")
     t.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=None,
                    help="The Trifecta's overlapping local updates")
     t.add_argument("--head-lr", type=_positive(float), default=None, help="lr of a classifier head")
-    t.add_argument("--augment", choices=["rotate-crop", "crop-flip", "dtg"], default=None)
+    t.add_argument("--augment", choices=["crop-rotate", "crop-flip", "dtg"], default=None)
+    t.add_argument("--normalize", choices=["none", "standard"], default=None,
+                   help="standard: standardise each channel with the dataset's mean and std (default: as the recipe; "
+                        "none without one)")
+    t.add_argument("--holdout", action=argparse.BooleanOptionalAction, default=None,
+                   help="hold out part of the training set for SIP's layer selection (default: as the model's paper "
+                        "recipes, i.e. for DeeperForward models); --no-holdout trains on the whole training set and "
+                        "predicts with the model's own read-out")
     t.add_argument("--width-multiplier", type=_positive(float), default=None, help="scale every layer's width")
     t.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     t.add_argument("--seed", type=int, default=0)
@@ -151,8 +160,9 @@ def _first(dataset: Dataset, n: int | None) -> Dataset:
 #: What ``ffkit train`` uses for a field that neither a flag nor a recipe sets.
 TRAIN_DEFAULTS: dict[str, Any] = {
     "model": DEFAULT_MODEL, "dataset": DEFAULT_DATASET, "epochs": 1, "batch_size": 128, "lr": DEFAULT_LR,
-    "final_lr": None, "weight_decay": 5e-4, "optimizer": "adam", "schedule": "cosine", "milestones": (),
-    "trainer": None, "overlap": False, "head_lr": None, "augment": None, "model_kwargs": {},
+    "final_lr": None, "weight_decay": 5e-4, "optimizer": "adam", "schedule": "cosine", "schedule_interval": "step",
+    "milestones": (), "trainer": None, "overlap": False, "head_lr": None, "augment": None, "normalize": None,
+    "holdout": None, "model_kwargs": {},
 }
 
 
@@ -170,6 +180,12 @@ def resolve_train_config(args: argparse.Namespace) -> dict[str, Any]:
         if value is not None:
             cfg[key] = value
     cfg["model_kwargs"] = dict(cfg["model_kwargs"])
+    if cfg["normalize"] == "none":
+        cfg["normalize"] = None
+    if cfg["holdout"] is None:  # as the model's paper recipes: only DeeperForward holds out a split for SIP
+        from .recipes import RECIPES
+
+        cfg["holdout"] = any(r.holdout for r in RECIPES.values() if r.model == cfg["model"])
     if args.width_multiplier is not None:
         cfg["model_kwargs"]["width_multiplier"] = args.width_multiplier
     cfg["recipe"] = args.recipe
@@ -340,10 +356,17 @@ def cmd_train(args: argparse.Namespace) -> int:
                              f"--trainer {trainer_name} would not match its optimizer states (pass --trainer "
                              f"{trained_with})")
 
-    train_set = load_dataset(info.name, "train", args.data_dir, holdout_seed=args.seed, augment=cfg["augment"])
+    norm = cfg["normalize"]
+    train_split = "train" if cfg["holdout"] else "train_full"
+    train_set = load_dataset(info.name, train_split, args.data_dir, holdout_seed=args.seed, augment=cfg["augment"],
+                             normalize=norm)
     train_set = WithIndex(_first(train_set, args.limit))  # indices let FixedNEG keep one wrong label per sample
-    holdout = _first(load_dataset(info.name, "holdout", args.data_dir, holdout_seed=args.seed), args.eval_limit)
-    test = _first(load_dataset(info.name, "test", args.data_dir), args.eval_limit)
+    holdout = (
+        _first(load_dataset(info.name, "holdout", args.data_dir, holdout_seed=args.seed, normalize=norm),
+               args.eval_limit)
+        if cfg["holdout"] else None
+    )
+    test = _first(load_dataset(info.name, "test", args.data_dir, normalize=norm), args.eval_limit)
     loader_kw = {"num_workers": args.workers, "pin_memory": device.type == "cuda"}
     batch_size = cfg["batch_size"]
     federated = pipeline is not None and pipeline["variant"] == "federated"
@@ -357,7 +380,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=torch.Generator(),
                                   drop_last=pipeline is not None, **loader_kw)
     eval_bs = max(256, batch_size)
-    holdout_loader = DataLoader(holdout, batch_size=eval_bs, **loader_kw)
+    holdout_loader = DataLoader(holdout, batch_size=eval_bs, **loader_kw) if holdout is not None else None
     test_loader = DataLoader(test, batch_size=eval_bs, **loader_kw)
 
     epochs = cfg["epochs"]
@@ -379,7 +402,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     n_params = sum(p.numel() for p in net.parameters())
     print(
         f"ffkit {__version__}: training {model} ({len(net)} layers, {n_params / 1e6:.2f}M parameters) on "
-        f"{info.name} ({_size(train_set)} training images, {_size(holdout)} held-out, {_size(test)} test) "
+        f"{info.name} ({_size(train_set)} training images, "
+        + (f"{_size(holdout)} held-out for SIP, " if holdout is not None else "")
+        + f"{_size(test)} test) "
         f"for {epochs} epoch(s) on {device} with the {trainer_name} trainer"
         + (f" (recipe {cfg['recipe']})" if cfg["recipe"] else "") + f"; run directory {out}",
         flush=True,
@@ -396,11 +421,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         if rank > 0:
             return 0
     test_rep = history[-1]["test"]
-    s, e = test_rep["sip_range"]
     train_images = sum(r["train_images"] for r in history)
     train_seconds = sum(r["train_seconds"] for r in history)
     line = (
-        f"\nTest accuracy: {100 * test_rep['sip']:.2f}% (SIP layers {s + 1}..{e + 1}, chosen on the held-out split); "
+        f"\nTest accuracy: {100 * test_rep['prediction']:.2f}% ({describe_prediction(test_rep)}); "
         f"all layers {100 * test_rep['all_layers']:.2f}%; best single layer {100 * max(test_rep['per_layer']):.2f}%"
     )
     if test_rep.get("head") is not None:
@@ -414,9 +438,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.json:
         summary = {
             "model": model, "dataset": info.name, "recipe": cfg["recipe"], "trainer": trainer_name,
-            "epochs": trainer.epoch, "test_accuracy": test_rep["sip"],
+            "epochs": trainer.epoch, "test_accuracy": test_rep["prediction"],
             "test_accuracy_all_layers": test_rep["all_layers"], "test_accuracy_head": test_rep.get("head"),
-            "test_accuracy_per_layer": test_rep["per_layer"], "sip_range": [s, e],
+            "test_accuracy_per_layer": test_rep["per_layer"], "sip_range": test_rep["sip_range"],
+            "prediction_range": test_rep["prediction_range"],
             "wall_seconds": time.perf_counter() - wall_start, "train_seconds": train_seconds,
             "images_per_s": train_images / train_seconds, "train_images": train_images, "device": str(device),
         }
@@ -444,25 +469,40 @@ def cmd_test(args: argparse.Namespace) -> int:
     if dataset is None:
         raise ValueError("the checkpoint does not record its dataset; pass --dataset")
     info = dataset_info(dataset)
-    test = _first(load_dataset(info.name, "test", args.data_dir), args.eval_limit)
+    metadata = payload.get("metadata", {})
+    # the normalisation it was trained with ("standard" takes the constants of the dataset evaluated)
+    test = _first(load_dataset(info.name, "test", args.data_dir, normalize=metadata.get("normalize")), args.eval_limit)
     net.to(device)
     collected = collect_scores(net, DataLoader(test, batch_size=args.batch_size), device, track_activity=True)
     start, end = (int(v) for v in net.inference_range)
-    rep = make_report(collected.layers, collected.labels, (start, end), head_scores=collected.head,
-                      dead_ratio=collected.dead_ratio)
+    sip = (start, end) if metadata.get("holdout", True) else None  # checkpoints of older versions always ran SIP
+    head_predicts = bool(getattr(net, "head_predicts", False))
+    rep = make_report(collected.layers, collected.labels, sip, head_scores=collected.head,
+                      dead_ratio=collected.dead_ratio, prediction_range=(start, end), head_predicts=head_predicts)
     epoch = payload.get("trainer", {}).get("epoch")
     print(f"{name} on {info.name} test ({rep.num_samples} images), checkpoint after epoch {epoch}")
     print("  layer      " + " ".join(f"{i + 1:>6d}" for i in range(len(rep.per_layer))))
     print("  test acc   " + " ".join(f"{100 * v:6.2f}" for v in rep.per_layer))
     print(f"  one-pass, all layers: {100 * rep.all_layers:.2f}%")
-    assert rep.sip is not None  # make_report was given the SIP range
-    print(f"  one-pass, SIP layers {start + 1}..{end + 1}: {100 * rep.sip:.2f}%")
+    assert rep.prediction is not None  # make_report was given the inference range
+    print(f"  prediction ({describe_prediction(rep.to_dict())}): {100 * rep.prediction:.2f}%")
     print(f"  last 3 layers: {100 * rep.last3:.2f}%")
     if rep.head is not None:
         print(f"  classifier head: {100 * rep.head:.2f}%")
     if args.json:
         print(json.dumps({"model": name, "dataset": info.name, **rep.to_dict()}))
     return 0
+
+
+def describe_prediction(report: dict[str, Any]) -> str:
+    """What a test report's ``prediction`` read: ``"SIP layers 2..4, chosen on the held-out split"``,
+    ``"layers 2..4"`` or ``"the classifier head"`` (1-based)."""
+    rng = report.get("prediction_range")
+    if rng is None:
+        return "the classifier head"
+    start, end = rng[0] + 1, rng[1] + 1
+    layers = f"layer {start}" if start == end else f"layers {start}..{end}"
+    return f"SIP {layers}, chosen on the held-out split" if report.get("sip") is not None else layers
 
 
 def cmd_plot(args: argparse.Namespace) -> int:

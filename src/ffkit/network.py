@@ -89,11 +89,15 @@ class FFNetwork(nn.Module):
         head: an optional :class:`~ffkit.layers.ClassifierHead` trained on detached layer features (DTG-FF's
             classifier path, Hinton's softmax head); its accuracy is reported beside the layers' vote.
         inference_start: first layer of the default inference range (Hinton's FF predicts with all layers but the
-            first: ``inference_start=1``). SIP replaces the range after training.
+            first: ``inference_start=1``; The Trifecta with the last layer alone). SIP (when a run holds out a
+            split for it) replaces the range after each epoch.
+        head_predicts: the network predicts with its classifier head's logits instead of the layers' summed scores
+            (DTG-FF's classifier path); needs ``head``.
 
     Shape:
         ``forward(x [B, C, H, W]) -> [B, K]``: class scores summed over the inference range (see
-        :meth:`set_inference_range`); :meth:`layer_scores` gives every layer's ``[L, B, K]``.
+        :meth:`set_inference_range`), or the head's logits with ``head_predicts``; :meth:`layer_scores` gives every
+        layer's ``[L, B, K]``.
     """
 
     inference_range: torch.Tensor  # a buffer: ``[start, end]`` of the layers that vote
@@ -110,6 +114,7 @@ class FFNetwork(nn.Module):
         input_size: tuple[int, int] | None = None,
         head: ClassifierHead | None = None,
         inference_start: int = 0,
+        head_predicts: bool = False,
     ) -> None:
         super().__init__()
         if len(layers) == 0:
@@ -143,6 +148,11 @@ class FFNetwork(nn.Module):
             if not all(0 <= i < len(layers) for i in head.layers):
                 raise ValueError(f"head reads layers {list(head.layers)}, but the network has {len(layers)} layers")
         self.head = head
+        if not isinstance(head_predicts, bool):
+            raise TypeError(f"head_predicts must be a bool, got {type(head_predicts).__name__}")
+        if head_predicts and head is None:
+            raise ValueError("head_predicts=True needs a classifier head (head=ClassifierHead(...))")
+        self.head_predicts = head_predicts
         if not 0 <= inference_start < len(layers):
             raise ValueError(f"inference_start must be in [0, {len(layers) - 1}], got {inference_start}")
         self.register_buffer("inference_range", torch.tensor([inference_start, len(layers) - 1]))
@@ -265,6 +275,11 @@ class FFNetwork(nn.Module):
         return self.layer_scores(x, end=end)[start:].sum(dim=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's prediction ``[B, K]``: the head's logits with ``head_predicts``, else the class scores summed
+        over the inference range."""
+        if self.head_predicts:
+            self.check_input(x)
+            return self.head_logits(x)
         return self.class_scores(x)
 
     def set_inference_range(self, start: int, end: int) -> None:

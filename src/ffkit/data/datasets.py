@@ -2,9 +2,12 @@
 
 Every dataset yields ``(x, y)`` pairs where ``x`` is a ``float32`` tensor of
 shape ``[C, 32, 32]`` with values in ``[0, 1]`` and ``y`` is a Python ``int``.
-MNIST and Fashion-MNIST (``C = 1``) are resized from 28x28 to 32x32; CIFAR-10,
-CIFAR-100 and SVHN (``C = 3``) are natively 32x32. No normalisation is applied:
-the models normalise their input themselves.
+MNIST and Fashion-MNIST (``C = 1``) are resized from 28x28 to 32x32 (bilinear,
+on the float image, as DeeperForward's released loaders do); CIFAR-10,
+CIFAR-100 and SVHN (``C = 3``) are natively 32x32. By default no normalisation
+is applied; ``normalize="standard"`` standardises each channel with the
+dataset's usual mean and standard deviation (:attr:`DatasetInfo.mean`,
+:attr:`DatasetInfo.std`), as the DeeperForward and The Trifecta releases do.
 
 Nothing is ever downloaded. Missing files raise :class:`DatasetNotFoundError`
 with the exact directory and file names torchvision expects and where to get
@@ -38,6 +41,7 @@ from torchvision.transforms import v2
 __all__ = [
     "AUGMENTATIONS",
     "DATASETS",
+    "NORMALIZATIONS",
     "DEBIAN_FASHION_MNIST_DIR",
     "SPLITS",
     "DatasetInfo",
@@ -83,6 +87,9 @@ class DatasetInfo:
         holdout_size: Size of the ``"holdout"`` split carved out of the
             official training set; ``"train"`` has ``train_size - holdout_size``
             samples.
+        mean, std: per-channel mean and standard deviation of the training
+            images in ``[0, 1]`` (the constants the authors' releases use),
+            applied by ``load_dataset(..., normalize="standard")``.
     """
 
     name: str
@@ -91,14 +98,22 @@ class DatasetInfo:
     image_size: int
     train_size: int
     holdout_size: int
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
 
 
+# Means and standard deviations as in the DeeperForward and The Trifecta releases (CIFAR-10's std is the widely
+# copied (0.2023, 0.1994, 0.2010)); CIFAR-100's are the usual ones of its training set.
 _INFOS: dict[str, DatasetInfo] = {
-    "mnist": DatasetInfo("mnist", 10, 1, IMAGE_SIZE, 60_000, 10_000),
-    "fashion-mnist": DatasetInfo("fashion-mnist", 10, 1, IMAGE_SIZE, 60_000, 10_000),
-    "cifar10": DatasetInfo("cifar10", 10, 3, IMAGE_SIZE, 50_000, 5_000),
-    "cifar100": DatasetInfo("cifar100", 100, 3, IMAGE_SIZE, 50_000, 5_000),
-    "svhn": DatasetInfo("svhn", 10, 3, IMAGE_SIZE, 73_257, 7_326),
+    "mnist": DatasetInfo("mnist", 10, 1, IMAGE_SIZE, 60_000, 10_000, (0.1307,), (0.3081,)),
+    "fashion-mnist": DatasetInfo("fashion-mnist", 10, 1, IMAGE_SIZE, 60_000, 10_000, (0.2860,), (0.3530,)),
+    "cifar10": DatasetInfo(
+        "cifar10", 10, 3, IMAGE_SIZE, 50_000, 5_000, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+    ),
+    "cifar100": DatasetInfo(
+        "cifar100", 100, 3, IMAGE_SIZE, 50_000, 5_000, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+    ),
+    "svhn": DatasetInfo("svhn", 10, 3, IMAGE_SIZE, 73_257, 7_326, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
 }
 
 # Aliases are matched after lower-casing and dropping "-", "_", "." and spaces,
@@ -215,15 +230,21 @@ def prepare_fashion_mnist(
 # Per-dataset loading
 
 
-AUGMENTATIONS: tuple[str, ...] = ("rotate-crop", "crop-flip", "dtg")
-"""Training-time augmentations: The Trifecta's random rotation + crop; the usual
-crop + flip; DTG-FF's crop + flip + colour jitter + Cutout."""
+AUGMENTATIONS: tuple[str, ...] = ("crop-rotate", "crop-flip", "dtg")
+"""Training-time augmentations: The Trifecta's random crop (padding 4) then random
+rotation (15 degrees); the usual crop + flip; DTG-FF's crop + flip + colour jitter
++ Cutout."""
+
+NORMALIZATIONS: tuple[str, ...] = ("standard",)
+"""Input normalisations of :func:`load_dataset`: ``"standard"`` standardises each
+channel with :attr:`DatasetInfo.mean` and :attr:`DatasetInfo.std`."""
 
 
 def _augmentation(name: str, channels: int) -> list[Callable]:
     crop = v2.RandomCrop(IMAGE_SIZE, padding=4)
-    if name == "rotate-crop":
-        return [v2.RandomRotation(10), crop]
+    if name == "crop-rotate":
+        # The Trifecta's released training transform: RandomCrop(padding=4), then RandomRotation(15).
+        return [crop, v2.RandomRotation(15)]
     if name == "crop-flip":
         return [crop, v2.RandomHorizontalFlip()]
     steps: list[Callable] = [crop, v2.RandomHorizontalFlip()]
@@ -232,16 +253,21 @@ def _augmentation(name: str, channels: int) -> list[Callable]:
     return steps
 
 
-def _transform(resize: bool, augment: str | None = None, channels: int = 1) -> v2.Compose:
-    steps: list[Callable] = [v2.ToImage()]
+def _transform(
+    resize: bool, augment: str | None = None, channels: int = 1, normalize: DatasetInfo | None = None
+) -> v2.Compose:
+    steps: list[Callable] = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
     if resize:
-        # Resizing the uint8 image (before scaling) keeps values exactly in
-        # [0, 1] and maps constant images to themselves; bilinear never
-        # overshoots, and antialias only matters if the size ever shrinks.
+        # On the float image, as DeeperForward's released loaders (ToTensor, Normalize, Resize): bilinear
+        # upsampling takes convex combinations, so values stay in [0, 1], and none is rounded to 1/255.
         steps.append(v2.Resize((IMAGE_SIZE, IMAGE_SIZE), antialias=True))
     if augment is not None:
         steps += _augmentation(augment, channels)
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.ToPureTensor()]
+    if normalize is not None:
+        # After the augmentations, so a rotation's or crop's fill is black (0) before normalising, as in the
+        # releases' PIL-image transforms.
+        steps.append(v2.Normalize(list(normalize.mean), list(normalize.std)))
+    steps.append(v2.ToPureTensor())
     if augment == "dtg":
         # Cutout: erase one 8x8 patch (DeVries & Taylor 2017), as RandomErasing with a fixed-size box.
         steps.append(v2.RandomErasing(p=1.0, scale=(1 / 16, 1 / 16), ratio=(1.0, 1.0), value=0.0))
@@ -348,7 +374,9 @@ def _not_found(name: str, root: Path, cause: str) -> DatasetNotFoundError:
     return DatasetNotFoundError("\n".join(lines))
 
 
-def _torchvision_dataset(name: str, root: Path, train: bool, augment: str | None = None) -> VisionDataset:
+def _torchvision_dataset(
+    name: str, root: Path, train: bool, augment: str | None = None, normalize: str | None = None
+) -> VisionDataset:
     """Build the torchvision dataset, turning its 'not found' errors into ours."""
     if name == "svhn":
         try:
@@ -371,8 +399,10 @@ def _torchvision_dataset(name: str, root: Path, train: bool, augment: str | None
                 "there yourself (pass --data-dir DIR, or set FFKIT_DATA_DIR)."
             ) from None
 
+    info = dataset_info(name)
     transform = _transform(
-        resize=name in ("mnist", "fashion-mnist"), augment=augment, channels=dataset_info(name).in_channels
+        resize=name in ("mnist", "fashion-mnist"), augment=augment, channels=info.in_channels,
+        normalize=info if normalize == "standard" else None,
     )
     common = {
         "root": root,
@@ -419,11 +449,13 @@ def load_dataset(
     *,
     holdout_seed: int = 0,
     augment: str | None = None,
+    normalize: str | None = None,
 ) -> Dataset:
     """Load a split of a dataset from local files (never downloads).
 
     Samples are ``(x, y)`` with ``x`` a ``float32`` tensor ``[C, 32, 32]`` in
-    ``[0, 1]`` (``C`` = ``dataset_info(name).in_channels``) and ``y`` an ``int``
+    ``[0, 1]`` (standardised per channel with ``normalize="standard"``;
+    ``C`` = ``dataset_info(name).in_channels``) and ``y`` an ``int``
     in ``[0, num_classes)``. For SVHN the digit 0 (stored as label 10) is
     label 0.
 
@@ -442,6 +474,9 @@ def load_dataset(
         holdout_seed: Seed of the train/holdout permutation.
         augment: Training-time augmentation, one of :data:`AUGMENTATIONS`
             (only for the ``"train"`` and ``"train_full"`` splits).
+        normalize: ``None`` (values in ``[0, 1]``) or ``"standard"``: subtract
+            :attr:`DatasetInfo.mean` and divide by :attr:`DatasetInfo.std`,
+            per channel.
 
     Returns:
         The torchvision dataset (``"train_full"``, ``"test"``) or a
@@ -462,9 +497,11 @@ def load_dataset(
         raise ValueError(f"unknown augment {augment!r}; expected None or one of {', '.join(AUGMENTATIONS)}")
     if augment is not None and split in ("holdout", "test"):
         raise ValueError(f"augment is for training splits only, not split={split!r}")
+    if normalize is not None and normalize not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalize {normalize!r}; expected None or one of {', '.join(NORMALIZATIONS)}")
     root_path = Path(root).expanduser() if root is not None else default_data_dir()
 
-    dataset = _torchvision_dataset(info.name, root_path, train=split != "test", augment=augment)
+    dataset = _torchvision_dataset(info.name, root_path, train=split != "test", augment=augment, normalize=normalize)
     if split in ("train_full", "test"):
         return dataset
 

@@ -31,8 +31,12 @@ class EvalReport:
             Appendix I; :class:`~ffkit.evaluation.ActivityMonitor`); ``None`` where not measured.
         sip_grid: SIP's accuracy grid, ``sip_grid[start][end]`` the accuracy of layers ``start..end``'s summed scores
             (``None`` below the diagonal; :func:`~ffkit.evaluation.range_accuracy_grid`).
+        prediction: accuracy of what the network predicts (``FFNetwork.forward``): the layers of
+            ``prediction_range`` summed, or the classifier head when ``prediction_range`` is ``None``. This is the
+            paper's read-out of a recipe (the SIP range when SIP ran).
+        prediction_range: the layers the network predicts with ``(start, end)``, or ``None`` when its head does.
 
-    The last four are ``None`` in reports built by older ffkit versions.
+    The last six are ``None`` in reports built by older ffkit versions.
     """
 
     per_layer: list[float]
@@ -46,6 +50,8 @@ class EvalReport:
     goodness_neg: list[float] | None = None
     dead_ratio: list[float | None] | None = None
     sip_grid: list[list[float | None]] | None = None
+    prediction: float | None = None
+    prediction_range: tuple[int, int] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -57,13 +63,24 @@ def make_report(
     sip_range: tuple[int, int] | None = None,
     head_scores: torch.Tensor | None = None,
     dead_ratio: Sequence[float | None] | None = None,
+    prediction_range: tuple[int, int] | None = None,
+    head_predicts: bool = False,
 ) -> EvalReport:
     """Build an :class:`EvalReport` from per-layer scores ``[L, N, K]``, labels ``[N]`` and head logits ``[N, K]``.
 
     ``dead_ratio`` (one entry per layer, e.g. :attr:`CollectedScores.dead_ratio`) is passed through; the goodness of
-    positive and negative data and SIP's grid are computed from ``scores``.
+    positive and negative data and SIP's grid are computed from ``scores``. ``prediction_range`` (the network's
+    inference range) or ``head_predicts`` (with ``head_scores``) give :attr:`EvalReport.prediction`.
     """
     n_layers = scores.shape[0]
+    head = (head_scores.argmax(dim=1) == labels).double().mean().item() if head_scores is not None else None
+    if head_predicts and head is None:
+        raise ValueError("head_predicts=True needs head_scores")
+    prediction: float | None = None
+    if head_predicts:
+        prediction, prediction_range = head, None
+    elif prediction_range is not None:
+        prediction = range_accuracy(scores, labels, *prediction_range)
     goodness_pos, goodness_neg = mean_goodness(scores, labels)
     grid = range_accuracy_grid(scores, labels)
     return EvalReport(
@@ -73,10 +90,12 @@ def make_report(
         sip=range_accuracy(scores, labels, *sip_range) if sip_range is not None else None,
         sip_range=(sip_range[0], sip_range[1]) if sip_range is not None else None,
         num_samples=int(labels.shape[0]),
-        head=(head_scores.argmax(dim=1) == labels).double().mean().item() if head_scores is not None else None,
+        head=head,
         goodness_pos=goodness_pos,
         goodness_neg=goodness_neg,
         dead_ratio=list(dead_ratio) if dead_ratio is not None else None,
         # JSON-friendly: None (null) below the diagonal instead of NaN
         sip_grid=[[v if j >= i else None for j, v in enumerate(row)] for i, row in enumerate(grid.tolist())],
+        prediction=prediction,
+        prediction_range=(prediction_range[0], prediction_range[1]) if prediction_range is not None else None,
     )

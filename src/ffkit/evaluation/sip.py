@@ -32,7 +32,8 @@ class SIPResult:
 def select_layers(scores: torch.Tensor, labels: torch.Tensor) -> SIPResult:
     """Choose ``start..end`` maximising held-out accuracy of ``sum_{l=start}^{end} scores[l]`` (Eq. 12).
 
-    Ties go to the range that ends earliest (cheapest inference), then to the one that starts latest.
+    Ties go to the range that ends earliest (cheapest inference), then to the one that starts earliest, as in the
+    authors' released code (ranges are visited by end, then start, and only a strictly better one replaces the best).
 
     Args:
         scores: held-out per-layer scores ``[L, N, K]``.
@@ -46,7 +47,7 @@ def select_layers(scores: torch.Tensor, labels: torch.Tensor) -> SIPResult:
     grid = torch.full((n_layers, n_layers), float("nan"))
     best = (-1.0, 0, 0)
     for end in range(n_layers):
-        for start in range(end, -1, -1):
+        for start in range(end + 1):
             acc = ((prefix[end + 1] - prefix[start]).argmax(dim=1) == labels).double().mean().item()
             grid[start, end] = acc
             if acc > best[0]:

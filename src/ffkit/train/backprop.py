@@ -36,6 +36,7 @@ class BackpropTrainer(Trainer):
         total_steps: number of training steps the schedule spans.
         device: where to train.
         milestones: ``((step, factor), ...)`` for ``"piecewise"``.
+        schedule_every: the lr changes once per this many steps (the batches per epoch: an epoch-wise schedule).
         label_smoothing: label smoothing of a single-head model's cross-entropy.
         deep_supervision: on an FFNetwork, back-propagate every layer's local loss (``True``, BP-DeepSup) or only
             the last layer's (``False``, single-head backprop on the same backbone); the classifier head's loss, if
@@ -69,6 +70,7 @@ class BackpropTrainer(Trainer):
         total_steps: int | None = None,
         device: str | torch.device = "cpu",
         milestones: tuple[tuple[int, float], ...] = (),
+        schedule_every: int = 1,
         label_smoothing: float = 0.0,
         deep_supervision: bool = True,
         accumulation_steps: int = 1,
@@ -97,7 +99,7 @@ class BackpropTrainer(Trainer):
         params = [p for p in network.parameters() if p.requires_grad]
         opt = make_optimizer(params, optimizer, self.lr, weight_decay, fused=fused_optimizer)
         self.optimizers = [opt]
-        self.schedulers = [make_schedule(opt, schedule, total_steps, self.final_lr, milestones)]
+        self.schedulers = [make_schedule(opt, schedule, total_steps, self.final_lr, milestones, schedule_every)]
         self._init_progress()
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None) -> StepResult:

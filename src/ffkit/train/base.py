@@ -89,20 +89,32 @@ def make_optimizer(
 
 
 class _LrFactor:
-    """Picklable lr multiplier for ``LambdaLR`` (its state is saved in checkpoints)."""
+    """Picklable lr multiplier for ``LambdaLR`` (its state is saved in checkpoints).
 
-    def __init__(self, kind: str, total_steps: int, final_factor: float, milestones: tuple = ()) -> None:
+    ``every``: the schedule advances once per ``every`` steps (the batches of an epoch for an epoch-wise schedule),
+    so the factor of step ``s`` is the schedule's value at tick ``s // every`` of ``total_steps // every``.
+    """
+
+    def __init__(
+        self, kind: str, total_steps: int, final_factor: float, milestones: tuple = (), every: int = 1
+    ) -> None:
         self.kind, self.total_steps, self.final_factor = kind, total_steps, final_factor
         self.milestones = tuple(sorted((int(s), float(f)) for s, f in milestones))
+        self.every = every
 
     def __call__(self, step: int) -> float:
+        every = getattr(self, "every", 1)  # absent from the state of checkpoints written before it existed
+        tick, total = step // every, max(1, self.total_steps // every)
+        if self.kind == "cosine":  # the closed form of CosineAnnealingLR(T_max=total, eta_min=final)
+            t = min(tick, total)
+            return self.final_factor + (1.0 - self.final_factor) * (1.0 + math.cos(math.pi * t / total)) / 2
         if self.kind == "cooldown":  # constant for the first half, then linear to the final lr
-            half = self.total_steps / 2
-            if step <= half:
+            half = total / 2
+            if tick <= half:
                 return 1.0
-            t = min(1.0, (step - half) / max(1.0, self.total_steps - half))
+            t = min(1.0, (tick - half) / max(1.0, total - half))
             return 1.0 + t * (self.final_factor - 1.0)
-        factor = 1.0  # piecewise: the factor of the last milestone passed
+        factor = 1.0  # piecewise: the factor of the last milestone passed (milestones are in steps)
         for at, f in self.milestones:
             if step >= at:
                 factor = f
@@ -118,22 +130,30 @@ def make_schedule(
     total_steps: int | None,
     final_lr: float,
     milestones: tuple[tuple[int, float], ...] = (),
+    every: int = 1,
 ) -> torch.optim.lr_scheduler.LRScheduler | None:
     """The learning-rate schedule of one optimizer, stepped once per training step.
 
     ``"cosine"``: from the optimizer's lr to ``final_lr`` over ``total_steps``; ``"constant"``: none;
     ``"cooldown"``: constant for the first half, then linear to ``final_lr`` (Pipeline-FF); ``"piecewise"``: the lr
     is multiplied by ``factor`` from step ``s`` on, for each ``(s, factor)`` in ``milestones`` (The Trifecta).
+
+    ``every``: the lr changes once per ``every`` steps. With the number of batches per epoch it is an epoch-wise
+    schedule: DeeperForward's released code steps ``CosineAnnealingLR(T_max=epochs, eta_min=final_lr)`` once per
+    epoch, so the lr is constant within an epoch and epoch ``e`` (0-based) trains at
+    ``final + (lr - final) * (1 + cos(pi * e / epochs)) / 2``.
     """
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"every must be a positive int (steps per schedule update), got {every!r}")
     if schedule == "constant":
         return None
-    if schedule == "cosine":
-        if total_steps is None:
-            raise ValueError("schedule='cosine' needs total_steps (epochs x batches per epoch)")
+    if schedule == "cosine" and total_steps is None:
+        raise ValueError("schedule='cosine' needs total_steps (epochs x batches per epoch)")
+    if schedule == "cosine" and every == 1:
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps, eta_min=final_lr)
     base = opt.param_groups[0]["lr"]
     return torch.optim.lr_scheduler.LambdaLR(
-        opt, _LrFactor(schedule, total_steps or 1, final_lr / base if base else 0.0, milestones)
+        opt, _LrFactor(schedule, total_steps or 1, final_lr / base if base else 0.0, milestones, every)
     )
 
 
@@ -293,12 +313,18 @@ class Trainer:
         return record
 
     def evaluate(self, loader: Iterable, sip_range: tuple[int, int] | None = None):
-        """Per-layer, all-layer, last-3 and (if given) SIP-range accuracy on ``loader``: an ``EvalReport``, which also
-        holds each layer's goodness of positive and negative data, its deactivated-unit ratio (measured in the same
-        pass) and SIP's accuracy grid over every layer range."""
+        """Per-layer, all-layer, last-3, the network's own prediction (its inference range, or its head) and (if
+        given) SIP-range accuracy on ``loader``: an ``EvalReport``, which also holds each layer's goodness of positive
+        and negative data, its deactivated-unit ratio (measured in the same pass) and SIP's accuracy grid over every
+        layer range."""
         collected = collect_scores(self.network, loader, self.device, track_activity=True)
+        net = self.network
+        head_predicts = bool(getattr(net, "head_predicts", False)) and collected.head is not None
+        rng = getattr(net, "inference_range", None)
+        prediction_range = (int(rng[0]), int(rng[1])) if rng is not None else None
         return make_report(
-            collected.layers, collected.labels, sip_range, head_scores=collected.head, dead_ratio=collected.dead_ratio
+            collected.layers, collected.labels, sip_range, head_scores=collected.head, dead_ratio=collected.dead_ratio,
+            prediction_range=prediction_range, head_predicts=head_predicts,
         )
 
     def select_layers(self, loader: Iterable):
@@ -572,6 +598,9 @@ def format_epoch(record: dict[str, Any], epochs: int) -> str:
         if test.get("sip") is not None:
             s, e = test["sip_range"]
             line += f", SIP layers {s + 1}..{e + 1} {100 * test['sip']:.2f}%"
+        elif test.get("prediction") is not None and test.get("prediction_range") is not None:
+            s, e = test["prediction_range"]
+            line += f", prediction (layers {s + 1}..{e + 1}) {100 * test['prediction']:.2f}%"
         if test.get("head") is not None:
             line += f", classifier head {100 * test['head']:.2f}%"
         rows.append(line)

@@ -43,6 +43,8 @@ class LocalTrainer(Trainer):
         total_steps: number of training steps the schedule spans (epochs x batches per epoch); required for
             ``"cosine"`` and ``"cooldown"``.
         milestones: ``((step, factor), ...)`` for ``"piecewise"``.
+        schedule_every: the lr changes once per this many steps; the batches per epoch make the schedule
+            epoch-wise, as DeeperForward's released code (``CosineAnnealingLR(T_max=epochs)`` stepped per epoch).
         device: where to train.
         overlap: The Trifecta's Overlapping Local Updates (OLU). Layers train in overlapping pairs: at step ``t``
             layer ``k`` updates when ``(k even) XOR (t even)``, with an optimizer over its own and layer ``k - 1``'s
@@ -83,6 +85,7 @@ class LocalTrainer(Trainer):
         total_steps: int | None = None,
         device: str | torch.device = "cpu",
         milestones: tuple[tuple[int, float], ...] = (),
+        schedule_every: int = 1,
         overlap: bool = False,
         head_lr: float | None = None,
         channels_last: bool = False,
@@ -110,14 +113,16 @@ class LocalTrainer(Trainer):
                 params += [p for p in network.local_parameters(i - 1) if p.requires_grad]
             opt = make_optimizer(params, optimizer, self.lr, weight_decay, fused=fused_optimizer) if params else None
             self.optimizers.append(opt)
-            sched = make_schedule(opt, schedule, total_steps, self.final_lr, milestones) if opt else None
-            self.schedulers.append(sched)
+            if opt is None:
+                self.schedulers.append(None)
+                continue
+            self.schedulers.append(make_schedule(opt, schedule, total_steps, self.final_lr, milestones, schedule_every))
         if network.head is not None:  # the head has its own optimizer and schedule, after the layers'
             lr_h = head_lr or self.lr
             opt = make_optimizer(network.head.parameters(), optimizer, lr_h, weight_decay, fused=fused_optimizer)
             self.optimizers.append(opt)
             final_h = lr_h * self.final_lr / self.lr
-            self.schedulers.append(make_schedule(opt, schedule, total_steps, final_h, milestones))
+            self.schedulers.append(make_schedule(opt, schedule, total_steps, final_h, milestones, schedule_every))
         self._init_progress()
 
     # -- one step -----------------------------------------------------------------------------------------------
