@@ -106,14 +106,14 @@ class _LrFactor:
         every = getattr(self, "every", 1)  # absent from the state of checkpoints written before it existed
         tick, total = step // every, max(1, self.total_steps // every)
         if self.kind == "cosine":  # the closed form of CosineAnnealingLR(T_max=total, eta_min=final)
-            t = min(tick, total)
-            return self.final_factor + (1.0 - self.final_factor) * (1.0 + math.cos(math.pi * t / total)) / 2
+            cosine = (1.0 + math.cos(math.pi * min(tick, total) / total)) / 2
+            return self.final_factor + (1.0 - self.final_factor) * cosine
         if self.kind == "cooldown":  # constant for the first half, then linear to the final lr
             half = total / 2
             if tick <= half:
                 return 1.0
-            t = min(1.0, (tick - half) / max(1.0, total - half))
-            return 1.0 + t * (self.final_factor - 1.0)
+            frac = min(1.0, (tick - half) / max(1.0, total - half))
+            return 1.0 + frac * (self.final_factor - 1.0)
         factor = 1.0  # piecewise: the factor of the last milestone passed (milestones are in steps)
         for at, f in self.milestones:
             if step >= at:
@@ -147,10 +147,11 @@ def make_schedule(
         raise ValueError(f"every must be a positive int (steps per schedule update), got {every!r}")
     if schedule == "constant":
         return None
-    if schedule == "cosine" and total_steps is None:
-        raise ValueError("schedule='cosine' needs total_steps (epochs x batches per epoch)")
-    if schedule == "cosine" and every == 1:
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps, eta_min=final_lr)
+    if schedule == "cosine":
+        if total_steps is None:
+            raise ValueError("schedule='cosine' needs total_steps (epochs x batches per epoch)")
+        if every == 1:
+            return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps, eta_min=final_lr)
     base = opt.param_groups[0]["lr"]
     return torch.optim.lr_scheduler.LambdaLR(
         opt, _LrFactor(schedule, total_steps or 1, final_lr / base if base else 0.0, milestones, every)
