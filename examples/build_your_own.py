@@ -83,19 +83,19 @@ print(f"symba:        {losses.symba(g_pos, g_neg, alpha=4.0):.3f}")
 # %% [markdown]
 # ## Layers
 #
-# `CWConv` is DeeperForward's channel-wise convolution: `[avg-pool] -> conv -> [+ shortcut] -> ReLU -> dropout`. Its
-# class scores are the mean goodness of each class's channel group, and the features it passes on are normalised
-# per group. Its width must be a multiple of `K`.
+# `CWConv` is DeeperForward's channel-wise convolution: `[avg-pool] -> conv -> ReLU -> dropout`. Its class scores
+# are the mean goodness of each class's channel group, and the features it passes on are normalised per group. Its
+# width must be a multiple of `K`.
 #
-# `ParamFreeResidual` is DeeperForward's parameter-free shortcut: the earlier layer's output is average-pooled to
-# the block's size and added (same width) or concatenated per class group (fewer channels). A `CWConv` built with
-# `shortcut_channels=` holds one.
+# `ParamFreeResidual` is DeeperForward's parameter-free shortcut: after the scores, the earlier layer's output is
+# average-pooled to the layer's size and added to its features (same width) or concatenated after them (fewer
+# channels). A `CWConv` built with `shortcut_channels=` holds one.
 
 # %%
 res = ParamFreeResidual(shortcut_channels=40, out_channels=120, groups=K)
-block = torch.randn(2, 80, 8, 8)  # what the block's conv makes: 120 - 40 channels
+block = torch.randn(2, 80, 8, 8)  # the layer's normalised features: its conv makes 120 - 40 channels
 shortcut = torch.randn(2, 40, 16, 16)  # an earlier layer's output, at twice the resolution
-print("residual (concatenated per class group):", tuple(res(block, shortcut).shape))
+print("residual ([features, shortcut]):", tuple(res(block, shortcut).shape))
 
 layer = CWConv(1, 40, K, kernel_size=5)
 out = layer(torch.rand(2, 1, 32, 32))

@@ -133,32 +133,94 @@ def test_cwconv_bad_arguments(kwargs):
 def test_cwconv_missing_shortcut():
     layer = CWConv(4, 4, num_classes=2, shortcut_channels=4)
     assert layer.accepts_shortcut is True
-    with pytest.raises(ValueError, match="shortcut"):
+    with pytest.raises(ValueError, match="received no shortcut"):
         layer(_x(1, 4, 4, 4))
+
+
+def test_cwconv_unexpected_shortcut():
+    layer = CWConv(4, 4, num_classes=2)
+    with pytest.raises(ValueError, match="built without shortcut_channels"):
+        layer(_x(1, 4, 4, 4), _x(1, 4, 4, 4))
+
+
+def _one_by_one(out_channels: int, weights: list[float], **kwargs) -> CWConv:
+    layer = CWConv(1, out_channels, num_classes=2, kernel_size=1, **kwargs).eval()
+    with torch.no_grad():
+        layer.conv.weight.copy_(torch.tensor(weights).view(-1, 1, 1, 1))
+    return layer
+
+
+# By hand (Eq. 8-9, then Eq. 11): input [1, 3] (1 channel, 1x2 positions), 1x1 conv weights +1 and -1, 2 classes of one
+# channel each: h = [[1, 3], [0, 0]] -> scores [2, 0]; GroupNorm: channel 0 (mean 2, variance 1) -> [-1, 1] /
+# sqrt(1 + 1e-5), channel 1 (constant 0) -> [0, 0]. The shortcut is joined to these features only.
+_X = torch.tensor([1.0, 3.0]).view(1, 1, 1, 2)
+_GN = torch.tensor([[-1.0, 1.0], [0.0, 0.0]]) / torch.tensor([[(1 + 1e-5) ** 0.5], [1.0]])
+_SC = torch.tensor([[5.0, 6.0], [7.0, 8.0]]).view(1, 2, 1, 2)
+
+
+def test_cwconv_adds_shortcut_to_normalised_features_by_hand():
+    layer = _one_by_one(2, [1.0, -1.0], shortcut_channels=2)
+    out = layer(_X, _SC)
+    assert_close(out.scores, torch.tensor([[2.0, 0.0]]))
+    assert_close(out.features, (_GN + _SC[0, :, 0]).view(1, 2, 1, 2))
+
+
+def test_cwconv_concatenates_shortcut_after_features_by_hand():
+    # out 4 = conv 2 + shortcut 2: the scores come from the conv's 2 channels, the shortcut is appended unchanged
+    layer = _one_by_one(4, [1.0, -1.0], shortcut_channels=2)
+    assert layer.conv.out_channels == 2
+    out = layer(_X, _SC)
+    assert_close(out.scores, torch.tensor([[2.0, 0.0]]))
+    assert_close(out.features, torch.cat([_GN.view(1, 2, 1, 2), _SC], dim=1))
+
+
+@pytest.mark.parametrize("shortcut_channels, out_channels", [(4, 4), (2, 6)])
+def test_cwconv_shortcut_never_reaches_scores(shortcut_channels, out_channels):
+    layer = CWConv(3, out_channels, num_classes=2, shortcut_channels=shortcut_channels).eval()
+    x = _x(2, 3, 4, 4, seed=4)
+    a = layer(x, _x(2, shortcut_channels, 4, 4, seed=5))
+    b = layer(x, 100 * _x(2, shortcut_channels, 4, 4, seed=6))
+    assert_close(a.scores, b.scores)
+    h = F.relu(F.conv2d(x, layer.conv.weight, padding=1))
+    assert_close(a.scores, goodness.mean(h, groups=2))
 
 
 def test_cwconv_with_added_shortcut():
     layer = CWConv(3, 4, num_classes=2, shortcut_channels=4).eval()
     assert layer.conv.out_channels == 4
-    x, sc = _x(2, 3, 4, 4, seed=4), _x(2, 4, 4, 4, seed=5)
+    x, sc = _x(2, 3, 4, 4, seed=4), _x(2, 4, 8, 8, seed=5)  # shortcut at twice the size -> average-pooled
     out = layer(x, sc)
-    h = F.relu(F.conv2d(x, layer.conv.weight, padding=1) + sc)
+    h = F.relu(F.conv2d(x, layer.conv.weight, padding=1))
     assert_close(out.scores, goodness.mean(h, groups=2))
-    assert_close(out.features, F.group_norm(h, 2))
+    assert_close(out.features, F.group_norm(h, 2) + F.avg_pool2d(sc, 2))
 
 
-def test_cwconv_with_concatenated_shortcut_keeps_class_blocks():
-    # out 6, shortcut 2, 2 classes -> conv makes 6 - 2 = 4 channels; class k's block = [conv k-block, shortcut k]
+def test_cwconv_with_concatenated_shortcut():
+    # out 6, shortcut 2, 2 classes -> conv makes 6 - 2 = 4 channels (2 per class); output [GN(h), shortcut]
     layer = CWConv(3, 6, num_classes=2, shortcut_channels=2).eval()
     assert layer.conv.out_channels == 4
-    x, sc = _x(2, 3, 4, 4, seed=6), _x(2, 2, 8, 8, seed=7)  # shortcut at twice the size -> average-pooled
+    x, sc = _x(2, 3, 4, 4, seed=6), _x(2, 2, 8, 8, seed=7)
     out = layer(x, sc)
-    z = F.conv2d(x, layer.conv.weight, padding=1)
-    scp = F.avg_pool2d(sc, 2)
-    h = F.relu(torch.cat([z[:, 0:2], scp[:, 0:1], z[:, 2:4], scp[:, 1:2]], dim=1))
+    h = F.relu(F.conv2d(x, layer.conv.weight, padding=1))
     assert out.features.shape == (2, 6, 4, 4)
     assert_close(out.scores, goodness.mean(h, groups=2))
-    assert_close(out.features, F.group_norm(h, 2))
+    assert_close(out.features, torch.cat([F.group_norm(h, 2), F.avg_pool2d(sc, 2)], dim=1))
+
+
+def test_cwconv_shortcut_join_with_dropout_and_detached_features():
+    """The fused no-grad feature path (features detached by the engine) joins the shortcut as the plain path does."""
+    layer = CWConv(3, 6, num_classes=2, shortcut_channels=2, dropout=0.3)
+    x, sc = _x(2, 3, 4, 4, seed=8), _x(2, 2, 4, 4, seed=9)
+    torch.manual_seed(3)
+    plain = layer(x, sc)
+    layer.features_detached = True
+    torch.manual_seed(3)
+    fast = layer(x, sc)
+    layer.features_detached = False
+    assert not fast.features.requires_grad
+    assert_close(fast.scores, plain.scores)
+    assert_close(fast.features, plain.features.detach())
+    assert_close(fast.features[:, 4:], sc)
 
 
 # -- ParamFreeResidual ---------------------------------------------------------------------------------------------
@@ -187,17 +249,15 @@ def test_residual_concat_mode_channel_counts():
     assert r.conv_channels == 4
 
 
-def test_residual_concat_is_per_group_by_hand():
-    # groups = 2, C = 6, C_r = 2 -> conv channels 4.
-    # z channels hold constants 1, 2, 3, 4; shortcut channels hold 10, 20.
-    # group 0 of z = [1, 2], group 0 of shortcut = [10]; group 1 of z = [3, 4], group 1 of shortcut = [20]
-    # output = [1, 2, 10, 3, 4, 20]
+def test_residual_concat_appends_shortcut_by_hand():
+    # groups = 2, C = 6, C_r = 2 -> conv channels 4; features hold constants 1, 2, 3, 4, the shortcut 10, 20:
+    # the output is plain [features, shortcut] = [1, 2, 3, 4, 10, 20] (the release's torch.cat([x, shortcut], 1))
     r = ParamFreeResidual(2, 6, groups=2)
     z = torch.tensor([1.0, 2.0, 3.0, 4.0]).view(1, 4, 1, 1).expand(2, 4, 2, 3).clone()
     s = torch.tensor([10.0, 20.0]).view(1, 2, 1, 1).expand(2, 2, 2, 3).clone()
     out = r(z, s)
     assert out.shape == (2, 6, 2, 3)
-    expected = torch.tensor([1.0, 2.0, 10.0, 3.0, 4.0, 20.0]).view(1, 6, 1, 1).expand(2, 6, 2, 3)
+    expected = torch.tensor([1.0, 2.0, 3.0, 4.0, 10.0, 20.0]).view(1, 6, 1, 1).expand(2, 6, 2, 3)
     assert_close(out, expected)
 
 
@@ -239,8 +299,14 @@ def test_residual_channels_not_multiple_of_groups():
 
 def test_residual_wrong_shortcut_channels():
     r = ParamFreeResidual(2, 4)
-    with pytest.raises(ValueError, match="channels"):
+    with pytest.raises(ValueError, match="shortcut has 3 channels, expected 2"):
         r(torch.zeros(1, 2, 2, 2), torch.zeros(1, 3, 2, 2))
+
+
+def test_residual_wrong_feature_channels():
+    r = ParamFreeResidual(2, 4)
+    with pytest.raises(ValueError, match="features have 4 channels, expected 2"):
+        r(torch.zeros(1, 4, 2, 2), torch.zeros(1, 2, 2, 2))
 
 
 @pytest.mark.parametrize("shortcut_hw", [(3, 3), (4, 2), (6, 4)])

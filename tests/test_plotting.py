@@ -106,7 +106,7 @@ def test_dead_ratio_of_a_layer_with_known_dead_channels():
     # 1x1 conv on positive inputs: channel 0 (w=1) and 3 (w=2) are always active, channel 1 (w=0) is exactly 0 and
     # channel 2 (w=-1) always negative: 2 of 4 channels (at every position) are dead.
     first = _one_by_one_cwconv([1.0, 0.0, -1.0, 2.0])
-    second = CWConv(4, 4, 2, kernel_size=3, shortcut_channels=4)  # its ReLU input is conv(x) + shortcut
+    second = CWConv(4, 4, 2, kernel_size=3, shortcut_channels=4)  # its ReLU input is conv(x); the shortcut comes after
     net = ffkit.FFNetwork([first, second], ffkit.ClassScoreObjective(), num_classes=2, in_channels=1,
                           shortcuts={1: 0})
     x = torch.rand(16, 1, 5, 5) + 0.1
@@ -116,9 +116,9 @@ def test_dead_ratio_of_a_layer_with_known_dead_channels():
     assert collected.dead_ratio[0] == 0.5
     with torch.no_grad():  # the second layer by hand
         f0 = first(x).features
-        z = second.conv(f0) + f0
+        z = second.conv(f0)
     assert collected.dead_ratio[1] == pytest.approx(dead_unit_ratio(torch.relu(z)))
-    assert not first.conv._forward_hooks and not second.residual._forward_hooks
+    assert not first.conv._forward_hooks and not second.conv._forward_hooks
     assert collect_scores(net, [(x, y)]).dead_ratio is None  # only measured when asked
 
 

@@ -6,7 +6,8 @@ FAULT (on rank 1, after its first batch): ``kill`` (SIGKILL itself), ``stall`` (
 ``fit:DIR``: train with ``fit(out_dir=DIR)`` until EPOCHS epochs, resuming from DIR's checkpoints if they exist.
 ``FFKIT_TEST_FAULT=KIND:RANK:N`` injects a fault into a ``fit`` run: KIND ``kill``, ``stall`` or ``raise`` after
 rank RANK's N-th step of this job, or ``kill-at-save`` when rank RANK is about to write its checkpoint of epoch N.
-``FFKIT_TEST_STAGES`` (e.g. ``0,1.5``) gives the split; otherwise equal layer counts.
+``FFKIT_TEST_STAGES`` (e.g. ``0,1.5``) gives the split; otherwise equal layer counts. ``FFKIT_TEST_DTYPE=float64``
+builds the network and the data in float64.
 Rank 0 writes the trained network's state_dict to OUT.pt.
 """
 
@@ -23,6 +24,8 @@ from ffkit.models import create_model
 from ffkit.train.pipeline import PipelineTrainer, init_distributed
 
 torch.set_num_threads(1)
+if os.environ.get("FFKIT_TEST_DTYPE") == "float64":
+    torch.set_default_dtype(torch.float64)
 out, name, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3])
 fault = sys.argv[4] if len(sys.argv) > 4 else None
 timeout = float(os.environ.get("FFKIT_TEST_TIMEOUT", "20"))

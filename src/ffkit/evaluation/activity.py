@@ -36,7 +36,7 @@ def dead_unit_ratio(activity: torch.Tensor) -> float:
 def _activity_source(layer: nn.Module) -> tuple[nn.Module, bool]:
     """The module whose output is the layer's ReLU input, and whether that output is the pre-activation.
 
-    ffkit's layers compute ``ReLU(residual(conv(x), shortcut))`` (CW-Conv with a shortcut), ``ReLU(conv(...))`` or
+    ffkit's layers compute ``ReLU(conv(...))`` (a CW-Conv joins any shortcut after its ReLU and normalisation) or
     ``ReLU(linear(...))``; for any other layer the features it passes on are used, a unit counting as deactivated
     where they are exactly 0.
     """

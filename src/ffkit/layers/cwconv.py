@@ -15,28 +15,32 @@ __all__ = ["CWConv"]
 
 
 class CWConv(FFLayer):
-    """Channel-wise conv layer: each class owns ``out_channels / num_classes`` consecutive channels.
+    """Channel-wise conv layer: each class owns ``C_conv / num_classes`` consecutive channels of the conv's output.
 
-    ``x -> [avg-pool by pool] -> conv -> [+ shortcut] -> ReLU -> dropout = h``;
+    ``x -> [avg-pool by pool] -> conv -> ReLU -> dropout = h``;
     class scores ``s = goodness.mean(h, groups=num_classes)`` (Eq. 8, ``[B, K]``);
-    features passed on ``GroupNorm(h, num_classes groups, no affine)`` (Eq. 9).
+    features ``GroupNorm(h, num_classes groups, no affine)`` (Eq. 9), and only then, for a layer built with
+    ``shortcut_channels``, joined with an earlier layer's features (Eq. 11, :class:`ParamFreeResidual`): added when
+    the widths are equal, else ``cat([features, shortcut])``. The shortcut never reaches this layer's scores.
 
     Args:
         in_channels: input channels.
-        out_channels: output channels; must be a multiple of ``num_classes``.
+        out_channels: channels passed on (after any concatenation); must be a multiple of ``num_classes``.
         num_classes: ``K``.
         kernel_size: conv kernel size (square). Padding defaults to ``kernel_size // 2`` (size-preserving for odd
             kernels).
-        stride: conv stride (DeeperForward's ResNet opens stages with stride 2).
+        stride: conv stride (DeeperForward's ResNets open stages with stride 2).
         padding: conv padding; ``None`` for ``kernel_size // 2``.
         pool: average-pool the input by this factor before the conv (1: none). DeeperForward downsamples this way.
         dropout: dropout probability after the ReLU.
         shortcut_channels: channels of a residual shortcut from an earlier layer (``None``: no shortcut). With
-            shortcut channels equal to ``out_channels`` it is added, otherwise concatenated
-            (:class:`ParamFreeResidual`).
+            shortcut channels equal to ``out_channels`` it is added to the features; with fewer, the conv makes
+            ``out_channels - shortcut_channels`` channels (the ones the scores come from) and the shortcut is
+            concatenated after them.
 
     Shape:
-        ``x [B, C_in, H, W] -> LayerOutput(features [B, C_out, H', W'], scores [B, K], goodness [B])``.
+        ``x [B, C_in, H, W]`` (and ``shortcut [B, C_r, s H', s W']``) ``-> LayerOutput(features [B, C_out, H', W'],
+        scores [B, K], goodness [B])``.
     """
 
     def __init__(
@@ -68,13 +72,14 @@ class CWConv(FFLayer):
         self.out_channels = out_channels
         self.num_classes = num_classes
         self.pool = pool
-        self.residual = (
+        # Not named ``residual``: the activity monitor hooks a layer's ``conv`` as its ReLU input, which it still is.
+        self.combine = (
             ParamFreeResidual(shortcut_channels, out_channels, groups=num_classes)
             if shortcut_channels is not None
             else None
         )
-        self.accepts_shortcut = self.residual is not None
-        conv_out = self.residual.conv_channels if self.residual is not None else out_channels
+        self.accepts_shortcut = self.combine is not None
+        conv_out = self.combine.conv_channels if self.combine is not None else out_channels
         self.conv = nn.Conv2d(
             in_channels,
             conv_out,
@@ -87,19 +92,23 @@ class CWConv(FFLayer):
         self.dropout = float(dropout)
 
     def forward(self, x: torch.Tensor, shortcut: torch.Tensor | None = None) -> LayerOutput:
+        if (shortcut is None) != (self.combine is None):
+            raise ValueError(
+                "this CWConv was built with shortcut_channels but received no shortcut"
+                if shortcut is None
+                else "this CWConv received a shortcut but was built without shortcut_channels"
+            )
         if self.pool > 1:
             x = F.avg_pool2d(x, self.pool)
         z = self.conv(x)
-        if self.residual is not None:
-            if shortcut is None:
-                raise ValueError("this CWConv was built with shortcut_channels but received no shortcut")
-            z = self.residual(z, shortcut)
         drop, p = drop_mask(z, self.dropout if self.training else 0.0)
         scores, h = relu_dropout_scores(z, drop, self.num_classes, p)
         # h is the unscaled masked activity; GroupNorm without affine is invariant to the dropout scale s except
         # through eps, and GN(s * h, eps) == GN(h, eps / s**2) exactly, so no pass is spent on scaling.
         with self.propagation():
             features = F.group_norm(h, self.num_classes, eps=_GN_EPS * (1.0 - p) ** 2)
+            if self.combine is not None:
+                features = self.combine(features, shortcut)
         # The groups are equal in size, so the mean of the class scores is the layer's overall mean goodness
         # (Eq. 5): it lets a CW-Conv backbone train with a positive/negative loss such as SymBa too.
         return LayerOutput(features=features, scores=scores, goodness=scores.mean(dim=1))

@@ -1,4 +1,4 @@
-"""DeeperForward's parameter-free residual shortcut (Sun et al., ICLR 2025, Eq. 10-11)."""
+"""DeeperForward's parameter-free residual shortcut (Sun et al., ICLR 2025, Eq. 10-11, Algorithm 1)."""
 
 from __future__ import annotations
 
@@ -12,21 +12,23 @@ __all__ = ["ParamFreeResidual"]
 
 
 class ParamFreeResidual(nn.Module):
-    """Combine a block's pre-activation with a shortcut from an earlier layer, with no learnable parameters.
+    """Combine a layer's normalised features with a shortcut from an earlier layer, with no learnable parameters.
 
-    The shortcut is average-pooled to the block's spatial size (Eq. 10). If it has as many channels as the block's
-    output, it is added (Eq. 11, identity form); if it has fewer (``C_r < C``), the block's conv produces only
-    ``C - C_r`` channels and the shortcut is concatenated to reach ``C``. With ``groups=K`` the concatenation is done
-    per channel group, so class ``k`` keeps owning the ``k``-th block of ``C / K`` channels on both sides.
+    In DeeperForward a layer first computes its class scores and its group-normalised features from its own conv
+    alone; only then is the shortcut joined to the features (Eq. 11; Algorithm 1), so no earlier layer's signal
+    reaches this layer's scores. The shortcut is average-pooled to the layer's spatial size (Eq. 10). If it has as many
+    channels as the layer's output, it is added; if it has fewer (``C_r < C``), the layer's conv makes only ``C - C_r``
+    channels and the shortcut is appended after them: ``cat([features, shortcut], dim=1)``.
 
     Args:
         shortcut_channels: ``C_r``, channels of the incoming shortcut.
-        out_channels: ``C``, channels of the block's output after combining.
-        groups: channel groups to keep aligned when concatenating (the class count for CW-Conv layers).
+        out_channels: ``C``, channels after combining (what the next layer receives).
+        groups: the class count of the layer whose features are combined; ``C`` and ``C_r`` must be multiples of it,
+            so that the conv part, ``C`` or ``C - C_r`` channels, splits into equal class blocks.
 
     Shape:
-        ``forward(z [B, C_conv, H, W], shortcut [B, C_r, H', W']) -> [B, C, H, W]`` with ``H' = s * H``
-        for an integer ``s >= 1`` and ``C_conv = conv_channels``.
+        ``forward(features [B, C_conv, H, W], shortcut [B, C_r, s H, s W]) -> [B, C, H, W]`` for an integer
+        ``s >= 1`` and ``C_conv = conv_channels``.
     """
 
     def __init__(self, shortcut_channels: int, out_channels: int, groups: int = 1) -> None:
@@ -48,15 +50,17 @@ class ParamFreeResidual(nn.Module):
 
     @property
     def conv_channels(self) -> int:
-        """Channels the block's own conv must produce: ``C`` when adding, ``C - C_r`` when concatenating."""
+        """Channels the layer's own conv must produce: ``C`` when adding, ``C - C_r`` when concatenating."""
         return self.out_channels if self.mode == "add" else self.out_channels - self.shortcut_channels
 
-    def forward(self, z: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        if features.shape[1] != self.conv_channels:
+            raise ValueError(f"features have {features.shape[1]} channels, expected {self.conv_channels}")
         if shortcut.shape[1] != self.shortcut_channels:
             raise ValueError(f"shortcut has {shortcut.shape[1]} channels, expected {self.shortcut_channels}")
-        if shortcut.shape[-2:] != z.shape[-2:]:
+        if shortcut.shape[-2:] != features.shape[-2:]:
             sh, sw = shortcut.shape[-2:]
-            h, w = z.shape[-2:]
+            h, w = features.shape[-2:]
             if sh % h or sw % w or sh // h != sw // w:
                 raise ValueError(
                     f"shortcut spatial size {(sh, sw)} is not an integer multiple of the block's size {(h, w)}: "
@@ -65,11 +69,8 @@ class ParamFreeResidual(nn.Module):
                 )
             shortcut = F.avg_pool2d(shortcut, kernel_size=sh // h)
         if self.mode == "add":
-            return z + shortcut
-        b, _, h, w = z.shape
-        g = self.groups
-        # Interleave per group so that channel block k of the output is still class k's block.
-        return torch.cat([z.reshape(b, g, -1, h, w), shortcut.reshape(b, g, -1, h, w)], dim=2).reshape(b, -1, h, w)
+            return features + shortcut
+        return torch.cat([features, shortcut], dim=1)
 
     def extra_repr(self) -> str:
         return f"{self.shortcut_channels} -> {self.out_channels}, mode={self.mode}, groups={self.groups}"
