@@ -148,7 +148,7 @@ def test_accumulation_matches_the_whole_batch(steps):
     [
         ("pon_mlp", {"hidden": (16, 12)}),
         # fixed negatives depend on the sample's index only, so micro-batches draw the same wrong labels
-        ("hinton_mlp", {"hidden": (16, 12), "negatives": "fixed", "head": True}),
+        ("hinton_mlp", {"hidden": (16, 12), "negatives": "fixed", "head": True, "threshold": 0.1}),
     ],
 )
 def test_accumulation_matches_on_label_input_and_mlp_networks(name, kwargs):
@@ -227,3 +227,60 @@ def test_single_head_baseline_accepts_accumulation_and_ignores_deep_supervision(
     res = trainer.train_step(x, y)
     assert res.losses.shape == (1,) and res.correct.shape == (1,) and res.batch_size == 4
     assert torch.isfinite(res.losses).all()
+
+
+# -- hybrid classifier heads (dtg_mlp) ---------------------------------------------------------------------------
+
+
+def _dtg_mlp(hybrid: bool = True):
+    torch.manual_seed(0)
+    net = create_model("dtg_mlp", num_classes=10, in_channels=1, hidden=(12, 10, 8), negatives="fixed").double()
+    net.head.hybrid = hybrid
+    for layer in net.layers:  # margins already warm, so the hand computation and the step see the same ones
+        layer.initialised.fill_(True)
+    return net
+
+
+def _dtg_mlp_gradients(net, x, y, index):
+    """By hand, in one graph: the gradients on every layer's ``linear.weight`` of the summed FF losses (training
+    pass, nothing detached) and of the head's cross-entropy through an undetached neutral-label pass."""
+    batch = net.objective.prepare(net, x, y, index)
+    ff = sum(net.objective.layer_loss(out, batch)[0] for _, out in net.iter_layers(batch.inputs, detach=False))
+    h, feats = ffkit.data.LabelOverlay(10)(x, None), []
+    for layer in net.layers[:2]:  # the head reads layers 0 and 1
+        h = layer(h).features
+        feats.append(h)
+    ce = F.cross_entropy(net.head.linear(torch.cat(feats, dim=1)), y)
+    weights = [layer.linear.weight for layer in net.layers]
+    g_ff = torch.autograd.grad(ff, weights, retain_graph=True)
+    g_ce = torch.autograd.grad(ce, weights, allow_unused=True)
+    return g_ff, g_ce, ce.detach()
+
+
+@pytest.mark.parametrize("checkpoint", [False, True])
+def test_hybrid_head_loss_reaches_the_layers_under_backprop(checkpoint):
+    """A hybrid head on a neutral-label pass adds its cross-entropy's gradient to the layers it passes through, as
+    under LocalTrainer; its loss is the one reported."""
+    x, y, index = torch.rand(6, 1, 32, 32, dtype=torch.float64), torch.tensor([0, 1, 2, 3, 4, 5]), torch.arange(6)
+    net = _dtg_mlp()
+    g_ff, g_ce, ce = _dtg_mlp_gradients(net, x, y, index)
+    assert g_ce[2] is None  # the last layer is not read
+    assert g_ce[0].abs().max() > 1e-3 * g_ff[0].abs().max()  # the head's share is not lost in the tolerance
+    trainer = ffkit.BackpropTrainer(net, lr=1e-3, schedule="constant", checkpoint=checkpoint)
+    res = trainer.train_step(x, y, index)
+    torch.testing.assert_close(res.head[0], ce)
+    for i, layer in enumerate(net.layers):
+        expected = g_ff[i] + g_ce[i] if g_ce[i] is not None else g_ff[i]
+        torch.testing.assert_close(layer.linear.weight.grad, expected, atol=1e-12, rtol=1e-9)
+    assert not torch.allclose(net.layers[0].linear.weight.grad, g_ff[0], atol=1e-12, rtol=1e-9)
+
+
+def test_non_hybrid_head_on_its_own_pass_trains_the_head_only_under_backprop():
+    x, y, index = torch.rand(6, 1, 32, 32, dtype=torch.float64), torch.tensor([0, 1, 2, 3, 4, 5]), torch.arange(6)
+    net = _dtg_mlp(hybrid=False)
+    g_ff, _, ce = _dtg_mlp_gradients(net, x, y, index)
+    res = ffkit.BackpropTrainer(net, lr=1e-3, schedule="constant").train_step(x, y, index)
+    torch.testing.assert_close(res.head[0], ce)
+    for i, layer in enumerate(net.layers):
+        torch.testing.assert_close(layer.linear.weight.grad, g_ff[i], atol=1e-12, rtol=1e-9)
+    assert net.head.linear.weight.grad is not None and net.head.linear.weight.grad.abs().sum() > 0

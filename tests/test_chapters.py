@@ -1,5 +1,7 @@
-"""ChapterTrainer (Pipeline-FF's all-layers variant): the sequential loop it defines, exactly; two processes that pass
-layers from chapter to chapter give the same weights; bad arguments and a lost rank end with clear errors."""
+"""ChapterTrainer (Pipeline-FF's all-layers variant and its sequential chapter loop): the loop it defines, exactly,
+with the softmax layer trained after the chapter's layers; negatives drawn once per chapter (adaptive ones with the
+network before the chapter, random in the first); two processes that pass layers from chapter to chapter give the same
+weights; bad arguments and a lost rank end with clear errors."""
 
 from __future__ import annotations
 
@@ -7,8 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from ffkit.data import AdaptiveNegative, RandomNegative
 from ffkit.models import create_model
 from ffkit.train import LocalTrainer
 from ffkit.train.chapters import ChapterTrainer
@@ -19,8 +23,9 @@ WORKER = Path(__file__).parent / "helpers" / "chapters_worker.py"
 
 def _model(name: str = "deeperforward_tinycnn", **kw):
     torch.manual_seed(0)
-    if name == "hinton_mlp":
-        return create_model(name, width_multiplier=0.1, negatives="fixed", **kw)
+    if name.startswith("hinton_mlp"):
+        kw.setdefault("negatives", "fixed")
+        return create_model("hinton_mlp", width_multiplier=0.1, head=name == "hinton_mlp_head", **kw)
     return create_model(name, width_multiplier=0.1, in_channels=3, dropout=0.0, **kw)
 
 
@@ -38,11 +43,11 @@ def _assert_same_weights(a, b, atol: float = 0.0) -> None:
             torch.testing.assert_close(p, q, atol=atol, rtol=0 if atol == 0 else 1e-4, msg=k)
 
 
-def _sequential(name: str, chapter: int, epochs: int = 1, **options):
+def _sequential(name: str, chapter: int, epochs: int = 1, n: int = 48, **options):
     net = _model(name)
     trainer = ChapterTrainer(net, chapter_batches=chapter, **options)
     for _ in range(epochs):
-        record = trainer.train_epoch(_loader(net.in_channels))
+        record = trainer.train_epoch(_loader(net.in_channels, n=n))
     return net, trainer, record
 
 
@@ -114,19 +119,96 @@ def test_bad_arguments():
         ChapterTrainer(net, chapter_batches=2, overlap=True)
     with pytest.raises(TypeError, match="network"):
         ChapterTrainer(torch.nn.Linear(2, 2), chapter_batches=2)
-    with pytest.raises(ValueError, match="classifier head"):
-        ChapterTrainer(create_model("hinton_mlp", width_multiplier=0.1, head=True), chapter_batches=2)
-    with pytest.raises(ValueError, match="adaptive negatives"):
-        ChapterTrainer(create_model("hinton_mlp", width_multiplier=0.1, negatives="adaptive"), chapter_batches=2)
     with pytest.raises(ValueError, match="empty"):
         ChapterTrainer(net, chapter_batches=2, schedule="constant").train_epoch([])
+    with pytest.raises(TypeError, match="local_data"):
+        ChapterTrainer(net, chapter_batches=2, local_data=1)
+    with pytest.raises(ValueError, match="hybrid"):
+        ChapterTrainer(create_model("dtg_mlp", hidden=(8, 8), head=True), chapter_batches=2)
+
+
+def test_softmax_layer_trains_after_the_chapters_layers_on_a_neutral_label_pass():
+    """Pipeline-FF's release: after every FF layer has trained on the chapter, its softmax layer trains over the
+    chapter's batches, with its own Adam, on the ReLU activities of layers 1..L-1 of a neutral-label pass through the
+    layers as the chapter left them."""
+    net, trainer, record = _sequential("hinton_mlp_head", chapter=2, schedule="constant")
+    ref = _model("hinton_mlp_head")
+    inner = LocalTrainer(ref, schedule="constant")
+    batches = list(_loader(1))
+    head_opt = inner.optimizers[-1]
+    for c in range(3):
+        chapter = batches[2 * c : 2 * c + 2]
+        for layer in range(len(ref)):
+            for x, y, i in chapter:
+                with torch.no_grad():
+                    h = ref.objective.prepare(ref, x, y, i).inputs
+                    for earlier in ref.layers[:layer]:
+                        h = earlier(h).features
+                inner.train_layers(ref.objective.prepare(ref, x, y, i), h, start=layer, end=layer)
+        for x, y, _ in chapter:
+            with torch.no_grad():
+                h = ref.objective.encoder(x, None)  # the neutral label: 1/K on the label pixels
+                feats = []
+                for k, layer in enumerate(ref.layers):
+                    h = layer(h).features
+                    if k > 0:
+                        feats.append(h)
+            head_opt.zero_grad()
+            F.cross_entropy(torch.cat(feats, dim=1) @ ref.head.linear.weight.T, y).backward()
+            head_opt.step()
+    _assert_same_weights(ref, net)
+    assert trainer.schedulers[-1] is None  # constant: nothing to step
+    assert 0 <= record["train_head_acc"] <= 1 and record["train_head_loss"] > 0
+
+
+def test_negatives_are_drawn_once_per_chapter_and_shared_by_every_layer():
+    """The release draws one wrong label per sample per chapter, used by every layer: the sampler runs once per batch
+    of a chapter, not once per layer."""
+    calls = []
+
+    class Counting(RandomNegative):
+        def __call__(self, y, **kw):
+            calls.append(len(y))
+            return super().__call__(y, **kw)
+
+    net = _model("hinton_mlp", negatives="random")
+    net.objective.negatives = Counting(10)
+    ChapterTrainer(net, chapter_batches=2, schedule="constant").train_epoch(_loader(1))
+    assert calls == [8] * 6  # 3 chapters of 2 batches, 4 layers each
+
+
+def test_adaptive_negatives_first_chapter_random_then_scored_before_each_chapter():
+    """AdaptiveNEG as the release: the first chapter trains on uniformly drawn negatives, every later chapter on the
+    hardest wrong labels under the network as the previous chapter left it."""
+    seen = []
+
+    class Recording(AdaptiveNegative):
+        def __call__(self, y, *, x=None, network=None, index=None):
+            seen.append(network.layers[-1].linear.weight.detach().clone())
+            return super().__call__(y, x=x, network=network, index=index)
+
+    def run(n_batches):
+        net = _model("hinton_mlp", negatives="adaptive")
+        net.objective.negatives = Recording(10)
+        ChapterTrainer(net, chapter_batches=2, schedule="constant").train_epoch(list(_loader(1))[:n_batches])
+        return net
+
+    # One chapter: the network after it is the one that scores the next chapter's negatives.
+    after_first = run(2).layers[-1].linear.weight.detach().clone()
+    assert seen == []
+    run(6)
+    assert len(seen) == 4  # chapters 1 and 2, two batches each; none for chapter 0
+    assert torch.equal(seen[0], after_first) and torch.equal(seen[1], after_first)
+    assert torch.equal(seen[2], seen[3]) and not torch.equal(seen[1], seen[2])
 
 
 def _torchrun(tmp_path, *args, timeout=120, env_extra=None):
     return torchrun(str(WORKER), str(tmp_path / "out.pt"), *args, timeout=timeout, env_extra=env_extra)
 
 
-@pytest.mark.parametrize("name,epochs,chapter", [("deeperforward_tinycnn", 1, 2), ("hinton_mlp", 2, 1)])
+@pytest.mark.parametrize(
+    "name,epochs,chapter", [("deeperforward_tinycnn", 1, 2), ("hinton_mlp", 2, 1), ("hinton_mlp_head", 1, 2)]
+)
 def test_two_ranks_equal_the_sequential_loop(tmp_path, name, epochs, chapter):
     """Two processes over gloo on 127.0.0.1 pass each layer (weights, Adam state, cosine schedule) from chapter to
     chapter: the same weights as the one-process loop within float tolerance (the ranks run one thread)."""
@@ -142,6 +224,27 @@ def test_two_ranks_equal_the_sequential_loop(tmp_path, name, epochs, chapter):
     torch.testing.assert_close(torch.tensor(record["train_loss"]), torch.tensor(ref_record["train_loss"]),
                                atol=1e-4, rtol=1e-4)
     assert result["chapters_trained"] == epochs * -(-(6 // chapter) // 2)  # rank 0: chapters 0, 2, 4, ...
+
+
+def test_two_ranks_on_their_own_data_equal_the_interleaved_sequential_loop(tmp_path):
+    """Pipeline-FF's federated variant (``local_data=True``): each rank trains on its own half of the data, and the
+    layers travel in chapter order, so rank 0's k-th chapter is chapter 2k and rank 1's is chapter 2k + 1: the same
+    weights as one process over the two halves' chapters interleaved."""
+    proc, _ = _torchrun(tmp_path, "hinton_mlp", "1", "1", env_extra={"FFKIT_TEST_LOCAL_DATA": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = torch.load(tmp_path / "out.pt")
+    batches = list(_loader(1))
+    interleaved = [b for pair in zip(batches[:3], batches[3:]) for b in pair]  # rank 0's and rank 1's, alternately
+    ref = _model("hinton_mlp")
+    ref_record = ChapterTrainer(ref, chapter_batches=1, schedule="cosine", total_steps=6).train_epoch(interleaved)
+    net = _model("hinton_mlp")
+    net.load_state_dict(result["state"])
+    _assert_same_weights(ref, net, atol=1e-4)
+    record = result["record"]
+    assert record["ranks"] == 2 and record["train_images"] == 48 and record["chapters"] == 6
+    torch.testing.assert_close(torch.tensor(record["train_loss"]), torch.tensor(ref_record["train_loss"]),
+                               atol=1e-4, rtol=1e-4)
+    assert result["chapters_trained"] == 3
 
 
 def test_a_lost_rank_ends_the_job_with_a_clear_error(tmp_path):

@@ -84,7 +84,8 @@ def test_only_deeperforward_holds_out_a_split_for_sip(tmp_path, data_dir, capsys
     assert main(["train", "--model", "deeperforward_tinycnn", "--width-multiplier", "0.1", "--dataset",
                  "fashion-mnist", "--out", str(tmp_path / "n"), "--no-holdout", *quick]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["sip_range"] is None and summary["prediction_range"] == [0, 3]
+    # without SIP, the release's range before selection: every layer but the first
+    assert summary["sip_range"] is None and summary["prediction_range"] == [1, 3]
 
 
 def test_models_lists_builders(capsys):

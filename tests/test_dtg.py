@@ -5,6 +5,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 from torch.testing import assert_close
 from torch.utils.data import DataLoader, TensorDataset
@@ -14,6 +16,7 @@ from ffkit import goodness, losses
 from ffkit.data import LabelOverlay
 from ffkit.evaluation import collect_scores, make_report
 from ffkit.layers import ClassifierHead, DTGConv, DTGLinear
+from ffkit.layers.dtg import inverse_softplus
 from ffkit.models import create_model
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -223,13 +226,18 @@ def test_vgg11_layout():
 
 def test_builder_wiring():
     net = create_model("dtg_vgg8", num_classes=10, in_channels=1, width_multiplier=0.1, label_smoothing=0.2,
-                       tau_min=0.5, tau_max=1.5, dropout=0.3)
-    assert isinstance(net.objective, ffkit.ClassScoreObjective) and net.objective.label_smoothing == 0.2
+                       layer_label_smoothing=0.05, head_dropout=0.3, tau_min=0.5, tau_max=1.5, dropout=0.3)
+    assert isinstance(net.objective, ffkit.ClassScoreObjective) and net.objective.label_smoothing == 0.05
     head = net.head
-    assert isinstance(head, ClassifierHead)
+    assert isinstance(head, ClassifierHead) and not head.hybrid and not net.head_predicts
     assert head.layers == tuple(range(1, 7))  # layers 2..L, 1-based
-    assert head.pool == "avg" and isinstance(head.norm, nn.BatchNorm1d) and head.dropout.p == 0.2
+    assert head.pool == "avg" and isinstance(head.norm, nn.BatchNorm1d) and head.dropout.p == 0.3
     assert head.label_smoothing == 0.2
+    # defaults (Chen 2026): the classifier path has dropout 0.2 and label smoothing 0.1, the layers' CE none
+    plain = create_model("dtg_vgg8", num_classes=10, in_channels=1, width_multiplier=0.1)
+    assert plain.objective.label_smoothing == 0.0
+    assert plain.head.label_smoothing == 0.1 and plain.head.dropout.p == 0.2
+    assert isinstance(create_model("dtg_vgg8", width_multiplier=0.1, head_dropout=0.0).head.dropout, nn.Identity)
     assert head.linear.in_features == sum(layer.out_channels for layer in net.layers[1:])
     assert [layer.seed for layer in net.layers] == list(range(7))  # a different projection per layer
     assert all(layer.temperature.tau_min == 0.5 and layer.temperature.tau_max == 1.5 for layer in net.layers)
@@ -240,7 +248,8 @@ def test_builder_wiring():
 @pytest.mark.parametrize(
     "kwargs, err",
     [({"label_smoothing": 1.0}, ValueError), ({"head": "yes"}, TypeError), ({"width_multiplier": 0}, ValueError),
-     ({"num_classes": 1}, ValueError)],
+     ({"num_classes": 1}, ValueError), ({"layer_label_smoothing": -0.1}, ValueError),
+     ({"head_dropout": "0.2"}, TypeError)],
 )
 def test_vgg_builder_bad_arguments(kwargs, err):
     with pytest.raises(err, match=next(iter(kwargs))):
@@ -346,87 +355,150 @@ def test_bp_deepsup_puts_gradients_on_several_layers_in_one_backward():
 
 
 def _hand_linear() -> DTGLinear:
-    layer = DTGLinear(2, 2, tau_min=1.0, tau_max=3.0)
+    """Float64, so the hand values below are checked to 1e-6 and tighter."""
+    layer = DTGLinear(2, 2, tau_min=1.0, tau_max=3.0).double()
     with torch.no_grad():
         layer.linear.weight.copy_(torch.tensor([[1.0, 1.0], [1.0, -1.0]]))
         layer.linear.bias.copy_(torch.tensor([0.5, 0.0]))
     return layer
 
 
+def _x(rows: list[list[float]]) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.float64)
+
+
 def _hand_goodness(x: list[float]) -> float:
     """RMS-normalise, linear, ReLU, mean of squares -- for the weights of :func:`_hand_linear`."""
-    n = math.hypot(*x)
+    n = math.hypot(*x) + 1e-8  # the layer's eps
     xh = [v * math.sqrt(2) / n for v in x]
     h = [max(0.0, xh[0] + xh[1] + 0.5), max(0.0, xh[0] - xh[1])]
     return (h[0] ** 2 + h[1] ** 2) / 2
 
 
+def _softplus(v: float) -> float:
+    return math.log1p(math.exp(v))
+
+
+def _sigmoid(v: float) -> float:
+    return 1 / (1 + math.exp(-v))
+
+
+HAND = {"rel": 1e-12, "abs": 1e-12}  # float64 against math: agreement to rounding
+
+
 def test_dtglinear_margin_warm_start_by_hand():
     layer = _hand_linear().train()
-    batch = torch.tensor([[3.0, 4.0], [1.0, 0.0]])
+    batch = _x([[3.0, 4.0], [1.0, 0.0]])
     g = [_hand_goodness([3.0, 4.0]), _hand_goodness([1.0, 0.0])]
     # [3, 4] -> x_hat = sqrt(2) * [0.6, 0.8] -> h = [1.4 sqrt(2) + 0.5, relu(-0.2 sqrt(2)) = 0]
     # [1, 0] -> x_hat = [sqrt(2), 0]         -> h = [sqrt(2) + 0.5, sqrt(2)]
     assert g[0] == pytest.approx((1.4 * math.sqrt(2) + 0.5) ** 2 / 2)
     assert g[1] == pytest.approx(((math.sqrt(2) + 0.5) ** 2 + 2) / 2)
+    # before the warm start: theta = 0, margin softplus(0) = ln 2 (the release's threshold at its init)
     assert not bool(layer.initialised) and layer.theta.item() == 0.0
+    assert layer.margin.item() == pytest.approx(math.log(2), **HAND)
     out = layer(batch)
-    theta = (g[0] + g[1]) / 2
-    assert layer.theta.item() == pytest.approx(theta)
+    m = (g[0] + g[1]) / 2  # the batch's mean goodness = 2.97...
+    # theta = softplus^-1(m) = log(exp(m) - 1), so the margin softplus(theta) is the batch's mean goodness
+    assert layer.theta.item() == pytest.approx(math.log(math.exp(m) - 1), **HAND)
+    assert layer.margin.item() == pytest.approx(m, **HAND)
     assert bool(layer.initialised)
     tau = 2.0  # midpoint of (1, 3)
-    assert_close(out.goodness, torch.tensor([(g[0] - theta) / tau, (g[1] - theta) / tau]))
-    assert_close(out.features, torch.tensor([[1.4 * math.sqrt(2) + 0.5, 0.0], [math.sqrt(2) + 0.5, math.sqrt(2)]]))
+    assert_close(out.goodness, _x([[(g[0] - m) / tau, (g[1] - m) / tau]])[0], atol=1e-12, rtol=0)
+    assert_close(out.features, _x([[1.4 * math.sqrt(2) + 0.5, 0.0], [math.sqrt(2) + 0.5, math.sqrt(2)]]))
+
+
+def test_dtglinear_warm_start_on_dead_units_uses_the_floor():
+    """A batch whose every unit is dead has mean goodness 0, where softplus^-1 is -inf: the margin is set to 1e-6."""
+    layer = _hand_linear().train()
+    with torch.no_grad():
+        layer.linear.weight.zero_()
+        layer.linear.bias.fill_(-1.0)
+    out = layer(_x([[3.0, 4.0], [1.0, 0.0]]))
+    assert torch.isfinite(layer.theta) and torch.isfinite(out.goodness).all()
+    assert layer.theta.item() == pytest.approx(math.log(math.expm1(1e-6)), **HAND)  # ~ ln(1e-6) = -13.8
+    assert layer.margin.item() == pytest.approx(1e-6, rel=1e-9)
+
+
+@pytest.mark.parametrize("m", [1e-6, 1e-3, 1.0, 20.0, 100.0])
+def test_inverse_softplus_round_trips(m):
+    t = inverse_softplus(torch.tensor(m, dtype=torch.float64))
+    assert F.softplus(t).item() == pytest.approx(m, rel=1e-12)
+    if m < 30:  # where exp(m) is exact enough in float64 for the naive form to be a reference
+        assert t.item() == pytest.approx(math.log(math.expm1(m)), rel=1e-12)
+    # float32, as a layer trains: still the mean it was given, to float32 rounding
+    t32 = inverse_softplus(torch.tensor(m, dtype=torch.float32))
+    assert F.softplus(t32).item() == pytest.approx(m, rel=1e-5)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@given(m=st.floats(min_value=1e-6, max_value=1e4, allow_nan=False, allow_infinity=False))
+def test_inverse_softplus_round_trips_anywhere(m):
+    t = inverse_softplus(torch.tensor(m, dtype=torch.float64))
+    assert math.isfinite(t.item())
+    assert F.softplus(t).item() == pytest.approx(m, rel=1e-12)
+
+
+def test_inverse_softplus_floor():
+    t = inverse_softplus(torch.tensor([0.0, -3.0, 2e-6], dtype=torch.float64))
+    assert_close(F.softplus(t), torch.tensor([1e-6, 1e-6, 2e-6], dtype=torch.float64), atol=0, rtol=1e-12)
+    assert_close(F.softplus(inverse_softplus(torch.tensor([0.0]), floor=0.5)), torch.tensor([0.5]))
+    with pytest.raises(ValueError, match="floor"):
+        inverse_softplus(torch.tensor([1.0]), floor=0.0)
 
 
 def test_dtglinear_is_not_warm_started_again():
     layer = _hand_linear().train()
-    layer(torch.tensor([[3.0, 4.0], [1.0, 0.0]]))
+    layer(_x([[3.0, 4.0], [1.0, 0.0]]))
     theta = layer.theta.item()
-    layer(torch.tensor([[0.0, 5.0], [2.0, 7.0]]))  # a later batch with another mean goodness
+    layer(_x([[0.0, 5.0], [2.0, 7.0]]))  # a later batch with another mean goodness
     assert layer.theta.item() == theta
     # after a state_dict round trip into a fresh layer
     fresh = _hand_linear()
     state = layer.state_dict()
     assert "initialised" in state and "theta" in state
     fresh.load_state_dict(state)
-    fresh.train()(torch.tensor([[0.0, 5.0], [2.0, 7.0]]))
+    fresh.train()(_x([[0.0, 5.0], [2.0, 7.0]]))
     assert fresh.theta.item() == theta and bool(fresh.initialised)
+    assert fresh.margin.item() == pytest.approx((_hand_goodness([3.0, 4.0]) + _hand_goodness([1.0, 0.0])) / 2, **HAND)
 
 
 def test_dtglinear_loading_an_unwarmed_state_warms_on_next_batch():
     warmed = _hand_linear().train()
-    warmed(torch.tensor([[3.0, 4.0]]))
+    warmed(_x([[3.0, 4.0]]))
     warmed.load_state_dict(_hand_linear().state_dict())  # theta 0, not initialised
-    assert not bool(warmed.initialised)
-    warmed(torch.tensor([[1.0, 0.0]]))
-    assert warmed.theta.item() == pytest.approx(_hand_goodness([1.0, 0.0]))
+    assert not bool(warmed.initialised) and warmed.theta.item() == 0.0
+    warmed(_x([[1.0, 0.0]]))
+    assert warmed.margin.item() == pytest.approx(_hand_goodness([1.0, 0.0]), **HAND)
 
 
 def test_dtglinear_eval_pass_does_not_warm_start():
     layer = _hand_linear().eval()
-    out = layer(torch.tensor([[3.0, 4.0]]))
+    out = layer(_x([[3.0, 4.0]]))
     assert layer.theta.item() == 0.0 and not bool(layer.initialised)
-    assert_close(out.goodness, torch.tensor([_hand_goodness([3.0, 4.0]) / 2.0]))
+    # the margin is still softplus(0) = ln 2; tau = 2
+    assert out.goodness.item() == pytest.approx((_hand_goodness([3.0, 4.0]) - math.log(2)) / 2.0, **HAND)
 
 
 def test_dtglinear_threshold_loss_formula_and_gradients():
-    """With threshold 0: L = mean softplus((theta - g_pos) / tau) + mean softplus((g_neg - theta) / tau)."""
+    """With threshold 0: L = mean softplus((m - g_pos) / tau) + mean softplus((g_neg - m) / tau), m = softplus(theta);
+    dL/dtheta = dL/dm * sigmoid(theta)."""
     layer = _hand_linear().train()
-    pos, neg = torch.tensor([[3.0, 4.0]]), torch.tensor([[1.0, 0.0]])
-    out = layer(torch.cat([pos, neg]))
+    pos, neg = _x([[3.0, 4.0]]), _x([[1.0, 0.0]])
+    layer(torch.cat([pos, neg]))
+    theta = 0.5  # move the margin off its warm start, where its gradient vanishes to first order
     with torch.no_grad():
-        layer.theta.fill_(1.0)  # move the margin off its warm start, where its gradient vanishes to first order
+        layer.theta.fill_(theta)
     out = layer(torch.cat([pos, neg]))
     g_pos, g_neg = out.goodness[:1], out.goodness[1:]
     loss = losses.ff_threshold(g_pos, g_neg, threshold=0.0)
-    gp, gn, tau = _hand_goodness([3.0, 4.0]), _hand_goodness([1.0, 0.0]), 2.0
-    sp = lambda v: math.log1p(math.exp(v))  # noqa: E731
-    assert loss.item() == pytest.approx(sp((1.0 - gp) / tau) + sp((gn - 1.0) / tau), rel=1e-5)
+    gp, gn, tau, m = _hand_goodness([3.0, 4.0]), _hand_goodness([1.0, 0.0]), 2.0, _softplus(theta)
+    assert loss.item() == pytest.approx(_softplus((m - gp) / tau) + _softplus((gn - m) / tau), **HAND)
     grads = torch.autograd.grad(loss, [layer.theta, layer.temperature.s, layer.linear.weight])
     assert all(g.abs().sum() > 0 for g in grads)
-    sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
-    assert grads[0].item() == pytest.approx((sig((1.0 - gp) / tau) - sig((gn - 1.0) / tau)) / tau, rel=1e-5)
+    dl_dm = (_sigmoid((m - gp) / tau) - _sigmoid((gn - m) / tau)) / tau
+    assert grads[0].item() == pytest.approx(dl_dm * _sigmoid(theta), **HAND)
+    assert _sigmoid(theta) == pytest.approx(0.6224593312, rel=1e-9)  # the chain factor is not 1 here
 
 
 def test_dtglinear_rms_normalisation_is_scale_invariant_and_flattens():
@@ -445,20 +517,99 @@ def test_dtglinear_rms_normalisation_is_scale_invariant_and_flattens():
 
 
 def test_dtg_mlp_wiring():
-    net = create_model("dtg_mlp", num_classes=10, in_channels=1, hidden=(30, 20, 10), head=True)
+    net = create_model("dtg_mlp", num_classes=10, in_channels=1, hidden=(30, 20, 10))
     assert [type(layer) for layer in net.layers] == [DTGLinear] * 3
     assert net.layers[0].linear.in_features == 1024
     obj = net.objective
     assert isinstance(obj, ffkit.PosNegObjective) and obj.loss == "threshold" and obj.threshold == 0.0
     assert isinstance(obj.encoder, LabelOverlay)
-    assert net.head.layers == (1, 2) and net.head.pool == "flatten" and net.head.linear.in_features == 30
-    single = create_model("dtg_mlp", num_classes=10, in_channels=1, hidden=(8,), head=True)
+    # the released FF_DTG_Model's classifier: every layer but the last, concatenated, linear, hybrid, predicts
+    head = net.head
+    assert head.layers == (0, 1) and head.pool == "flatten" and head.linear.in_features == 30 + 20
+    assert head.hybrid and net.head_predicts and head.label_smoothing == 0.0
+    assert isinstance(head.norm, nn.Identity) and isinstance(head.dropout, nn.Identity)
+    assert torch.equal(head.linear.bias, torch.zeros(10))
+    single = create_model("dtg_mlp", num_classes=10, in_channels=1, hidden=(8,))
     assert single.head.layers == (0,)
-    assert create_model("dtg_mlp", hidden=(10, 10)).head is None
+    plain = create_model("dtg_mlp", hidden=(10, 10), head=False)
+    assert plain.head is None and not plain.head_predicts
+    # the release's FF_DTG_Config: 4 layers of 2048 units; its temperature bounds (0.1, 2.0)
+    default = create_model("dtg_mlp", num_classes=10, in_channels=1)
+    assert [layer.linear.out_features for layer in default.layers] == [2048] * 4
+    assert all((layer.temperature.tau_min, layer.temperature.tau_max) == (0.1, 2.0) for layer in default.layers)
     with pytest.raises(ValueError, match="hidden"):
         create_model("dtg_mlp", hidden=())
     with pytest.raises(TypeError, match="hidden"):
         create_model("dtg_mlp", hidden=(10, 2.5))
+
+
+def test_dtg_mlp_head_kaiming_normal_init():
+    torch.manual_seed(0)
+    w = create_model("dtg_mlp", num_classes=10, in_channels=1, hidden=(400, 400, 8)).head.linear.weight
+    # kaiming_normal_ (fan_in, gain sqrt(2)): std sqrt(2 / 800); PyTorch's default Linear init has std 1 / sqrt(2400)
+    assert abs(w.std().item() / math.sqrt(2 / 800) - 1) < 0.05
+
+
+def test_dtg_mlp_predicts_with_its_head():
+    torch.manual_seed(0)
+    net = create_model("dtg_mlp", num_classes=10, in_channels=1, hidden=(16, 12, 8)).eval()
+    x = torch.rand(5, 1, 32, 32)
+    neutral = LabelOverlay(10)(x, None)  # every label pixel 1 / K
+    h0 = net.layers[0](neutral).features
+    h1 = net.layers[1](h0).features
+    expected = net.head.linear(torch.cat([h0, h1], dim=1))
+    assert_close(net(x), expected)
+    assert_close(net.head_logits(x), expected)
+
+
+def test_hybrid_head_gradient_reaches_the_layers_it_reads():
+    """One LocalTrainer step: each layer's gradient is its own FF loss's (local) plus, for the layers the hybrid head
+    passes through, the head cross-entropy's through the undetached neutral-label pass; the last layer gets none."""
+    torch.manual_seed(0)
+    net = create_model("dtg_mlp", num_classes=10, in_channels=1, hidden=(12, 10, 8), negatives="fixed")
+    x, y = _data(6)
+    index = torch.arange(6)
+    for layer in net.layers:  # warm the margins first, so the trainer's step and the hand computation see the same
+        layer.initialised.fill_(True)
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    batch = net.objective.prepare(net, x, y, index)
+    expected = []
+    h = batch.inputs
+    for layer in net.layers:  # local FF gradients
+        out = layer(h)
+        loss = net.objective.layer_loss(out, batch)[0]
+        expected.append(list(torch.autograd.grad(loss, [layer.linear.weight, layer.linear.bias])))
+        h = out.features.detach()
+    feats, h = [], LabelOverlay(10)(x, None)
+    for layer in net.layers[:2]:  # the head's pass, not detached
+        h = layer(h).features
+        feats.append(h)
+    ce = F.cross_entropy(net.head.linear(torch.cat(feats, dim=1)), y)
+    params = [p for layer in net.layers for p in (layer.linear.weight, layer.linear.bias)]
+    ce_grads = torch.autograd.grad(ce, params, allow_unused=True)
+    assert ce_grads[4] is None and ce_grads[5] is None  # the last layer is not read
+    for i in range(2):
+        expected[i] = [expected[i][0] + ce_grads[2 * i], expected[i][1] + ce_grads[2 * i + 1]]
+    net.load_state_dict(state)
+    trainer = ffkit.LocalTrainer(net, lr=1e-3, optimizer="adamw", schedule="constant", fused_optimizer=False)
+    res = trainer.train_step(x, y, index)
+    assert_close(res.head[0], ce.detach())
+    for i, layer in enumerate(net.layers):
+        assert_close(layer.linear.weight.grad, expected[i][0])
+        assert_close(layer.linear.bias.grad, expected[i][1])
+    assert ce_grads[0].abs().sum() > 0 and ce_grads[2].abs().sum() > 0
+
+
+def test_hybrid_head_needs_a_neutral_pass_and_no_overlap():
+    net = _tiny("dtg_vgg8")
+    net.head.hybrid = True  # a head on the training pass of a class-score network
+    with pytest.raises(ValueError, match="hybrid"):
+        ffkit.LocalTrainer(net, lr=1e-3, schedule="constant")
+    mlp = create_model("dtg_mlp", num_classes=10, in_channels=1, hidden=(8, 8))
+    with pytest.raises(ValueError, match="hybrid"):
+        ffkit.LocalTrainer(mlp, lr=1e-3, schedule="constant", overlap=True)
+    with pytest.raises(TypeError, match="hybrid"):
+        ClassifierHead(8, 10, [0], hybrid=1)
 
 
 @pytest.mark.parametrize("head", [False, True])
@@ -487,3 +638,17 @@ def test_goodness_vector_equals_adaptive_pooling_of_squares(size):
     layer = DTGConv(3, 4, 10, grid=2)
     h = torch.rand(2, 4, size, size, dtype=torch.double)
     assert_close(layer.goodness_vector(h), F.adaptive_avg_pool2d(h.square(), 2).flatten(1))
+
+
+def test_projection_does_not_depend_on_the_default_dtype():
+    """A layer built under float64 reads its goodness through the same matrix as one built in float32."""
+    single = DTGConv.make_projection(32, 10, 3)
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        double = DTGConv.make_projection(32, 10, 3)
+        layer = DTGConv(4, 8, 10, grid=2, seed=3)
+    finally:
+        torch.set_default_dtype(before)
+    assert double.dtype == torch.float64 and layer.projection.dtype == torch.float64
+    assert torch.equal(double.float(), single) and torch.equal(layer.projection.float(), single)

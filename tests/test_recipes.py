@@ -2,6 +2,7 @@
 
 import inspect
 import json
+import math
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from ffkit.cli import main
 from ffkit.data import DEBIAN_FASHION_MNIST_DIR, dataset_info
 from ffkit.models import get_model_builder, list_models
 from ffkit.recipes import RECIPES, Recipe, build_model, build_trainer, get_recipe, list_recipes, register_recipe
-from ffkit.train import BackpropTrainer, LocalTrainer
+from ffkit.train import BackpropTrainer, ChapterTrainer, LocalTrainer
 from ffkit.train.base import make_schedule
 
 SMALL = {"width_multiplier": 0.05, "hidden": (32, 32, 32)}
@@ -37,7 +38,9 @@ def test_every_recipe_runs_training_steps(name):
     net = build_model(recipe, num_classes=info.num_classes, in_channels=info.in_channels,
                       **_small_overrides(recipe.model))
     trainer = build_trainer(recipe, net, steps_per_epoch=10)
-    expected = BackpropTrainer if (recipe.trainer == "backprop" or recipe.model.startswith("bp_")) else LocalTrainer
+    expected = {"backprop": BackpropTrainer, "chapters": ChapterTrainer}.get(recipe.trainer, LocalTrainer)
+    if recipe.model.startswith("bp_"):
+        expected = BackpropTrainer
     assert type(trainer) is expected
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(recipe.lr)
     if isinstance(trainer, LocalTrainer):
@@ -45,9 +48,13 @@ def test_every_recipe_runs_training_steps(name):
     x = torch.rand(4, info.in_channels, 32, 32)
     y = torch.arange(4) % info.num_classes
     before = [p.detach().clone() for p in net.parameters()]
-    for _ in range(2):
-        res = trainer.train_step(x, y, index=torch.arange(4))  # FixedNEG needs sample indices
-        assert torch.isfinite(res.losses).all()
+    if isinstance(trainer, ChapterTrainer):  # sequential chapters: one epoch of two batches
+        record = trainer.train_epoch([(x, y, torch.arange(4)), (x, y, torch.arange(4))])
+        assert all(math.isfinite(v) for v in record["train_loss"])
+    else:
+        for _ in range(2):
+            res = trainer.train_step(x, y, index=torch.arange(4))  # FixedNEG needs sample indices
+            assert torch.isfinite(res.losses).all()
     assert any(not torch.equal(b, p) for b, p in zip(before, net.parameters()))
 
 
@@ -79,8 +86,13 @@ def test_piecewise_and_cooldown_schedules():
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
-    # constant for the first half (steps 0..5), then linear to 0 at step 10
-    assert lrs == pytest.approx([0.01] * 6 + [0.008, 0.006, 0.004, 0.002, 0.0])
+    # Pipeline-FF's release: min(1, 2 max(T - 1 - t, 1) / T) with T = 10: constant for ticks 0..4, then 0.8, 0.6,
+    # 0.4, 0.2, and the last ticks keep 0.2
+    assert lrs == pytest.approx([0.01] * 5 + [0.008, 0.006, 0.004, 0.002, 0.002, 0.002])
+    # the release's factors over 100 epochs (printed by its trainer): epochs 49-52 -> 1, 1, 0.98, 0.96; 98-100 ->
+    # 0.04, 0.02, 0.02 (1-based)
+    factor = make_schedule(torch.optim.SGD([p], lr=1.0), "cooldown", 100, 0.0).lr_lambdas[0]
+    assert [factor(e - 1) for e in (49, 50, 51, 52, 98, 99, 100)] == pytest.approx([1, 1, 0.98, 0.96, 0.04, 0.02, 0.02])
 
 
 def test_epoch_interval_cosine_equals_cosine_annealing_stepped_per_epoch():
@@ -177,3 +189,35 @@ def test_cli_backprop_deepsup_on_an_ff_model(tmp_path, capsys):
     assert "single-head backprop" in capsys.readouterr().err
     assert main(["train", "--trainer", "backprop", "--overlap", "--data-dir", str(tmp_path / "d")]) == 2
     assert "conflicts" in capsys.readouterr().err
+
+
+def test_layer_windows_freeze_layers_outside_their_epochs():
+    # CwComp's "ILT": layer l trains in the epochs [0, e_l) only. With 2 steps per epoch and windows (0, 1), (0, 2),
+    # layer 0 trains at steps 0-1 and layer 1 at steps 0-3; outside its window a layer keeps its weights while its
+    # BatchNorm still runs in training mode.
+    recipe = get_recipe("cwcomp-cnn-fmnist")
+    assert recipe.layer_epochs == ((0, 10), (0, 15), (0, 19), (0, 23))  # Models.py start_end, F-MNIST, 'Acc'
+    small = Recipe(**{**recipe.to_dict(), "name": "w", "layer_epochs": ((0, 1), (0, 2), (0, 2), (0, 2))})
+    net = build_model(small, num_classes=10, in_channels=1, width_multiplier=0.5)
+    trainer = build_trainer(small, net, steps_per_epoch=2)
+    assert trainer.layer_steps == ((0, 2), (0, 4), (0, 4), (0, 4))
+    x, y = torch.rand(8, 1, 32, 32), torch.arange(8) % 10
+    for _ in range(2):
+        trainer.train_step(x, y)
+    w0 = net.layers[0].conv.weight.detach().clone()
+    w1 = net.layers[1].conv.weight.detach().clone()
+    stats = net.layers[0].norm.running_mean.clone()
+    res = trainer.train_step(x, y)  # step 2: layer 0 is outside its window
+    assert torch.equal(net.layers[0].conv.weight, w0) and not torch.equal(net.layers[1].conv.weight, w1)
+    assert not torch.equal(net.layers[0].norm.running_mean, stats)  # it still ran in training mode
+    assert torch.isfinite(res.losses).all() and res.losses.shape == (4,)
+    with pytest.raises(ValueError, match="one window per layer"):
+        LocalTrainer(net, total_steps=1, layer_steps=((0, 1),))
+    with pytest.raises(ValueError, match="conflicts with overlap"):
+        LocalTrainer(net, total_steps=1, layer_steps=(None,) * 4, overlap=True)
+    with pytest.raises(ValueError, match=r"layer_steps\[1\]"):
+        LocalTrainer(net, total_steps=1, layer_steps=(None, (3, 1), None, None))
+
+
+def test_trifecta_recipes_drop_the_last_batch_as_the_release():
+    assert all(get_recipe(n).drop_last for n in list_recipes() if n.startswith("trifecta-") and "fcn" not in n)

@@ -19,6 +19,7 @@ from .evaluation import EvalReport, SIPResult, collect_scores, select_layers
 from .goodness import DTGTemperature
 from .layers import (
     ClassifierHead,
+    CwCompConv,
     CWConv,
     DTGConv,
     DTGLinear,
@@ -53,6 +54,7 @@ __all__ = [
     "FFLayer",
     "LayerOutput",
     "CWConv",
+    "CwCompConv",
     "ParamFreeResidual",
     "FFLinear",
     "TrifectaConv",

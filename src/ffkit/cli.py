@@ -67,8 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--schedule", choices=["cosine", "constant", "cooldown", "piecewise"], default=None)
     t.add_argument("--schedule-interval", choices=["step", "epoch"], default=None,
                    help="the lr changes every step (default) or once per epoch (DeeperForward's release)")
-    t.add_argument("--trainer", choices=["local", "backprop"], default=None,
-                   help="local (FF, default) or backprop (BP-DeepSup on an FF network; plain BP for bp_* models)")
+    t.add_argument("--trainer", choices=["local", "chapters", "backprop"], default=None,
+                   help="local (FF, every layer once per batch; default), chapters (FF, each layer over a whole epoch "
+                        "in turn, as Pipeline-FF's sequential code) or backprop (BP-DeepSup on an FF network; plain BP "
+                        "for bp_* models)")
     t.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=None,
                    help="The Trifecta's overlapping local updates")
     t.add_argument("--head-lr", type=_positive(float), default=None, help="lr of a classifier head")
@@ -80,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hold out part of the training set for SIP's layer selection (default: as the model's paper "
                         "recipes, i.e. for DeeperForward models); --no-holdout trains on the whole training set and "
                         "predicts with the model's own read-out")
+    t.add_argument("--drop-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="drop each epoch's last incomplete batch (default: as the recipe; The Trifecta's does)")
     t.add_argument("--width-multiplier", type=_positive(float), default=None, help="scale every layer's width")
     t.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     t.add_argument("--seed", type=int, default=0)
@@ -162,7 +166,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "model": DEFAULT_MODEL, "dataset": DEFAULT_DATASET, "epochs": 1, "batch_size": 128, "lr": DEFAULT_LR,
     "final_lr": None, "weight_decay": 5e-4, "optimizer": "adam", "schedule": "cosine", "schedule_interval": "step",
     "milestones": (), "trainer": None, "overlap": False, "head_lr": None, "augment": None, "normalize": None,
-    "holdout": None, "model_kwargs": {},
+    "holdout": None, "drop_last": False, "layer_epochs": (), "model_kwargs": {},
 }
 
 
@@ -196,14 +200,14 @@ def _full_recipe_hint(model: str, dataset: str) -> str:
     from .recipes import RECIPES
 
     for r in RECIPES.values():
-        if r.model == model and r.dataset == dataset and r.trainer == "local" and not r.model_kwargs:
+        if r.model == model and r.dataset == dataset and r.trainer != "backprop" and not r.model_kwargs:
             return f"ffkit train --recipe {r.name}   ({r.epochs} epochs; paper: {r.reference})"
     return f"ffkit recipes   (lists every paper's recipe; none is registered for {model} on {dataset})"
 
 
 def _pipeline_options(args: argparse.Namespace, trainer_name: str, device: torch.device):
     """``--pipeline``: the PipelineTrainer's options, this process's rank and its device."""
-    if trainer_name != "local":
+    if trainer_name == "backprop":
         raise ValueError("--pipeline trains with the local trainer; it conflicts with --trainer backprop")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:  # launched by torchrun: one stage per process
@@ -371,14 +375,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     batch_size = cfg["batch_size"]
     federated = pipeline is not None and pipeline["variant"] == "federated"
     if not federated:  # federated ranks each train on a shard, whose size depends on the world size
-        _check_batches(_size(train_set), batch_size, net, model, drop_last=pipeline is not None)
+        _check_batches(_size(train_set), batch_size, net, model, drop_last=pipeline is not None or cfg["drop_last"])
     if federated:  # every rank its own shard of the data
         from .train import shard_loader
 
         train_loader = shard_loader(train_set, batch_size, seed=args.seed, **loader_kw)
     else:  # a pipeline's stages post their receives ahead for batches of one size
         train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=torch.Generator(),
-                                  drop_last=pipeline is not None, **loader_kw)
+                                  drop_last=pipeline is not None or cfg["drop_last"], **loader_kw)
     eval_bs = max(256, batch_size)
     holdout_loader = DataLoader(holdout, batch_size=eval_bs, **loader_kw) if holdout is not None else None
     test_loader = DataLoader(test, batch_size=eval_bs, **loader_kw)

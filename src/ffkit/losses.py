@@ -1,7 +1,8 @@
 """Local losses: each layer minimises one of these on its own goodness, with no gradient from any other layer.
 
 * :func:`ff_threshold` -- Hinton's FF loss (2022, Sec. 2): push positive goodness above a threshold and negative
-  goodness below it, ``mean softplus(theta - g_pos) + mean softplus(g_neg - theta)``.
+  goodness below it, ``mean softplus(theta - g_pos) + mean softplus(g_neg - theta)`` (or, with
+  ``reduction="mean"``, the mean over all ``2B`` terms, as The Trifecta's release).
 * :func:`symba` -- SymBa (Lee & Song 2023; The Trifecta, Dooms et al.): ``mean softplus(alpha * (g_neg - g_pos))``.
 * :func:`local_ce` -- cross-entropy over per-class goodness scores (DeeperForward, Sun et al. 2025; CwComp).
 """
@@ -15,6 +16,8 @@ from ._validation import check_labels, check_positive, check_tensor
 
 __all__ = ["ff_threshold", "symba", "local_ce", "get_loss"]
 
+_THRESHOLD_REDUCTIONS = ("sum", "mean")  # how ff_threshold reduces its positive and negative terms
+
 
 def _check_pair(g_pos: torch.Tensor, g_neg: torch.Tensor) -> None:
     check_tensor(g_pos, "g_pos")
@@ -23,15 +26,25 @@ def _check_pair(g_pos: torch.Tensor, g_neg: torch.Tensor) -> None:
         raise ValueError(f"g_pos and g_neg must have the same shape, got {tuple(g_pos.shape)} and {tuple(g_neg.shape)}")
 
 
-def ff_threshold(g_pos: torch.Tensor, g_neg: torch.Tensor, threshold: float) -> torch.Tensor:
+def ff_threshold(
+    g_pos: torch.Tensor, g_neg: torch.Tensor, threshold: float, *, reduction: str = "sum"
+) -> torch.Tensor:
     """Forward-Forward threshold loss (Hinton 2022, Eq. 1 written as a softplus).
 
-    ``L = mean(softplus(threshold - g_pos)) + mean(softplus(g_neg - threshold))``
+    ``reduction="sum"`` (default): ``L = mean(softplus(threshold - g_pos)) + mean(softplus(g_neg - threshold))``,
+    the sum of the positive and the negative term's means.
+
+    ``reduction="mean"``: the mean over the ``2B`` terms of the ``[positives; negatives]`` batch,
+    ``L = mean(cat[softplus(threshold - g_pos), softplus(g_neg - threshold)])``, which is half the ``"sum"`` form
+    when ``g_pos`` and ``g_neg`` have the same size. The Trifecta's release (Dooms et al.) trains its threshold-loss
+    ablation with this form; its gradients are half as large, which matters under SGD (not under Adam, which is
+    invariant to the loss's scale up to its ``eps``).
 
     Args:
         g_pos: goodness of positive samples ``[B]``.
         g_neg: goodness of negative samples ``[B]``.
         threshold: the goodness threshold ``theta``.
+        reduction: ``"sum"`` or ``"mean"``, as above.
 
     Returns:
         A 0-dim tensor.
@@ -39,7 +52,12 @@ def ff_threshold(g_pos: torch.Tensor, g_neg: torch.Tensor, threshold: float) -> 
     _check_pair(g_pos, g_neg)
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
         raise TypeError(f"threshold must be a number, got {type(threshold).__name__}")
-    return F.softplus(threshold - g_pos).mean() + F.softplus(g_neg - threshold).mean()
+    if reduction not in _THRESHOLD_REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_THRESHOLD_REDUCTIONS}, got {reduction!r}")
+    pos, neg = F.softplus(threshold - g_pos), F.softplus(g_neg - threshold)
+    if reduction == "mean":
+        return torch.cat([pos.reshape(-1), neg.reshape(-1)]).mean()
+    return pos.mean() + neg.mean()
 
 
 def symba(g_pos: torch.Tensor, g_neg: torch.Tensor, alpha: float = 4.0) -> torch.Tensor:

@@ -86,8 +86,9 @@ class FFNetwork(nn.Module):
         input_norm: layer-normalise each input over ``(C, H, W)`` with no affine parameters (DeeperForward).
         shortcuts: ``{target_layer: source_layer}``: ``target`` also receives ``source``'s (detached) features.
         input_size: optional ``(H, W)`` the network expects; checked when given.
-        head: an optional :class:`~ffkit.layers.ClassifierHead` trained on detached layer features (DTG-FF's
-            classifier path, Hinton's softmax head); its accuracy is reported beside the layers' vote.
+        head: an optional :class:`~ffkit.layers.ClassifierHead` trained on layer features (DTG-FF's classifier path,
+            Pipeline-FF's softmax layer): detached, or, for a ``hybrid`` head (the released DTG MLP's), with its loss
+            reaching the layers it reads; its accuracy is reported beside the layers' vote.
         inference_start: first layer of the default inference range (Hinton's FF predicts with all layers but the
             first: ``inference_start=1``; The Trifecta with the last layer alone). SIP (when a run holds out a
             split for it) replaces the range after each epoch.

@@ -129,6 +129,9 @@ class PosNegObjective(Objective):
         loss: ``"symba"`` or ``"threshold"``.
         alpha: SymBa's scale.
         threshold: the threshold loss's ``theta``.
+        threshold_reduction: how the threshold loss reduces its terms (:func:`ffkit.losses.ff_threshold`):
+            ``"sum"`` of the positive and negative means (Hinton-style MLPs), or ``"mean"`` over the ``[pos; neg]``
+            batch (The Trifecta's release).
     """
 
     batch_separable = True  # SymBa and the threshold loss are means over the samples' positive/negative pairs
@@ -141,15 +144,19 @@ class PosNegObjective(Objective):
         loss: str = "symba",
         alpha: float = 4.0,
         threshold: float = 2.0,
+        threshold_reduction: str = "sum",
     ) -> None:
         super().__init__()
         if loss not in ("symba", "threshold"):
             raise ValueError(f"loss must be 'symba' or 'threshold', got {loss!r}")
+        if threshold_reduction not in ("sum", "mean"):
+            raise ValueError(f"threshold_reduction must be 'sum' or 'mean', got {threshold_reduction!r}")
         self.encoder = encoder
         self.negatives = negatives
         self.loss = loss
         self.alpha = alpha
         self.threshold = threshold
+        self.threshold_reduction = threshold_reduction
 
     def prepare(self, network, x, y, index=None):
         y_neg = self.negatives(y, x=x, network=network, index=index)
@@ -168,7 +175,7 @@ class PosNegObjective(Objective):
         if self.loss == "symba":
             loss = losses.symba(g_pos, g_neg, alpha=self.alpha)
         else:
-            loss = losses.ff_threshold(g_pos, g_neg, threshold=self.threshold)
+            loss = losses.ff_threshold(g_pos, g_neg, threshold=self.threshold, reduction=self.threshold_reduction)
         return loss, (g_pos.detach() > g_neg.detach()).sum()
 
     def layer_scores(self, network, x, end=None, sink=None):
@@ -180,4 +187,7 @@ class PosNegObjective(Objective):
         return torch.stack(per_label, dim=2)
 
     def extra_repr(self) -> str:
-        return f"loss={self.loss}, alpha={self.alpha}, threshold={self.threshold}"
+        return (
+            f"loss={self.loss}, alpha={self.alpha}, threshold={self.threshold}, "
+            f"threshold_reduction={self.threshold_reduction}"
+        )

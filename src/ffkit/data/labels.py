@@ -11,40 +11,49 @@ __all__ = ["LabelOverlay", "LabelChannel"]
 
 
 class LabelOverlay(nn.Module):
-    """Hinton's label overlay: the first ``num_classes`` pixels of the flattened input become a one-hot label.
+    """Hinton's label overlay: ``num_classes`` pixels of the flattened input become a one-hot label.
 
-    ``y=None`` writes the neutral label (``1 / num_classes`` in every label pixel), used by softmax-head prediction.
+    ``y=None`` writes the neutral label (``on_value / num_classes`` in every label pixel), used by softmax-head
+    prediction.
 
     Args:
         num_classes: ``K``; the input must have at least ``K`` elements per sample.
-        on_value: the value written at the label's position (Hinton uses the image's maximum, 1.0 for [0, 1] data).
+        on_value: the value written at the label's position (Hinton uses the image's maximum, 1.0 for [0, 1] data);
+            the other label pixels become 0.
+        position: ``"first"`` (the first ``K`` elements of the flattened input: Hinton's top-left border pixels) or
+            ``"last"`` (the last ``K``: where Pipeline-FF's released code writes the label).
 
     Shape:
         ``x [B, ...], y [B] -> [B, ...]`` (same shape as ``x``).
     """
 
-    def __init__(self, num_classes: int, on_value: float = 1.0) -> None:
+    def __init__(self, num_classes: int, on_value: float = 1.0, position: str = "first") -> None:
         super().__init__()
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+        if position not in ("first", "last"):
+            raise ValueError(f"position must be 'first' or 'last', got {position!r}")
         self.num_classes = num_classes
         self.on_value = float(on_value)
+        self.position = position
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         check_tensor(x, "x", min_dim=2)
         flat = x.reshape(x.shape[0], -1).clone()
         if flat.shape[1] < self.num_classes:
             raise ValueError(f"x has {flat.shape[1]} elements per sample, fewer than num_classes={self.num_classes}")
+        first = 0 if self.position == "first" else flat.shape[1] - self.num_classes
+        label = flat[:, first : first + self.num_classes]  # a view: writing it writes flat
         if y is None:
-            flat[:, : self.num_classes] = self.on_value / self.num_classes
+            label.fill_(self.on_value / self.num_classes)
         else:
             check_labels(y, self.num_classes, "y", batch_size=x.shape[0])
-            flat[:, : self.num_classes] = 0.0
-            flat[torch.arange(x.shape[0], device=x.device), y] = self.on_value
+            label.zero_()
+            label[torch.arange(x.shape[0], device=x.device), y] = self.on_value
         return flat.reshape(x.shape)
 
     def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}, on_value={self.on_value}"
+        return f"num_classes={self.num_classes}, on_value={self.on_value}, position={self.position!r}"
 
 
 class LabelChannel(nn.Module):

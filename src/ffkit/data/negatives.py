@@ -37,7 +37,13 @@ class NegativeLabels:
 
 
 class RandomNegative(NegativeLabels):
-    """A uniformly drawn wrong label, drawn anew each time (Hinton's and Pipeline-FF's RandomNEG).
+    """A uniformly drawn wrong label, drawn anew each time it is called (Hinton's and Pipeline-FF's RandomNEG).
+
+    A trainer calls it once per batch it prepares, so a sample gets a new wrong label each time it comes round, and
+    every layer trained on that batch sees the same one. Pipeline-FF's release draws one wrong label per training
+    sample before training and redraws them all after every chapter, so with its one epoch per chapter each sample
+    gets one wrong label per epoch, shared by every layer: :class:`~ffkit.train.ChapterTrainer` with one pass over the
+    data per chapter (it prepares each batch once per chapter) draws exactly so.
 
     Args:
         num_classes: ``K``.
@@ -82,8 +88,14 @@ class FixedNegative(NegativeLabels):
 class AdaptiveNegative(NegativeLabels):
     """The hardest wrong label under the current model (Pipeline-FF's AdaptiveNEG; Hinton 2022, Sec. 3.3).
 
-    The network scores every label (no gradient), the true label is masked out and the best-scoring wrong label
-    is taken (``sample=True`` draws from the softmax over wrong labels instead, as Hinton does).
+    The network scores every label with its own prediction (no gradient, eval mode): its classifier head's logits if
+    it predicts with one (``head_predicts``), else the goodness summed over its inference range. The true label is
+    masked out and the best-scoring wrong label is taken, as Pipeline-FF's release does (``sample=True`` draws from
+    the softmax over wrong labels instead, as Hinton's paper describes).
+
+    The labels are chosen when a batch is prepared, with the network as it is then. Pipeline-FF's release chooses
+    them for the whole training set after every chapter (the first chapter's are drawn at random), so
+    :class:`~ffkit.train.ChapterTrainer`, which prepares a chapter's batches before training it, reproduces it.
     """
 
     def __init__(self, num_classes: int, *, sample: bool = False, generator: torch.Generator | None = None) -> None:
@@ -99,7 +111,10 @@ class AdaptiveNegative(NegativeLabels):
         network.eval()
         try:
             with torch.no_grad():
-                scores = network.class_scores(x).float()
+                if getattr(network, "head_predicts", False):
+                    scores = network.head_logits(x).float()
+                else:
+                    scores = network.class_scores(x).float()
         finally:
             network.train(was_training)
         scores = scores.scatter(1, y.view(-1, 1), float("-inf"))

@@ -1,6 +1,7 @@
 """Locally trained layers. Each returns a :class:`LayerOutput`; engines detach its features at the boundary."""
 
 from .base import FFLayer, LayerOutput
+from .cwcomp import CwCompConv
 from .cwconv import CWConv
 from .dropout import Dropout, drop_mask, dropout, dropout_mask
 from .dtg import DTGConv, DTGLinear
@@ -14,6 +15,7 @@ __all__ = [
     "FFLayer",
     "LayerOutput",
     "CWConv",
+    "CwCompConv",
     "ParamFreeResidual",
     "FFLinear",
     "TrifectaConv",

@@ -1,12 +1,13 @@
-"""DTG-FF's layers (Chen, "Synthetic Benchmarks Overstate Forward-Forward Scaling: Real-Data Limits of Layer-Local
-Training", 2026, arXiv:2606.06539): dynamic temperature goodness with decoupled normalisation.
+"""DTG-FF's layers: dynamic temperature goodness with decoupled normalisation.
 
 * :class:`DTGConv` -- a conv layer with two paths from one activity ``h``: the *goodness path* reads ``h`` without
   any normalisation (spatial goodness vector -> fixed random projection -> divided by a learnable temperature ->
   class scores trained with a local cross-entropy); the *propagation path* normalises ``h`` (LayerNorm over channels
   at each location), applies dropout and optional pooling, and is what the next layer receives (detached by the
   engine). Decoupling the two lets the goodness keep its magnitude while the next layer sees normalised features.
-* :class:`DTGLinear` -- the DTG MLP layer: scalar goodness with a learnable margin and a learnable temperature,
+  Built from the description in Chen, "Synthetic Benchmarks Overstate Forward-Forward Scaling: Real-Data Limits of
+  Layer-Local Training" (2026, arXiv:2606.06539); no code of it is released.
+* :class:`DTGLinear` -- ffkit's DTG MLP layer: scalar goodness with a learnable margin and a learnable temperature,
   for networks with the label in the input (positive/negative training).
 
 The temperature is :class:`ffkit.goodness.DTGTemperature`: ``tau = tau_min + (tau_max - tau_min) * sigmoid(s)``.
@@ -27,13 +28,38 @@ from .base import FFLayer, LayerOutput
 from .dropout import Dropout
 from .linear import FFLinear
 
-__all__ = ["DTGConv", "DTGLinear", "TAU_MIN", "TAU_MAX"]
+__all__ = ["DTGConv", "DTGLinear", "TAU_MIN", "TAU_MAX", "inverse_softplus"]
 
-#: Default temperature bounds of ffkit's DTG layers (ANCHORS.md gives the form of tau, not its bounds). With them
-#: tau starts at 1.05, so the O(1) projected goodness is an O(1) logit, and it can sharpen the scores 10x or soften
-#: them 2x.
+#: Default temperature bounds of ffkit's DTG layers: those of the released DTG MLP (``FF_DTG_Model`` builds its
+#: layers with ``temp_min=0.1, temp_max=2.0``); Chen (2026) gives the form of tau, not its bounds. With them tau
+#: starts at 1.05, so the O(1) projected goodness is an O(1) logit, and it can sharpen the scores 10x or soften them
+#: 2x.
 TAU_MIN = 0.1
 TAU_MAX = 2.0
+
+
+#: Smallest margin the warm start sets: the mean of squares of a batch can be exactly 0 (every unit dead), where the
+#: inverse softplus is ``-inf``.
+MARGIN_FLOOR = 1e-6
+
+
+def inverse_softplus(m: torch.Tensor, floor: float = MARGIN_FLOOR) -> torch.Tensor:
+    """``softplus^{-1}(m) = log(exp(m) - 1) = m + log(-expm1(-m))``, elementwise, for ``m`` clamped to ``>= floor``.
+
+    The second form is exact in floating point where the first is not: ``exp(m)`` overflows for large ``m``, and
+    ``exp(m) - 1`` loses every digit of ``m`` for small ``m``, while ``expm1(-m)`` is accurate for both.
+
+    Args:
+        m: values ``> 0`` (any shape); smaller ones are raised to ``floor``.
+        floor: the positive lower clamp.
+
+    Returns:
+        ``t`` with ``softplus(t) == max(m, floor)``, the same shape and dtype as ``m``.
+    """
+    if not floor > 0:
+        raise ValueError(f"floor must be positive (the inverse softplus of 0 is -inf), got {floor!r}")
+    m = m.clamp_min(floor)
+    return m + torch.log(-torch.expm1(-m))
 
 
 def _check_dropout(dropout: object) -> float:
@@ -125,7 +151,9 @@ class DTGConv(FFLayer):
         """The fixed readout ``[dim, num_classes]``: ``N(0, 1 / dim)`` entries drawn from a generator seeded by
         ``seed`` (independent of the global RNG, so the same seed always gives the same matrix)."""
         gen = torch.Generator().manual_seed(seed)
-        return torch.randn(dim, num_classes, generator=gen) / math.sqrt(dim)
+        # Drawn in float32 whatever the default dtype, so a layer built under float64 has the same matrix.
+        P = torch.randn(dim, num_classes, generator=gen, dtype=torch.float32) / math.sqrt(dim)
+        return P.to(torch.get_default_dtype())
 
     def goodness_vector(self, h: torch.Tensor) -> torch.Tensor:
         """``h [B, C, H, W] -> v [B, C * grid * grid]``: ``h**2`` average-pooled to ``grid x grid``, channel-major."""
@@ -170,27 +198,39 @@ class DTGLinear(FFLinear):
     ``x_hat = x * sqrt(D_in) / (||x|| + eps)``, ``h = ReLU(W x_hat + b)`` ``[B, D]``, ``g = mean_j h_j**2`` ``[B]``, and
     the layer's output goodness is
 
-        ``G = (g - theta) / tau``,  ``tau = tau_min + (tau_max - tau_min) * sigmoid(s)``
+        ``G = (g - m) / tau``,  ``m = softplus(theta)``,  ``tau = tau_min + (tau_max - tau_min) * sigmoid(s)``
 
-    with ``theta`` (the margin) and ``s`` learnable scalars. Trained with the threshold loss at 0
+    with ``theta`` (the margin's raw parameter) and ``s`` learnable scalars; the margin ``m`` (:attr:`margin`) is
+    positive, as the released layer's threshold ``softplus(t)``. Trained with the threshold loss at 0
     (:class:`~ffkit.PosNegObjective` with ``loss="threshold", threshold=0.0``) this is
 
-        ``L = mean_pos softplus((theta - g_pos) / tau) + mean_neg softplus((g_neg - theta) / tau)``,
+        ``L = mean_pos softplus((m - g_pos) / tau) + mean_neg softplus((g_neg - m) / tau)``,
 
-    Hinton's threshold loss with a learned threshold ``theta`` and a learned sharpness ``1 / tau``.
+    Hinton's threshold loss with a learned threshold ``m`` and a learned sharpness ``1 / tau``.
 
-    The input is length-normalised to length ``sqrt(D_in)`` (unit RMS, as the FF re-implementation in ANCHORS.md
-    does) rather than to length 1 (:class:`FFLinear`): with the default Linear init ``g`` then starts O(0.1) instead of
+    The input is length-normalised to length ``sqrt(D_in)`` (unit RMS, as loeweX's FF re-implementation does)
+    rather than to length 1 (:class:`FFLinear`): with the default Linear init ``g`` then starts O(0.1) instead of
     O(1e-4), so ``tau``'s range is meaningful from the first step. The direction of the input is all that is passed
     on either way.
 
-    Margin warm start: ``theta`` starts at 0 and, on the first forward pass in training mode, is set to the mean of
-    ``g`` over that batch (for positive/negative training, over all ``2B`` positive and negative samples it sees), so
-    ``G`` starts centred whatever the goodness's scale. A boolean buffer ``initialised`` records that this happened:
-    it is saved in the ``state_dict``, so a loaded layer is not warm-started again (and a layer loaded from an
-    un-warmed state is warm-started on its next training batch). Evaluation passes never warm-start. At the warm start
-    ``theta`` sits where the threshold loss's gradient with respect to it vanishes to first order, so its gradient
-    starts small (third order in the spread of ``g``).
+    Margin warm start: ``theta`` starts at 0 (``m = ln 2``, as the release's ``t``) and, on the first forward pass in
+    training mode, is set to ``theta = softplus^{-1}(g_bar)`` (:func:`inverse_softplus`), where ``g_bar`` is the mean
+    of ``g`` over that batch (for positive/negative training, over all ``2B`` positive and negative samples it sees)
+    raised to at least ``1e-6``; so ``m = g_bar`` and ``G`` starts centred whatever the goodness's scale. A boolean
+    buffer ``initialised`` records that this happened: it is saved in the ``state_dict``, so a loaded layer is not
+    warm-started again (and a layer loaded from an un-warmed state is warm-started on its next training batch).
+    Evaluation passes never warm-start. At the warm start ``m`` sits where the threshold loss's gradient with respect
+    to it vanishes to first order, so its gradient (and ``theta``'s, ``sigmoid(theta)`` times it) starts small (third
+    order in the spread of ``g``). The release has no warm start: its ``t`` starts at 0 whatever the goodness's scale.
+
+    This layer is ffkit's, not the released one. The released DTG MLP layer (``DTGLayer`` in ``StevenChen16/DTG-FF``)
+    is ``h = ReLU(BatchNorm1d(W x + b))`` with a temperature computed from the batch (``tau_min + (tau_max - tau_min)
+    * sigmoid(mean_j clamp(std_j / (|mean_j| + 1e-6), 0.1, 10))``, no learnable ``s``), goodness
+    ``sum_j (h_j / ||h|| / (tau + 1e-6))**2`` and threshold ``softplus(t)`` with ``t`` starting at 0 (the form of
+    ffkit's margin, without the warm start); its loss is a hinge with margin ``clamp(threshold * tau, 0.1, 2.0)``. As
+    written it cannot train: its goodness equals ``1 / (tau + 1e-6)**2`` for every sample of a batch (the normalised
+    vector has length 1), so it cannot tell a positive sample from a negative one, and the loss of each pass averages
+    an empty set of the other kind, so it is NaN at every step (both measured by running the release).
 
     Args:
         in_features: input size ``D_in`` (images are flattened).
@@ -225,12 +265,18 @@ class DTGLinear(FFLinear):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._known_initialised = False  # re-read the loaded flag before the next training step
 
+    @property
+    def margin(self) -> torch.Tensor:
+        """The margin ``m = softplus(theta)`` (a scalar tensor, positive, differentiable in ``theta``)."""
+        return F.softplus(self.theta)
+
     @torch.no_grad()
     def _warm_start(self, g: torch.Tensor) -> None:
         if self._known_initialised:
             return
         if not bool(self.initialised):
-            self.theta.copy_(g.detach().mean().to(self.theta.dtype))
+            # the mean in the parameter's dtype (not a bf16 autocast's) before inverting, so softplus(theta) hits it
+            self.theta.copy_(inverse_softplus(g.detach().to(self.theta.dtype).mean()))
             self.initialised.fill_(True)
         self._known_initialised = True
 
@@ -243,7 +289,7 @@ class DTGLinear(FFLinear):
         g = _goodness.squared(h, reduction="mean")
         if self.training:
             self._warm_start(g)
-        return LayerOutput(features=h, goodness=self.temperature(g - self.theta))
+        return LayerOutput(features=h, goodness=self.temperature(g - self.margin))
 
     def extra_repr(self) -> str:
         return f"in_features={self.linear.in_features}, out_features={self.linear.out_features}"

@@ -1,8 +1,10 @@
-"""Classifier heads trained on the *detached* features of chosen layers.
+"""Classifier heads on the features of chosen layers.
 
 DTG-FF's classifier path (global average pool per layer, concatenate layers 2..L, BatchNorm1d, dropout, linear,
 label smoothing) and Hinton's softmax head (a linear softmax layer on the activities of a neutral-label pass) are both
-a :class:`ClassifierHead`. Its inputs are detached, so it never changes what the FF layers learn.
+a :class:`ClassifierHead`. By default its inputs are detached, so it never changes what the FF layers learn. A
+*hybrid* head (``hybrid=True``, the released DTG MLP's classifier) sends its cross-entropy back into the layers it
+reads, where it adds to their own FF losses' gradients.
 """
 
 from __future__ import annotations
@@ -29,6 +31,12 @@ class ClassifierHead(nn.Module):
         batchnorm: BatchNorm1d before the linear layer (DTG-FF).
         dropout: dropout before the linear layer.
         label_smoothing: label smoothing of the head's cross-entropy.
+        bias: whether the linear layer has a bias (Pipeline-FF's released softmax layer has none).
+        hybrid: the head's loss reaches the layers it reads (not detached): each of those layers, and every layer
+            before them, gets the gradient of the head's cross-entropy added to that of its own loss before its
+            optimizer step (the released DTG MLP adds its classifier's cross-entropy to the FF losses). The head then
+            reads its own pass through the layers with gradients kept, so only heads on a separate (neutral-label)
+            pass can be hybrid under :class:`~ffkit.LocalTrainer`.
 
     Shape:
         ``forward([f_l for l in layers]) -> [B, K]``.
@@ -44,6 +52,8 @@ class ClassifierHead(nn.Module):
         batchnorm: bool = False,
         dropout: float = 0.0,
         label_smoothing: float = 0.0,
+        bias: bool = True,
+        hybrid: bool = False,
     ) -> None:
         super().__init__()
         check_positive_int(in_features, "in_features")
@@ -57,7 +67,12 @@ class ClassifierHead(nn.Module):
         self.label_smoothing = label_smoothing
         self.norm = nn.BatchNorm1d(in_features) if batchnorm else nn.Identity()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.linear = nn.Linear(in_features, num_classes)
+        if not isinstance(bias, bool):
+            raise TypeError(f"bias must be a bool, got {type(bias).__name__}")
+        self.linear = nn.Linear(in_features, num_classes, bias=bias)
+        if not isinstance(hybrid, bool):
+            raise TypeError(f"hybrid must be a bool, got {type(hybrid).__name__}")
+        self.hybrid = hybrid
 
     def pooled(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         """Pool and concatenate: ``[B, sum_l C_l]``."""
@@ -93,4 +108,5 @@ class ClassifierHead(nn.Module):
         return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
 
     def extra_repr(self) -> str:
-        return f"layers={list(self.layers)}, pool={self.pool!r}, label_smoothing={self.label_smoothing}"
+        hybrid = ", hybrid=True" if self.hybrid else ""
+        return f"layers={list(self.layers)}, pool={self.pool!r}, label_smoothing={self.label_smoothing}{hybrid}"

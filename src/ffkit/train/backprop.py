@@ -41,6 +41,8 @@ class BackpropTrainer(Trainer):
         deep_supervision: on an FFNetwork, back-propagate every layer's local loss (``True``, BP-DeepSup) or only
             the last layer's (``False``, single-head backprop on the same backbone); the classifier head's loss, if
             the network has a head, is included either way, and every layer's loss and accuracy are still reported.
+            A head that reads the training pass sends its loss into the layers; one on its own pass (a neutral-label
+            pass) does only if it is hybrid (``ClassifierHead(hybrid=True)``), else it reads detached features.
             A single-head baseline has one loss already, so the flag does not change it.
         accumulation_steps: split each batch into this many micro-batches along dim 0 (``torch.tensor_split``),
             back-propagate each with its loss weighted by ``micro_batch / batch``, then take one optimizer step.
@@ -182,9 +184,26 @@ class BackpropTrainer(Trainer):
         if net.head is not None:
             if head_feats:  # gradients from the head flow into the layers too: this is backprop
                 logits = net.head([head_feats[i] for i in net.head.layers])
-            else:
+            elif net.head.hybrid:
+                # a hybrid head's own (neutral-label) pass keeps its graph, as under LocalTrainer, so its loss reaches
+                # the layers it passes through
+                logits = net.head(self._head_features(x, checkpoint=self.checkpoint))
+            else:  # a head on its own pass reads detached features: its loss trains the head only
                 logits = net.head_logits(x)
             head_loss = net.head.loss(logits, y)
             total = total + head_loss
             head_result = (head_loss.detach(), (logits.detach().argmax(dim=1) == y).sum())
         return total, torch.stack([v.detach().float() for v in losses]), torch.stack(correct), head_result
+
+    def _head_features(self, x: torch.Tensor, *, checkpoint: bool) -> list[torch.Tensor]:
+        """The features ``[b, ...]`` of the head's layers (in ``head.layers`` order) from an undetached pass over
+        :meth:`~ffkit.objectives.Objective.head_inputs` of ``x`` (the neutral label for label-input networks)."""
+        net = self.network
+        head = net.head
+        inputs = net.objective.head_inputs(net, x)
+        feats = {
+            i: out.features
+            for i, out in net.iter_layers(inputs, end=max(head.layers), detach=False, checkpoint=checkpoint)
+            if i in head.layers
+        }
+        return [feats[i] for i in head.layers]

@@ -108,12 +108,12 @@ class _LrFactor:
         if self.kind == "cosine":  # the closed form of CosineAnnealingLR(T_max=total, eta_min=final)
             cosine = (1.0 + math.cos(math.pi * min(tick, total) / total)) / 2
             return self.final_factor + (1.0 - self.final_factor) * cosine
-        if self.kind == "cooldown":  # constant for the first half, then linear to the final lr
-            half = total / 2
-            if tick <= half:
-                return 1.0
-            frac = min(1.0, (tick - half) / max(1.0, total - half))
-            return 1.0 + frac * (self.final_factor - 1.0)
+        if self.kind == "cooldown":
+            # Pipeline-FF's released trainer: for 1-based epoch e of E, lr * 2 (E - e) / E once e > E / 2, the last
+            # epoch keeping the rate of the one before; for 0-based tick t: min(1, 2 max(E - 1 - t, 1) / E), here
+            # between the full lr and final_lr.
+            frac = min(1.0, 2 * max(total - 1 - tick, 1) / total)
+            return self.final_factor + (1.0 - self.final_factor) * frac
         factor = 1.0  # piecewise: the factor of the last milestone passed (milestones are in steps)
         for at, f in self.milestones:
             if step >= at:
@@ -135,7 +135,8 @@ def make_schedule(
     """The learning-rate schedule of one optimizer, stepped once per training step.
 
     ``"cosine"``: from the optimizer's lr to ``final_lr`` over ``total_steps``; ``"constant"``: none;
-    ``"cooldown"``: constant for the first half, then linear to ``final_lr`` (Pipeline-FF); ``"piecewise"``: the lr
+    ``"cooldown"``: constant for the first half, then linear towards ``final_lr``, as Pipeline-FF's released trainer
+    (tick ``t`` of ``T``: ``final + (lr - final) * min(1, 2 max(T - 1 - t, 1) / T)``); ``"piecewise"``: the lr
     is multiplied by ``factor`` from step ``s`` on, for each ``(s, factor)`` in ``milestones`` (The Trifecta).
 
     ``every``: the lr changes once per ``every`` steps. With the number of batches per epoch it is an epoch-wise

@@ -1,8 +1,11 @@
 """``ChapterTrainer``: Pipeline-FF's *all-layers* variant, where ranks exchange layer parameters instead of activations.
 
-Aktemur et al., "Going Forward-Forward in Distributed Deep Learning": the training data is cut into *chapters*, and
-each rank trains every layer of the network on its own chapters, taking each layer over from the rank that trained the
-previous chapter. ffkit's reading of it:
+Aktemur et al., "Going Forward-Forward in Distributed Deep Learning" (Sec. 4.2, Alg. 2): training is cut into
+*chapters*, and each rank trains every layer of the network on its own chapters, taking each layer over from the rank
+that trained the previous chapter. In the paper a chapter is ``E / S`` epochs over the whole training set (one epoch
+with its 100 epochs in 100 chapters), and its *sequential* runs are the same chapter loop in one process (the first
+author's released code: for each chapter, each layer trains over every batch, then the next layer reads its outputs).
+ffkit's reading of it:
 
 * One pass over the loader (an epoch) is cut into ``C`` chapters of ``chapter_batches`` consecutive batches (the last
   one may be shorter). With ``S`` ranks, rank ``r`` trains chapters ``r, r + S, r + 2S, ...``.
@@ -13,13 +16,28 @@ previous chapter. ffkit's reading of it:
   chapter, layer ``l`` (with its optimizer and schedule) goes on to rank ``(c + 1) % S``.
 * The ranks therefore work as a wavefront: rank ``(c + 1) % S`` starts layer 0 of chapter ``c + 1`` as soon as rank
   ``c % S`` has finished layer 0 of chapter ``c``. Sends are non-blocking, so a rank never waits for its receiver.
+* A classifier head (Pipeline-FF's softmax layer) trains after the last layer, over the chapter's batches, on the
+  detached activities of a neutral-label pass through the layers as this chapter left them, and travels from rank to
+  rank like a layer.
 * At the end of the epoch the rank of the last chapter broadcasts the whole network with every optimizer and schedule,
   so every rank (rank 0 evaluates and saves) holds the trained network and the next epoch's chapter 0 starts from it.
+* Negatives: a chapter's batches are prepared (label encoding, negative labels) once, before the chapter, so every
+  layer sees the same wrong label for a sample, and a sample gets a new one per chapter (RandomNEG), as in the release,
+  which redraws its negatives after every chapter. Adaptive negatives (AdaptiveNEG) are scored by the network as this
+  rank holds it before the chapter: in one process, the network after the previous chapter (the release's rule); with
+  ``S`` ranks, the network after this rank's previous chapter ``c - S`` (the paper: "each [node] compute[s] its own
+  negative samples after every chapter"). A rank's first chapter of a run draws them uniformly instead, as the release
+  trains its first chapter on the random negatives it drew before training.
+
+With ``local_data=True`` every rank trains on its own data instead (Pipeline-FF's *federated* variant, Sec. 4.3: "the
+same training procedure", but "each node trains on its own local dataset"): rank ``r``'s ``k``-th run of
+``chapter_batches`` batches is chapter ``k * S + r``, and layers travel from rank to rank exactly as above.
 
 The result equals the sequential loop ``for c in chapters: for l in layers: train l on chapter c`` (inputs from layers
 ``0 .. l-1`` after chapter ``c``), which is what the trainer runs with one process (no ``torch.distributed``, or a
 world size of 1). Dropout masks and random negatives come from each rank's own random stream, so with those the ranks
-match the sequential loop in distribution only; :class:`~ffkit.data.FixedNegative` reproduces it exactly.
+match the sequential loop in distribution only; :class:`~ffkit.data.FixedNegative` reproduces it exactly. Adaptive
+negatives on several ranks are scored by a network ``S - 1`` chapters behind, so they do not match it.
 """
 
 from __future__ import annotations
@@ -46,13 +64,16 @@ __all__ = ["ChapterTrainer"]
 
 
 class _Sums:
-    """Per-layer sums over the batches this rank trained: loss x batch size ``[L]``, correct counts ``[L]``."""
+    """Per-layer sums over the batches this rank trained: loss x batch size ``[L]``, correct counts ``[L]``; the
+    head's ``[2]`` (loss x batch size, correct) when the network has one."""
 
     def __init__(self, n_layers: int) -> None:
         self.loss = torch.zeros(n_layers, dtype=torch.float64)
         self.correct = torch.zeros(n_layers, dtype=torch.float64)
         self.last_loss = torch.zeros(n_layers)
         self.last_correct = torch.zeros(n_layers, dtype=torch.int64)
+        self.head = torch.zeros(2, dtype=torch.float64)
+        self.last_head: tuple[torch.Tensor, torch.Tensor] | None = None
         self.images = 0  # images of the chapters this rank trained (every layer sees each of them once)
         self.busy = 0.0  # seconds spent preparing batches and training
 
@@ -65,19 +86,28 @@ class _Sums:
         self.last_loss[layer] = value
         self.last_correct[layer] = right
 
+    def add_head(self, result: tuple[torch.Tensor, torch.Tensor], batch_size: int) -> None:
+        loss, right = result
+        self.head += torch.tensor([float(loss) * batch_size, float(right)], dtype=torch.float64)
+        self.last_head = (loss.detach().float().cpu(), right.detach().cpu())
+
 
 class ChapterTrainer(Trainer):
     """Train an :class:`~ffkit.FFNetwork` in chapters: every rank trains every layer on its own chapters, and layers
     (parameters, buffers, optimizer and lr-schedule states) travel from rank to rank; activations never do.
 
     Args:
-        network: the network (no classifier head and no Overlapping Local Updates: both couple layers within a step;
-            no adaptive negatives: they score with the whole network, whose later layers are a chapter behind).
+        network: the network (no Overlapping Local Updates: they couple two layers within a step). A classifier head
+            trains after the last layer of each chapter.
         chapter_batches: batches per chapter (the last chapter of an epoch may be shorter). Pipeline-FF trains "100
-            epochs in 100 splits (chapters)"; here chapters cut each pass over the loader, so that schedule is one
-            ``train_epoch`` over a loader that repeats the data 100 times with ``chapter_batches`` = one data pass.
+            epochs in 100 splits (chapters)": one chapter per epoch, i.e. ``chapter_batches`` = the loader's batches
+            per pass and one :meth:`train_epoch` per epoch.
         timeout: seconds a rank waits for a layer from its peer (or in an end-of-epoch collective) before it stops
             with :class:`~ffkit.train.pipeline.PipelineError`.
+        local_data: every rank iterates its own loader (its own shard of the data, with the same number of batches
+            on every rank, e.g. :func:`ffkit.train.federated.shard_loader`) and trains every chapter it cuts from
+            it: Pipeline-FF's federated variant. Default: every rank iterates the same loader and trains every
+            ``S``-th chapter of it.
         device: this rank's device (default: CUDA ``LOCAL_RANK`` if available, else CPU).
         **trainer_options: the per-layer optimisation of :class:`~ffkit.LocalTrainer` (``lr``, ``optimizer``,
             ``schedule``, ``total_steps``, ...). Each layer's schedule steps once per batch the layer trains on, so
@@ -102,6 +132,7 @@ class ChapterTrainer(Trainer):
         chapter_batches: int,
         timeout: float = 60.0,
         device: str | torch.device | None = None,
+        local_data: bool = False,
         **trainer_options: Any,
     ) -> None:
         if not isinstance(network, FFNetwork):
@@ -113,16 +144,13 @@ class ChapterTrainer(Trainer):
         if trainer_options.get("overlap"):
             raise ValueError("overlap (OLU) trains layer pairs through one loss; ChapterTrainer trains one layer at a "
                              "time over a whole chapter, so it cannot overlap updates")
-        if network.head is not None:
-            raise ValueError("ChapterTrainer does not train classifier heads (a head reads several layers' features "
-                             "within one step); train the head afterwards or use LocalTrainer")
-        from ..data.negatives import AdaptiveNegative
-
-        if isinstance(getattr(network.objective, "negatives", None), AdaptiveNegative):
-            raise ValueError("adaptive negatives score every label with the whole network, whose later layers are a "
-                             "chapter behind on the rank that prepares the batch; use RandomNegative or FixedNegative "
-                             "with ChapterTrainer")
+        if getattr(network.head, "hybrid", False):
+            raise ValueError("a hybrid classifier head sends its loss into the layers it reads, within one step; "
+                             "ChapterTrainer trains the head after the chapter's layers, on detached features")
+        if not isinstance(local_data, bool):
+            raise TypeError(f"local_data must be a bool, got {type(local_data).__name__}")
         self.chapter_batches = chapter_batches
+        self.local_data = local_data
         self.timeout = float(timeout)
         if dist.is_available() and dist.is_initialized():
             self.rank, self.world = dist.get_rank(), dist.get_world_size()
@@ -155,13 +183,14 @@ class ChapterTrainer(Trainer):
         self._train_chapter(0, [(x, y, index)], last=True, sums=sums)
         self.step_count += 1
         self.inner.step_count = self.step_count
-        return StepResult(sums.last_loss.clone(), sums.last_correct.clone(), sums.images)
+        return StepResult(sums.last_loss.clone(), sums.last_correct.clone(), sums.images, sums.last_head)
 
     def train_epoch(self, loader: Iterable, *, progress: bool = False, desc: str = "train",
                     position: EpochProgress | None = None,
                     on_batch: Callable[[EpochProgress], None] | None = None) -> dict[str, Any]:
         """One pass over ``loader`` (batches ``(x, y)`` or ``(x, y, index)``) cut into chapters; this rank trains its
-        own. Collective on distributed runs: every rank must call it with the same loader.
+        own. Collective on distributed runs: every rank must call it with the same loader (with ``local_data``: its
+        own loader, of the same length on every rank).
 
         Returns the record of :meth:`LocalTrainer.train_epoch <ffkit.Trainer.train_epoch>` over every rank's batches
         (per-layer ``train_loss`` / ``train_acc`` ``[L]``, ``train_images``, ...), plus ``chapters``, ``ranks`` and
@@ -173,22 +202,30 @@ class ChapterTrainer(Trainer):
         sums = _Sums(len(self.network))
         n_batches = 0
         mine: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
-        it = iter(loader)
-        ahead = next(it, None)
         try:
+            if self.local_data and self.world > 1:
+                self._check_lengths(loader)
+            it = iter(loader)
+            ahead = next(it, None)
             while ahead is not None:
                 item, ahead = ahead, next(it, None)  # one batch of look-ahead tells which chapter is the last
                 chapter, pos = divmod(n_batches, self.chapter_batches)
                 n_batches += 1
-                if chapter % self.world == self.rank:
+                if self.local_data:  # this rank's k-th run of batches is chapter k * S + r
+                    chapter = chapter * self.world + self.rank
+                if self.local_data or chapter % self.world == self.rank:
                     mine.append((item[0], item[1], item[2] if len(item) > 2 else None))
                 if (pos == self.chapter_batches - 1 or ahead is None) and mine:
-                    self._train_chapter(chapter, mine, last=ahead is None, sums=sums)
+                    # With local data, the last rank's last chapter is the epoch's last: the others pass theirs on.
+                    last = ahead is None and (not self.local_data or self.rank == self.world - 1)
+                    self._train_chapter(chapter, mine, last=last, sums=sums)
                     mine = []
-            if n_batches == 0:  # every rank iterates the same loader, so every rank raises: nobody is left waiting
+            if n_batches == 0:  # every rank's loader has the same length, so every rank raises: nobody waits
                 raise ValueError("the training data is empty: no batch was produced")
             self._flush()
             n_chapters = math.ceil(n_batches / self.chapter_batches)
+            if self.local_data:
+                n_chapters *= self.world
             if self.world > 1:
                 self._share_final_state(src=(n_chapters - 1) % self.world)
             record = self._gather_record(sums, time.perf_counter() - start, n_chapters)
@@ -200,11 +237,45 @@ class ChapterTrainer(Trainer):
         self.inner.step_count = self.step_count
         return record
 
+    def _check_lengths(self, loader: Iterable) -> None:
+        """With local data every rank must cut the same number of chapters, or a rank would wait for a layer that
+        never comes."""
+        try:
+            n = len(loader)  # type: ignore[arg-type]
+        except TypeError:
+            raise TypeError(f"with local_data the loader must have a len() (batches per epoch) so the ranks can check "
+                            f"they train the same number of chapters, got {type(loader).__name__}") from None
+        mine = torch.tensor([n], dtype=torch.int64, device=self._comm_device)
+        every = [torch.zeros_like(mine) for _ in range(self.world)]
+        self._collective("comparing the ranks' batches per epoch", -1, dist.all_gather, every, mine)
+        lengths = [int(t) for t in every]
+        if len(set(lengths)) > 1:  # every rank sees the same lengths, so every rank raises: nobody is left waiting
+            raise ValueError(f"with local_data every rank must have the same number of batches per epoch, but the "
+                             f"ranks' loaders have {lengths} (rank {self.rank}: {n}); shard the data with "
+                             f"ffkit.train.federated.shard_loader")
+
     def _prepare(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None) -> PreparedBatch:
         x, y = self.inner._batch_to_device(x, y)
         if index is not None:
             index = index.to(self.device)
         return self.network.objective.prepare(self.network, x, y, index)
+
+    def _prepare_chapter(self, raw: Sequence[tuple]) -> list[PreparedBatch]:
+        """Encode a chapter's batches (and choose their negatives) once, before the chapter. Adaptive negatives of
+        this rank's first chapter of the run are drawn uniformly: the network has not been trained yet, and
+        Pipeline-FF's release trains its first chapter on negatives it drew at random."""
+        from ..data.negatives import AdaptiveNegative, RandomNegative
+
+        objective = self.network.objective
+        sampler = getattr(objective, "negatives", None)
+        first = self.step_count == 0 and self.chapters_trained == 0
+        if not (first and isinstance(sampler, AdaptiveNegative)):
+            return [self._prepare(*b) for b in raw]
+        objective.negatives = RandomNegative(sampler.num_classes, generator=sampler.generator)
+        try:
+            return [self._prepare(*b) for b in raw]
+        finally:
+            objective.negatives = sampler
 
     def _train_chapter(self, chapter: int, raw: Sequence[tuple], *, last: bool, sums: _Sums) -> None:
         """Train every layer, in turn, over this chapter's batches; receive each layer first, pass it on after.
@@ -215,7 +286,7 @@ class ChapterTrainer(Trainer):
         """
         net, t = self.network, self.inner
         began = time.perf_counter()
-        batches = [self._prepare(*b) for b in raw]
+        batches = self._prepare_chapter(raw)
         feats: list[dict[int, torch.Tensor]] = [{-1: b.inputs} for b in batches]
         n_layers = len(net)
         src, dst = (chapter - 1) % self.world, (chapter + 1) % self.world
@@ -235,9 +306,33 @@ class ChapterTrainer(Trainer):
                 self._send_layer(layer, dst)
             if layer < n_layers - 1:
                 self._advance(feats, layer, crossing)
+        if net.head is not None:
+            feats.clear()
+            began += self._train_head(chapter, batches, last=last, sums=sums)
         sums.images += sum(b.batch_size for b in batches)
         sums.busy += time.perf_counter() - began
         self.chapters_trained += 1
+
+    def _train_head(self, chapter: int, batches: Sequence[PreparedBatch], *, last: bool, sums: _Sums) -> float:
+        """Train the classifier head over the chapter's batches (after every layer has trained on them), receiving it
+        first and passing it on after, like a layer; returns the seconds spent waiting for it."""
+        net, t = self.network, self.inner
+        index = len(net)  # the head's optimizer and schedule come after the layers'
+        waited = 0.0
+        if self.world > 1 and chapter > 0:
+            start = time.perf_counter()
+            self._receive_layer(index, (chapter - 1) % self.world)
+            waited = time.perf_counter() - start
+        empty = torch.zeros(0, device=self.device)
+        for batch in batches:
+            update = t.begin_update((), head=True)
+            result = t._head_step(batch, {}, update)  # reads a neutral-label pass (or the training pass's features)
+            t.commit_update(update, empty, result, first_layer=index)
+            t.step_schedules_of([index])
+            sums.add_head(result, batch.batch_size)
+        if self.world > 1 and not last:
+            self._send_layer(index, (chapter + 1) % self.world)
+        return waited
 
     def _advance(self, feats: list[dict[int, torch.Tensor]], layer: int, crossing: list[int]) -> None:
         """Replace each batch's input of ``layer`` by ``layer``'s features with its trained weights (the next layer's
@@ -255,23 +350,26 @@ class ChapterTrainer(Trainer):
                     del f[k]
 
     # -- point-to-point: layers travel from chapter to chapter --------------------------------------------------
-    def _layer_state(self, layer: int) -> dict[str, Any]:
+    def _module(self, layer: int) -> torch.nn.Module:
+        """Layer ``layer``, or the classifier head for ``layer == L``."""
         net = self.network
+        return net.layers[layer] if layer < len(net) else net.head
+
+    def _layer_state(self, layer: int) -> dict[str, Any]:
         opt, sched = self.optimizers[layer], self.schedulers[layer]
         state: dict[str, Any] = {
-            "layer": net.layers[layer].state_dict(),
+            "layer": self._module(layer).state_dict(),
             "optimizer": opt.state_dict() if opt is not None else None,
             "scheduler": sched.state_dict() if sched is not None else None,
         }
         if layer == 0:  # a learned label encoder trains with layer 0 (FFNetwork.local_parameters)
-            state["objective"] = net.objective.state_dict()
+            state["objective"] = self.network.objective.state_dict()
         return state
 
     def _load_layer_state(self, layer: int, state: dict[str, Any]) -> None:
-        net = self.network
-        net.layers[layer].load_state_dict(state["layer"])
+        self._module(layer).load_state_dict(state["layer"])
         if "objective" in state:
-            net.objective.load_state_dict(state["objective"])
+            self.network.objective.load_state_dict(state["objective"])
         opt, sched = self.optimizers[layer], self.schedulers[layer]
         if opt is not None and state["optimizer"] is not None:
             opt.load_state_dict(state["optimizer"])
@@ -368,7 +466,7 @@ class ChapterTrainer(Trainer):
 
     def _gather_record(self, sums: _Sums, seconds: float, n_chapters: int) -> dict[str, Any]:
         """Per-layer means over every rank's batches (each rank reports the sums of its own chapters)."""
-        mine = (sums.loss, sums.correct, sums.images, sums.busy)
+        mine = (sums.loss, sums.correct, sums.images, sums.busy, sums.head)
         parts: list[Any] = [mine]
         if self.world > 1:
             parts = [None] * self.world
@@ -379,7 +477,7 @@ class ChapterTrainer(Trainer):
         images = sum(p[2] for p in parts)
         loss = sum(p[0] for p in parts) / images
         correct = sum(p[1] for p in parts) / images
-        return {
+        record: dict[str, Any] = {
             "train_loss": loss.tolist(),
             "train_acc": correct.tolist(),
             "train_images": images,
@@ -389,6 +487,9 @@ class ChapterTrainer(Trainer):
             "ranks": self.world,
             "rank_busy_seconds": [p[3] for p in parts],
         }
+        if self.network.head is not None:
+            record["train_head_loss"], record["train_head_acc"] = (sum(p[4] for p in parts) / images).tolist()
+        return record
 
     # -- fit and state --------------------------------------------------------------------------------------------
     def fit(self, train: Iterable, *, epochs: int, holdout: Iterable | None = None, test: Iterable | None = None,

@@ -1,10 +1,14 @@
-"""``FederatedTrainer``: Pipeline-FF's federated variant, every rank trains the whole network on its own data shard.
+"""``FederatedTrainer``: every rank trains the whole network on its own data shard, and the ranks average parameters.
 
-Aktemur et al., "Going Forward-Forward in Distributed Deep Learning": each process runs the same local FF step
-(:class:`~ffkit.LocalTrainer`) on its own shard of the training data, and the processes exchange parameters, never
-data. After every *chapter* of ``sync_every`` steps, and once more at the end of every epoch, each parameter and
-floating-point buffer (e.g. BatchNorm running statistics) is replaced by its mean over the ranks (FedAvg) with one
-``torch.distributed.all_reduce`` per dtype. Optimizer states stay local to each rank.
+Each process runs the same local FF step (:class:`~ffkit.LocalTrainer`) on its own shard of the training data, and the
+processes exchange parameters, never data. After every *chapter* of ``sync_every`` steps, and once more at the end of
+every epoch, each parameter and floating-point buffer (e.g. BatchNorm running statistics) is replaced by its mean over
+the ranks (FedAvg) with one ``torch.distributed.all_reduce`` per dtype. Optimizer states stay local to each rank.
+
+This is ffkit's data-parallel variant, not the federated variant of Pipeline-FF (Aktemur et al., "Going Forward-Forward
+in Distributed Deep Learning", Sec. 4.3): there, the nodes run the all-layers procedure (layers handed from node to
+node, chapter after chapter, "without central aggregation") on their own local data, which is
+:class:`~ffkit.train.ChapterTrainer` with ``local_data=True``. The paper reports no figure for it.
 
 Launch one process per rank with ``torchrun`` and call :func:`ffkit.train.pipeline.init_distributed` first (gloo on
 CPU, NCCL on GPU); give each rank its own shard, e.g. with :func:`shard_loader`::

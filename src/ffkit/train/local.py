@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
@@ -48,8 +48,11 @@ class LocalTrainer(Trainer):
         device: where to train.
         overlap: The Trifecta's Overlapping Local Updates (OLU). Layers train in overlapping pairs: at step ``t``
             layer ``k`` updates when ``(k even) XOR (t even)``, with an optimizer over its own and layer ``k - 1``'s
-            parameters; the layers that do not update pass their features on *undetached*, so each gradient crosses
-            exactly one layer boundary and the pairing alternates with the step's parity.
+            parameters (a learned label encoder is stepped by layer 0's optimizer only); the layers that do not
+            update pass their features on *undetached*, so each gradient crosses exactly one layer boundary and the
+            pairing alternates with the step's parity. ``t`` is the batch's index in its epoch when training with
+            :meth:`fit` or :meth:`train_epoch` (so it restarts at 0 every epoch, as the release's), else the
+            trainer's step count.
         head_lr: learning rate of the network's classifier head, if it has one (default ``lr``).
         channels_last: keep conv weights and activations in channels-last memory format (faster convolutions on
             CPU with wide early layers and on CUDA tensor cores).
@@ -61,6 +64,11 @@ class LocalTrainer(Trainer):
         check_finite: check every layer's loss and goodness for NaN and infinity before any optimizer steps. The
             check runs once per step on the stacked per-layer flags, so a CUDA step needs no host synchronisation
             per layer; the layers' optimizer steps wait for it (their gradients are held until then).
+        layer_steps: per layer, the window ``(start, end)`` of training steps in which it trains (``start <= step <
+            end``; ``None`` for every step): outside it the layer still runs (in training mode, so a BatchNorm keeps
+            updating its statistics) and passes its features on, but takes no backward pass and no optimizer step.
+            CwComp's released code trains its layers in such windows of epochs ("ILT"); recipes give them in epochs
+            (``Recipe.layer_epochs``). Not with ``overlap``.
         on_divergence: what a non-finite step does. ``"stop"`` (default): raise
             :class:`~ffkit.train.DivergenceError` naming the layer, the epoch and the step; no parameter, optimizer
             state or normalisation statistic has taken the bad step, so the trainer holds the last good state
@@ -94,6 +102,7 @@ class LocalTrainer(Trainer):
         fused_optimizer: bool | None = None,
         check_finite: bool = True,
         on_divergence: str = "stop",
+        layer_steps: Sequence[tuple[int, int] | None] | None = None,
     ) -> None:
         if not isinstance(network, FFNetwork):
             raise TypeError(f"network must be an ffkit FFNetwork, got {type(network).__name__}")
@@ -105,18 +114,27 @@ class LocalTrainer(Trainer):
         self.check_finite = bool(check_finite)
         self.on_divergence = on_divergence
         self.overlap = bool(overlap)
+        self.layer_steps = _check_layer_steps(layer_steps, len(network), self.overlap)
         self.optimizers: list[torch.optim.Optimizer | None] = []
         self.schedulers: list[torch.optim.lr_scheduler.LRScheduler | None] = []
         for i in range(len(network)):
             params = [p for p in network.local_parameters(i) if p.requires_grad]
-            if self.overlap and i > 0:  # OLU: layer i's loss also trains layer i - 1
-                params += [p for p in network.local_parameters(i - 1) if p.requires_grad]
+            if self.overlap and i > 0:  # OLU: layer i's loss also trains layer i - 1 (not a learned label encoder,
+                # which only layer 0's optimizer steps, as in The Trifecta's release)
+                params += [p for p in network.layers[i - 1].parameters() if p.requires_grad]
             opt = make_optimizer(params, optimizer, self.lr, weight_decay, fused=fused_optimizer) if params else None
             self.optimizers.append(opt)
             if opt is None:
                 self.schedulers.append(None)
                 continue
             self.schedulers.append(make_schedule(opt, schedule, total_steps, self.final_lr, milestones, schedule_every))
+        if network.head is not None and network.head.hybrid and (network.objective.head_uses_training_pass or overlap):
+            # Its loss must reach the layers through a pass of its own (the training pass frees each layer's graph
+            # before the next layer runs), and under OLU not every layer steps at every step.
+            raise ValueError(
+                "a hybrid classifier head needs its own neutral-label pass through the layers (PosNegObjective) and "
+                "overlap=False"
+            )
         if network.head is not None:  # the head has its own optimizer and schedule, after the layers'
             lr_h = head_lr or self.lr
             opt = make_optimizer(network.head.parameters(), optimizer, lr_h, weight_decay, fused=fused_optimizer)
@@ -134,10 +152,12 @@ class LocalTrainer(Trainer):
         batch = net.objective.prepare(net, x, y, index)
         losses, correct, head_feats, _ = self.train_layers(batch, batch.inputs, update=update)
         head_result = None
-        if net.head is not None and net.objective.head_uses_training_pass:
+        hybrid = net.head is not None and net.head.hybrid
+        if net.head is not None and (net.objective.head_uses_training_pass or hybrid):
+            # a hybrid head's loss adds to the layers' held gradients, so it runs before their optimizers step
             head_result = self._head_step(batch, head_feats, update)
         applied = self.commit_update(update, losses, head_result)
-        if applied and net.head is not None and not net.objective.head_uses_training_pass:
+        if applied and net.head is not None and not net.objective.head_uses_training_pass and not hybrid:
             # The head reads a neutral-label pass through the layers as this step's update left them, so it is
             # trained and checked after that update (a second synchronisation, for such heads only). If it
             # diverges, the layers keep their update and the head does not take its own.
@@ -191,7 +211,10 @@ class LocalTrainer(Trainer):
         keep = set(keep)
         losses, correct = [], []
         kept: dict[int, torch.Tensor] = {}
-        updates = self.updates_at(self.step_count)
+        # OLU's parity: inside an epoch, the batch's index in it (The Trifecta's release uses Lightning's batch_idx,
+        # which restarts every epoch); a step outside one (a bare train_step), the trainer's step count.
+        progress = getattr(self, "_epoch_progress", None)
+        updates = self.updates_at(progress.batches if progress is not None else self.step_count)
         head = net.head
         head_feats: dict[int, torch.Tensor] = {}
         reuse = head is not None and net.objective.head_uses_training_pass
@@ -206,7 +229,9 @@ class LocalTrainer(Trainer):
                     head_feats[i] = out.features.detach()
                 if i in keep:
                     kept[i] = out.features.detach()
-                if not updates(i):  # OLU: this layer is trained through the next layer's loss at this step
+                if not updates(i) or not self.trains_at(i, self.step_count):
+                    # OLU: this layer is trained through the next layer's loss at this step; or it is outside its
+                    # training window (layer_steps): it only passes its features on
                     with torch.no_grad():
                         loss, n_right = net.objective.layer_loss(out, batch)
                     losses.append(loss.float())
@@ -327,24 +352,33 @@ class LocalTrainer(Trainer):
     def _head_step(
         self, batch, features: dict[int, torch.Tensor], update: PendingUpdate
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Train the classifier head on detached features (from the training pass, or a neutral-label pass)."""
+        """Train the classifier head on detached features (from the training pass, or a neutral-label pass); a hybrid
+        head's neutral-label pass keeps its graph, so its loss also reaches the layers it passes through."""
         net = self.network
+        head = net.head
+        assert head is not None  # only called for a network with a head
         if features:
             # channel-wise networks: the head reads the training pass's features of the real samples
             feats = {i: f[: batch.batch_size] for i, f in features.items()}
         else:
-            with torch.no_grad():
+            with torch.set_grad_enabled(head.hybrid):
                 inputs = net.objective.head_inputs(net, batch.x)
-                last = max(net.head.layers)
-                feats = {i: o.features for i, o in net.iter_layers(inputs, end=last) if i in net.head.layers}
-        logits = net.head_logits(batch.x, feats)
-        loss = net.head.loss(logits, batch.target)
+                last = max(head.layers)
+                detach = not head.hybrid
+                feats = {i: o.features for i, o in net.iter_layers(inputs, end=last, detach=detach) if i in head.layers}
+        logits = head([feats[i] for i in head.layers]) if head.hybrid else net.head_logits(batch.x, feats)
+        loss = head.loss(logits, batch.target)
         opt = self.optimizers[-1]
         assert opt is not None  # a network with a head always has the head's optimizer last
         opt.zero_grad(set_to_none=True)
         loss.backward()
         update.optimizers.append(opt)  # stepped by commit_update with the layers'
         return loss.detach(), (logits.detach().argmax(dim=1) == batch.target).sum()
+
+    def trains_at(self, layer: int, step: int) -> bool:
+        """Whether ``layer`` is inside its training window (``layer_steps``) at training step ``step`` (0-based)."""
+        window = self.layer_steps[layer] if self.layer_steps is not None else None
+        return window is None or window[0] <= step < window[1]
 
     def updates_at(self, step: int) -> Callable[[int], bool]:
         """Which layers update (and detach their output) at training step ``step`` (0-based)."""
@@ -382,5 +416,27 @@ class PendingUpdate:
 
 def _always(_: int) -> bool:
     return True
+
+
+def _check_layer_steps(
+    layer_steps: Sequence[tuple[int, int] | None] | None, n_layers: int, overlap: bool
+) -> tuple[tuple[int, int] | None, ...] | None:
+    if layer_steps is None:
+        return None
+    if overlap:
+        raise ValueError("layer_steps (training windows per layer) conflicts with overlap=True (OLU)")
+    windows = tuple(layer_steps)
+    if len(windows) != n_layers:
+        raise ValueError(f"layer_steps must give one window per layer ({n_layers}), got {len(windows)}")
+    out: list[tuple[int, int] | None] = []
+    for i, w in enumerate(windows):
+        if w is None:
+            out.append(None)
+            continue
+        if (not isinstance(w, (tuple, list)) or len(w) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in w) or not 0 <= w[0] <= w[1]):
+            raise ValueError(f"layer_steps[{i}] must be None or (start, end) with 0 <= start <= end, got {w!r}")
+        out.append((int(w[0]), int(w[1])))
+    return tuple(out)
 
 
