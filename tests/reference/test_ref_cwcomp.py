@@ -100,16 +100,8 @@ CASES = {
 }
 
 
-@pytest.fixture
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
 @pytest.mark.parametrize("case", list(CASES))
-def test_cwcomp_matches_the_release_restatement(case, float64):
+def test_cwcomp_matches_the_release_restatement(case):
     c = CASES[case]
     k, b = 10, 6
     torch.manual_seed(1)

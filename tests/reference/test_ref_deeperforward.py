@@ -37,12 +37,6 @@ NO, ADD, CAT = "none", "add", "cat"
 TOL = {"rtol": 0.0, "atol": 1e-6}
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
 
 
 # -- the release, restated ------------------------------------------------------------------------------------------

@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 import math
 
-import pytest
 import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
@@ -42,12 +41,6 @@ TAU_MIN, TAU_MAX = 0.1, 2.0
 LR, WEIGHT_DECAY = 1e-2, 5e-4
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(before)
 
 
 # -- VGG8: the restatement ---------------------------------------------------------------------------------------

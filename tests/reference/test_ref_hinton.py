@@ -44,12 +44,6 @@ K, B, WIDTH_MULTIPLIER = 10, 6, 0.02  # 40-unit layers
 WIDTH = 40
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(before)
 
 
 # -- the restatement ---------------------------------------------------------------------------------------------

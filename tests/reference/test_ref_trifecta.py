@@ -50,12 +50,6 @@ DEEP_8 = (
 )
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
 
 
 # -- the release, restated ------------------------------------------------------------------------------------------

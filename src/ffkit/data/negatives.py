@@ -111,10 +111,7 @@ class AdaptiveNegative(NegativeLabels):
         network.eval()
         try:
             with torch.no_grad():
-                if getattr(network, "head_predicts", False):
-                    scores = network.head_logits(x).float()
-                else:
-                    scores = network.class_scores(x).float()
+                scores = network(x).float()  # the network's own prediction: its head's logits or summed goodness
         finally:
             network.train(was_training)
         scores = scores.scatter(1, y.view(-1, 1), float("-inf"))

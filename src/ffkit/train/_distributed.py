@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -27,3 +28,25 @@ def check_divergence_stop(trainer_options: dict, engine: str) -> None:
     if action != "stop":
         raise ValueError(f"{engine} supports on_divergence='stop' only (skipping a batch would need every stage or "
                          f"rank to drop it together), got on_divergence={action!r}")
+
+
+def check_equal_lengths(
+    loader: Iterable, rank: int, world: int, device: torch.device,
+    all_gather: Callable[[list[torch.Tensor], torch.Tensor], None], *, needs_len: str, mismatch: str,
+) -> None:
+    """Raise unless every rank's ``loader`` has the same number of batches, or a rank would wait forever for a peer.
+
+    ``all_gather(every, mine)`` runs the engine's own (timed) ``dist.all_gather``. Every rank sees the same lengths, so
+    every rank raises together: nobody is left waiting. ``needs_len`` and ``mismatch`` (formatted with ``lengths``,
+    ``rank`` and ``n``) word the errors for the engine.
+    """
+    try:
+        n = len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"{needs_len}, got {type(loader).__name__}") from None
+    mine = torch.tensor([n], dtype=torch.int64, device=device)
+    every = [torch.zeros_like(mine) for _ in range(world)]
+    all_gather(every, mine)
+    lengths = [int(t) for t in every]
+    if len(set(lengths)) > 1:
+        raise ValueError(mismatch.format(lengths=lengths, rank=rank, n=n))

@@ -55,7 +55,7 @@ import torch.distributed as dist
 
 from ..network import FFNetwork, _RestoreNormStats
 from ..objectives import PreparedBatch
-from ._distributed import check_divergence_stop, check_timeout, default_device
+from ._distributed import check_divergence_stop, check_equal_lengths, check_timeout, default_device
 from .base import EpochProgress, StepResult, Trainer, reject_mid_epoch
 from .local import LocalTrainer
 from .pipeline import PipelineError
@@ -240,19 +240,16 @@ class ChapterTrainer(Trainer):
     def _check_lengths(self, loader: Iterable) -> None:
         """With local data every rank must cut the same number of chapters, or a rank would wait for a layer that
         never comes."""
-        try:
-            n = len(loader)  # type: ignore[arg-type]
-        except TypeError:
-            raise TypeError(f"with local_data the loader must have a len() (batches per epoch) so the ranks can check "
-                            f"they train the same number of chapters, got {type(loader).__name__}") from None
-        mine = torch.tensor([n], dtype=torch.int64, device=self._comm_device)
-        every = [torch.zeros_like(mine) for _ in range(self.world)]
-        self._collective("comparing the ranks' batches per epoch", -1, dist.all_gather, every, mine)
-        lengths = [int(t) for t in every]
-        if len(set(lengths)) > 1:  # every rank sees the same lengths, so every rank raises: nobody is left waiting
-            raise ValueError(f"with local_data every rank must have the same number of batches per epoch, but the "
-                             f"ranks' loaders have {lengths} (rank {self.rank}: {n}); shard the data with "
-                             f"ffkit.train.federated.shard_loader")
+        check_equal_lengths(
+            loader, self.rank, self.world, self._comm_device,
+            lambda every, mine: self._collective("comparing the ranks' batches per epoch", -1, dist.all_gather, every,
+                                                 mine),
+            needs_len="with local_data the loader must have a len() (batches per epoch) so the ranks can check they "
+                      "train the same number of chapters",
+            mismatch="with local_data every rank must have the same number of batches per epoch, but the ranks' "
+                     "loaders have {lengths} (rank {rank}: {n}); shard the data with "
+                     "ffkit.train.federated.shard_loader",
+        )
 
     def _prepare(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None) -> PreparedBatch:
         x, y = self.inner._batch_to_device(x, y)

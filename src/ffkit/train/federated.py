@@ -31,7 +31,7 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..network import FFNetwork
-from ._distributed import check_divergence_stop, check_timeout, default_device
+from ._distributed import check_divergence_stop, check_equal_lengths, check_timeout, default_device
 from .base import EpochProgress, StepResult, Trainer, reject_mid_epoch
 from .local import LocalTrainer
 from .pipeline import PipelineError
@@ -200,19 +200,16 @@ class FederatedTrainer(Trainer):
 
     def _check_lengths(self, loader: Iterable) -> None:
         """Every rank must take the same number of steps, or one would wait forever in an average."""
-        try:
-            n = len(loader)  # type: ignore[arg-type]
-        except TypeError:
-            raise TypeError(f"loader must have a len() (batches per epoch) so the ranks can check they take the same "
-                            f"number of steps, got {type(loader).__name__}") from None
-        mine = torch.tensor([n], dtype=torch.int64, device=self._comm_device)
-        every = [torch.zeros_like(mine) for _ in range(self.world)]
-        self._collective("comparing the ranks' batches per epoch", dist.all_gather, every, mine)
-        lengths = [int(t) for t in every]
-        if len(set(lengths)) > 1:  # every rank sees the same lengths, so every rank raises: nobody is left waiting
-            raise ValueError(f"every rank must take the same number of steps per epoch, but the ranks' loaders have "
-                             f"{lengths} batches (rank {self.rank}: {n}); shard the data with DistributedSampler "
-                             f"(ffkit.train.federated.shard_loader)")
+        check_equal_lengths(
+            loader, self.rank, self.world, self._comm_device,
+            lambda every, mine: self._collective("comparing the ranks' batches per epoch", dist.all_gather, every,
+                                                 mine),
+            needs_len="loader must have a len() (batches per epoch) so the ranks can check they take the same number "
+                      "of steps",
+            mismatch="every rank must take the same number of steps per epoch, but the ranks' loaders have {lengths} "
+                     "batches (rank {rank}: {n}); shard the data with DistributedSampler "
+                     "(ffkit.train.federated.shard_loader)",
+        )
 
     def _gather_record(self, record: dict[str, Any]) -> dict[str, Any]:
         """Combine the ranks' epoch records: sample-weighted means, total images, the slowest rank's time."""
