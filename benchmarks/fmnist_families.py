@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-# family -> (recipe, extra flags, the paper's full-length Fashion-MNIST figure from ANCHORS.md)
+# family -> (recipe, extra flags, the paper's full-length Fashion-MNIST figure; docs/references.md)
 FAMILIES = {
     "deeperforward": ("deeperforward-tinycnn-fmnist", [], "91.83 (TinyCNN, 150 epochs)"),
     "trifecta": ("trifecta-shallow-fmnist", [], "91.38 (TFF shallow, 200 epochs)"),

@@ -130,3 +130,18 @@ def test_mkdocs_build_strict(tmp_path):
     # The API reference was generated from the docstrings, not left empty.
     api = (site / "api" / "layers" / "index.html").read_text(encoding="utf-8")
     assert "CWConv" in api and "shortcut_channels" in api
+
+
+def test_fidelity_page_names_existing_tests():
+    """Every test ``docs/fidelity.md`` cites as evidence (``tests/FILE.py::test_name``) exists, and every system's
+    table cites at least one reference-equivalence test."""
+    root = Path(__file__).resolve().parent.parent
+    page = (root / "docs" / "fidelity.md").read_text()
+    cited = re.findall(r"`(tests/[\w/]+\.py)::(test_\w+)`", page)
+    assert len(cited) > 50
+    for path, name in cited:
+        source = root / path
+        assert source.is_file(), f"docs/fidelity.md cites {path}, which does not exist"
+        assert re.search(rf"^def {name}\(", source.read_text(), flags=re.M), f"{path} has no test {name}"
+    for ref in ("test_ref_deeperforward", "test_ref_trifecta", "test_ref_cwcomp", "test_ref_dtg", "test_ref_hinton"):
+        assert f"tests/reference/{ref}.py::" in page, f"docs/fidelity.md cites no test of {ref}"
