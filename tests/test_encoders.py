@@ -276,6 +276,10 @@ class _StubNetwork:
     def eval(self) -> _StubNetwork:
         return self.train(False)
 
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        # AdaptiveNegative scores with the network's own prediction, net(x)
+        return self.class_scores(x)
+
     def class_scores(self, x: torch.Tensor) -> torch.Tensor:
         self.scored_in_training_mode = self.training
         self.seen_x = x
