@@ -221,3 +221,21 @@ def test_torchrun_pipeline_variants(tmp_path, data_dir, variant):
     if split:
         record = json.loads((tmp_path / "run" / "metrics.json").read_text())[-1]
         assert record["shared_layers"][0]["layer"] == 1 and record["stage_starts"] == [0, 1.5]
+
+
+@needs_fmnist
+def test_loewex_recipe_trains_and_tests_on_28x28_images(tmp_path, data_dir, capsys):
+    """The recipe's network takes the stored 28x28 images (784 inputs): train and test load them at that size."""
+    out = tmp_path / "lx"
+    assert main(["train", "--recipe", "hinton-mlp-fmnist-loewex", "--epochs", "1", "--limit", "400",
+                 "--eval-limit", "200", "--data-dir", data_dir, "--out", str(out), "--no-progress", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["test_accuracy_head"] == summary["test_accuracy"]  # the softmax layer predicts
+    assert main(["test", "--checkpoint", str(out / "checkpoint.pt"), "--data-dir", data_dir, "--eval-limit", "200",
+                 "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rep["prediction"] == pytest.approx(summary["test_accuracy"])
+    net = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert net["network"]["layers.0.linear.weight"].shape == (1000, 784)
+    assert "layers.0.peer_mean" in net["network"]  # the running means are saved, so a resumed run continues them
+

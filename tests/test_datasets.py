@@ -576,3 +576,21 @@ def test_augment_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
         load_dataset("cifar10", "train", tmp_path, augment="mixup")
     with pytest.raises(ValueError, match="training splits only"):
         load_dataset("cifar10", "test", tmp_path, augment="crop-flip")
+
+
+@pytest.mark.parametrize("name", ["fashion-mnist", "cifar10"])
+def test_image_size_keeps_or_resizes_the_stored_images(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = WRITERS[name](tmp_path, monkeypatch)
+    image = data["test"][0][2]
+    x28, _ = load_dataset(name, "test", tmp_path, image_size=28)[2]
+    if name == "fashion-mnist":  # as stored: the bytes / 255, nothing interpolated
+        assert torch.allclose(x28, torch.from_numpy(image)[None].float() / 255, rtol=0, atol=1e-7)
+    else:  # 32x32 stored: resized down, bilinearly on the float image
+        stored = torch.from_numpy(image).permute(2, 0, 1).float() / 255
+        assert torch.allclose(x28, F.resize(stored, [28, 28], antialias=True))
+    augmented, _ = load_dataset(name, "train_full", tmp_path, image_size=28, augment="crop-flip")[0]
+    assert augmented.shape[-2:] == (28, 28)
+    with pytest.raises(ValueError, match="image_size must be an int >= 8"):
+        load_dataset(name, "test", tmp_path, image_size=4)

@@ -430,3 +430,78 @@ def test_trifecta_goodness_is_mean_of_squares(maxpool):
 def test_trifecta_bad_arguments():
     with pytest.raises(ValueError):
         TrifectaConv(0, 4)
+
+
+# -- FFLinear's loeweX options -------------------------------------------------------------------------------------
+
+
+def test_fflinear_rms_norm_by_hand():
+    layer = FFLinear(4, 1, norm="rms", eps=0.0)
+    with torch.no_grad():
+        layer.linear.weight.copy_(torch.tensor([[1.0, 0.0, 0.0, 0.0]]))
+        layer.linear.bias.zero_()
+    # x = [3, 4, 0, 0]: RMS = sqrt((9 + 16) / 4) = 2.5, so the first input becomes 3 / 2.5 = 1.2
+    out = layer(torch.tensor([[3.0, 4.0, 0.0, 0.0]]))
+    assert_close(out.features, torch.tensor([[1.2]]))
+    assert_close(out.goodness, torch.tensor([1.44]))
+    l2 = FFLinear(4, 1, eps=0.0)  # the L2 form: 3 / 5
+    l2.load_state_dict(layer.state_dict())
+    assert_close(l2(torch.tensor([[3.0, 4.0, 0.0, 0.0]])).features, torch.tensor([[0.6]]))
+
+
+def test_relu_full_grad_passes_the_gradient_where_relu_stops_it():
+    from ffkit.layers import relu_full_grad
+
+    z = torch.tensor([-2.0, 0.5, 3.0], requires_grad=True)
+    h = relu_full_grad(z)
+    assert torch.equal(h, torch.tensor([0.0, 0.5, 3.0]))
+    (h * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    assert torch.equal(z.grad, torch.tensor([1.0, 2.0, 3.0]))  # F.relu would give 0 for the first
+
+
+def test_peer_normalization_loss_by_hand():
+    from ffkit.layers import peer_normalization_loss
+
+    # m = [0.5, 0.5]; positives' mean activity [1, 3] -> m' = 0.9 * 0.5 + 0.1 * [1, 3] = [0.55, 0.75];
+    # mean(m') = 0.65 -> loss = mean([0.1^2, 0.1^2]) = 0.01
+    act = torch.tensor([[0.0, 2.0], [2.0, 4.0]], requires_grad=True)
+    loss, m = peer_normalization_loss(act, torch.full((2,), 0.5), 0.9)
+    assert_close(m, torch.tensor([0.55, 0.75]))
+    assert_close(loss, torch.tensor(0.01))
+    loss.backward()
+    # d loss / d m'_j = (2 / D) (m'_j - mean m') = [-0.1, 0.1]; d m'_j / d act_bj = 0.1 / B = 0.05
+    assert_close(act.grad, torch.tensor([[-0.005, 0.005], [-0.005, 0.005]]))
+
+
+def test_fflinear_peer_normalization_regularizer_uses_positives_and_moves_its_mean():
+    from ffkit.objectives import PreparedBatch
+
+    layer = FFLinear(3, 2, peer_normalization=0.5, peer_momentum=0.9)
+    assert torch.equal(layer.peer_mean, torch.full((2,), 0.5)) and layer.batch_coupled
+    feats = torch.tensor([[1.0, 3.0], [100.0, 100.0]])  # row 1 is a negative: not counted
+    batch = PreparedBatch(inputs=torch.zeros(2, 3), target=torch.zeros(1, dtype=torch.long), batch_size=1)
+    reg = layer.regularizer(LayerOutput(features=feats), batch)
+    # m' = [0.45 + 0.1, 0.45 + 0.3] = [0.55, 0.75] -> loss 0.01, weighted 0.5 -> 0.005
+    assert_close(reg, torch.tensor(0.005))
+    assert_close(layer.peer_mean, torch.tensor([0.55, 0.75]))
+    layer.eval()
+    layer.regularizer(LayerOutput(features=feats), batch)
+    assert_close(layer.peer_mean, torch.tensor([0.55, 0.75]))  # only training moves it
+    assert FFLinear(3, 2).regularizer(LayerOutput(features=feats), batch) is None
+    assert "peer_mean" in layer.state_dict() and "peer_mean" not in FFLinear(3, 2).state_dict()
+    with pytest.raises(ValueError, match="cannot be split by units"):
+        layer.split_units(0, 1)
+
+
+def test_fflinear_normal_init_and_option_errors():
+    torch.manual_seed(0)
+    layer = FFLinear(400, 900, init="normal")
+    assert abs(layer.linear.weight.std().item() - 1 / 30) < 5e-4 and not layer.linear.bias.any()
+    for kwargs, match in (({"norm": "batch"}, "norm must be one of"), ({"activation": "gelu"}, "activation must be"),
+                          ({"init": "xavier"}, "init must be one of"),
+                          ({"peer_normalization": -1.0}, "peer_normalization must be >= 0"),
+                          ({"peer_momentum": 1.0}, r"peer_momentum must be in \[0, 1\)")):
+        with pytest.raises(ValueError, match=match):
+            FFLinear(3, 2, **kwargs)
+    with pytest.raises(TypeError, match="peer_normalization must be a number"):
+        FFLinear(3, 2, peer_normalization="0.03")

@@ -360,3 +360,50 @@ def test_ffl_linear_unit_shards_sum_to_the_layer(reduction):
     assert torch.equal(layer.linear.weight[:4], a.linear.weight)
     with pytest.raises(ValueError, match="units"):
         layer.split_units(3, 11)
+
+
+# -- loeweX's parts ------------------------------------------------------------------------------------------------
+
+
+def test_head_input_norm_zero_init_and_pre_update():
+    from ffkit.layers import ClassifierHead
+
+    head = ClassifierHead(4, 3, [0, 1], pool="flatten", bias=False, input_norm="rms", zero_init=True)
+    assert not head.linear.weight.any()
+    with torch.no_grad():
+        head.linear.weight.copy_(torch.eye(3, 4))
+    # layer 0: [3, 4] (RMS sqrt(12.5)); layer 1: [0, 2] (RMS sqrt(2)): normalised [0.8485, 1.1314, 0, 1.4142]
+    logits = head([torch.tensor([[3.0, 4.0]]), torch.tensor([[0.0, 2.0]])])
+    r = 12.5**0.5
+    assert torch.allclose(logits, torch.tensor([[3 / r, 4 / r, 0.0]]), atol=1e-6)
+    with pytest.raises(ValueError, match="input_norm must be None or 'rms'"):
+        ClassifierHead(4, 3, [0], input_norm="l2")
+    with pytest.raises(TypeError, match="pre_update must be a bool"):
+        ClassifierHead(4, 3, [0], pre_update=1)
+    with pytest.raises(ValueError, match="configure the classifier head: pass head=True"):
+        create_model("hinton_mlp", head_zero_init=True)
+
+
+def test_network_layer_loss_adds_the_layers_regularizer():
+    net = create_model("hinton_mlp", hidden=(8, 8), threshold=1.0, goodness="sum", peer_normalization=0.5)
+    x, y = torch.rand(4, 1, 32, 32), torch.tensor([0, 1, 2, 3])
+    batch = net.objective.prepare(net, x, y)
+    out = net.layers[0](batch.inputs)
+    base, _ = net.objective.layer_loss(out, batch)
+    mean_before = net.layers[0].peer_mean.clone()
+    total, _ = net.layer_loss(0, out, batch)
+    expected, _ = ffkit.layers.peer_normalization_loss(out.features[:4], mean_before, 0.9)
+    assert torch.allclose(total, base + 0.5 * expected)
+
+
+def test_head_weight_decay_and_peer_layers_are_not_shared_by_pipeline_stages():
+    from ffkit.train.pipeline import _shareable
+
+    net = create_model("hinton_mlp", hidden=(8, 8), threshold=1.0, head=True)
+    trainer = ffkit.LocalTrainer(net, optimizer="sgd", lr=0.1, weight_decay=0.01, head_weight_decay=0.5,
+                                 schedule="constant")
+    assert trainer.optimizers[-1].param_groups[0]["weight_decay"] == 0.5
+    assert trainer.optimizers[0].param_groups[0]["weight_decay"] == 0.01
+    assert _shareable(net) == [True, True]
+    peer = create_model("hinton_mlp", hidden=(8, 8), threshold=1.0, peer_normalization=0.03)
+    assert _shareable(peer) == [False, False]

@@ -45,7 +45,8 @@ def test_every_recipe_runs_training_steps(name):
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(recipe.lr)
     if isinstance(trainer, LocalTrainer):
         assert trainer.overlap == recipe.overlap
-    x = torch.rand(4, info.in_channels, 32, 32)
+    size = net.input_size[0] if getattr(net, "input_size", None) else 32  # loeweX's MLP takes 28x28
+    x = torch.rand(4, info.in_channels, size, size)
     y = torch.arange(4) % info.num_classes
     before = [p.detach().clone() for p in net.parameters()]
     if isinstance(trainer, ChapterTrainer):  # sequential chapters: one epoch of two batches
@@ -221,3 +222,14 @@ def test_layer_windows_freeze_layers_outside_their_epochs():
 
 def test_trifecta_recipes_drop_the_last_batch_as_the_release():
     assert all(get_recipe(n).drop_last for n in list_recipes() if n.startswith("trifecta-") and "fcn" not in n)
+
+
+def test_linear_cooldown_is_loewex_form():
+    # loeweX's get_linear_cooldown_lr for 0-based epoch t of E = 10: lr until t = 5 (t > E // 2 is false), then
+    # lr * 2 (1 + 10 - t) / 10: t = 6 -> 1.0, 7 -> 0.8, 8 -> 0.6, 9 -> 0.4
+    p = torch.nn.Parameter(torch.zeros(1))
+    factor = make_schedule(torch.optim.SGD([p], lr=1.0), "linear-cooldown", 10, 0.0).lr_lambdas[0]
+    assert [factor(t) for t in range(10)] == pytest.approx([1, 1, 1, 1, 1, 1, 1.0, 0.8, 0.6, 0.4])
+    # towards final_lr: with final 0.1 of lr, t = 9 -> 0.1 + 0.9 * 0.4 = 0.46
+    factor = make_schedule(torch.optim.SGD([p], lr=1.0), "linear-cooldown", 10, 0.1).lr_lambdas[0]
+    assert factor(9) == pytest.approx(0.46)

@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--final-lr", type=float, default=None, help="lr at the end of the schedule (default lr/10)")
     t.add_argument("--weight-decay", type=float, default=None, help="default 5e-4")
     t.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default=None, help="default adam")
-    t.add_argument("--schedule", choices=["cosine", "constant", "cooldown", "piecewise"], default=None)
+    t.add_argument("--schedule", choices=["cosine", "constant", "cooldown", "linear-cooldown", "piecewise"],
+                   default=None)
     t.add_argument("--schedule-interval", choices=["step", "epoch"], default=None,
                    help="the lr changes every step (default) or once per epoch (DeeperForward's release)")
     t.add_argument("--trainer", choices=["local", "chapters", "backprop"], default=None,
@@ -74,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=None,
                    help="The Trifecta's overlapping local updates")
     t.add_argument("--head-lr", type=_positive(float), default=None, help="lr of a classifier head")
+    t.add_argument("--head-weight-decay", type=float, default=None,
+                   help="weight decay of a classifier head (default: --weight-decay)")
     t.add_argument("--augment", choices=["crop-rotate", "crop-flip", "dtg"], default=None)
     t.add_argument("--normalize", choices=["none", "standard"], default=None,
                    help="standard: standardise each channel with the dataset's mean and std (default: as the recipe; "
@@ -165,7 +168,8 @@ def _first(dataset: Dataset, n: int | None) -> Dataset:
 TRAIN_DEFAULTS: dict[str, Any] = {
     "model": DEFAULT_MODEL, "dataset": DEFAULT_DATASET, "epochs": 1, "batch_size": 128, "lr": DEFAULT_LR,
     "final_lr": None, "weight_decay": 5e-4, "optimizer": "adam", "schedule": "cosine", "schedule_interval": "step",
-    "milestones": (), "trainer": None, "overlap": False, "head_lr": None, "augment": None, "normalize": None,
+    "milestones": (), "trainer": None, "overlap": False, "head_lr": None, "head_weight_decay": None, "augment": None,
+    "normalize": None,
     "holdout": None, "drop_last": False, "layer_epochs": (), "model_kwargs": {},
 }
 
@@ -265,9 +269,10 @@ def _check_pipeline_flags(args: argparse.Namespace) -> None:
 
 def _check_model_flags(args: argparse.Namespace, cfg: dict[str, Any], net: Any) -> None:
     """Flags that the chosen model would silently ignore or fail on deep inside training."""
-    if args.head_lr is not None and getattr(net, "head", None) is None:
-        raise ValueError(f"--head-lr sets the learning rate of a classifier head, but {cfg['model']} has none "
-                         "(DTG-FF models and hinton_mlp with a head have one)")
+    for flag, value in (("--head-lr", args.head_lr), ("--head-weight-decay", args.head_weight_decay)):
+        if value is not None and getattr(net, "head", None) is None:
+            raise ValueError(f"{flag} configures a classifier head, but {cfg['model']} has none "
+                             "(DTG-FF models and hinton_mlp with a head have one)")
     if args.final_lr is not None and cfg["schedule"] in ("constant", "piecewise"):
         origin = f" (set by --recipe {cfg['recipe']})" if args.schedule is None and cfg["recipe"] else ""
         raise ValueError(f"--final-lr is the end of a decaying schedule; it conflicts with --schedule "
@@ -361,16 +366,17 @@ def cmd_train(args: argparse.Namespace) -> int:
                              f"{trained_with})")
 
     norm = cfg["normalize"]
+    size = _image_size(net)
     train_split = "train" if cfg["holdout"] else "train_full"
     train_set = load_dataset(info.name, train_split, args.data_dir, holdout_seed=args.seed, augment=cfg["augment"],
-                             normalize=norm)
+                             normalize=norm, image_size=size)
     train_set = WithIndex(_first(train_set, args.limit))  # indices let FixedNEG keep one wrong label per sample
     holdout = (
-        _first(load_dataset(info.name, "holdout", args.data_dir, holdout_seed=args.seed, normalize=norm),
-               args.eval_limit)
+        _first(load_dataset(info.name, "holdout", args.data_dir, holdout_seed=args.seed, normalize=norm,
+                            image_size=size), args.eval_limit)
         if cfg["holdout"] else None
     )
-    test = _first(load_dataset(info.name, "test", args.data_dir, normalize=norm), args.eval_limit)
+    test = _first(load_dataset(info.name, "test", args.data_dir, normalize=norm, image_size=size), args.eval_limit)
     loader_kw = {"num_workers": args.workers, "pin_memory": device.type == "cuda"}
     batch_size = cfg["batch_size"]
     federated = pipeline is not None and pipeline["variant"] == "federated"
@@ -453,6 +459,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _image_size(net: Any) -> int:
+    """The side of the images the network takes (its ``input_size``; 32 for networks that do not say)."""
+    size = getattr(net, "input_size", None)
+    return int(size[0]) if size else 32
+
+
 def cmd_test(args: argparse.Namespace) -> int:
     from .data import dataset_info, load_dataset
     from .evaluation import collect_scores, make_report
@@ -475,7 +487,8 @@ def cmd_test(args: argparse.Namespace) -> int:
     info = dataset_info(dataset)
     metadata = payload.get("metadata", {})
     # the normalisation it was trained with ("standard" takes the constants of the dataset evaluated)
-    test = _first(load_dataset(info.name, "test", args.data_dir, normalize=metadata.get("normalize")), args.eval_limit)
+    test = _first(load_dataset(info.name, "test", args.data_dir, normalize=metadata.get("normalize"),
+                               image_size=_image_size(net)), args.eval_limit)
     net.to(device)
     collected = collect_scores(net, DataLoader(test, batch_size=args.batch_size), device, track_activity=True)
     start, end = (int(v) for v in net.inference_range)

@@ -14,7 +14,7 @@ from torch import nn
 from ._validation import check_image_input
 from .layers.base import FFLayer, LayerOutput
 from .layers.heads import ClassifierHead
-from .objectives import ClassScoreObjective, Objective
+from .objectives import ClassScoreObjective, Objective, PreparedBatch
 
 __all__ = ["FFNetwork"]
 
@@ -241,6 +241,14 @@ class FFNetwork(nn.Module):
         """Sources of the shortcuts that cross a cut right after layer ``boundary``: ``{s : s <= boundary < t}``.
         A pipeline stage ending at ``boundary`` must send these layers' features on with its own."""
         return {s for t, s in self.shortcuts.items() if s <= boundary < t}
+
+    def layer_loss(self, index: int, out: LayerOutput, batch: PreparedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``index``'s local loss on ``batch`` and how many samples it got right: the objective's layer loss
+        plus the layer's own :meth:`~ffkit.layers.FFLayer.regularizer`, if it has one (e.g. peer normalisation)."""
+        loss, correct = self.objective.layer_loss(out, batch)
+        regularizer = getattr(self.layers[index], "regularizer", None)
+        extra = regularizer(out, batch) if regularizer is not None else None
+        return (loss if extra is None else loss + extra), correct
 
     def layer_scores(self, x: torch.Tensor, end: int | None = None) -> torch.Tensor:
         """Class scores of every layer up to ``end``: ``[L', B, K]``."""

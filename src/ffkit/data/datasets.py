@@ -54,6 +54,8 @@ __all__ = [
 ]
 
 IMAGE_SIZE = 32
+#: The side length the datasets are stored at, where it is not ``IMAGE_SIZE``.
+STORED_SIZE = {"mnist": 28, "fashion-mnist": 28}
 
 DATASETS: tuple[str, ...] = ("mnist", "fashion-mnist", "cifar10", "cifar100", "svhn")
 """Canonical names of the supported datasets."""
@@ -82,7 +84,8 @@ class DatasetInfo:
         name: Canonical dataset name (one of :data:`DATASETS`).
         num_classes: Number of classes; labels are ``0 .. num_classes - 1``.
         in_channels: Image channels ``C`` of a sample ``[C, 32, 32]``.
-        image_size: Side length of the (square) images ffkit yields, always 32.
+        image_size: Side length of the (square) images ffkit yields by default, 32 (``load_dataset(...,
+            image_size=28)`` keeps MNIST and Fashion-MNIST at their stored 28x28).
         train_size: Size of the full official training set (``"train_full"``).
         holdout_size: Size of the ``"holdout"`` split carved out of the
             official training set; ``"train"`` has ``train_size - holdout_size``
@@ -240,8 +243,8 @@ NORMALIZATIONS: tuple[str, ...] = ("standard",)
 channel with :attr:`DatasetInfo.mean` and :attr:`DatasetInfo.std`."""
 
 
-def _augmentation(name: str, channels: int) -> list[Callable]:
-    crop = v2.RandomCrop(IMAGE_SIZE, padding=4)
+def _augmentation(name: str, channels: int, size: int = IMAGE_SIZE) -> list[Callable]:
+    crop = v2.RandomCrop(size, padding=4)
     if name == "crop-rotate":
         # The Trifecta's released training transform: RandomCrop(padding=4), then RandomRotation(15).
         return [crop, v2.RandomRotation(15)]
@@ -254,15 +257,19 @@ def _augmentation(name: str, channels: int) -> list[Callable]:
 
 
 def _transform(
-    resize: bool, augment: str | None = None, channels: int = 1, normalize: DatasetInfo | None = None
+    resize: bool,
+    augment: str | None = None,
+    channels: int = 1,
+    normalize: DatasetInfo | None = None,
+    size: int = IMAGE_SIZE,
 ) -> v2.Compose:
     steps: list[Callable] = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
     if resize:
         # On the float image, as DeeperForward's released loaders (ToTensor, Normalize, Resize): bilinear
         # upsampling takes convex combinations, so values stay in [0, 1], and none is rounded to 1/255.
-        steps.append(v2.Resize((IMAGE_SIZE, IMAGE_SIZE), antialias=True))
+        steps.append(v2.Resize((size, size), antialias=True))
     if augment is not None:
-        steps += _augmentation(augment, channels)
+        steps += _augmentation(augment, channels, size)
     if normalize is not None:
         # After the augmentations, so a rotation's or crop's fill is black (0) before normalising, as in the
         # releases' PIL-image transforms.
@@ -375,7 +382,12 @@ def _not_found(name: str, root: Path, cause: str) -> DatasetNotFoundError:
 
 
 def _torchvision_dataset(
-    name: str, root: Path, train: bool, augment: str | None = None, normalize: str | None = None
+    name: str,
+    root: Path,
+    train: bool,
+    augment: str | None = None,
+    normalize: str | None = None,
+    image_size: int = IMAGE_SIZE,
 ) -> VisionDataset:
     """Build the torchvision dataset, turning its 'not found' errors into ours."""
     if name == "svhn":
@@ -400,9 +412,10 @@ def _torchvision_dataset(
             ) from None
 
     info = dataset_info(name)
+    stored = STORED_SIZE.get(name, IMAGE_SIZE)
     transform = _transform(
-        resize=name in ("mnist", "fashion-mnist"), augment=augment, channels=info.in_channels,
-        normalize=info if normalize == "standard" else None,
+        resize=image_size != stored, augment=augment, channels=info.in_channels,
+        normalize=info if normalize == "standard" else None, size=image_size,
     )
     common = {
         "root": root,
@@ -450,10 +463,11 @@ def load_dataset(
     holdout_seed: int = 0,
     augment: str | None = None,
     normalize: str | None = None,
+    image_size: int = IMAGE_SIZE,
 ) -> Dataset:
     """Load a split of a dataset from local files (never downloads).
 
-    Samples are ``(x, y)`` with ``x`` a ``float32`` tensor ``[C, 32, 32]`` in
+    Samples are ``(x, y)`` with ``x`` a ``float32`` tensor ``[C, S, S]`` (``S = image_size``, 32 by default) in
     ``[0, 1]`` (standardised per channel with ``normalize="standard"``;
     ``C`` = ``dataset_info(name).in_channels``) and ``y`` an ``int``
     in ``[0, num_classes)``. For SVHN the digit 0 (stored as label 10) is
@@ -477,6 +491,9 @@ def load_dataset(
         normalize: ``None`` (values in ``[0, 1]``) or ``"standard"``: subtract
             :attr:`DatasetInfo.mean` and divide by :attr:`DatasetInfo.std`,
             per channel.
+        image_size: side length of the images yielded. Images stored at
+            another size (MNIST and Fashion-MNIST: 28) are resized
+            bilinearly on the float image; ``28`` keeps those as stored.
 
     Returns:
         The torchvision dataset (``"train_full"``, ``"test"``) or a
@@ -499,9 +516,13 @@ def load_dataset(
         raise ValueError(f"augment is for training splits only, not split={split!r}")
     if normalize is not None and normalize not in NORMALIZATIONS:
         raise ValueError(f"unknown normalize {normalize!r}; expected None or one of {', '.join(NORMALIZATIONS)}")
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
+        raise ValueError(f"image_size must be an int >= 8 (the side of the square images), got {image_size!r}")
     root_path = Path(root).expanduser() if root is not None else default_data_dir()
 
-    dataset = _torchvision_dataset(info.name, root_path, train=split != "test", augment=augment, normalize=normalize)
+    dataset = _torchvision_dataset(
+        info.name, root_path, train=split != "test", augment=augment, normalize=normalize, image_size=image_size
+    )
     if split in ("train_full", "test"):
         return dataset
 

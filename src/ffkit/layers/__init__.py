@@ -6,7 +6,7 @@ from .cwconv import CWConv
 from .dropout import Dropout, drop_mask, dropout, dropout_mask
 from .dtg import DTGConv, DTGLinear
 from .heads import ClassifierHead
-from .linear import FFLinear
+from .linear import FFLinear, peer_normalization_loss, relu_full_grad
 from .pon import PONLinear
 from .residual import ParamFreeResidual
 from .trifecta import TrifectaConv, TrifectaLinear
@@ -18,6 +18,8 @@ __all__ = [
     "CwCompConv",
     "ParamFreeResidual",
     "FFLinear",
+    "relu_full_grad",
+    "peer_normalization_loss",
     "TrifectaConv",
     "TrifectaLinear",
     "ClassifierHead",

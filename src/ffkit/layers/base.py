@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..objectives import PreparedBatch
 
 __all__ = ["LayerOutput", "FFLayer"]
 
@@ -45,3 +48,14 @@ class FFLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, shortcut: torch.Tensor | None = None) -> LayerOutput:  # pragma: no cover
         raise NotImplementedError
+
+    def regularizer(self, out: LayerOutput, batch: PreparedBatch) -> torch.Tensor | None:
+        """A loss of the layer's own added to its objective's layer loss (e.g. :class:`~ffkit.layers.FFLinear`'s
+        peer normalisation), or ``None`` (default). ``out`` is this layer's output on ``batch``."""
+        return None
+
+    @property
+    def batch_coupled(self) -> bool:
+        """Whether :meth:`regularizer` couples the samples of a batch (so a pipeline may not split the layer's batch
+        or units between two stages)."""
+        return False

@@ -19,6 +19,9 @@ from .._validation import check_positive_int
 
 __all__ = ["ClassifierHead"]
 
+#: Added to the root mean square of ``input_norm="rms"`` (loeweX's ``_layer_norm``).
+RMS_EPS = 1e-8
+
 
 class ClassifierHead(nn.Module):
     """``concat_l pool(features_l) -> [BatchNorm1d] -> [dropout] -> linear -> logits``.
@@ -32,6 +35,13 @@ class ClassifierHead(nn.Module):
         dropout: dropout before the linear layer.
         label_smoothing: label smoothing of the head's cross-entropy.
         bias: whether the linear layer has a bias (Pipeline-FF's released softmax layer has none).
+        input_norm: ``None`` or ``"rms"``: each layer's pooled features are divided by their root mean square (plus
+            ``1e-8``) before they are concatenated (loeweX's softmax layer reads the normalised activities that the
+            next FF layer would receive).
+        zero_init: start the linear layer's weights at zero (loeweX); else PyTorch's initialisation.
+        pre_update: a head on its own (neutral-label) pass trains, in each step, on the layers as they were before
+            that step's update, so it and the layers step together (loeweX computes every loss in one forward pass,
+            then takes one optimizer step). Default: on the layers as the step's update left them (Pipeline-FF).
         hybrid: the head's loss reaches the layers it reads (not detached): each of those layers, and every layer
             before them, gets the gradient of the head's cross-entropy added to that of its own loss before its
             optimizer step (the released DTG MLP adds its classifier's cross-entropy to the FF losses). The head then
@@ -54,6 +64,9 @@ class ClassifierHead(nn.Module):
         label_smoothing: float = 0.0,
         bias: bool = True,
         hybrid: bool = False,
+        input_norm: str | None = None,
+        zero_init: bool = False,
+        pre_update: bool = False,
     ) -> None:
         super().__init__()
         check_positive_int(in_features, "in_features")
@@ -73,6 +86,16 @@ class ClassifierHead(nn.Module):
         if not isinstance(hybrid, bool):
             raise TypeError(f"hybrid must be a bool, got {type(hybrid).__name__}")
         self.hybrid = hybrid
+        if input_norm not in (None, "rms"):
+            raise ValueError(f"input_norm must be None or 'rms', got {input_norm!r}")
+        self.input_norm = input_norm
+        if not isinstance(zero_init, bool):
+            raise TypeError(f"zero_init must be a bool, got {type(zero_init).__name__}")
+        if zero_init:
+            nn.init.zeros_(self.linear.weight)
+        if not isinstance(pre_update, bool):
+            raise TypeError(f"pre_update must be a bool, got {type(pre_update).__name__}")
+        self.pre_update = pre_update
 
     def pooled(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         """Pool and concatenate: ``[B, sum_l C_l]``."""
@@ -82,6 +105,8 @@ class ClassifierHead(nn.Module):
                 parts.append(f.mean(dim=tuple(range(2, f.dim()))))
             else:
                 parts.append(f.flatten(1))
+        if self.input_norm == "rms":
+            parts = [p / (p.pow(2).mean(dim=1, keepdim=True).sqrt() + RMS_EPS) for p in parts]
         z = torch.cat(parts, dim=1)
         if z.shape[1] != self.linear.in_features:
             raise ValueError(f"head expects {self.linear.in_features} pooled features, got {z.shape[1]}")
@@ -109,4 +134,5 @@ class ClassifierHead(nn.Module):
 
     def extra_repr(self) -> str:
         hybrid = ", hybrid=True" if self.hybrid else ""
-        return f"layers={list(self.layers)}, pool={self.pool!r}, label_smoothing={self.label_smoothing}{hybrid}"
+        norm = f", input_norm={self.input_norm!r}" if self.input_norm else ""
+        return f"layers={list(self.layers)}, pool={self.pool!r}, label_smoothing={self.label_smoothing}{norm}{hybrid}"

@@ -1,6 +1,15 @@
-"""Hinton's Forward-Forward fully-connected layer (The Forward-Forward Algorithm, 2022, Sec. 2-3)."""
+"""Hinton's Forward-Forward fully-connected layer (The Forward-Forward Algorithm, 2022, Sec. 2-3).
+
+Its options cover the two released implementations ffkit follows: Pipeline-FF's (input divided by its length plus
+``1e-4``, PyTorch's initialisation) and Sindy Loewe's reference implementation of Hinton's FF (``loeweX``: input
+divided by its root mean square, a ReLU whose gradient passes everywhere, ``N(0, 1/D)`` weights and peer
+normalisation).
+"""
 
 from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -10,7 +19,55 @@ from .. import goodness as _goodness
 from .._validation import check_positive_int
 from .base import FFLayer, LayerOutput
 
-__all__ = ["FFLinear"]
+if TYPE_CHECKING:  # pragma: no cover
+    from ..objectives import PreparedBatch
+
+__all__ = ["FFLinear", "relu_full_grad", "peer_normalization_loss"]
+
+NORMS = ("l2", "rms")
+ACTIVATIONS = ("relu", "relu-full-grad")
+INITS = ("torch", "normal")
+
+
+class _ReLUFullGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+def relu_full_grad(x: torch.Tensor) -> torch.Tensor:
+    """``max(x, 0)`` forward; the gradient passes through unchanged everywhere, also where ``x < 0`` (loeweX's
+    ``ReLU_full_grad``), so a unit that is off still learns from the goodness and peer losses.
+
+    Shape: any; returns the same shape.
+    """
+    return _ReLUFullGrad.apply(x)
+
+
+def peer_normalization_loss(
+    activity: torch.Tensor, running_mean: torch.Tensor, momentum: float = 0.9
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Peer normalisation (Hinton 2022, Sec. 5; loeweX's ``_calc_peer_normalization_loss``).
+
+    The running mean of each unit's activity is ``m' = momentum * m + (1 - momentum) * mean_b(activity)``, and the
+    loss is the spread of the units' running means around their average, ``mean_j (mean_k m'_k - m'_j)^2``: it pulls
+    every unit towards the same average activity, so no unit stays always off or always on. The gradient reaches
+    ``activity`` through this batch's share of ``m'`` only (``m`` is a constant).
+
+    Args:
+        activity: the activities of the positive samples ``[B, D]``.
+        running_mean: ``m`` ``[D]``.
+        momentum: the weight of ``m`` in ``m'``.
+
+    Returns:
+        ``(loss, m')``: the scalar loss and the new running mean ``[D]`` (detach it before storing).
+    """
+    updated = running_mean.detach() * momentum + activity.mean(dim=0) * (1 - momentum)
+    return (updated.mean() - updated).pow(2).mean(), updated
 
 
 class FFLinear(FFLayer):
@@ -24,6 +81,14 @@ class FFLinear(FFLayer):
         out_features: number of units ``D``.
         goodness: ``"sum"`` (sum of squares, Hinton) or ``"mean"`` (mean of squares).
         eps: added to the length to avoid dividing by zero.
+        norm: ``"l2"``: ``x / (|x| + eps)`` (Pipeline-FF's release); ``"rms"``: ``x / (sqrt(mean x^2) + eps)``
+            (loeweX), the same direction at ``sqrt(D_in)`` times the length.
+        activation: ``"relu"`` or ``"relu-full-grad"`` (:func:`relu_full_grad`, loeweX).
+        init: ``"torch"`` (``nn.Linear``'s) or ``"normal"``: weights ``N(0, 1 / D)`` (std ``1 / sqrt(out_features)``)
+            and zero biases (loeweX).
+        peer_normalization: weight of the peer-normalisation loss (:func:`peer_normalization_loss`, on the positive
+            samples' activities) added to the layer's loss; 0 (default) turns it off. loeweX: 0.03.
+        peer_momentum: the running mean's momentum (loeweX: 0.9); its buffer ``peer_mean`` starts at 0.5.
 
     Shape:
         ``x [B, D_in] or [B, C, H, W] -> LayerOutput(features [B, D], goodness [B])``.
@@ -31,26 +96,84 @@ class FFLinear(FFLayer):
 
     _units_of_whole: int = 0  # set on a unit shard (split_units): the whole layer's unit count
 
-    def __init__(self, in_features: int, out_features: int, *, goodness: str = "sum", eps: float = 1e-8) -> None:
+    peer_mean: torch.Tensor | None
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        goodness: str = "sum",
+        eps: float = 1e-8,
+        norm: str = "l2",
+        activation: str = "relu",
+        init: str = "torch",
+        peer_normalization: float = 0.0,
+        peer_momentum: float = 0.9,
+    ) -> None:
         super().__init__()
         for name, v in (("in_features", in_features), ("out_features", out_features)):
             check_positive_int(v, name)
         if goodness not in ("sum", "mean"):
             raise ValueError(f"goodness must be 'sum' or 'mean', got {goodness!r}")
+        for name, option, allowed in (("norm", norm, NORMS), ("activation", activation, ACTIVATIONS),
+                                      ("init", init, INITS)):
+            if option not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {option!r}")
+        for name, number in (("peer_normalization", peer_normalization), ("peer_momentum", peer_momentum)):
+            if isinstance(number, bool) or not isinstance(number, (int, float)):
+                raise TypeError(f"{name} must be a number, got {type(number).__name__}")
+        if peer_normalization < 0:
+            raise ValueError(f"peer_normalization must be >= 0, got {peer_normalization}")
+        if not 0 <= peer_momentum < 1:
+            raise ValueError(f"peer_momentum must be in [0, 1), got {peer_momentum}")
         self.linear = nn.Linear(in_features, out_features)
+        if init == "normal":
+            nn.init.normal_(self.linear.weight, mean=0.0, std=1 / math.sqrt(out_features))
+            nn.init.zeros_(self.linear.bias)
         self.reduction = goodness
         self.eps = eps
+        self.norm, self.activation, self.init = norm, activation, init
+        self.peer_normalization, self.peer_momentum = float(peer_normalization), float(peer_momentum)
+        self.register_buffer("peer_mean", torch.full((out_features,), 0.5) if peer_normalization > 0 else None)
 
     def forward(self, x: torch.Tensor, shortcut: torch.Tensor | None = None) -> LayerOutput:
         x = x.flatten(1)
         if x.shape[1] != self.linear.in_features:
             raise ValueError(f"FFLinear expects {self.linear.in_features} input features, got {x.shape[1]}")
-        x = x / (x.norm(dim=1, keepdim=True) + self.eps)
-        h = F.relu(self.linear(x))
+        if self.norm == "rms":
+            x = x / (x.pow(2).mean(dim=1, keepdim=True).sqrt() + self.eps)
+        else:
+            x = x / (x.norm(dim=1, keepdim=True) + self.eps)
+        z = self.linear(x)
+        h = relu_full_grad(z) if self.activation == "relu-full-grad" else F.relu(z)
         g = _goodness.squared(h, reduction="sum")
         if self.reduction == "mean":
             g = g / self._goodness_units
         return LayerOutput(features=h, goodness=g)
+
+    def regularizer(self, out: LayerOutput, batch: PreparedBatch) -> torch.Tensor | None:
+        """The weighted peer-normalisation loss of the batch's positive samples (its first ``batch.batch_size``
+        rows), or ``None`` when it is off. In training mode it also moves the running mean ``peer_mean``."""
+        if self.peer_mean is None:
+            return None
+        loss, updated = peer_normalization_loss(out.features[: batch.batch_size], self.peer_mean, self.peer_momentum)
+        if self.training:
+            self.peer_mean.copy_(updated.detach())
+        return self.peer_normalization * loss
+
+    @property
+    def batch_coupled(self) -> bool:
+        return self.peer_mean is not None
+
+    def extra_repr(self) -> str:
+        options = [f"goodness={self.reduction!r}"]
+        options += [f"{k}={v!r}" for k, v, default in (
+            ("norm", self.norm, "l2"), ("activation", self.activation, "relu"), ("init", self.init, "torch"),
+        ) if v != default]
+        if self.peer_mean is not None:
+            options.append(f"peer_normalization={self.peer_normalization}, peer_momentum={self.peer_momentum}")
+        return ", ".join(options)
 
     @property
     def num_units(self) -> int:
@@ -69,8 +192,12 @@ class FFLinear(FFLayer):
         n = self.linear.out_features
         if not 0 <= lo < hi <= n:
             raise ValueError(f"units must satisfy 0 <= lo < hi <= {n}, got {lo}..{hi}")
+        if self.peer_mean is not None:
+            # the loss compares every unit with the average of all of them: a shard cannot compute its part alone
+            raise ValueError("a layer with peer normalisation cannot be split by units")
         with torch.random.fork_rng(devices=[]):  # its initial weights are overwritten: leave the RNG untouched
-            shard = FFLinear(self.linear.in_features, hi - lo, goodness=self.reduction, eps=self.eps)
+            shard = FFLinear(self.linear.in_features, hi - lo, goodness=self.reduction, eps=self.eps, norm=self.norm,
+                             activation=self.activation)
         shard._units_of_whole = n
         shard.to(device=self.linear.weight.device, dtype=self.linear.weight.dtype)
         shard.pull_units(self, lo)

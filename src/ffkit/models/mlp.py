@@ -77,6 +77,16 @@ def hinton_mlp(
     goodness: str = "mean",
     label_value: float = 1.0,
     label_position: str = "last",
+    image_size: int = 32,
+    norm: str = "l2",
+    eps: float = LENGTH_EPS,
+    activation: str = "relu",
+    init: str = "torch",
+    peer_normalization: float = 0.0,
+    peer_momentum: float = 0.9,
+    head_input_norm: str | None = None,
+    head_zero_init: bool = False,
+    head_pre_update: bool = False,
 ) -> FFNetwork:
     """Hinton's FF MLP as Pipeline-FF trains it (784-2000-2000-2000-2000; here ``in_channels * 1024`` inputs).
 
@@ -115,9 +125,23 @@ def hinton_mlp(
         label_value: the value written at the label's pixel (1.0 in the release, on MNIST standardised with mean
             0.1307 and std 0.3081).
         label_position: ``"last"`` (the release) or ``"first"`` (Hinton's top-left border pixels) ``K`` input elements.
+        image_size: the side ``S`` of the input images (32: MNIST resized as for every ffkit model; 28: as stored, the
+            releases' 784 inputs). The CLI loads the dataset at this size.
+        norm: every layer's :class:`~ffkit.layers.FFLinear` input normalisation, ``"l2"`` (Pipeline-FF's
+            release) or ``"rms"`` (Sindy Loewe's reference implementation, loeweX: the ``hinton-mlp-fmnist-loewex``
+            recipe).
+        eps: added to the length (``"l2"``) or root mean square (``"rms"``): ``1e-4`` in Pipeline-FF's release,
+            ``1e-8`` in loeweX.
+        activation: ``"relu"`` or ``"relu-full-grad"`` (loeweX).
+        init: ``"torch"`` or ``"normal"`` (``N(0, 1/D)`` weights, zero biases: loeweX).
+        peer_normalization: weight of every layer's peer-normalisation loss (loeweX: 0.03; 0 turns it off).
+        peer_momentum: momentum of its running mean (loeweX: 0.9).
+        head_input_norm: the head's ``input_norm`` (loeweX: ``"rms"``).
+        head_zero_init: the head's ``zero_init`` (loeweX: ``True``).
+        head_pre_update: the head's ``pre_update`` (loeweX: ``True``).
 
     Shape:
-        ``[B, in_channels, 32, 32] -> [B, num_classes]``.
+        ``[B, in_channels, S, S] -> [B, num_classes]``.
     """
     _check_common(num_classes, in_channels)
     widths = _widths(hidden, width_multiplier, minimum_layers=2)
@@ -135,8 +159,16 @@ def hinton_mlp(
         raise ValueError(f"label_position must be 'first' or 'last', got {label_position!r}")
     if not isinstance(head, bool):
         raise TypeError(f"head must be a bool, got {type(head).__name__}")
-    sizes = [in_channels * IMAGE_PIXELS, *widths]
-    layers = [FFLinear(d_in, d_out, goodness=goodness, eps=LENGTH_EPS) for d_in, d_out in zip(sizes[:-1], sizes[1:])]
+    check_positive_int(image_size, "image_size", minimum=4)
+    if (head_input_norm is not None or head_zero_init or head_pre_update) and not head:
+        raise ValueError("head_input_norm, head_zero_init and head_pre_update configure the classifier head: pass "
+                         "head=True")
+    sizes = [in_channels * image_size * image_size, *widths]
+    layers = [
+        FFLinear(d_in, d_out, goodness=goodness, eps=eps, norm=norm, activation=activation, init=init,
+                 peer_normalization=peer_normalization, peer_momentum=peer_momentum)
+        for d_in, d_out in zip(sizes[:-1], sizes[1:])
+    ]
     objective = PosNegObjective(
         LabelOverlay(num_classes, on_value=label_value, position=label_position),
         get_negatives(negatives, num_classes),
@@ -147,13 +179,14 @@ def hinton_mlp(
     classifier = None
     if head:
         read = list(range(1, len(layers)))  # all but the first layer, as for goodness prediction
-        classifier = ClassifierHead(sum(widths[i] for i in read), num_classes, read, pool="flatten", bias=False)
+        classifier = ClassifierHead(sum(widths[i] for i in read), num_classes, read, pool="flatten", bias=False,
+                                    input_norm=head_input_norm, zero_init=head_zero_init, pre_update=head_pre_update)
     return FFNetwork(
         layers,
         objective,
         num_classes=num_classes,
         in_channels=in_channels,
-        input_size=(32, 32),
+        input_size=(image_size, image_size),
         head=classifier,
         inference_start=1,
         head_predicts=head,

@@ -171,10 +171,10 @@ class BackpropTrainer(Trainer):
         losses, correct, head_feats = [], [], {}
         for i, out in net.iter_layers(batch.inputs, detach=False, checkpoint=self.checkpoint):
             if self.deep_supervision or i == last:
-                loss, n_right = net.objective.layer_loss(out, batch)
+                loss, n_right = net.layer_loss(i, out, batch)
             else:  # single-head: earlier layers' losses are only reported
                 with torch.no_grad():
-                    loss, n_right = net.objective.layer_loss(out, batch)
+                    loss, n_right = net.layer_loss(i, out, batch)
             losses.append(loss)
             correct.append(n_right)
             if net.head is not None and net.objective.head_uses_training_pass and i in net.head.layers:

@@ -114,6 +114,10 @@ class _LrFactor:
             # between the full lr and final_lr.
             frac = min(1.0, 2 * max(total - 1 - tick, 1) / total)
             return self.final_factor + (1.0 - self.final_factor) * frac
+        if self.kind == "linear-cooldown":
+            # loeweX's get_linear_cooldown_lr: for 0-based epoch t of E, lr * 2 (1 + E - t) / E once t > E // 2
+            frac = 1.0 if tick <= total // 2 else 2 * (1 + total - min(tick, total)) / total
+            return self.final_factor + (1.0 - self.final_factor) * frac
         factor = 1.0  # piecewise: the factor of the last milestone passed (milestones are in steps)
         for at, f in self.milestones:
             if step >= at:
@@ -121,7 +125,7 @@ class _LrFactor:
         return factor
 
 
-SCHEDULES = ("cosine", "constant", "cooldown", "piecewise")
+SCHEDULES = ("cosine", "constant", "cooldown", "linear-cooldown", "piecewise")
 
 
 def make_schedule(
@@ -136,7 +140,9 @@ def make_schedule(
 
     ``"cosine"``: from the optimizer's lr to ``final_lr`` over ``total_steps``; ``"constant"``: none;
     ``"cooldown"``: constant for the first half, then linear towards ``final_lr``, as Pipeline-FF's released trainer
-    (tick ``t`` of ``T``: ``final + (lr - final) * min(1, 2 max(T - 1 - t, 1) / T)``); ``"piecewise"``: the lr
+    (tick ``t`` of ``T``: ``final + (lr - final) * min(1, 2 max(T - 1 - t, 1) / T)``); ``"linear-cooldown"``: the
+    same idea as loeweX's trainer has it (``final + (lr - final) * 2 (1 + T - t) / T`` once ``t > T // 2``, else
+    ``lr``); ``"piecewise"``: the lr
     is multiplied by ``factor`` from step ``s`` on, for each ``(s, factor)`` in ``milestones`` (The Trifecta).
 
     ``every``: the lr changes once per ``every`` steps. With the number of batches per epoch it is an epoch-wise
@@ -169,7 +175,7 @@ def check_trainer_args(network: nn.Module, lr: float, schedule: str, total_steps
         raise ValueError(f"lr must be a positive number, got {lr!r}")
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
-    if schedule in ("cosine", "cooldown") and (total_steps is None or total_steps < 1):
+    if schedule in ("cosine", "cooldown", "linear-cooldown") and (total_steps is None or total_steps < 1):
         raise ValueError(f"schedule={schedule!r} needs total_steps >= 1 (epochs x batches per epoch)")
 
 

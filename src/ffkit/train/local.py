@@ -54,6 +54,7 @@ class LocalTrainer(Trainer):
             :meth:`fit` or :meth:`train_epoch` (so it restarts at 0 every epoch, as the release's), else the
             trainer's step count.
         head_lr: learning rate of the network's classifier head, if it has one (default ``lr``).
+        head_weight_decay: the head's weight decay (default ``weight_decay``).
         channels_last: keep conv weights and activations in channels-last memory format (faster convolutions on
             CPU with wide early layers and on CUDA tensor cores).
         amp: run each layer's forward and loss under ``torch.autocast`` in bfloat16 (CUDA, or CPUs with bf16
@@ -96,6 +97,7 @@ class LocalTrainer(Trainer):
         schedule_every: int = 1,
         overlap: bool = False,
         head_lr: float | None = None,
+        head_weight_decay: float | None = None,
         channels_last: bool = False,
         amp: bool = False,
         compile: bool | str = False,
@@ -137,7 +139,8 @@ class LocalTrainer(Trainer):
             )
         if network.head is not None:  # the head has its own optimizer and schedule, after the layers'
             lr_h = head_lr or self.lr
-            opt = make_optimizer(network.head.parameters(), optimizer, lr_h, weight_decay, fused=fused_optimizer)
+            wd_h = weight_decay if head_weight_decay is None else head_weight_decay
+            opt = make_optimizer(network.head.parameters(), optimizer, lr_h, wd_h, fused=fused_optimizer)
             self.optimizers.append(opt)
             final_h = lr_h * self.final_lr / self.lr
             self.schedulers.append(make_schedule(opt, schedule, total_steps, final_h, milestones, schedule_every))
@@ -152,12 +155,13 @@ class LocalTrainer(Trainer):
         batch = net.objective.prepare(net, x, y, index)
         losses, correct, head_feats, _ = self.train_layers(batch, batch.inputs, update=update)
         head_result = None
-        hybrid = net.head is not None and net.head.hybrid
-        if net.head is not None and (net.objective.head_uses_training_pass or hybrid):
-            # a hybrid head's loss adds to the layers' held gradients, so it runs before their optimizers step
+        # a hybrid head's loss adds to the layers' held gradients, so it runs before their optimizers step, as does a
+        # head that reads the layers before this step's update
+        same_step = net.head is not None and (net.head.hybrid or getattr(net.head, "pre_update", False))
+        if net.head is not None and (net.objective.head_uses_training_pass or same_step):
             head_result = self._head_step(batch, head_feats, update)
         applied = self.commit_update(update, losses, head_result)
-        if applied and net.head is not None and not net.objective.head_uses_training_pass and not hybrid:
+        if applied and net.head is not None and not net.objective.head_uses_training_pass and not same_step:
             # The head reads a neutral-label pass through the layers as this step's update left them, so it is
             # trained and checked after that update (a second synchronisation, for such heads only). If it
             # diverges, the layers keep their update and the head does not take its own.
@@ -233,11 +237,11 @@ class LocalTrainer(Trainer):
                     # OLU: this layer is trained through the next layer's loss at this step; or it is outside its
                     # training window (layer_steps): it only passes its features on
                     with torch.no_grad():
-                        loss, n_right = net.objective.layer_loss(out, batch)
+                        loss, n_right = net.layer_loss(i, out, batch)
                     losses.append(loss.float())
                     correct.append(n_right)
                     continue
-                loss, n_right = net.objective.layer_loss(out, batch)
+                loss, n_right = net.layer_loss(i, out, batch)
             update.check(i, out)
             opt = self.optimizers[i]
             if loss_scale != 1.0:

@@ -191,7 +191,7 @@ class _Stage:
         with t._autocast():
             goodness = part + (pending["total"].to(part.dtype) - part.detach())
             batch = PreparedBatch(inputs=pending["h"], target=pending["y"], batch_size=pending["batch_size"], x=None)
-            loss, n_right = t.network.objective.layer_loss(LayerOutput(out.features, None, goodness), batch)
+            loss, n_right = t.network.layer_loss(share.layer, LayerOutput(out.features, None, goodness), batch)
         opt = t.optimizers[share.layer]
         assert opt is not None, "a shared layer has parameters"
         opt.zero_grad(set_to_none=True)
@@ -1104,8 +1104,8 @@ def _shareable(network: FFNetwork) -> list[bool]:
     batch statistics and the layer loss is a mean over samples (the built-in objectives; a custom one says so with
     ``batch_separable = True``)."""
     separable = getattr(network.objective, "batch_separable", False)
-    return [_share_mode(network, j) == "units" or (
-        separable and not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in layer.modules()))
+    return [getattr(layer, "batch_coupled", False) is False and (_share_mode(network, j) == "units" or (
+        separable and not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in layer.modules())))
         for j, layer in enumerate(network.layers)]
 
 
