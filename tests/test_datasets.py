@@ -594,3 +594,27 @@ def test_image_size_keeps_or_resizes_the_stored_images(
     assert augmented.shape[-2:] == (28, 28)
     with pytest.raises(ValueError, match="image_size must be an int >= 8"):
         load_dataset(name, "test", tmp_path, image_size=4)
+
+
+def test_in_memory_batches_equal_the_streamed_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch.utils.data import DataLoader
+
+    from ffkit.data import InMemory, WithIndex
+
+    write_fashion(tmp_path, monkeypatch)
+    ds = load_dataset("fashion-mnist", "train_full", tmp_path, normalize="standard")
+    memory = InMemory(ds, with_index=True)
+    assert len(memory) == len(ds)
+    streamed = DataLoader(WithIndex(ds), batch_size=7, shuffle=True, drop_last=True,
+                          generator=torch.Generator().manual_seed(3))
+    fetched = DataLoader(memory, batch_size=7, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(3),
+                         collate_fn=InMemory.collate)
+    for _ in range(2):  # the sampler draws a new order each epoch from the same generator on both sides
+        pairs = list(zip(streamed, fetched, strict=True))
+        assert pairs
+        for (xs, ys, idx_s), (xf, yf, idx_f) in pairs:
+            assert torch.equal(xs, xf) and torch.equal(ys, yf) and torch.equal(idx_s, idx_f)
+            assert xf.dtype == torch.float32 and yf.dtype == torch.int64
+    x, y, i = memory[3]
+    assert torch.equal(x, ds[3][0]) and y == ds[3][1] and i == 3
+    assert len(InMemory(ds)[0]) == 2

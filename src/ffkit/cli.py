@@ -309,7 +309,7 @@ def _parse_stages(value: str) -> int | str | tuple[float, ...]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .data import WithIndex, dataset_info, load_dataset
+    from .data import InMemory, WithIndex, dataset_info, load_dataset
     from .models import model_kind
     from .recipes import Recipe, build_model, build_trainer
     from .train import check_same_model, load_checkpoint
@@ -370,16 +370,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     train_split = "train" if cfg["holdout"] else "train_full"
     train_set = load_dataset(info.name, train_split, args.data_dir, holdout_seed=args.seed, augment=cfg["augment"],
                              normalize=norm, image_size=size)
-    train_set = WithIndex(_first(train_set, args.limit))  # indices let FixedNEG keep one wrong label per sample
+    federated = pipeline is not None and pipeline["variant"] == "federated"
+    # Samples that never change (no random augmentation) are read once and fetched a batch at a time: the same
+    # batches in the same order, without a per-sample transform and collate every epoch. Indices let FixedNEG keep
+    # one wrong label per sample.
+    in_memory = cfg["augment"] is None and not federated
+    train_set = (InMemory(_first(train_set, args.limit), with_index=True) if in_memory
+                 else WithIndex(_first(train_set, args.limit)))
     holdout = (
-        _first(load_dataset(info.name, "holdout", args.data_dir, holdout_seed=args.seed, normalize=norm,
-                            image_size=size), args.eval_limit)
+        InMemory(_first(load_dataset(info.name, "holdout", args.data_dir, holdout_seed=args.seed, normalize=norm,
+                                     image_size=size), args.eval_limit))
         if cfg["holdout"] else None
     )
-    test = _first(load_dataset(info.name, "test", args.data_dir, normalize=norm, image_size=size), args.eval_limit)
-    loader_kw = {"num_workers": args.workers, "pin_memory": device.type == "cuda"}
+    test = InMemory(_first(load_dataset(info.name, "test", args.data_dir, normalize=norm, image_size=size),
+                           args.eval_limit))
+    loader_kw: dict[str, Any] = {"num_workers": args.workers, "pin_memory": device.type == "cuda"}
     batch_size = cfg["batch_size"]
-    federated = pipeline is not None and pipeline["variant"] == "federated"
     if not federated:  # federated ranks each train on a shard, whose size depends on the world size
         _check_batches(_size(train_set), batch_size, net, model, drop_last=pipeline is not None or cfg["drop_last"])
     if federated:  # every rank its own shard of the data
@@ -387,11 +393,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         train_loader = shard_loader(train_set, batch_size, seed=args.seed, **loader_kw)
     else:  # a pipeline's stages post their receives ahead for batches of one size
+        collate = InMemory.collate if in_memory else None
         train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=torch.Generator(),
-                                  drop_last=pipeline is not None or cfg["drop_last"], **loader_kw)
+                                  drop_last=pipeline is not None or cfg["drop_last"], collate_fn=collate, **loader_kw)
     eval_bs = max(256, batch_size)
-    holdout_loader = DataLoader(holdout, batch_size=eval_bs, **loader_kw) if holdout is not None else None
-    test_loader = DataLoader(test, batch_size=eval_bs, **loader_kw)
+    eval_kw = {**loader_kw, "collate_fn": InMemory.collate}
+    holdout_loader = DataLoader(holdout, batch_size=eval_bs, **eval_kw) if holdout is not None else None
+    test_loader = DataLoader(test, batch_size=eval_bs, **eval_kw)
 
     epochs = cfg["epochs"]
     options = {"on_divergence": args.on_divergence} if args.on_divergence != "stop" else {}
@@ -466,7 +474,7 @@ def _image_size(net: Any) -> int:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    from .data import dataset_info, load_dataset
+    from .data import InMemory, dataset_info, load_dataset
     from .evaluation import collect_scores, make_report
     from .models import create_model
     from .train import load_checkpoint
@@ -490,7 +498,9 @@ def cmd_test(args: argparse.Namespace) -> int:
     test = _first(load_dataset(info.name, "test", args.data_dir, normalize=metadata.get("normalize"),
                                image_size=_image_size(net)), args.eval_limit)
     net.to(device)
-    collected = collect_scores(net, DataLoader(test, batch_size=args.batch_size), device, track_activity=True)
+    test = InMemory(test)  # read once, fetched a batch at a time
+    collected = collect_scores(net, DataLoader(test, batch_size=args.batch_size, collate_fn=InMemory.collate), device,
+                               track_activity=True)
     start, end = (int(v) for v in net.inference_range)
     sip = (start, end) if metadata.get("holdout", True) else None  # checkpoints of older versions always ran SIP
     head_predicts = bool(getattr(net, "head_predicts", False))

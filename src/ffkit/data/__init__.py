@@ -4,12 +4,14 @@ from .datasets import *  # noqa: F403
 from .datasets import __all__ as _datasets_all
 from .indexed import WithIndex
 from .labels import LabelChannel, LabelOverlay
+from .memory import InMemory
 from .negatives import AdaptiveNegative, FixedNegative, NegativeLabels, RandomNegative, get_negatives
 from .synthetic import make_teacher, teacher_student, teacher_student_images
 
 __all__ = [
     *_datasets_all,
     "WithIndex",
+    "InMemory",
     "LabelOverlay",
     "LabelChannel",
     "NegativeLabels",
