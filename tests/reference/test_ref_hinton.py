@@ -35,9 +35,9 @@ import torch.nn.functional as F
 from torch.testing import assert_close
 
 import ffkit
-from ffkit.data import NegativeLabels
 from ffkit.models import create_model
 from ffkit.train.chapters import ChapterTrainer
+from helpers.negatives import TableNegatives
 
 TOL = {"atol": 1e-6, "rtol": 1e-6}
 K, B, WIDTH_MULTIPLIER = 10, 6, 0.02  # 40-unit layers
@@ -100,17 +100,6 @@ def ref_hardest_wrong(scores, y):
 # -- ffkit side and the weight mapping ----------------------------------------------------------------------------
 
 
-class TableNegatives(NegativeLabels):
-    """The same preset wrong label for a sample on both sides: ``table[index]``."""
-
-    def __init__(self, table: torch.Tensor) -> None:
-        super().__init__(K)
-        self.table = table
-
-    def __call__(self, y, *, x=None, network=None, index=None):
-        return self.table[index]
-
-
 def _data(n_batches: int = 3):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(n_batches * B, 1, 32, 32, generator=g, dtype=torch.float64)
@@ -148,7 +137,7 @@ def _assert_same_weights(net, layers, head):
 def test_goodness_features_and_losses_of_every_layer():
     net = _model()
     x, y, y_neg = _data(1)
-    net.objective.negatives = TableNegatives(y_neg)
+    net.objective.negatives = TableNegatives(y_neg, K)
     batch = net.objective.prepare(net, x, y, torch.arange(B))
     params, _ = _ref_params(net)
     theta = 0.01 * WIDTH
@@ -181,7 +170,7 @@ def test_three_local_steps(head):
     updated layers."""
     net = _model(head)
     x, y, y_neg = _data(3)
-    net.objective.negatives = TableNegatives(y_neg)
+    net.objective.negatives = TableNegatives(y_neg, K)
     trainer = ffkit.LocalTrainer(net, optimizer="adam", lr=0.01, weight_decay=0, schedule="constant",
                                  fused_optimizer=False, head_lr=1e-4)
     layers, head_w = _ref_params(net)
@@ -221,7 +210,7 @@ def test_a_three_batch_chapter_in_the_releases_order(head):
     batches, the next layer reads its trained outputs, then the softmax layer trains over the same batches."""
     net = _model(head)
     x, y, y_neg = _data(3)
-    net.objective.negatives = TableNegatives(y_neg)
+    net.objective.negatives = TableNegatives(y_neg, K)
     trainer = ChapterTrainer(net, chapter_batches=3, optimizer="adam", lr=0.01, weight_decay=0, schedule="constant",
                              fused_optimizer=False, head_lr=1e-4)
     batches = [(x[s * B:(s + 1) * B], y[s * B:(s + 1) * B], torch.arange(s * B, (s + 1) * B)) for s in range(3)]

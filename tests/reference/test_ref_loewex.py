@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from torch.testing import assert_close
 
 import ffkit
-from ffkit.data import NegativeLabels
 from ffkit.models import create_model
 from ffkit.recipes import build_trainer, get_recipe
+from helpers.negatives import TableNegatives
 
 TOL = {"atol": 1e-6, "rtol": 1e-6}
 K, B, WIDTH = 10, 8, 40
@@ -93,15 +93,6 @@ def ref_cooldown(epoch: int, epochs: int) -> float:
 # -- ffkit side ---------------------------------------------------------------------------------------------------
 
 
-class TableNegatives(NegativeLabels):
-    def __init__(self, table: torch.Tensor) -> None:
-        super().__init__(K)
-        self.table = table
-
-    def __call__(self, y, *, x=None, network=None, index=None):
-        return self.table[index]
-
-
 def _model():
     torch.manual_seed(0)
     kwargs = {**RECIPE.model_kwargs, "hidden": (WIDTH,) * 3, "threshold": float(WIDTH)}
@@ -131,7 +122,7 @@ def test_three_sgd_steps_match_the_release():
     x = torch.rand(3 * B, 1, 28, 28, generator=g)
     y = torch.randint(0, K, (3 * B,), generator=g)
     y_neg = (y + torch.randint(1, K, y.shape, generator=g)) % K
-    net.objective.negatives = TableNegatives(y_neg)
+    net.objective.negatives = TableNegatives(y_neg, K)
     layers = [(m.linear.weight.detach().clone().requires_grad_(), m.linear.bias.detach().clone().requires_grad_())
               for m in net.layers]
     head_w = net.head.linear.weight.detach().clone().requires_grad_()
