@@ -495,10 +495,9 @@ def cmd_test(args: argparse.Namespace) -> int:
     info = dataset_info(dataset)
     metadata = payload.get("metadata", {})
     # the normalisation it was trained with ("standard" takes the constants of the dataset evaluated)
-    test = _first(load_dataset(info.name, "test", args.data_dir, normalize=metadata.get("normalize"),
-                               image_size=_image_size(net)), args.eval_limit)
+    test = InMemory(_first(load_dataset(info.name, "test", args.data_dir, normalize=metadata.get("normalize"),
+                                        image_size=_image_size(net)), args.eval_limit))
     net.to(device)
-    test = InMemory(test)  # read once, fetched a batch at a time
     collected = collect_scores(net, DataLoader(test, batch_size=args.batch_size, collate_fn=InMemory.collate), device,
                                track_activity=True)
     start, end = (int(v) for v in net.inference_range)

@@ -6,7 +6,7 @@ from .cwconv import CWConv
 from .dropout import Dropout, drop_mask, dropout, dropout_mask
 from .dtg import DTGConv, DTGLinear
 from .heads import ClassifierHead
-from .linear import FFLinear, peer_normalization_loss, relu_full_grad
+from .linear import FFLinear, peer_normalization_loss, relu_full_grad, rms_normalize
 from .pon import PONLinear
 from .residual import ParamFreeResidual
 from .trifecta import TrifectaConv, TrifectaLinear
@@ -19,6 +19,7 @@ __all__ = [
     "ParamFreeResidual",
     "FFLinear",
     "relu_full_grad",
+    "rms_normalize",
     "peer_normalization_loss",
     "TrifectaConv",
     "TrifectaLinear",

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._validation import check_positive_int
+from .linear import rms_normalize
 
 __all__ = ["ClassifierHead"]
 
@@ -106,7 +107,7 @@ class ClassifierHead(nn.Module):
             else:
                 parts.append(f.flatten(1))
         if self.input_norm == "rms":
-            parts = [p / (p.pow(2).mean(dim=1, keepdim=True).sqrt() + RMS_EPS) for p in parts]
+            parts = [rms_normalize(p, RMS_EPS) for p in parts]
         z = torch.cat(parts, dim=1)
         if z.shape[1] != self.linear.in_features:
             raise ValueError(f"head expects {self.linear.in_features} pooled features, got {z.shape[1]}")

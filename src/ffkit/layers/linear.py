@@ -22,7 +22,7 @@ from .base import FFLayer, LayerOutput
 if TYPE_CHECKING:  # pragma: no cover
     from ..objectives import PreparedBatch
 
-__all__ = ["FFLinear", "relu_full_grad", "peer_normalization_loss"]
+__all__ = ["FFLinear", "relu_full_grad", "rms_normalize", "peer_normalization_loss"]
 
 NORMS = ("l2", "rms")
 ACTIVATIONS = ("relu", "relu-full-grad")
@@ -46,6 +46,15 @@ def relu_full_grad(x: torch.Tensor) -> torch.Tensor:
     Shape: any; returns the same shape.
     """
     return _ReLUFullGrad.apply(x)
+
+
+def rms_normalize(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """``x / (sqrt(mean(x^2)) + eps)`` over the last dimension (loeweX's ``_layer_norm``): unit root mean square, so
+    the vector keeps its direction at length ``sqrt(D)``.
+
+    Shape: ``[B, D] -> [B, D]``.
+    """
+    return x / (x.pow(2).mean(dim=-1, keepdim=True).sqrt() + eps)
 
 
 def peer_normalization_loss(
@@ -142,7 +151,7 @@ class FFLinear(FFLayer):
         if x.shape[1] != self.linear.in_features:
             raise ValueError(f"FFLinear expects {self.linear.in_features} input features, got {x.shape[1]}")
         if self.norm == "rms":
-            x = x / (x.pow(2).mean(dim=1, keepdim=True).sqrt() + self.eps)
+            x = rms_normalize(x, self.eps)
         else:
             x = x / (x.norm(dim=1, keepdim=True) + self.eps)
         z = self.linear(x)
