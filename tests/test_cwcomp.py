@@ -190,6 +190,8 @@ def test_cwcomp_cnn_width_rounds_up_to_class_multiples():
         ({"num_classes": 1}, ValueError, "num_classes"),
         ({"in_channels": 2}, ValueError, "input_mean and input_std"),
         ({"width_multiplier": -1.0}, ValueError, "width_multiplier"),
+        ({"image_size": 3}, ValueError, "image_size"),
+        ({"image_size": 28.0}, TypeError, "image_size"),
     ],
 )
 def test_cwcomp_cnn_bad_arguments(kwargs, error, match):
@@ -206,3 +208,13 @@ def test_recipes_carry_the_release_settings():
         assert (r.model, r.dataset, r.epochs, r.batch_size, r.lr) == ("cwcomp_cnn", dataset, 20, 128, 0.01)
         assert (r.optimizer, r.weight_decay, r.schedule, r.augment) == ("adam", 0.0, "constant", None)
         assert r.model_kwargs["input_mean"] == mean
+        # the release feeds (Fashion-)MNIST at the stored 28x28; CIFAR-10 is 32x32
+        assert r.model_kwargs.get("image_size") == (None if dataset == "cifar10" else 28)
+
+
+def test_image_size_fixes_the_input_the_network_takes():
+    net = create_model("cwcomp_cnn", num_classes=10, in_channels=1, image_size=28)
+    assert net.input_size == (28, 28) and net(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(ValueError, match="28x28"):
+        net(torch.rand(2, 1, 32, 32))
+    assert create_model("cwcomp_cnn", num_classes=10, in_channels=1).input_size is None

@@ -202,7 +202,7 @@ def test_layer_windows_freeze_layers_outside_their_epochs():
     net = build_model(small, num_classes=10, in_channels=1, width_multiplier=0.5)
     trainer = build_trainer(small, net, steps_per_epoch=2)
     assert trainer.layer_steps == ((0, 2), (0, 4), (0, 4), (0, 4))
-    x, y = torch.rand(8, 1, 32, 32), torch.arange(8) % 10
+    x, y = torch.rand(8, 1, 28, 28), torch.arange(8) % 10
     for _ in range(2):
         trainer.train_step(x, y)
     w0 = net.layers[0].conv.weight.detach().clone()

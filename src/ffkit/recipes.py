@@ -270,7 +270,8 @@ register_recipe(Recipe(name="bp-vgg8-cifar10", model="bp_vgg8", dataset="cifar10
 #    per-layer Adam lr 0.01 (no weight decay, no schedule), batch 128, 20 epochs, no augmentation, the whole training
 #    set, prediction by the last layer's class goodness. Images are normalised per channel by the model (the
 #    release's fixed values, passed as model_kwargs; not the dataset statistics), so `normalize` stays None.
-#    The release trains layer l only in the epochs [0, e_l) of its "ILT" schedule (Models.py `start_end`, 'Acc').
+#    The release trains layer l only in the epochs [0, e_l) of its "ILT" schedule (Models.py `start_end`, 'Acc'),
+#    and feeds MNIST and Fashion-MNIST at their stored 28x28 (image_size=28; CIFAR-10 is 32x32 anyway).
 _CWC = {  # dataset: (published accuracy, test error, (mean, std) of the release's normalisation, ILT's e_l)
     "mnist": ("99.42", "0.58", ((0.1307,), (0.3081,)), (2, 3, 4, 5)),
     "fashion-mnist": ("92.31", "7.69", ((0.5,), (0.5,)), (10, 15, 19, 23)),
@@ -280,7 +281,7 @@ for _ds, (_acc, _err, (_mean, _std), _ends) in _CWC.items():
     register_recipe(Recipe(
         name=f"cwcomp-cnn-{_DS_SHORT[_ds]}", model="cwcomp_cnn", dataset=_ds, epochs=20, batch_size=128, lr=0.01,
         weight_decay=0.0, optimizer="adam", schedule="constant", layer_epochs=tuple((0, e) for e in _ends),
-        model_kwargs={"input_mean": _mean, "input_std": _std},
+        model_kwargs={"input_mean": _mean, "input_std": _std, **({"image_size": 28} if _ds != "cifar10" else {})},
         reference=f"{_acc} (CwComp, Papachristodoulou et al., AAAI 2024, abstract and results: test error {_err}% "
                   f"on {_ds}, CFSE network with the CwC loss; quoted by DeeperForward's comparison)",
     ))

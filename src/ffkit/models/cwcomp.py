@@ -54,6 +54,7 @@ def cwcomp_cnn(
     grouped: bool = True,
     input_mean: Sequence[float] | None = None,
     input_std: Sequence[float] | None = None,
+    image_size: int | None = None,
 ) -> FFNetwork:
     """CwComp's CFSE CNN: 20 - 80 (grouped, max-pool) - 240 - 480 (grouped, max-pool); 280,560 parameters for
     ``in_channels=1``. Paper (20 epochs): test error MNIST 0.58, F-MNIST 7.69, CIFAR-10 21.89.
@@ -70,9 +71,12 @@ def cwcomp_cnn(
             ``(0.1307,)``; the ``cwcomp-cnn-*`` recipes pass each dataset's values).
         input_std: per-channel divisor, given with ``input_mean`` (``None``: ``(0.229, 0.224, 0.225)``, ``(0.5,)``;
             MNIST ``(0.3081,)``).
+        image_size: the side of the square images the network is fed (``None``: any size, and the CLI loads
+            ffkit's 32x32 datasets). The authors feed MNIST and Fashion-MNIST at their stored 28x28, so the
+            ``cwcomp-cnn-mnist`` and ``cwcomp-cnn-fmnist`` recipes pass 28.
 
-    Shape: ``[B, in_channels, H, W] -> [B, num_classes]`` (the last layer's class scores); ``H`` and ``W`` are 32 for
-    ffkit's datasets (the authors feed MNIST and Fashion-MNIST at 28x28, which the layers accept as well).
+    Shape: ``[B, in_channels, H, W] -> [B, num_classes]`` (the last layer's class scores), ``H = W = image_size``
+    when it is given.
     """
     check_positive_int(num_classes, "num_classes", minimum=2)
     check_positive_int(in_channels, "in_channels")
@@ -84,6 +88,9 @@ def cwcomp_cnn(
         check_positive_int(c, f"channels[{i}]")
     if not isinstance(grouped, bool):
         raise TypeError(f"grouped must be a bool, got {type(grouped).__name__}")
+    if image_size is not None:
+        # each max-pooling layer halves the side; the last one needs at least 1x1 left
+        check_positive_int(image_size, "image_size", minimum=2 ** (len(channels) // 2))
     if input_mean is None and input_std is None:
         if in_channels not in (1, 3):
             raise ValueError(f"give input_mean and input_std for in_channels={in_channels} (defaults exist for 1 or 3)")
@@ -100,5 +107,5 @@ def cwcomp_cnn(
         prev = width
     return FFNetwork(
         layers, ClassScoreObjective(), num_classes=num_classes, in_channels=in_channels,
-        inference_start=len(layers) - 1,
+        input_size=(image_size, image_size) if image_size is not None else None, inference_start=len(layers) - 1,
     )
