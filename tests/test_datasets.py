@@ -618,3 +618,134 @@ def test_in_memory_batches_equal_the_streamed_ones(tmp_path: Path, monkeypatch: 
     x, y, i = memory[3]
     assert torch.equal(x, ds[3][0]) and y == ds[3][1] and i == 3
     assert len(InMemory(ds)[0]) == 2
+
+
+# ---------------------------------------------------------------------------
+# DeviceDataset: the stored images on the training device, batches made there
+
+
+@pytest.mark.parametrize("name", ["fashion-mnist", "cifar10", "svhn"])
+@pytest.mark.parametrize(("size", "normalize"), [(32, "standard"), (None, None)])
+def test_device_batches_equal_the_dataloader_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, size: int | None, normalize: str | None
+) -> None:
+    from torch.utils.data import DataLoader
+
+    from ffkit.data import DeviceDataset, WithIndex, dataset_info
+
+    if name == "svhn":
+        pytest.importorskip("scipy")
+    WRITERS[name](tmp_path, monkeypatch)
+    info = dataset_info(name)
+    stored = 28 if name == "fashion-mnist" else 32
+    side = size or stored
+    for split in ("train", "test"):  # "train" is a Subset (the held-out split removed), "test" the whole set
+        streamed_ds = load_dataset(name, split, tmp_path, normalize=normalize, image_size=side)
+        device_ds = DeviceDataset.from_dataset(
+            streamed_ds, size=side, with_index=True,
+            **({"mean": info.mean, "std": info.std} if normalize else {}),
+        )
+        assert len(device_ds) == len(streamed_ds)
+        streamed = DataLoader(WithIndex(streamed_ds), batch_size=3, shuffle=True,
+                              generator=torch.Generator().manual_seed(5))
+        fetched = DataLoader(device_ds, batch_size=3, shuffle=True, generator=torch.Generator().manual_seed(5),
+                             collate_fn=DeviceDataset.collate)
+        for _ in range(2):  # a new order each epoch, the same on both sides
+            pairs = list(zip(streamed, fetched, strict=True))
+            assert pairs
+            for (xs, ys, idx_s), (xd, yd, idx_d) in pairs:
+                assert xd.shape == (len(ys), info.in_channels, side, side) and xd.dtype == torch.float32
+                assert torch.equal(xd, xs)  # bit for bit: the same float operations in the same order
+                assert torch.equal(yd, ys) and torch.equal(idx_d, idx_s)
+
+
+def test_stored_images_and_bad_device_datasets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ffkit.data import DeviceDataset, stored_images
+
+    images, labels = write_fashion(tmp_path, monkeypatch)["train"]
+    full = load_dataset("fashion-mnist", "train_full", tmp_path)
+    x, y = stored_images(torch.utils.data.Subset(torch.utils.data.Subset(full, [5, 1, 3]), [2, 0]))
+    assert x.dtype == torch.uint8 and x.shape == (2, 1, 28, 28)
+    assert torch.equal(x[:, 0], torch.from_numpy(images[[3, 5]])) and y.tolist() == labels[[3, 5]].tolist()
+    with pytest.raises(TypeError, match="torchvision MNIST"):
+        stored_images(torch.utils.data.TensorDataset(torch.zeros(2, 1, 4, 4)))
+    good = torch.zeros(4, 1, 8, 8, dtype=torch.uint8)
+    with pytest.raises(TypeError, match="uint8 tensor"):
+        DeviceDataset(good.float(), torch.zeros(4))
+    with pytest.raises(ValueError, match="labels must be"):
+        DeviceDataset(good, torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="augment must be"):
+        DeviceDataset(good, torch.zeros(4, dtype=torch.long), augment="mixup")
+    with pytest.raises(ValueError, match="together"):
+        DeviceDataset(good, torch.zeros(4, dtype=torch.long), mean=(0.5,))
+    with pytest.raises(ValueError, match="one value per channel"):
+        DeviceDataset(good, torch.zeros(4, dtype=torch.long), mean=(0.5, 0.5), std=(1.0, 1.0))
+    one = DeviceDataset(good, torch.arange(4), size=16)
+    x0, y0 = one[2]
+    assert x0.shape == (1, 16, 16) and y0 == 2
+
+
+def test_device_augmentations_match_torchvision_given_the_same_draws() -> None:
+    from ffkit.data import device as dev
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 3, 32, 32, generator=g)
+    top, left = torch.tensor([0, 8, 3, 5, 1, 7]), torch.tensor([8, 0, 2, 6, 4, 0])
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    crops = dev.crop_at(padded, top, left, 32, 32)
+    for b in range(6):  # RandomCrop(32, padding=4) at the same offsets
+        assert torch.equal(crops[b], F.crop(F.pad(x[b], [4]), int(top[b]), int(left[b]), 32, 32))
+    # Cutout = RandomErasing(p=1, scale=(1/16, 1/16), ratio=(1, 1), value=0): an 8x8 box of zeros
+    torch.manual_seed(1)
+    erased = dev.cutout(x, 8)
+    for b in range(6):
+        zero = erased[b].eq(0).all(dim=0)
+        rows, cols = zero.nonzero(as_tuple=True)
+        i, j = int(rows.min()), int(cols.min())
+        assert zero.sum() == 64 and torch.equal(erased[b], F.erase(x[b], i, j, 8, 8, torch.zeros(1)))
+    # ColorJitter's three adjustments in a given order per image
+    factors = torch.tensor([[0.7, 1.3, 1.1, 0.6, 1.4, 1.0], [1.2, 0.8, 0.6, 1.4, 1.0, 0.9], [0.9, 1.1, 1.3, 0.7,
+                                                                                              0.6, 1.2]])
+    order = torch.tensor([[0, 1, 2], [2, 1, 0], [1, 0, 2], [1, 2, 0], [2, 0, 1], [0, 2, 1]])
+    ops = [F.adjust_brightness, F.adjust_contrast, F.adjust_saturation]
+    out = dev.jitter(x, factors, order)
+    for b in range(6):
+        expected = x[b]
+        for op in order[b].tolist():
+            expected = ops[op](expected, float(factors[op, b]))
+        torch.testing.assert_close(out[b], expected, atol=1e-6, rtol=1e-5)
+    # rotation: nearest neighbour, zero fill, counter-clockwise for positive angles
+    angles = torch.tensor([90.0, -90.0, 15.0, -15.0, 7.5, 0.0])
+    rotated = dev.rotate(x, angles)
+    for b in range(6):
+        expected = F.rotate(x[b], float(angles[b]), interpolation=F.InterpolationMode.NEAREST)
+        agree = (rotated[b] == expected).float().mean()
+        assert agree > (0.999 if b in (0, 1, 5) else 0.98), (float(angles[b]), float(agree))
+
+
+def test_device_augmentations_draw_per_image() -> None:
+    from ffkit.data import DeviceDataset
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (512, 3, 32, 32), dtype=torch.uint8)
+    plain = DeviceDataset(images, torch.zeros(512, dtype=torch.long))
+    base = plain.__getitems__(list(range(512)))[0]
+    for augment in ("crop-flip", "crop-rotate", "dtg"):
+        ds = DeviceDataset(images, torch.zeros(512, dtype=torch.long), augment=augment, mean=(0.5,) * 3,
+                           std=(0.25,) * 3)
+        x, y = ds.__getitems__(list(range(512)))
+        assert x.shape == (512, 3, 32, 32) and torch.isfinite(x).all()
+        unchanged = ((x * 0.25 + 0.5) - base).abs().amax(dim=(1, 2, 3)) < 1e-5
+        assert unchanged.float().mean() < 0.2  # almost every image is moved, flipped, rotated or jittered
+        if augment == "dtg":  # one Cutout square per image: at least 64 pixels of exactly 0 in every image
+            assert (x.eq(0).all(dim=1).sum(dim=(1, 2)) >= 64).all()
+    # horizontal flips: about half of the images
+    from ffkit.data.device import random_crop, random_hflip
+
+    flipped = (random_hflip(base) != base).flatten(1).any(dim=1).float().mean()
+    assert 0.4 < flipped < 0.6
+    # crop offsets cover all 9 x 9 positions of a 4-pixel padding
+    marker = torch.zeros(2000, 1, 32, 32)
+    marker[:, :, 0, 0] = 1.0
+    pos = random_crop(marker, padding=4).flatten(1).argmax(dim=1)
+    assert len(set(pos.tolist())) >= 25  # positions of the marker inside the window (the rest cut it off)
