@@ -176,6 +176,39 @@ def test_train_with_performance_flags(tmp_path, data_dir, capsys, monkeypatch):
 
 
 @needs_fmnist
+@pytest.mark.parametrize("extra", [[], ["--normalize", "standard", "--holdout"]])
+def test_data_on_device_trains_exactly_as_the_dataloader_path(tmp_path, data_dir, capsys, extra):
+    """``--data-on-device`` (automatic on CUDA) makes the same batches in the same order on the device: on the CPU
+    the two runs must end with the same weights and the same report."""
+    from ffkit.train import load_checkpoint
+
+    runs = {}
+    for flag in ("--no-data-on-device", "--data-on-device"):
+        out = tmp_path / flag
+        args = ["train", "--dataset", "fashion-mnist", "--data-dir", data_dir, "--out", str(out), "--json",
+                "--width-multiplier", "0.2", "--limit", "384", "--eval-limit", "128", "--no-progress", "--epochs", "2",
+                flag, *extra]
+        assert main(args) == 0
+        summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        runs[flag] = (summary, load_checkpoint(out / "checkpoint.pt")["network"])
+    (plain, w_plain), (device, w_device) = runs.values()
+    for key in ("test_accuracy", "test_accuracy_all_layers", "test_accuracy_per_layer", "sip_range"):
+        assert plain[key] == device[key], key
+    assert w_plain.keys() == w_device.keys()
+    for k in w_plain:
+        torch.testing.assert_close(w_device[k], w_plain[k], atol=1e-6, rtol=1e-5)
+
+
+@needs_fmnist
+def test_data_on_device_conflicts(tmp_path, data_dir, capsys):
+    base = ["train", "--dataset", "fashion-mnist", "--data-dir", data_dir, "--out", str(tmp_path / "r"), *QUICK]
+    assert main([*base, "--data-on-device", "--workers", "2"]) == 2
+    assert "--data-on-device" in capsys.readouterr().err
+    assert main([*base, "--data-on-device", "--pipeline"]) == 2
+    assert "conflicts with --pipeline" in capsys.readouterr().err
+
+
+@needs_fmnist
 def test_train_with_a_threads_pipeline(tmp_path, data_dir, capsys):
     args = ["train", "--dataset", "fashion-mnist", "--data-dir", data_dir, "--out", str(tmp_path / "run"), "--json",
             "--pipeline", "--stages", "0,2", *QUICK]

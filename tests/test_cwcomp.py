@@ -218,3 +218,16 @@ def test_image_size_fixes_the_input_the_network_takes():
     with pytest.raises(ValueError, match="28x28"):
         net(torch.rand(2, 1, 32, 32))
     assert create_model("cwcomp_cnn", num_classes=10, in_channels=1).input_size is None
+
+
+def test_softmax_head_reads_the_last_layer_and_predicts():
+    net = create_model("cwcomp_cnn", num_classes=10, in_channels=1, image_size=28, head=True)
+    assert net.head is not None and net.head.layers == (3,) and net.head_predicts
+    assert net.head.linear.in_features == 480 * 7 * 7  # the last layer's flattened [480, 7, 7]
+    x = torch.rand(2, 1, 28, 28)
+    feats = {i: out.features for i, out in net.eval().iter_layers(x)}
+    assert_close(net(x), net.head_logits(x, feats))
+    with pytest.raises(ValueError, match="image_size"):
+        create_model("cwcomp_cnn", num_classes=10, in_channels=1, head=True)
+    with pytest.raises(TypeError, match="head"):
+        create_model("cwcomp_cnn", num_classes=10, in_channels=1, image_size=28, head=1)

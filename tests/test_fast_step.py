@@ -269,3 +269,41 @@ def test_each_layer_runs_once_per_step(model):
     # a label-input network's softmax head needs its own neutral-label pass over the layers it reads
     expected = [1 + (head_pass and i <= max(net.head.layers)) for i in range(len(net))]
     assert calls == expected
+
+
+def test_bf16_autocast_trains_a_classifier_head():
+    # the head reads the layers' bf16 features: it runs under the same autocast, its loss in float32
+    net = create_model("cwcomp_cnn", num_classes=10, in_channels=1, channels=(10, 20), image_size=8, head=True)
+    trainer = LocalTrainer(net, schedule="constant", amp=True)
+    x, y = torch.rand(16, 1, 8, 8), torch.arange(16) % 10
+    before = net.head.linear.weight.detach().clone()
+    res = trainer.train_step(x, y)
+    assert res.head is not None
+    assert res.head[0].dtype == torch.float32 and torch.isfinite(res.head[0])
+    assert not torch.equal(net.head.linear.weight, before) and net.head.linear.weight.dtype == torch.float32
+
+
+@pytest.mark.parametrize("options", [{"channels_last": True}, {"amp": True}])
+def test_evaluation_runs_as_the_trainer_trains(options, monkeypatch):
+    import ffkit.train.base as base
+
+    net = _tiny("deeperforward_tinycnn").eval()
+    x, y = _batch(c=net.in_channels)
+    plain = base.collect_scores(net, [(x, y)]).layers
+    seen = {}
+    real = base.collect_scores
+
+    def spy(*a, **kw):
+        seen.update({k: kw.get(k) for k in ("channels_last", "amp")})
+        return real(*a, **kw)
+
+    monkeypatch.setattr(base, "collect_scores", spy)
+    trainer = LocalTrainer(net, total_steps=1, **options)
+    report = trainer.evaluate([(x, y)])
+    assert seen == {"channels_last": options.get("channels_last", False), "amp": options.get("amp", False)}
+    fast = real(net, [(x, y)], **options).layers
+    assert fast.dtype == torch.float32 and 0.0 <= report.all_layers <= 1.0
+    if options.get("amp"):  # bf16 has 8 bits of mantissa
+        torch.testing.assert_close(fast, plain, atol=0.05, rtol=0.05)
+    else:  # the same arithmetic in another memory layout
+        torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-4)

@@ -233,3 +233,13 @@ def test_linear_cooldown_is_loewex_form():
     # towards final_lr: with final 0.1 of lr, t = 9 -> 0.1 + 0.9 * 0.4 = 0.46
     factor = make_schedule(torch.optim.SGD([p], lr=1.0), "linear-cooldown", 10, 0.1).lr_lambdas[0]
     assert factor(9) == pytest.approx(0.46)
+
+
+def test_recipe_performance_fields_reach_the_trainer_and_flags_override_them():
+    recipe = Recipe(name="p", model="deeperforward_tinycnn", dataset="fashion-mnist", epochs=1, channels_last=True,
+                    amp=True)
+    net = build_model(recipe, num_classes=10, in_channels=1, width_multiplier=0.1)
+    trainer = build_trainer(recipe, net, steps_per_epoch=1)
+    assert (trainer.channels_last, trainer.amp) == (True, True)
+    trainer = build_trainer(recipe, net, steps_per_epoch=1, amp=False)  # what --no-amp passes
+    assert (trainer.channels_last, trainer.amp) == (True, False)

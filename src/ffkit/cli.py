@@ -129,8 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="all-layers: batches per chapter (default 10)")
     t.add_argument("--pipeline-timeout", type=_positive(float), default=None,
                    help="seconds a pipeline stage waits for a peer before stopping with an error (default 60)")
-    t.add_argument("--channels-last", action="store_true", help="channels-last memory format (faster convs)")
-    t.add_argument("--amp", action="store_true", help="bf16 autocast of each layer's forward (GPUs; CPUs with AMX)")
+    t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels-last memory format (faster convs; default: the recipe's, else off)")
+    t.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast of each layer's forward and of evaluation (GPUs; CPUs with AMX or AVX-512 "
+                        "BF16); default: the recipe's, else off")
+    t.add_argument("--data-on-device", action=argparse.BooleanOptionalAction, default=None,
+                   help="hold the dataset on the training device as 8-bit images and make each batch there (resize, "
+                        "augmentation, normalisation), without DataLoader workers; default: on for CUDA")
     t.add_argument("--compile", action="store_true", help="torch.compile each layer's forward and backward")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--json", action="store_true", help="print a machine-readable summary as the last line")
@@ -170,7 +176,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "final_lr": None, "weight_decay": 5e-4, "optimizer": "adam", "schedule": "cosine", "schedule_interval": "step",
     "milestones": (), "trainer": None, "overlap": False, "head_lr": None, "head_weight_decay": None, "augment": None,
     "normalize": None,
-    "holdout": None, "drop_last": False, "layer_epochs": (), "model_kwargs": {},
+    "holdout": None, "drop_last": False, "layer_epochs": (), "channels_last": False, "amp": False, "model_kwargs": {},
 }
 
 
@@ -309,7 +315,7 @@ def _parse_stages(value: str) -> int | str | tuple[float, ...]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .data import InMemory, WithIndex, dataset_info, load_dataset
+    from .data import DeviceDataset, InMemory, WithIndex, dataset_info, load_dataset
     from .models import model_kind
     from .recipes import Recipe, build_model, build_trainer
     from .train import check_same_model, load_checkpoint
@@ -374,17 +380,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     # Samples that never change (no random augmentation) are read once and fetched a batch at a time: the same
     # batches in the same order, without a per-sample transform and collate every epoch. Indices let FixedNEG keep
     # one wrong label per sample.
+    on_device = _data_on_device(args, device, pipeline, cfg["augment"])
     in_memory = cfg["augment"] is None and not federated
-    train_set = (InMemory(_first(train_set, args.limit), with_index=True) if in_memory
-                 else WithIndex(_first(train_set, args.limit)))
-    holdout = (
-        InMemory(_first(load_dataset(info.name, "holdout", args.data_dir, holdout_seed=args.seed, normalize=norm,
-                                     image_size=size), args.eval_limit))
-        if cfg["holdout"] else None
-    )
-    test = InMemory(_first(load_dataset(info.name, "test", args.data_dir, normalize=norm, image_size=size),
-                           args.eval_limit))
-    loader_kw: dict[str, Any] = {"num_workers": args.workers, "pin_memory": device.type == "cuda"}
+    holdout_set = (load_dataset(info.name, "holdout", args.data_dir, holdout_seed=args.seed, normalize=norm,
+                                image_size=size) if cfg["holdout"] else None)
+    test_set = load_dataset(info.name, "test", args.data_dir, normalize=norm, image_size=size)
+    if on_device:
+        # The stored 8-bit images on the device; each batch converted (and augmented) there, in the same order
+        stats = {"mean": info.mean, "std": info.std} if norm == "standard" else {}
+        train_set = DeviceDataset.from_dataset(_first(train_set, args.limit), device=device, size=size,
+                                               augment=cfg["augment"], with_index=True, **stats)
+        holdout = (DeviceDataset.from_dataset(_first(holdout_set, args.eval_limit), device=device, size=size, **stats)
+                   if holdout_set is not None else None)
+        test = DeviceDataset.from_dataset(_first(test_set, args.eval_limit), device=device, size=size, **stats)
+        # Reading a set into an InMemory iterates a DataLoader, which draws its base seed from torch's global
+        # generator; draw as many here, so that both paths train with the same random stream (dropout masks,
+        # negative labels) and give the same run.
+        for _ in range(2 + (holdout is not None) - (not in_memory)):
+            torch.empty((), dtype=torch.int64).random_()
+    else:
+        train_set = (InMemory(_first(train_set, args.limit), with_index=True) if in_memory
+                     else WithIndex(_first(train_set, args.limit)))
+        holdout = InMemory(_first(holdout_set, args.eval_limit)) if holdout_set is not None else None
+        test = InMemory(_first(test_set, args.eval_limit))
+    loader_kw: dict[str, Any] = {"num_workers": 0 if on_device else args.workers,
+                                 "pin_memory": device.type == "cuda" and not on_device}
     batch_size = cfg["batch_size"]
     if not federated:  # federated ranks each train on a shard, whose size depends on the world size
         _check_batches(_size(train_set), batch_size, net, model, drop_last=pipeline is not None or cfg["drop_last"])
@@ -393,18 +413,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         train_loader = shard_loader(train_set, batch_size, seed=args.seed, **loader_kw)
     else:  # a pipeline's stages post their receives ahead for batches of one size
-        collate = InMemory.collate if in_memory else None
+        collate = DeviceDataset.collate if on_device else InMemory.collate if in_memory else None
         train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=torch.Generator(),
                                   drop_last=pipeline is not None or cfg["drop_last"], collate_fn=collate, **loader_kw)
     eval_bs = max(256, batch_size)
-    eval_kw = {**loader_kw, "collate_fn": InMemory.collate}
+    eval_kw = {**loader_kw, "collate_fn": DeviceDataset.collate if on_device else InMemory.collate}
     holdout_loader = DataLoader(holdout, batch_size=eval_bs, **eval_kw) if holdout is not None else None
     test_loader = DataLoader(test, batch_size=eval_bs, **eval_kw)
 
     epochs = cfg["epochs"]
     options = {"on_divergence": args.on_divergence} if args.on_divergence != "stop" else {}
     trainer = build_trainer(recipe, net, steps_per_epoch=len(train_loader), device=device, pipeline=pipeline,
-                            channels_last=args.channels_last, amp=args.amp, compile=args.compile, **options)
+                            compile=args.compile, **options)
     metadata = {
         "dataset": info.name, "seed": args.seed, "limit": args.limit, "trainer": trainer_name,
         **{k: v for k, v in cfg.items() if k not in ("dataset", "trainer")},
@@ -465,6 +485,24 @@ def cmd_train(args: argparse.Namespace) -> int:
         }
         print(json.dumps(summary))
     return 0
+
+
+def _data_on_device(args: argparse.Namespace, device: torch.device, pipeline: dict | None, augment: str | None) -> bool:
+    """Whether the training and evaluation data live on the training device (:class:`~ffkit.data.DeviceDataset`):
+    ``--data-on-device`` / ``--no-data-on-device``, else automatically on CUDA for a single-process run whose
+    augmentation the device path performs."""
+    from .data import DEVICE_AUGMENTATIONS
+
+    supported = augment is None or augment in DEVICE_AUGMENTATIONS
+    if args.data_on_device is None:
+        return device.type == "cuda" and pipeline is None and supported
+    if args.data_on_device and pipeline is not None:
+        raise ValueError("--data-on-device conflicts with --pipeline: each stage receives its batches from the one "
+                         "before it (drop --data-on-device)")
+    if args.data_on_device and args.workers:
+        raise ValueError(f"--data-on-device makes every batch on the device in the training process; it conflicts "
+                         f"with --workers {args.workers} (drop --workers)")
+    return bool(args.data_on_device)
 
 
 def _image_size(net: Any) -> int:

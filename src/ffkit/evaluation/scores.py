@@ -37,6 +37,8 @@ def collect_scores(
     *,
     with_head: bool = True,
     track_activity: bool = False,
+    channels_last: bool = False,
+    amp: bool = False,
 ) -> CollectedScores:
     """Run the network in eval mode over ``batches`` and keep every layer's scores (and the head's logits).
 
@@ -49,6 +51,9 @@ def collect_scores(
         with_head: also compute the classifier head's logits, if the network has a head.
         track_activity: also measure each layer's deactivated-unit ratio in the same pass (forward hooks; see
             :class:`~ffkit.evaluation.ActivityMonitor`).
+        channels_last: feed ``[B, C, H, W]`` batches in the channels-last memory format (as a trainer with
+            ``channels_last=True`` trains; a network converted to it runs its convs fastest on such inputs).
+        amp: bf16 autocast on ``device``, as a trainer with ``amp=True`` trains (the scores are returned as float32).
     """
     was_training = network.training
     network.eval()
@@ -60,11 +65,14 @@ def collect_scores(
             monitor.__enter__()
         for batch in batches:
             x, y = batch[0].to(device, non_blocking=True), batch[1]
-            if use_head:
-                s, h = network.scores(x)
-                heads.append(h.float().cpu())
-            else:
-                s = network.layer_scores(x)
+            if channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=amp):
+                if use_head:
+                    s, h = network.scores(x)
+                    heads.append(h.float().cpu())
+                else:
+                    s = network.layer_scores(x)
             layers.append(s.float().cpu())
             labels.append(torch.as_tensor(y).cpu())
     finally:

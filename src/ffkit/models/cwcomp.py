@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .._validation import check_positive_int
-from ..layers import CwCompConv
+from ..layers import ClassifierHead, CwCompConv
 from ..network import FFNetwork
 from ..objectives import ClassScoreObjective
 from ._registry import register_model
@@ -55,6 +55,7 @@ def cwcomp_cnn(
     input_mean: Sequence[float] | None = None,
     input_std: Sequence[float] | None = None,
     image_size: int | None = None,
+    head: bool = False,
 ) -> FFNetwork:
     """CwComp's CFSE CNN: 20 - 80 (grouped, max-pool) - 240 - 480 (grouped, max-pool); 280,560 parameters for
     ``in_channels=1``. Paper (20 epochs): test error MNIST 0.58, F-MNIST 7.69, CIFAR-10 21.89.
@@ -91,6 +92,10 @@ def cwcomp_cnn(
     if image_size is not None:
         # each max-pooling layer halves the side; the last one needs at least 1x1 left
         check_positive_int(image_size, "image_size", minimum=2 ** (len(channels) // 2))
+    if not isinstance(head, bool):
+        raise TypeError(f"head must be a bool, got {type(head).__name__}")
+    if head and image_size is None:
+        raise ValueError("head=True flattens the last layer's output, whose size depends on the image: give image_size")
     if input_mean is None and input_std is None:
         if in_channels not in (1, 3):
             raise ValueError(f"give input_mean and input_std for in_channels={in_channels} (defaults exist for 1 or 3)")
@@ -105,7 +110,12 @@ def cwcomp_cnn(
             input_mean=input_mean if i == 0 else None, input_std=input_std if i == 0 else None,
         ))
         prev = width
+    classifier = None
+    if head and image_size is not None:
+        side = image_size // 2 ** (len(channels) // 2)  # the odd layers pool
+        classifier = ClassifierHead(prev * side * side, num_classes, [len(layers) - 1], pool="flatten")
     return FFNetwork(
         layers, ClassScoreObjective(), num_classes=num_classes, in_channels=in_channels,
         input_size=(image_size, image_size) if image_size is not None else None, inference_start=len(layers) - 1,
+        head=classifier, head_predicts=classifier is not None,
     )

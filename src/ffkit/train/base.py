@@ -216,6 +216,10 @@ class Trainer:
         """bf16 autocast on the training device when ``amp`` is on, else a no-op context."""
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=getattr(self, "amp", False))
 
+    def _eval_options(self) -> dict[str, bool]:
+        """Evaluate in the memory format and precision the network trains in."""
+        return {"channels_last": getattr(self, "channels_last", False), "amp": getattr(self, "amp", False)}
+
     def _batch_to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Check a batch against the network, move it to the training device, and put the network in train mode.
 
@@ -325,7 +329,7 @@ class Trainer:
         given) SIP-range accuracy on ``loader``: an ``EvalReport``, which also holds each layer's goodness of positive
         and negative data, its deactivated-unit ratio (measured in the same pass) and SIP's accuracy grid over every
         layer range."""
-        collected = collect_scores(self.network, loader, self.device, track_activity=True)
+        collected = collect_scores(self.network, loader, self.device, track_activity=True, **self._eval_options())
         net = self.network
         head_predicts = bool(getattr(net, "head_predicts", False)) and collected.head is not None
         rng = getattr(net, "inference_range", None)
@@ -337,7 +341,7 @@ class Trainer:
 
     def select_layers(self, loader: Iterable):
         """SIP on a held-out loader: choose the best layer range and prune the network's inference to it."""
-        collected = collect_scores(self.network, loader, self.device, with_head=False)
+        collected = collect_scores(self.network, loader, self.device, with_head=False, **self._eval_options())
         result = select_layers(collected.layers, collected.labels)
         self.network.set_inference_range(result.start, result.end)
         return result

@@ -365,13 +365,14 @@ class LocalTrainer(Trainer):
             # channel-wise networks: the head reads the training pass's features of the real samples
             feats = {i: f[: batch.batch_size] for i, f in features.items()}
         else:
-            with torch.set_grad_enabled(head.hybrid):
+            with torch.set_grad_enabled(head.hybrid), self._autocast():
                 inputs = net.objective.head_inputs(net, batch.x)
                 last = max(head.layers)
                 detach = not head.hybrid
                 feats = {i: o.features for i, o in net.iter_layers(inputs, end=last, detach=detach) if i in head.layers}
-        logits = head([feats[i] for i in head.layers]) if head.hybrid else net.head_logits(batch.x, feats)
-        loss = head.loss(logits, batch.target)
+        with self._autocast():  # the features come from the layers' (possibly bf16) forward
+            logits = head([feats[i] for i in head.layers]) if head.hybrid else net.head_logits(batch.x, feats)
+        loss = head.loss(logits.float(), batch.target)
         opt = self.optimizers[-1]
         assert opt is not None  # a network with a head always has the head's optimizer last
         opt.zero_grad(set_to_none=True)
