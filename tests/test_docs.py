@@ -145,3 +145,21 @@ def test_fidelity_page_names_existing_tests():
         assert re.search(rf"^def {name}\(", source.read_text(), flags=re.M), f"{path} has no test {name}"
     for ref in ("test_ref_deeperforward", "test_ref_trifecta", "test_ref_cwcomp", "test_ref_dtg", "test_ref_hinton"):
         assert f"tests/reference/{ref}.py::" in page, f"docs/fidelity.md cites no test of {ref}"
+
+
+def test_results_table_lists_every_recipe_from_the_recorded_runs():
+    """docs/results.md's every-recipe table is what ``benchmarks/reproduce.py --table`` builds from the registry and
+    ``benchmarks/results/reproduce/*.json``: a new recipe, or a recorded run, without a rewritten table fails here."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "benchmarks" / "reproduce.py")
+    assert spec is not None and spec.loader is not None
+    reproduce = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reproduce)
+    text = (DOCS / "results.md").read_text()
+    between = text.split(reproduce.BEGIN, 1)[1].split(reproduce.END, 1)[0].strip()
+    assert between == reproduce.table(), "run `python benchmarks/reproduce.py --table`"
+    from ffkit.recipes import list_recipes
+
+    for name in list_recipes():
+        assert f"| `{name}` |" in between

@@ -307,3 +307,25 @@ def test_evaluation_runs_as_the_trainer_trains(options, monkeypatch):
         torch.testing.assert_close(fast, plain, atol=0.05, rtol=0.05)
     else:  # the same arithmetic in another memory layout
         torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(4, 6, 8, 8), (3, 5, 7, 9), (2, 1, 2, 2)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_max_pool2x2_equals_torch_values_and_gradients(shape, dtype):
+    from ffkit.layers import max_pool2x2
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=g).to(dtype)
+    x[0, 0, :2, :2] = 1.0  # a tied window: both pick the first maximum in scan order
+    a = x.clone().requires_grad_()
+    b = x.clone().requires_grad_()
+    ya, yb = F.max_pool2d(a, 2), max_pool2x2(b)
+    assert torch.equal(ya, yb) and yb.is_contiguous()
+    grad = torch.randn(ya.shape, generator=g).to(dtype)
+    ya.backward(grad)
+    yb.backward(grad)
+    assert torch.equal(a.grad, b.grad)
+    with torch.no_grad():
+        assert torch.equal(max_pool2x2(x), F.max_pool2d(x, 2))
+    cl = x.contiguous(memory_format=torch.channels_last)
+    assert torch.equal(max_pool2x2(cl), F.max_pool2d(cl, 2))

@@ -8,6 +8,7 @@ from .dtg import DTGConv, DTGLinear
 from .heads import ClassifierHead
 from .linear import FFLinear, peer_normalization_loss, relu_full_grad, rms_normalize
 from .pon import PONLinear
+from .pooling import max_pool2x2
 from .residual import ParamFreeResidual
 from .trifecta import TrifectaConv, TrifectaLinear
 
@@ -25,6 +26,7 @@ __all__ = [
     "TrifectaLinear",
     "ClassifierHead",
     "PONLinear",
+    "max_pool2x2",
     "DTGConv",
     "DTGLinear",
     "Dropout",

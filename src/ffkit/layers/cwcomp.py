@@ -13,6 +13,7 @@ from torch import nn
 from .. import goodness as _goodness
 from .._validation import check_positive, check_positive_int
 from .base import FFLayer, LayerOutput
+from .pooling import max_pool2x2
 
 __all__ = ["CwCompConv"]
 
@@ -97,7 +98,7 @@ class CwCompConv(FFLayer):
             x = (x - self.input_mean) / self.input_std
         h = F.relu(self.conv(x))
         if self.maxpool:
-            h = F.max_pool2d(h, 2)
+            h = max_pool2x2(h)
         if self.training and h.shape[0] * h.shape[2] * h.shape[3] < 2:
             # else torch's "Expected more than 1 value per channel when training", which names no layer
             raise ValueError(

@@ -14,6 +14,7 @@ from torch import nn
 from .. import goodness as _goodness
 from .._validation import check_positive_int
 from .base import FFLayer, LayerOutput
+from .pooling import max_pool2x2
 
 __all__ = ["TrifectaConv", "TrifectaLinear"]
 
@@ -73,7 +74,7 @@ class TrifectaConv(FFLayer):
     def forward(self, x: torch.Tensor, shortcut: torch.Tensor | None = None) -> LayerOutput:
         h = F.relu(self.conv(self.norm(x)))
         if self.maxpool:
-            h = F.max_pool2d(h, 2)
+            h = max_pool2x2(h)
         return LayerOutput(features=h, goodness=_goodness.squared(h, reduction="mean"))
 
 

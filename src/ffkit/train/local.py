@@ -372,7 +372,7 @@ class LocalTrainer(Trainer):
                 feats = {i: o.features for i, o in net.iter_layers(inputs, end=last, detach=detach) if i in head.layers}
         with self._autocast():  # the features come from the layers' (possibly bf16) forward
             logits = head([feats[i] for i in head.layers]) if head.hybrid else net.head_logits(batch.x, feats)
-        loss = head.loss(logits.float(), batch.target)
+        loss = head.loss(logits.to(torch.promote_types(logits.dtype, torch.float32)), batch.target)  # bf16 -> fp32
         opt = self.optimizers[-1]
         assert opt is not None  # a network with a head always has the head's optimizer last
         opt.zero_grad(set_to_none=True)
