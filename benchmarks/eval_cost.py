@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--recipe", default=None, help="a recipe: its model, batch size, trainer and performance options")
     p.add_argument("--batch-size", type=int, default=None, help="training batch (default: the recipe's, or 128)")
     p.add_argument("--eval-batch-size", type=int, default=None,
-                   help="evaluation batch (default: what ffkit train uses, max(256, batch size))")
+                   help="evaluation batch (default: what ffkit train uses: the batch size on a CPU, at least 256 on "
+                        "a GPU)")
     p.add_argument("--images", type=int, default=2048, help="images evaluated per round")
     p.add_argument("--steps", type=int, default=6, help="training steps per round")
     p.add_argument("--rounds", type=int, default=3)
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
     y_train = torch.randint(0, net.num_classes, (args.steps, batch_size), generator=g)
     images = torch.rand(args.images, net.in_channels, *side, generator=g)
     labels = torch.randint(0, net.num_classes, (args.images,), generator=g)
-    eval_bs = args.eval_batch_size or max(256, batch_size)
+    eval_bs = args.eval_batch_size or (batch_size if device.type == "cpu" else max(256, batch_size))  # as ffkit train
     loader = DataLoader(TensorDataset(images, labels), batch_size=eval_bs)
 
     def train() -> None:

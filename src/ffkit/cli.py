@@ -416,7 +416,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         collate = DeviceDataset.collate if on_device else InMemory.collate if in_memory else None
         train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=torch.Generator(),
                                   drop_last=pipeline is not None or cfg["drop_last"], collate_fn=collate, **loader_kw)
-    eval_bs = max(256, batch_size)
+    # On a CPU the per-image forward cost grows past the training batch (caches; fast-fmnist-cpu: 0.56 ms per image
+    # at 128, 0.62 at 256, benchmarks/eval_cost.py); on a GPU it falls
+    eval_bs = batch_size if device.type == "cpu" else max(256, batch_size)
     eval_kw = {**loader_kw, "collate_fn": DeviceDataset.collate if on_device else InMemory.collate}
     holdout_loader = DataLoader(holdout, batch_size=eval_bs, **eval_kw) if holdout is not None else None
     test_loader = DataLoader(test, batch_size=eval_bs, **eval_kw)
