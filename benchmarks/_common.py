@@ -63,3 +63,13 @@ def write_result(result: dict, out: Path, print_json: bool) -> dict:
     if print_json:
         print(json.dumps(result))
     return result
+
+
+def emit(result: dict, out: str | None, print_json: bool) -> dict:
+    """Write ``result`` to ``out`` only when one is given; with ``--json``, print it as the last line."""
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=1) + "\n")
+    if print_json:
+        print(json.dumps(result))
+    return result

@@ -17,7 +17,6 @@ Prints JSON with ``--json``; writes a file only with ``--out``.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -27,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine_info, sync  # noqa: E402
+from _common import emit, machine_info, sync  # noqa: E402
 
 import ffkit  # noqa: E402
 from ffkit.recipes import build_model, build_trainer, get_recipe  # noqa: E402
@@ -119,12 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{name}, {device}: training {result['train_ms_per_image']:.3f} ms/image (batch {batch_size}), "
           f"evaluation {result['eval_ms_per_image']:.3f} ms/image (batch {eval_bs}): "
           f"{result['eval_over_train']:.2f} of a training step")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    if args.json:
-        print(json.dumps(result))
-    return result
+    return emit(result, args.out, args.json)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ Uses only the ``LocalTrainer`` arguments every ffkit version has, so both runs d
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import add_common_args, machine_info, make_batch, sync  # noqa: E402
+from _common import add_common_args, emit, machine_info, make_batch, sync  # noqa: E402
 
 import ffkit  # noqa: E402
 from ffkit.train import LocalTrainer  # noqa: E402
@@ -61,11 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print(f"{args.label}: {args.model}, batch {args.batch_size}, {device}: {step:.3f} s/step, "
           f"{args.batch_size / step:.1f} img/s")
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    if args.json:
-        print(json.dumps(result))
-    return result
+    return emit(result, args.out, args.json)
 
 
 if __name__ == "__main__":

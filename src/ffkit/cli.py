@@ -385,6 +385,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     holdout_set = (load_dataset(info.name, "holdout", args.data_dir, holdout_seed=args.seed, normalize=norm,
                                 image_size=size) if cfg["holdout"] else None)
     test_set = load_dataset(info.name, "test", args.data_dir, normalize=norm, image_size=size)
+    holdout: Dataset | None
+    test: Dataset
     if on_device:
         # The stored 8-bit images on the device; each batch converted (and augmented) there, in the same order
         stats = {"mean": info.mean, "std": info.std} if norm == "standard" else {}

@@ -16,14 +16,14 @@ __all__ = ["max_pool2x2"]
 
 class _ChannelsLastMaxPool(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         out, index = F.max_pool2d(x.contiguous(memory_format=torch.channels_last), 2, return_indices=True)
         ctx.save_for_backward(index)
         ctx.input_shape = x.shape
         return out.contiguous()
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (index,) = ctx.saved_tensors
         n, c, h, w = ctx.input_shape
         # index holds each window's argmax as h * W + w within its plane; windows do not overlap, so a scatter

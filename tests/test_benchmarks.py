@@ -1,0 +1,62 @@
+"""The benchmark scripts that feed docs/results.md and docs/performance.md run, and write only where asked."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    path = ROOT / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_eval_cost_measures_both_and_writes_only_with_out(tmp_path, monkeypatch):
+    eval_cost = _load("eval_cost")
+    monkeypatch.chdir(tmp_path)
+    args = ["--recipe", "fast-fmnist-cpu", "--images", "64", "--steps", "1", "--rounds", "1", "--no-amp"]
+    result = eval_cost.main(args)
+    assert result["train_ms_per_image"] > 0 and result["eval_ms_per_image"] > 0
+    assert result["eval_over_train"] == pytest.approx(result["eval_ms_per_image"] / result["train_ms_per_image"])
+    assert result["amp"] is False and result["eval_batch_size"] == 128  # the recipe's batch, as ffkit train on a CPU
+    assert list(tmp_path.iterdir()) == []
+    out = tmp_path / "r.json"
+    eval_cost.main([*args, "--out", str(out)])
+    assert json.loads(out.read_text())["benchmark"] == "eval_cost"
+    with pytest.raises(SystemExit):
+        eval_cost.main(["--images", "8"])  # neither --model nor --recipe
+
+
+def test_reproduce_records_a_run_and_builds_the_table(tmp_path):
+    reproduce = _load("reproduce")
+    run = tmp_path / "run"
+    run.mkdir()
+    history = [{"epoch": e, "train_seconds": 10.0 + e, "test": {"prediction": 0.5 + e / 10, "prediction_range": [3, 3],
+                                                                 "head": None}} for e in (1, 2)]
+    (run / "metrics.json").write_text(json.dumps(history))
+    rec = reproduce.record_from_run(run, "fast-fmnist-cpu", "ffkit train --recipe fast-fmnist-cpu --epochs 2", "cpu",
+                                    30.0)
+    assert rec["test_accuracy"] == 0.7 and rec["epochs"] == 2 and rec["recipe_epochs"] == 8
+    assert rec["per_epoch_test_accuracy"] == [0.6, 0.7] and rec["train_seconds"] == 23.0
+    row = reproduce._row("fast-fmnist-cpu", rec)
+    assert "**70.00**" in row and "| 2 of 8 |" in row and "12 s/epoch" in row and "wall 0.5 min" in row
+    assert "needs a GPU: not measured yet" in reproduce._row("deeperforward-resnet17-cifar10", None)
+    assert reproduce._paper_figure("92.31 (CwComp ...)") == "92.31"
+    assert reproduce._paper_figure("no published figure") == "none published"
+    docs = tmp_path / "results.md"
+    docs.write_text(f"# R\n\n{reproduce.BEGIN}\nstale rows\n{reproduce.END}\n\nafter\n")
+    reproduce.write_table(docs)
+    text = docs.read_text()
+    assert "stale rows" not in text and text.endswith("\n\nafter\n") and "| `fast-fmnist-cpu` |" in text
+    (tmp_path / "bare.md").write_text("no markers")
+    with pytest.raises(SystemExit, match="markers"):
+        reproduce.write_table(tmp_path / "bare.md")
