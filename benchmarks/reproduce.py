@@ -22,6 +22,7 @@ import os
 import platform
 import re
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -119,10 +120,10 @@ def _row(name: str, rec: dict | None) -> str:
     if rec is None:
         return f"| `{name}` | {paper} | needs a GPU: not measured yet | | {recipe.epochs} | |"
     epochs = f"{rec['epochs']}" + ("" if rec["epochs"] == rec["recipe_epochs"] else f" of {rec['recipe_epochs']}")
-    per_epoch = sum(rec["per_epoch_train_seconds"]) / max(1, len(rec["per_epoch_train_seconds"]))
+    per_epoch = statistics.median(rec["per_epoch_train_seconds"])  # robust to an epoch slowed by other work
     wall = f", wall {rec['wall_seconds'] / 60:.1f} min" if rec.get("wall_seconds") else ""
     return (f"| `{name}` | {paper} | **{100 * rec['test_accuracy']:.2f}** | {rec['machine']}, {rec['date']}: "
-            f"{per_epoch:.0f} s/epoch{wall} | {epochs} | `{rec['command']}` |")
+            f"{per_epoch:.0f} s/epoch (median){wall} | {epochs} | `{rec['command']}` |")
 
 
 def table() -> str:
@@ -157,6 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--recipe", default=None, help="with --from-run: the recipe that run used")
     p.add_argument("--command", default=None, help="with --from-run: the command that made it")
     p.add_argument("--wall-seconds", type=float, default=None, help="with --from-run: its wall time")
+    p.add_argument("--commit", default=None, help="with --from-run: the commit the run trained with (default HEAD)")
     p.add_argument("--table", action="store_true", help="only rewrite the table")
     p.add_argument("--no-record", action="store_true", help="print the results; change no file")
     p.add_argument("--docs", default=str(DOCS))
@@ -167,6 +169,8 @@ def main(argv: list[str] | None = None) -> None:
             p.error("--from-run needs --recipe and --command")
         device = "cuda" if args.device.startswith("cuda") else "cpu"
         records.append(record_from_run(Path(args.from_run), args.recipe, args.command, device, args.wall_seconds))
+        if args.commit:
+            records[-1]["commit"] = args.commit
     for name in args.recipes:
         records.append(run_recipe(name, args.device, extra, Path(args.keep) if args.keep else None))
     for rec in records:

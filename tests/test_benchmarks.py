@@ -48,7 +48,7 @@ def test_reproduce_records_a_run_and_builds_the_table(tmp_path):
     assert rec["test_accuracy"] == 0.7 and rec["epochs"] == 2 and rec["recipe_epochs"] == 8
     assert rec["per_epoch_test_accuracy"] == [0.6, 0.7] and rec["train_seconds"] == 23.0
     row = reproduce._row("fast-fmnist-cpu", rec)
-    assert "**70.00**" in row and "| 2 of 8 |" in row and "12 s/epoch" in row and "wall 0.5 min" in row
+    assert "**70.00**" in row and "| 2 of 8 |" in row and "12 s/epoch (median)" in row and "wall 0.5 min" in row
     assert "needs a GPU: not measured yet" in reproduce._row("deeperforward-resnet17-cifar10", None)
     assert reproduce._paper_figure("92.31 (CwComp ...)") == "92.31"
     assert reproduce._paper_figure("no published figure") == "none published"
