@@ -380,7 +380,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     # Samples that never change (no random augmentation) are read once and fetched a batch at a time: the same
     # batches in the same order, without a per-sample transform and collate every epoch. Indices let FixedNEG keep
     # one wrong label per sample.
-    on_device = _data_on_device(args, device, pipeline, cfg["augment"])
+    on_device = _data_on_device(args, device, pipeline)
     in_memory = cfg["augment"] is None and not federated
     holdout_set = (load_dataset(info.name, "holdout", args.data_dir, holdout_seed=args.seed, normalize=norm,
                                 image_size=size) if cfg["holdout"] else None)
@@ -491,15 +491,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _data_on_device(args: argparse.Namespace, device: torch.device, pipeline: dict | None, augment: str | None) -> bool:
-    """Whether the training and evaluation data live on the training device (:class:`~ffkit.data.DeviceDataset`):
-    ``--data-on-device`` / ``--no-data-on-device``, else automatically on CUDA for a single-process run whose
-    augmentation the device path performs."""
-    from .data import DEVICE_AUGMENTATIONS
-
-    supported = augment is None or augment in DEVICE_AUGMENTATIONS
+def _data_on_device(args: argparse.Namespace, device: torch.device, pipeline: dict | None) -> bool:
+    """Whether the training and evaluation data live on the training device (:class:`~ffkit.data.DeviceDataset`,
+    which performs every augmentation): ``--data-on-device`` / ``--no-data-on-device``, else automatically on CUDA
+    for a single-process run."""
     if args.data_on_device is None:
-        return device.type == "cuda" and pipeline is None and supported
+        return device.type == "cuda" and pipeline is None
     if args.data_on_device and pipeline is not None:
         raise ValueError("--data-on-device conflicts with --pipeline: each stage receives its batches from the one "
                          "before it (drop --data-on-device)")

@@ -2,7 +2,7 @@
 
 from .datasets import *  # noqa: F403
 from .datasets import __all__ as _datasets_all
-from .device import DEVICE_AUGMENTATIONS, DeviceDataset, stored_images
+from .device import DeviceDataset, stored_images
 from .indexed import WithIndex
 from .labels import LabelChannel, LabelOverlay
 from .memory import InMemory
@@ -14,7 +14,6 @@ __all__ = [
     "WithIndex",
     "InMemory",
     "DeviceDataset",
-    "DEVICE_AUGMENTATIONS",
     "stored_images",
     "LabelOverlay",
     "LabelChannel",

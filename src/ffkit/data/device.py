@@ -12,12 +12,9 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
 from .._validation import check_positive_int
+from .datasets import AUGMENTATIONS
 
-__all__ = ["DeviceDataset", "DEVICE_AUGMENTATIONS", "stored_images"]
-
-#: Augmentations :class:`DeviceDataset` performs on the device, with the same distributions as the DataLoader path's
-#: torchvision transforms (:func:`~ffkit.data.load_dataset`'s ``augment``).
-DEVICE_AUGMENTATIONS: tuple[str, ...] = ("crop-rotate", "crop-flip", "dtg")
+__all__ = ["DeviceDataset", "stored_images"]
 
 
 def stored_images(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,7 +76,7 @@ class DeviceDataset(Dataset):
         size: side of the square images yielded (``None``: as stored).
         mean: per-channel mean subtracted last (``None``: values stay in ``[0, 1]``).
         std: per-channel divisor, given with ``mean``.
-        augment: ``None`` or one of :data:`DEVICE_AUGMENTATIONS`.
+        augment: ``None`` or one of :data:`~ffkit.data.AUGMENTATIONS` (every augmentation of the DataLoader path).
         with_index: also yield each sample's index, ``(x, y, index)``.
 
     Shape:
@@ -105,8 +102,8 @@ class DeviceDataset(Dataset):
         if labels.dim() != 1 or len(labels) != len(images) or labels.dtype.is_floating_point:
             raise ValueError(f"labels must be [N] integers with N = {len(images)} images, got {labels.dtype} "
                              f"{tuple(labels.shape)}")
-        if augment is not None and augment not in DEVICE_AUGMENTATIONS:
-            raise ValueError(f"augment must be None or one of {DEVICE_AUGMENTATIONS}, got {augment!r}")
+        if augment is not None and augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be None or one of {AUGMENTATIONS}, got {augment!r}")
         if (mean is None) != (std is None):
             raise ValueError("mean and std must be given together (or both left None)")
         self.device = torch.device(device)

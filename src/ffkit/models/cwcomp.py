@@ -89,9 +89,9 @@ def cwcomp_cnn(
         check_positive_int(c, f"channels[{i}]")
     if not isinstance(grouped, bool):
         raise TypeError(f"grouped must be a bool, got {type(grouped).__name__}")
-    if image_size is not None:
-        # each max-pooling layer halves the side; the last one needs at least 1x1 left
-        check_positive_int(image_size, "image_size", minimum=2 ** (len(channels) // 2))
+    pools = len(channels) // 2  # the odd layers max-pool, each halving the side
+    if image_size is not None:  # the last pooling needs at least 1x1 left
+        check_positive_int(image_size, "image_size", minimum=2**pools)
     if not isinstance(head, bool):
         raise TypeError(f"head must be a bool, got {type(head).__name__}")
     if head and image_size is None:
@@ -112,7 +112,7 @@ def cwcomp_cnn(
         prev = width
     classifier = None
     if head and image_size is not None:
-        side = image_size // 2 ** (len(channels) // 2)  # the odd layers pool
+        side = image_size // 2**pools
         classifier = ClassifierHead(prev * side * side, num_classes, [len(layers) - 1], pool="flatten")
     return FFNetwork(
         layers, ClassScoreObjective(), num_classes=num_classes, in_channels=in_channels,

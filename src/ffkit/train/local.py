@@ -361,16 +361,17 @@ class LocalTrainer(Trainer):
         net = self.network
         head = net.head
         assert head is not None  # only called for a network with a head
-        if features:
-            # channel-wise networks: the head reads the training pass's features of the real samples
-            feats = {i: f[: batch.batch_size] for i, f in features.items()}
-        else:
-            with torch.set_grad_enabled(head.hybrid), self._autocast():
-                inputs = net.objective.head_inputs(net, batch.x)
-                last = max(head.layers)
-                detach = not head.hybrid
-                feats = {i: o.features for i, o in net.iter_layers(inputs, end=last, detach=detach) if i in head.layers}
-        with self._autocast():  # the features come from the layers' (possibly bf16) forward
+        with self._autocast():  # the head runs in the precision of the layers' forward, whose features it reads
+            if features:
+                # channel-wise networks: the head reads the training pass's features of the real samples
+                feats = {i: f[: batch.batch_size] for i, f in features.items()}
+            else:
+                with torch.set_grad_enabled(head.hybrid):
+                    inputs = net.objective.head_inputs(net, batch.x)
+                    last = max(head.layers)
+                    detach = not head.hybrid
+                    feats = {i: o.features for i, o in net.iter_layers(inputs, end=last, detach=detach)
+                             if i in head.layers}
             logits = head([feats[i] for i in head.layers]) if head.hybrid else net.head_logits(batch.x, feats)
         loss = head.loss(logits.to(torch.promote_types(logits.dtype, torch.float32)), batch.target)  # bf16 -> fp32
         opt = self.optimizers[-1]
