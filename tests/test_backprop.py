@@ -246,7 +246,7 @@ def _dtg_mlp_gradients(net, x, y, index):
     pass, nothing detached) and of the head's cross-entropy through an undetached neutral-label pass."""
     batch = net.objective.prepare(net, x, y, index)
     ff = sum(net.objective.layer_loss(out, batch)[0] for _, out in net.iter_layers(batch.inputs, detach=False))
-    h, feats = ffkit.data.LabelOverlay(10)(x, None), []
+    h, feats = ffkit.objectives.LabelOverlay(10)(x, None), []
     for layer in net.layers[:2]:  # the head reads layers 0 and 1
         h = layer(h).features
         feats.append(h)

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from ffkit.data import AdaptiveNegative, RandomNegative
 from ffkit.models import create_model
+from ffkit.objectives import AdaptiveNegative, RandomNegative
 from ffkit.train import LocalTrainer
 from ffkit.train.chapters import ChapterTrainer
 from helpers.distributed import torchrun

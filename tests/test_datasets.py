@@ -749,3 +749,61 @@ def test_device_augmentations_draw_per_image() -> None:
     marker[:, :, 0, 0] = 1.0
     pos = random_crop(marker, padding=4).flatten(1).argmax(dim=1)
     assert len(set(pos.tolist())) >= 25  # positions of the marker inside the window (the rest cut it off)
+
+
+# ---------------------------------------------------------------------------
+# Datasets as registered specs
+
+
+@pytest.fixture
+def own_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Registrations made by a test leave with it."""
+    monkeypatch.setattr(ds, "_SPECS", dict(ds._SPECS))
+    monkeypatch.setattr(ds, "_ALIASES", dict(ds._ALIASES))
+
+
+def kmnist_spec(name: str = "kmnist", aliases: tuple[str, ...] = ("kuzushiji-mnist",)) -> ds.DatasetSpec:
+    return ds.DatasetSpec(
+        ds.DatasetInfo(name, 10, 1, 32, N_TRAIN, N_TRAIN // 5),
+        directory="KMNIST/raw", files=ds._IDX_FILES, stored_size=28, idx_files=True, aliases=aliases,
+        how_to_get=lambda root: f"KMNIST: gunzip the four files into {root}/KMNIST/raw.",
+        open=lambda train, **kw: tvd.KMNIST(train=train, **kw),
+    )
+
+
+def test_a_registered_dataset_loads_from_its_real_files(tmp_path: Path, own_registry) -> None:
+    ds.register_dataset(kmnist_spec())
+    data = write_mnist_like(tmp_path / "KMNIST" / "raw")
+    assert ds.dataset_info("Kuzushiji_MNIST").name == "kmnist" and "kmnist" in ds.list_datasets()
+    test = load_dataset("kmnist", "test", tmp_path, image_size=28)
+    x, y = test[3]
+    images, labels = data["test"]
+    assert x.shape == (1, 28, 28) and y == int(labels[3])
+    torch.testing.assert_close(x, torch.from_numpy(images[3]).float().div(255).unsqueeze(0), rtol=0, atol=1e-7)
+    train = load_dataset("kmnist", "train", tmp_path)  # resized to 32 and split as the built-in datasets
+    assert len(train) == N_TRAIN - N_TRAIN // 5 and train[0][0].shape == (1, 32, 32)
+
+
+def test_a_registered_dataset_says_which_files_are_missing(tmp_path: Path, own_registry) -> None:
+    ds.register_dataset(kmnist_spec())
+    with pytest.raises(DatasetNotFoundError) as excinfo:
+        load_dataset("kmnist", "test", tmp_path)
+    text = str(excinfo.value)
+    assert str(tmp_path / "KMNIST" / "raw") in text and "train-images-idx3-ubyte  (MISSING)" in text
+    assert f"KMNIST: gunzip the four files into {tmp_path}/KMNIST/raw." in text
+
+
+def test_register_dataset_refuses_a_taken_name_or_alias(own_registry) -> None:
+    with pytest.raises(ValueError, match="'fashion-mnist' is taken"):
+        ds.register_dataset(kmnist_spec(name="fashion-mnist", aliases=()))
+    with pytest.raises(ValueError, match=r"the name 'CIFAR-10' is taken \(by 'cifar10'\)"):
+        ds.register_dataset(kmnist_spec(aliases=("CIFAR-10",)))
+    assert "kmnist" not in ds.list_datasets()  # a refused spec leaves nothing behind
+    with pytest.raises(TypeError, match="spec must be a DatasetSpec"):
+        ds.register_dataset(ds.dataset_info("mnist"))  # type: ignore[arg-type]
+
+
+def test_the_built_in_specs_are_the_documented_datasets() -> None:
+    assert ds.list_datasets() == list(DATASETS) == ["mnist", "fashion-mnist", "cifar10", "cifar100", "svhn"]
+    assert [ds.dataset_spec(n).stored_size for n in DATASETS] == [28, 28, 32, 32, 32]
+    assert ds.dataset_spec("fmnist").directory == "FashionMNIST/raw"

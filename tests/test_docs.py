@@ -30,6 +30,7 @@ EXECUTED_PAGES = [
     "assemble-deeperforward.md",
     "getting-started.md",
     "long-runs.md",
+    "extending.md",
 ]
 #: Pages whose blocks read real Fashion-MNIST (skipped when the Debian package is not installed).
 NEEDS_FASHION_MNIST = {"getting-started.md"}
@@ -55,6 +56,14 @@ def test_page_python_blocks_run(name, tmp_path, monkeypatch):
     # Run directories and unpacked data go to a temporary directory, not the checkout or the home directory.
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("FFKIT_DATA_DIR", str(tmp_path / "data"))
+    # A page may register models, recipes and datasets (docs/extending.md does): they leave with the page.
+    from ffkit import recipes
+    from ffkit.data import datasets
+    from ffkit.models import _registry
+
+    for module, name in ((_registry, "_MODELS"), (_registry, "_KINDS"), (recipes, "RECIPES"), (datasets, "_SPECS"),
+                         (datasets, "_ALIASES")):
+        monkeypatch.setattr(module, name, dict(getattr(module, name)))
     namespace: dict = {"__name__": f"docs_{page.stem.replace('-', '_')}"}
     torch_threads = torch.get_num_threads()
     try:

@@ -13,11 +13,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import ffkit
 from ffkit import goodness, losses
-from ffkit.data import LabelOverlay
 from ffkit.evaluation import collect_scores, make_report
 from ffkit.layers import ClassifierHead, DTGConv, DTGLinear
 from ffkit.layers.dtg import inverse_softplus
 from ffkit.models import create_model
+from ffkit.objectives import LabelOverlay
 
 # ---------------------------------------------------------------------------------------------------------------
 # DTGConv: goodness path

@@ -1,4 +1,5 @@
-"""Tests for ffkit.data label encoders (LabelOverlay, LabelChannel) and negative-label samplers."""
+"""Tests for the positive/negative objective's label encoders (LabelOverlay, LabelChannel) and negative-label
+samplers (ffkit.objectives)."""
 
 from __future__ import annotations
 
@@ -7,18 +8,29 @@ import torch
 from torch import nn
 from torch.testing import assert_close
 
-from ffkit.data import (
+from ffkit.layers import FFLinear
+from ffkit.network import FFNetwork
+from ffkit.objectives import (
     AdaptiveNegative,
     FixedNegative,
     LabelChannel,
     LabelOverlay,
     NegativeLabels,
+    PosNegObjective,
     RandomNegative,
     get_negatives,
 )
-from ffkit.layers import FFLinear
-from ffkit.network import FFNetwork
-from ffkit.objectives import PosNegObjective
+
+
+@pytest.mark.parametrize("name", ["LabelOverlay", "LabelChannel", "NegativeLabels", "RandomNegative",
+                                  "FixedNegative", "AdaptiveNegative", "get_negatives"])
+def test_old_ffkit_data_names_still_work_with_a_warning(name):
+    import ffkit.objectives
+
+    with pytest.warns(DeprecationWarning, match=f"ffkit.data.{name} moved to ffkit.objectives.{name}"):
+        assert getattr(ffkit.data, name) is getattr(ffkit.objectives, name)
+    with pytest.raises(AttributeError, match="has no attribute 'LabelPlane'"):
+        ffkit.data.LabelPlane  # noqa: B018
 
 # -- LabelOverlay --------------------------------------------------------------------------------------------------
 

@@ -291,7 +291,13 @@ def test_get_goodness_passes_callables_through():
     assert get_goodness(fn) is fn
 
 
-@pytest.mark.parametrize("name", ["sum", "Mean", "", 3, None])
+@pytest.mark.parametrize("name", ["sum", "Mean", ""])
 def test_get_goodness_unknown(name):
     with pytest.raises(ValueError, match="unknown goodness"):
+        get_goodness(name)
+
+
+@pytest.mark.parametrize("name", [3, None])
+def test_get_goodness_neither_name_nor_callable(name):
+    with pytest.raises(TypeError, match="goodness must be a name"):
         get_goodness(name)

@@ -171,6 +171,26 @@ def test_olu_on_cwconv_with_local_cross_entropy_learns():
     assert report.all_layers >= CHANCE + 0.3, report
 
 
+def test_olu_on_a_residual_deeperforward_network_detaches_its_shortcuts():
+    """A shortcut crosses more than one layer boundary, so under OLU it carries no gradient: a layer that passes its
+    features on undetached is back-propagated into by the next layer only (before, the shortcut's reader did so a
+    second time and autograd failed)."""
+    net = ffkit.create_model("deeperforward_resnet17", num_classes=K, in_channels=1, width_multiplier=0.05)
+    assert net.shortcuts  # the residual wiring is what this is about
+    trainer = ffkit.LocalTrainer(net, lr=0.01, weight_decay=0.0, schedule="constant", overlap=True)
+    x, y = torch.rand(8, 1, 32, 32), torch.randint(0, K, (8,))
+    before = [p.detach().clone() for p in net.parameters()]
+    for _ in range(2):  # both parities: every layer updates once
+        losses = trainer.train_step(x, y).losses
+        assert bool(torch.isfinite(losses).all())
+    assert all(not torch.equal(b, p) for b, p in zip(before, net.parameters()))
+    seen = []
+    for target, source in net.shortcuts.items():
+        net.layers[target].register_forward_pre_hook(lambda m, args, s=source: seen.append(args[1].requires_grad))
+    trainer.train_step(x, y)
+    assert seen and not any(seen)
+
+
 # -- (d) a Trifecta network under a class-score objective ----------------------------------------------------------
 
 

@@ -6,10 +6,17 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
 import ffkit
-from ffkit.data import AdaptiveNegative, FixedNegative, RandomNegative, teacher_student_images
+from ffkit.data import teacher_student_images
 from ffkit.layers import FFLinear, LayerOutput, PONLinear
 from ffkit.models import create_model
-from ffkit.objectives import ClassScoreObjective, PosNegObjective, PreparedBatch
+from ffkit.objectives import (
+    AdaptiveNegative,
+    ClassScoreObjective,
+    FixedNegative,
+    PosNegObjective,
+    PreparedBatch,
+    RandomNegative,
+)
 
 
 def _manual_ff_pass(net, flat_input):
@@ -397,13 +404,13 @@ def test_network_layer_loss_adds_the_layers_regularizer():
 
 
 def test_head_weight_decay_and_peer_layers_are_not_shared_by_pipeline_stages():
-    from ffkit.train.pipeline import _shareable
+    from ffkit.train.pipelining.partition import shareable_layers
 
     net = create_model("hinton_mlp", hidden=(8, 8), threshold=1.0, head=True)
     trainer = ffkit.LocalTrainer(net, optimizer="sgd", lr=0.1, weight_decay=0.01, head_weight_decay=0.5,
                                  schedule="constant")
     assert trainer.optimizers[-1].param_groups[0]["weight_decay"] == 0.5
     assert trainer.optimizers[0].param_groups[0]["weight_decay"] == 0.01
-    assert _shareable(net) == [True, True]
+    assert shareable_layers(net) == [True, True]
     peer = create_model("hinton_mlp", hidden=(8, 8), threshold=1.0, peer_normalization=0.03)
-    assert _shareable(peer) == [False, False]
+    assert shareable_layers(peer) == [False, False]

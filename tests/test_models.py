@@ -35,7 +35,8 @@ EXPECTED_PARAMS = {
     #            + 2*(2 + 64 + 4*128 + 4*256 + 2*512) = 2*2,626 = 5,252 -> 8,485,124 + 10,240 -> 8,495,364
     #   The release's Network (instantiated outside the repository, dataset='mnist': 1 + 1 channels at 28x28) has
     #   2,813,860 (small) and 8,492,964 (large): the same 2,806,020 and 8,485,124 plus its 10 x 28*28 = 7,840 label
-    #   embedding (ffkit's MNIST images are 32x32, so its label plane is too).
+    #   embedding (ffkit's MNIST images are 32x32 by default, so its label plane is too; image_size=28 gives the
+    #   release's counts, test_trifecta_at_28x28_has_the_release_parameter_count).
     #   fcn (no FCN in the release; the paper's "6 x 2048"): input (1 + 1)*32*32 = 2048; 6*2048*2048 = 25,165,824
     #            + 6*2*2048 = 24,576 -> 25,190,400 + 10,240                                   -> 25,200,640
     "trifecta_shallow": 2_816_260,
@@ -204,3 +205,30 @@ def test_resnet17_shortcut_wiring():
     assert [i for i, m in modes.items() if m == "add"] == [2, 6, 10, 14]
     assert [i for i, m in modes.items() if m == "concat"] == [4, 8, 12, 16]
     assert [i for i, layer in enumerate(net.layers) if layer.conv.stride == (2, 2)] == [5, 9, 13]
+
+
+@pytest.mark.parametrize("name, expected", [("trifecta_shallow", 2_813_860), ("trifecta_deep", 8_492_964)])
+def test_trifecta_at_28x28_has_the_release_parameter_count(name, expected):
+    """The release's Network on MNIST (1 + 1 channels at 28x28) counted outside the repository (EXPECTED_PARAMS'
+    comment): ffkit's blocks plus a 10 x 28*28 learned label embedding, which image_size=28 gives too."""
+    net = create_model(name, in_channels=1, image_size=28)
+    assert sum(p.numel() for p in net.parameters()) == expected
+    assert net.input_size == (28, 28)
+    assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("name, first_in", [("trifecta_fcn", 2 * 28 * 28), ("dtg_mlp", 28 * 28),
+                                            ("pon_mlp", 28 * 28), ("hinton_mlp", 28 * 28)])
+def test_mlps_are_built_for_the_image_size(name, first_in):
+    net = create_model(name, in_channels=1, image_size=28, width_multiplier=0.05)
+    first = next(m for m in net.layers[0].modules() if isinstance(m, torch.nn.Linear))
+    assert first.in_features == first_in and net.input_size == (28, 28)
+    net.eval()
+    assert net(torch.rand(3, 1, 28, 28)).shape == (3, 10)
+    with pytest.raises(ValueError, match="image_size"):
+        create_model(name, in_channels=1, image_size=0)
+
+
+def test_trifecta_refuses_an_image_too_small_for_its_poolings():
+    with pytest.raises(ValueError, match="image_size must be >= 8"):  # shallow: three 2x2 max-pools
+        create_model("trifecta_shallow", image_size=4)

@@ -14,10 +14,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import ffkit
 from ffkit import losses
-from ffkit.data import FixedNegative, LabelChannel, RandomNegative
 from ffkit.evaluation import make_report
 from ffkit.layers import TrifectaConv, TrifectaLinear
 from ffkit.models import create_model, list_models
+from ffkit.objectives import FixedNegative, LabelChannel, RandomNegative
 from ffkit.recipes import RECIPES, build_model, build_trainer
 
 BUILDERS = ["trifecta_shallow", "trifecta_deep", "trifecta_fcn"]

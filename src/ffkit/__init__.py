@@ -1,20 +1,14 @@
 """ffkit: Forward-Forward family networks from one set of parts.
 
 Goodness functions (:mod:`ffkit.goodness`), local losses (:mod:`ffkit.losses`), layers (:mod:`ffkit.layers`),
-label and negative-data encoders (:mod:`ffkit.data`), evaluation read-outs (:mod:`ffkit.evaluation`), model
+objectives with their label encoders and negative samplers (:mod:`ffkit.objectives`), datasets (:mod:`ffkit.data`),
+evaluation read-outs (:mod:`ffkit.evaluation`), model
 builders (:mod:`ffkit.models`) and the :class:`LocalTrainer` engine.
 """
 
 from . import goodness, losses
 from ._version import __version__
-from .data import (
-    AdaptiveNegative,
-    FixedNegative,
-    LabelChannel,
-    LabelOverlay,
-    RandomNegative,
-    load_dataset,
-)
+from .data import load_dataset
 from .evaluation import EvalReport, SIPResult, collect_scores, select_layers
 from .goodness import DTGTemperature
 from .layers import (
@@ -33,7 +27,16 @@ from .layers import (
 )
 from .models import create_model, list_models, register_model
 from .network import FFNetwork
-from .objectives import ClassScoreObjective, Objective, PosNegObjective
+from .objectives import (
+    AdaptiveNegative,
+    ClassScoreObjective,
+    FixedNegative,
+    LabelChannel,
+    LabelOverlay,
+    Objective,
+    PosNegObjective,
+    RandomNegative,
+)
 from .profiling import SavedTensorMeter
 from .recipes import Recipe, get_recipe, list_recipes
 from .train import (

@@ -16,15 +16,11 @@ from typing import Any, cast
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from . import defaults
 from ._version import __version__
 
 __all__ = ["main", "build_parser"]
 
-DEFAULT_MODEL = "deeperforward_tinycnn"
-DEFAULT_DATASET = "fashion-mnist"
-#: For short runs; DeeperForward's 0.08 (its 150-epoch recipe) is in the recipes. Measured on TinyCNN / F-MNIST,
-#: 5k images x 3 epochs, test accuracy: lr 0.08 -> 67.6%, 0.02 -> 73.95%, 0.005 -> 75.4% (docs/results.md).
-DEFAULT_LR = 0.005
 
 
 def resolve_device(name: str) -> torch.device:
@@ -54,12 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model (or a paper's recipe) and report per-layer test accuracy")
     t.add_argument("--recipe", default=None, help="a named recipe from 'ffkit recipes'; flags override its fields")
-    t.add_argument("--model", default=None, help=f"a builder from 'ffkit models' (default {DEFAULT_MODEL})")
+    t.add_argument("--model", default=None, help=f"a builder from 'ffkit models' (default {defaults.MODEL})")
     t.add_argument("--dataset", default=None, help="mnist, fashion-mnist, cifar10, cifar100 or svhn")
     t.add_argument("--epochs", type=_positive(int), default=None, help="default 1")
     t.add_argument("--batch-size", type=_positive(int), default=None, help="default 128")
     t.add_argument(
-        "--lr", type=_positive(float), default=None, help=f"initial lr (default {DEFAULT_LR}; recipes set their own)"
+        "--lr", type=_positive(float), default=None, help=f"initial lr (default {defaults.LR}; recipes set their own)"
     )
     t.add_argument("--final-lr", type=float, default=None, help="lr at the end of the schedule (default lr/10)")
     t.add_argument("--weight-decay", type=float, default=None, help="default 5e-4")
@@ -170,14 +166,22 @@ def _first(dataset: Dataset, n: int | None) -> Dataset:
     return Subset(dataset, range(min(n, _size(dataset)))) if n is not None else dataset
 
 
+def _train_defaults() -> dict[str, Any]:
+    """What ``ffkit train`` uses for a field that neither a flag nor a recipe sets: :class:`~ffkit.Recipe`'s own
+    defaults (from :mod:`ffkit.defaults`), except ``trainer`` and ``holdout``, which are chosen from the model."""
+    from dataclasses import MISSING, fields
+
+    from .recipes import Recipe
+
+    found = {f.name: f.default if f.default is not MISSING else f.default_factory()  # type: ignore[operator]
+             for f in fields(Recipe) if f.name not in ("name", "reference")
+             and (f.default is not MISSING or f.default_factory is not MISSING)}
+    return {"model": defaults.MODEL, "dataset": defaults.DATASET, "epochs": defaults.EPOCHS, **found,
+            "trainer": None, "holdout": None}
+
+
 #: What ``ffkit train`` uses for a field that neither a flag nor a recipe sets.
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "model": DEFAULT_MODEL, "dataset": DEFAULT_DATASET, "epochs": 1, "batch_size": 128, "lr": DEFAULT_LR,
-    "final_lr": None, "weight_decay": 5e-4, "optimizer": "adam", "schedule": "cosine", "schedule_interval": "step",
-    "milestones": (), "trainer": None, "overlap": False, "head_lr": None, "head_weight_decay": None, "augment": None,
-    "normalize": None,
-    "holdout": None, "drop_last": False, "layer_epochs": (), "channels_last": False, "amp": False, "model_kwargs": {},
-}
+TRAIN_DEFAULTS: dict[str, Any] = _train_defaults()
 
 
 def resolve_train_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -507,9 +511,12 @@ def _data_on_device(args: argparse.Namespace, device: torch.device, pipeline: di
 
 
 def _image_size(net: Any) -> int:
-    """The side of the images the network takes (its ``input_size``; 32 for networks that do not say)."""
-    size = getattr(net, "input_size", None)
-    return int(size[0]) if size else 32
+    """The side of the images the network takes (its ``input_size``; the datasets' default side for networks that
+    take any)."""
+    from .data.datasets import IMAGE_SIZE
+
+    size = getattr(net, "input_size", None)  # single-head baselines have none
+    return int(size[0]) if size else IMAGE_SIZE
 
 
 def cmd_test(args: argparse.Namespace) -> int:

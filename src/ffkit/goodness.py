@@ -2,21 +2,29 @@
 
 * :func:`mean` -- DeeperForward's mean goodness (Sun et al., ICLR 2025, Eq. 5 and Eq. 8 for the channel-wise form).
 * :func:`squared` -- Hinton's goodness, the sum of squared activities (The Forward-Forward Algorithm, 2022, Sec. 2);
-  ``reduction="mean"`` gives the mean of squares used by The Trifecta (Dooms et al.).
+  ``reduction="mean"`` gives the mean of squares.
+* :func:`mean_squared` -- the mean of squares, as The Trifecta (Dooms et al.) and CwComp (Papachristodoulou et al.)
+  use it.
 * :class:`DTGTemperature` -- DTG-FF's learnable temperature ``tau = tau_min + (tau_max - tau_min) * sigmoid(s)``.
 
 With ``groups=G`` the channel dimension (dim 1) is cut into ``G`` equal consecutive blocks and one goodness is
 returned per block: block ``k`` belongs to class ``k``, which is how a channel-wise (CW) layer produces class scores.
+
+Layers take their goodness as an argument (``CWConv(..., goodness=...)``): a name from :func:`get_goodness` or any
+callable ``goodness(h, groups=None)`` with the contract of :func:`mean` (``[B, ...] -> [B]``, or ``[B, G]`` with
+``groups=G``), differentiable in ``h``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from ._validation import check_groups, check_positive, check_tensor
 
-__all__ = ["mean", "squared", "DTGTemperature", "get_goodness"]
+__all__ = ["mean", "squared", "mean_squared", "DTGTemperature", "get_goodness", "goodness_name"]
 
 
 def _grouped(h: torch.Tensor, groups: int | None) -> torch.Tensor:
@@ -65,6 +73,23 @@ def squared(h: torch.Tensor, groups: int | None = None, reduction: str = "sum") 
     return g if groups is not None else g.squeeze(1)
 
 
+def mean_squared(h: torch.Tensor, groups: int | None = None) -> torch.Tensor:
+    """Mean of squares, ``G = mean_j y_j^2`` (The Trifecta; CwComp's CwC goodness with ``groups=K``, per class block).
+
+    Args:
+        h: activities ``[B, ...]``.
+        groups: if given, split dim 1 into this many equal consecutive channel groups.
+
+    Returns:
+        ``[B]``, or ``[B, G]`` with ``groups=G``.
+
+    Example:
+        >>> mean_squared(torch.tensor([[1.0, 3.0, 2.0, 4.0]]), groups=2)
+        tensor([[ 5., 10.]])
+    """
+    return squared(h, groups=groups, reduction="mean")
+
+
 class DTGTemperature(nn.Module):
     """Learnable goodness temperature of DTG-FF.
 
@@ -102,14 +127,30 @@ class DTGTemperature(nn.Module):
         return f"tau_min={self.tau_min}, tau_max={self.tau_max}"
 
 
-_GOODNESS = {"mean": mean, "squared": squared}
+_GOODNESS = {"mean": mean, "squared": squared, "mean_squared": mean_squared}
 
 
-def get_goodness(name: str):
-    """Resolve a goodness function by name (``"mean"`` or ``"squared"``), for configs and recipes."""
+def get_goodness(name: str | Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """Resolve a goodness function: a name (``"mean"``, ``"squared"`` for the sum of squares, ``"mean_squared"``)
+    or a callable ``goodness(h, groups=None)``, returned as it is.
+
+    Raises:
+        ValueError: an unknown name. TypeError: neither a name nor a callable.
+    """
     if callable(name):
         return name
+    if not isinstance(name, str):
+        raise TypeError(f"goodness must be a name ({', '.join(sorted(_GOODNESS))}) or a callable goodness(h, "
+                        f"groups=None), got {type(name).__name__}")
     try:
         return _GOODNESS[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown goodness {name!r}; expected one of {sorted(_GOODNESS)}") from None
+    except KeyError:
+        raise ValueError(f"unknown goodness {name!r}; expected one of {sorted(_GOODNESS)} or a callable") from None
+
+
+def goodness_name(fn: Callable[..., torch.Tensor]) -> str:
+    """How a layer shows its goodness in its ``repr``: the registered name, else the callable's qualified name."""
+    for name, known in _GOODNESS.items():
+        if fn is known:
+            return name
+    return getattr(fn, "__qualname__", None) or type(fn).__name__

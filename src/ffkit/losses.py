@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -100,10 +102,11 @@ def local_ce(scores: torch.Tensor, target: torch.Tensor, label_smoothing: float 
     return F.cross_entropy(scores, target, label_smoothing=label_smoothing)
 
 
-_LOSSES = {"ff_threshold": ff_threshold, "threshold": ff_threshold, "symba": symba}
+_LOSSES: dict[str, Callable[..., torch.Tensor]] = {"ff_threshold": ff_threshold, "threshold": ff_threshold,
+                                                   "symba": symba}
 
 
-def get_loss(name: str):
+def get_loss(name: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable[..., torch.Tensor]:
     """Resolve a contrastive (positive/negative) loss by name: ``"symba"`` or ``"threshold"``."""
     if callable(name):
         return name

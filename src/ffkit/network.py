@@ -46,16 +46,17 @@ def _recompute_keeps_stats(module: nn.Module) -> tuple[contextlib.AbstractContex
 def _check_layer_sizes(layers: Sequence[FFLayer], objective: Objective, num_classes: int, in_channels: int) -> None:
     """Catch a mis-assembled stack when it is built, not as a shape error deep inside torch's first forward.
 
-    Only the layers that record their sizes (``num_classes``, ``in_channels``, ``out_channels``) are checked.
+    Only the sizes a layer records (:class:`~ffkit.layers.FFLayer`'s ``num_classes``, ``in_channels``,
+    ``out_channels``) are checked.
     """
     for i, layer in enumerate(layers):
-        k = getattr(layer, "num_classes", None)
+        k = layer.num_classes
         if isinstance(k, int) and k != num_classes:
             raise ValueError(
                 f"layers[{i}] ({type(layer).__name__}) was built with num_classes={k}, but the network has "
                 f"num_classes={num_classes}; build every layer with the network's class count"
             )
-    first = getattr(layers[0], "in_channels", None)
+    first = layers[0].in_channels
     # Only the class-score objective feeds the input to the first layer unchanged (label-input objectives add
     # channels or overwrite pixels).
     if isinstance(objective, ClassScoreObjective) and isinstance(first, int) and first != in_channels:
@@ -64,7 +65,7 @@ def _check_layer_sizes(layers: Sequence[FFLayer], objective: Objective, num_clas
             f"in_channels={in_channels}"
         )
     for i in range(1, len(layers)):
-        prev, cur = getattr(layers[i - 1], "out_channels", None), getattr(layers[i], "in_channels", None)
+        prev, cur = layers[i - 1].out_channels, layers[i].in_channels
         if isinstance(prev, int) and isinstance(cur, int) and prev != cur:
             raise ValueError(
                 f"layers[{i}] ({type(layers[i]).__name__}) expects {cur} input channels, but layers[{i - 1}] "
@@ -233,7 +234,9 @@ class FFNetwork(nn.Module):
             # saved input) would otherwise stay alive through the next layer's forward, doubling the peak.
             del out
             if i in self._last_use:
-                kept[i] = h
+                # A shortcut crosses more than one layer boundary: under overlapping updates (a gradient crosses
+                # exactly one), it carries no gradient; end to end (detach=False) it does.
+                kept[i] = h.detach() if callable(detach) else h
             for src in [s for s, t in self._last_use.items() if t == i]:
                 kept.pop(src, None)
 
@@ -246,8 +249,7 @@ class FFNetwork(nn.Module):
         """Layer ``index``'s local loss on ``batch`` and how many samples it got right: the objective's layer loss
         plus the layer's own :meth:`~ffkit.layers.FFLayer.regularizer`, if it has one (e.g. peer normalisation)."""
         loss, correct = self.objective.layer_loss(out, batch)
-        regularizer = getattr(self.layers[index], "regularizer", None)
-        extra = regularizer(out, batch) if regularizer is not None else None
+        extra = cast(FFLayer, self.layers[index]).regularizer(out, batch)
         return (loss if extra is None else loss + extra), correct
 
     def layer_scores(self, x: torch.Tensor, end: int | None = None) -> torch.Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ffkit.data import NegativeLabels
+from ffkit.objectives import NegativeLabels
 
 
 class TableNegatives(NegativeLabels):

@@ -59,7 +59,7 @@ elif os.environ.get("FFKIT_TEST_FAULT"):
 if rank == fault_rank and kind in ("kill", "stall", "raise"):
     from ffkit.train import pipeline
 
-    real_step = pipeline._Stage.step
+    real_step = pipeline.Stage.step
     steps = 0
 
     def faulty(self, *a, **k):
@@ -70,18 +70,18 @@ if rank == fault_rank and kind in ("kill", "stall", "raise"):
             fail(kind)
         return result
 
-    pipeline._Stage.step = faulty
+    pipeline.Stage.step = faulty
 elif rank == fault_rank and kind == "kill-at-save":
     from ffkit.train import pipeline
 
-    real_save = pipeline._save_stage
+    real_save = pipeline.save_stage
 
     def dying_save(state, *args):
         if state["epoch"] >= after:
             fail(kind)
         real_save(state, *args)
 
-    pipeline._save_stage = dying_save
+    pipeline.save_stage = dying_save
 
 if fault is not None and fault.startswith("fit:"):
     run_dir = fault[4:]

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch.testing import assert_close
 
 import ffkit
-from ffkit.data.negatives import NegativeLabels
 from ffkit.models import create_model
+from ffkit.objectives.negatives import NegativeLabels
 
 TOL = {"atol": 1e-6, "rtol": 1e-6}
 K = 10

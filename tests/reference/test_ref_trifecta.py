@@ -35,9 +35,9 @@ import torch
 import torch.nn.functional as F
 
 import ffkit
-from ffkit.data.negatives import NegativeLabels
 from ffkit.models import create_model
 from ffkit.objectives import PreparedBatch
+from ffkit.objectives.negatives import NegativeLabels
 
 K = 10
 TOL = {"rtol": 0.0, "atol": 1e-6}

@@ -9,6 +9,10 @@ is applied; ``normalize="standard"`` standardises each channel with the
 dataset's usual mean and standard deviation (:attr:`DatasetInfo.mean`,
 :attr:`DatasetInfo.std`), as the DeeperForward and The Trifecta releases do.
 
+Each dataset is a registered :class:`DatasetSpec`: its facts (:class:`DatasetInfo`), the files torchvision reads and
+where they go, how to get them, and the torchvision class that opens them. :func:`register_dataset` adds one; every
+function here then serves it by name.
+
 Nothing is ever downloaded. Missing files raise :class:`DatasetNotFoundError`
 with the exact directory and file names torchvision expects and where to get
 them. Fashion-MNIST is found automatically when the Debian/Ubuntu package
@@ -45,8 +49,12 @@ __all__ = [
     "DEBIAN_FASHION_MNIST_DIR",
     "SPLITS",
     "DatasetInfo",
+    "DatasetSpec",
     "DatasetNotFoundError",
     "dataset_info",
+    "dataset_spec",
+    "list_datasets",
+    "register_dataset",
     "dataset_tensors",
     "default_data_dir",
     "load_dataset",
@@ -54,11 +62,6 @@ __all__ = [
 ]
 
 IMAGE_SIZE = 32
-#: The side length the datasets are stored at, where it is not ``IMAGE_SIZE``.
-STORED_SIZE = {"mnist": 28, "fashion-mnist": 28}
-
-DATASETS: tuple[str, ...] = ("mnist", "fashion-mnist", "cifar10", "cifar100", "svhn")
-"""Canonical names of the supported datasets."""
 
 SPLITS: tuple[str, ...] = ("train", "holdout", "train_full", "test")
 """Valid ``split`` values for :func:`load_dataset`."""
@@ -105,38 +108,70 @@ class DatasetInfo:
     std: tuple[float, ...] = ()
 
 
-# Means and standard deviations as in the DeeperForward and The Trifecta releases (CIFAR-10's std is the widely
-# copied (0.2023, 0.1994, 0.2010)); CIFAR-100's are the usual ones of its training set.
-_INFOS: dict[str, DatasetInfo] = {
-    "mnist": DatasetInfo("mnist", 10, 1, IMAGE_SIZE, 60_000, 10_000, (0.1307,), (0.3081,)),
-    "fashion-mnist": DatasetInfo("fashion-mnist", 10, 1, IMAGE_SIZE, 60_000, 10_000, (0.2860,), (0.3530,)),
-    "cifar10": DatasetInfo(
-        "cifar10", 10, 3, IMAGE_SIZE, 50_000, 5_000, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
-    ),
-    "cifar100": DatasetInfo(
-        "cifar100", 100, 3, IMAGE_SIZE, 50_000, 5_000, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
-    ),
-    "svhn": DatasetInfo("svhn", 10, 3, IMAGE_SIZE, 73_257, 7_326, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
-}
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Everything ffkit needs to offer a dataset (see :func:`register_dataset`).
 
-# Aliases are matched after lower-casing and dropping "-", "_", "." and spaces,
-# so "CIFAR-10", "cifar_10" and "Fashion MNIST" all resolve.
-_ALIASES: dict[str, str] = {
-    "mnist": "mnist",
-    "fashionmnist": "fashion-mnist",
-    "fmnist": "fashion-mnist",
-    "cifar10": "cifar10",
-    "cifar100": "cifar100",
-    "svhn": "svhn",
-}
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """The files of a dataset are missing (or corrupted) under the data directory.
-
-    The message names the dataset, the exact directory and file names that are
-    expected, and how to obtain the files. Nothing is ever downloaded.
+    Attributes:
+        info: its facts (name, classes, channels, sizes, mean and standard deviation).
+        directory: the folder under the data directory where torchvision reads the files (``""``: the data
+            directory itself).
+        files: the files torchvision needs there (any split).
+        how_to_get: ``how_to_get(root) -> str``: where to get the files and how to put them in place (shown, with
+            the expected paths, when they are missing).
+        open: ``open(train=bool, root=..., transform=..., target_transform=..., download=False)``: the torchvision
+            dataset of the training or the test split.
+        stored_size: the side of the stored images (28 for MNIST and Fashion-MNIST; ffkit yields ``IMAGE_SIZE`` by
+            default and resizes).
+        aliases: other names it answers to (compared ignoring case, ``-``, ``_``, ``.`` and spaces).
+        idx_files: the files are MNIST-style IDX files, whose headers are checked against their sizes before
+            torchvision reads them (torchvision checks nothing for them).
+        prepare: ``prepare(root)``, run before the files are opened (Fashion-MNIST: unpack the Debian package's
+            copy; SVHN: check that scipy is installed).
     """
+
+    info: DatasetInfo
+    directory: str
+    files: tuple[str, ...]
+    how_to_get: Callable[[Path], str]
+    open: Callable[..., VisionDataset]
+    stored_size: int = IMAGE_SIZE
+    aliases: tuple[str, ...] = ()
+    idx_files: bool = False
+    prepare: Callable[[Path], None] | None = None
+
+
+_SPECS: dict[str, DatasetSpec] = {}
+_ALIASES: dict[str, str] = {}  # alias key -> canonical name
+
+
+def _alias_key(name: str) -> str:
+    return re.sub(r"[-_.\s]", "", name.lower())
+
+
+def register_dataset(spec: DatasetSpec) -> DatasetSpec:
+    """Make a dataset known to :func:`load_dataset`, :func:`dataset_info` and ``ffkit train --dataset``.
+
+    Raises:
+        TypeError: ``spec`` is not a :class:`DatasetSpec`.
+        ValueError: its name, or one of its aliases, is taken.
+    """
+    if not isinstance(spec, DatasetSpec):
+        raise TypeError(f"spec must be a DatasetSpec, got {type(spec).__name__}")
+    name = spec.info.name
+    for given in (name, *spec.aliases):
+        key = _alias_key(given)
+        if key in _ALIASES:  # names are compared as aliases are: "Fashion_MNIST" is "fashion-mnist"
+            raise ValueError(f"dataset {name!r}: the name {given!r} is taken (by {_ALIASES[key]!r})")
+    _SPECS[name] = spec
+    for given in (name, *spec.aliases):
+        _ALIASES[_alias_key(given)] = name
+    return spec
+
+
+def list_datasets() -> list[str]:
+    """Canonical names of the registered datasets, in registration order."""
+    return list(_SPECS)
 
 
 def _canonical_name(name: str) -> str:
@@ -144,13 +179,18 @@ def _canonical_name(name: str) -> str:
         raise TypeError(
             f"dataset name must be a str, got {type(name).__name__}: {name!r}"
         )
-    key = re.sub(r"[-_.\s]", "", name.lower())
+    key = _alias_key(name)
     if key not in _ALIASES:
         raise ValueError(
-            f"unknown dataset {name!r}; valid names are {', '.join(DATASETS)} "
+            f"unknown dataset {name!r}; valid names are {', '.join(_SPECS)} "
             "(case-insensitive; aliases like 'fmnist', 'cifar-10', 'cifar_100' work)"
         )
     return _ALIASES[key]
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    """The registered :class:`DatasetSpec` of ``name`` (canonical or an alias, as :func:`dataset_info`)."""
+    return _SPECS[_canonical_name(name)]
 
 
 def dataset_info(name: str) -> DatasetInfo:
@@ -167,7 +207,15 @@ def dataset_info(name: str) -> DatasetInfo:
         TypeError: If ``name`` is not a ``str``.
         ValueError: If ``name`` is not a known dataset.
     """
-    return _INFOS[_canonical_name(name)]
+    return dataset_spec(name).info
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The files of a dataset are missing (or corrupted) under the data directory.
+
+    The message names the dataset, the exact directory and file names that are
+    expected, and how to obtain the files. Nothing is ever downloaded.
+    """
 
 
 def default_data_dir() -> Path:
@@ -283,43 +331,8 @@ def _transform(
 
 def _expected_files(name: str, root: Path) -> tuple[Path, list[str]]:
     """Directory and file names torchvision requires for ``name`` (any split)."""
-    if name in ("mnist", "fashion-mnist"):
-        sub = "MNIST" if name == "mnist" else "FashionMNIST"
-        return root / sub / "raw", list(_IDX_FILES)
-    if name == "cifar10":
-        batches = [f"data_batch_{i}" for i in range(1, 6)]
-        return root / "cifar-10-batches-py", [*batches, "test_batch", "batches.meta"]
-    if name == "cifar100":
-        return root / "cifar-100-python", ["train", "test", "meta"]
-    return root, ["train_32x32.mat", "test_32x32.mat"]
-
-
-def _how_to_get(name: str, root: Path) -> str:
-    if name == "mnist":
-        return (
-            "Download the four .gz files from http://yann.lecun.com/exdb/mnist/\n"
-            "(mirror: https://ossci-datasets.s3.amazonaws.com/mnist/) and gunzip them\n"
-            "into that directory."
-        )
-    if name == "fashion-mnist":
-        return (
-            "Easiest: `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu):\n"
-            f"ffkit finds its files in {DEBIAN_FASHION_MNIST_DIR} automatically\n"
-            "and unpacks them into the directory above. "
-            "Or download the four .gz files from\n"
-            "https://github.com/zalandoresearch/fashion-mnist and gunzip them there."
-        )
-    if name in ("cifar10", "cifar100"):
-        archive = f"{'cifar-10' if name == 'cifar10' else 'cifar-100'}-python.tar.gz"
-        return (
-            f"Download {archive} (python version) from\n"
-            "https://www.cs.toronto.edu/~kriz/cifar.html and extract it with\n"
-            f"`tar -xzf {archive} -C {root}`."
-        )
-    return (
-        "Download train_32x32.mat and test_32x32.mat (format 2: cropped digits) from\n"
-        "http://ufldl.stanford.edu/housenumbers/ into that directory."
-    )
+    spec = _SPECS[name]
+    return (root / spec.directory if spec.directory else root), list(spec.files)
 
 
 # Bytes per element of each IDX element type (the third byte of the magic number).
@@ -352,7 +365,7 @@ def _idx_problem(path: Path) -> str | None:
 def _file_status(name: str, path: Path) -> str:
     if not path.is_file():
         return "MISSING"
-    if name in ("mnist", "fashion-mnist"):
+    if _SPECS[name].idx_files:
         return _idx_problem(path) or "ok"
     return "ok"
 
@@ -374,7 +387,7 @@ def _not_found(name: str, root: Path, cause: str) -> DatasetNotFoundError:
         lines.append(f"All are present but torchvision rejected them ({cause});")
         lines.append("they are probably corrupted or incompletely downloaded.")
     lines += [
-        _how_to_get(name, root),
+        _SPECS[name].how_to_get(root),
         "Files are never downloaded automatically. To use another data directory,",
         "pass --data-dir DIR (or set FFKIT_DATA_DIR) with the layout above under DIR.",
     ]
@@ -390,53 +403,20 @@ def _torchvision_dataset(
     image_size: int = IMAGE_SIZE,
 ) -> VisionDataset:
     """Build the torchvision dataset, turning its 'not found' errors into ours."""
-    if name == "svhn":
-        try:
-            # torchvision imports scipy only after hashing the whole .mat file.
-            import scipy.io  # noqa: F401
-        except ImportError as err:
-            raise ImportError(
-                "SVHN needs scipy to read its .mat files: `pip install scipy` "
-                "(or `pip install ffkit[svhn]`)."
-            ) from err
-    if name == "fashion-mnist":
-        # Read the module global at call time so it can be redirected (e.g. in tests).
-        try:
-            prepare_fashion_mnist(root, DEBIAN_FASHION_MNIST_DIR)
-        except (EOFError, gzip.BadGzipFile) as err:
-            raise DatasetNotFoundError(
-                f"Dataset 'fashion-mnist': a .gz file in {DEBIAN_FASHION_MNIST_DIR} is corrupt ({err}), so it cannot "
-                f"be unpacked into {Path(root) / 'FashionMNIST' / 'raw'}{os.sep}. Reinstall the package "
-                "(`sudo apt-get install --reinstall dataset-fashion-mnist`) or put the four un-gzipped IDX files "
-                "there yourself (pass --data-dir DIR, or set FFKIT_DATA_DIR)."
-            ) from None
-
-    info = dataset_info(name)
-    stored = STORED_SIZE.get(name, IMAGE_SIZE)
+    spec = _SPECS[name]
+    if spec.prepare is not None:
+        spec.prepare(root)
+    info = spec.info
     transform = _transform(
-        resize=image_size != stored, augment=augment, channels=info.in_channels,
+        resize=image_size != spec.stored_size, augment=augment, channels=info.in_channels,
         normalize=info if normalize == "standard" else None, size=image_size,
     )
-    common = {
-        "root": root,
-        "transform": transform,
-        "target_transform": int,
-        "download": False,
-    }
-    if name in ("mnist", "fashion-mnist"):
+    if spec.idx_files:
         directory, files = _expected_files(name, root)
         if any(_file_status(name, directory / f).startswith("CORRUPT") for f in files):
             raise _not_found(name, root, "corrupt IDX file")
     try:
-        if name == "mnist":
-            return tv_datasets.MNIST(train=train, **common)
-        if name == "fashion-mnist":
-            return tv_datasets.FashionMNIST(train=train, **common)
-        if name == "cifar10":
-            return tv_datasets.CIFAR10(train=train, **common)
-        if name == "cifar100":
-            return tv_datasets.CIFAR100(train=train, **common)
-        return tv_datasets.SVHN(split="train" if train else "test", **common)
+        return spec.open(train=train, root=root, transform=transform, target_transform=int, download=False)
     except RuntimeError as err:
         # torchvision signals missing *and* MD5-mismatched files with a bare
         # RuntimeError ("Dataset not found or corrupted. You can use download=True").
@@ -446,6 +426,96 @@ def _torchvision_dataset(
     except (AssertionError, ValueError, EOFError) as err:
         # Files that pass the checks above but still do not parse (e.g. image and label counts that disagree).
         raise _not_found(name, root, f"{type(err).__name__}: {err}") from None
+
+
+# ---------------------------------------------------------------------------
+# The built-in datasets
+
+
+def _unpack_debian_fashion_mnist(root: Path) -> None:
+    # Read the module global at call time so it can be redirected (e.g. in tests).
+    try:
+        prepare_fashion_mnist(root, DEBIAN_FASHION_MNIST_DIR)
+    except (EOFError, gzip.BadGzipFile) as err:
+        raise DatasetNotFoundError(
+            f"Dataset 'fashion-mnist': a .gz file in {DEBIAN_FASHION_MNIST_DIR} is corrupt ({err}), so it cannot "
+            f"be unpacked into {Path(root) / 'FashionMNIST' / 'raw'}{os.sep}. Reinstall the package "
+            "(`sudo apt-get install --reinstall dataset-fashion-mnist`) or put the four un-gzipped IDX files "
+            "there yourself (pass --data-dir DIR, or set FFKIT_DATA_DIR)."
+        ) from None
+
+
+def _require_scipy(root: Path) -> None:
+    try:
+        # torchvision imports scipy only after hashing the whole .mat file.
+        import scipy.io  # noqa: F401
+    except ImportError as err:
+        raise ImportError(
+            "SVHN needs scipy to read its .mat files: `pip install scipy` "
+            "(or `pip install ffkit[svhn]`)."
+        ) from err
+
+
+def _cifar_how_to_get(name: str) -> Callable[[Path], str]:
+    archive = f"{'cifar-10' if name == 'cifar10' else 'cifar-100'}-python.tar.gz"
+    return lambda root: (
+        f"Download {archive} (python version) from\n"
+        "https://www.cs.toronto.edu/~kriz/cifar.html and extract it with\n"
+        f"`tar -xzf {archive} -C {root}`."
+    )
+
+
+# Means and standard deviations as in the DeeperForward and The Trifecta releases (CIFAR-10's std is the widely
+# copied (0.2023, 0.1994, 0.2010)); CIFAR-100's are the usual ones of its training set. The torchvision classes are
+# looked up when a dataset is opened.
+register_dataset(DatasetSpec(
+    DatasetInfo("mnist", 10, 1, IMAGE_SIZE, 60_000, 10_000, (0.1307,), (0.3081,)),
+    directory="MNIST/raw", files=_IDX_FILES, stored_size=28, idx_files=True,
+    how_to_get=lambda root: (
+        "Download the four .gz files from http://yann.lecun.com/exdb/mnist/\n"
+        "(mirror: https://ossci-datasets.s3.amazonaws.com/mnist/) and gunzip them\n"
+        "into that directory."
+    ),
+    open=lambda train, **kw: tv_datasets.MNIST(train=train, **kw),
+))
+register_dataset(DatasetSpec(
+    DatasetInfo("fashion-mnist", 10, 1, IMAGE_SIZE, 60_000, 10_000, (0.2860,), (0.3530,)),
+    directory="FashionMNIST/raw", files=_IDX_FILES, stored_size=28, idx_files=True, aliases=("fmnist",),
+    how_to_get=lambda root: (
+        "Easiest: `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu):\n"
+        f"ffkit finds its files in {DEBIAN_FASHION_MNIST_DIR} automatically\n"
+        "and unpacks them into the directory above. "
+        "Or download the four .gz files from\n"
+        "https://github.com/zalandoresearch/fashion-mnist and gunzip them there."
+    ),
+    open=lambda train, **kw: tv_datasets.FashionMNIST(train=train, **kw),
+    prepare=_unpack_debian_fashion_mnist,
+))
+register_dataset(DatasetSpec(
+    DatasetInfo("cifar10", 10, 3, IMAGE_SIZE, 50_000, 5_000, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    directory="cifar-10-batches-py", files=(*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"),
+    how_to_get=_cifar_how_to_get("cifar10"),
+    open=lambda train, **kw: tv_datasets.CIFAR10(train=train, **kw),
+))
+register_dataset(DatasetSpec(
+    DatasetInfo("cifar100", 100, 3, IMAGE_SIZE, 50_000, 5_000, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    directory="cifar-100-python", files=("train", "test", "meta"),
+    how_to_get=_cifar_how_to_get("cifar100"),
+    open=lambda train, **kw: tv_datasets.CIFAR100(train=train, **kw),
+))
+register_dataset(DatasetSpec(
+    DatasetInfo("svhn", 10, 3, IMAGE_SIZE, 73_257, 7_326, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
+    directory="", files=("train_32x32.mat", "test_32x32.mat"),
+    how_to_get=lambda root: (
+        "Download train_32x32.mat and test_32x32.mat (format 2: cropped digits) from\n"
+        "http://ufldl.stanford.edu/housenumbers/ into that directory."
+    ),
+    open=lambda train, **kw: tv_datasets.SVHN(split="train" if train else "test", **kw),
+    prepare=_require_scipy,
+))
+
+DATASETS: tuple[str, ...] = tuple(_SPECS)
+"""Canonical names of the built-in datasets (:func:`list_datasets` also lists any registered later)."""
 
 
 def _holdout_count(info: DatasetInfo, n: int) -> int:

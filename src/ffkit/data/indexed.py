@@ -11,7 +11,7 @@ __all__ = ["WithIndex"]
 
 class WithIndex(Dataset):
     """``WithIndex(ds)[i] == (*ds[i], i)``: batches become ``(x, y, index)``, which the trainers pass on to the
-    objective (a :class:`~ffkit.data.FixedNegative` keeps one wrong label per index)."""
+    objective (a :class:`~ffkit.objectives.FixedNegative` keeps one wrong label per index)."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset

@@ -173,7 +173,7 @@ def teacher_student_images(
     """:func:`teacher_student` with ``dim = in_channels * 32 * 32``, each sample reshaped to ``[C, 32, 32]``.
 
     This is the form ffkit networks read (``FFNetwork`` expects ``[B, C, H, W]``); the teacher sees the flattened
-    image (row-major), exactly what an ffkit MLP sees. A label overlay (:class:`~ffkit.data.LabelOverlay`)
+    image (row-major), exactly what an ffkit MLP sees. A label overlay (:class:`~ffkit.objectives.LabelOverlay`)
     overwrites the first ``K`` of the ``C * 1024`` features; the labels depend on all of them, so this costs a
     label-input network only a small part of the signal.
 

@@ -4,7 +4,7 @@ channels and its goodness is the mean of squares of that block (the channel-wise
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -40,12 +40,18 @@ class CwCompConv(FFLayer):
             first layer of a CwComp network normalises the images here, since ffkit's datasets yield ``[0, 1]``
             pixels and the authors normalise per channel in their data pipeline.
         input_std: per-channel divisor of the input, given with ``input_mean``.
+        goodness: the class scores' goodness, a name or a callable ``goodness(h, groups=K) -> [B, K]``
+            (:func:`ffkit.goodness.get_goodness`); default CwC's mean of squares.
 
     Shape:
         ``x [B, C_in, H, W] -> LayerOutput(features [B, C_out, H', W'], scores [B, K], goodness [B])`` with
         ``H' = H // 2`` when ``maxpool`` else ``H``; ``goodness`` is the mean of the scores (the mean of squares of
         the whole output, the blocks being equal in size).
     """
+
+    in_channels: int
+    out_channels: int
+    num_classes: int
 
     input_mean: torch.Tensor | None
     input_std: torch.Tensor | None
@@ -62,8 +68,10 @@ class CwCompConv(FFLayer):
         bn_eps: float = 1e-4,
         input_mean: Sequence[float] | None = None,
         input_std: Sequence[float] | None = None,
+        goodness: str | Callable[..., torch.Tensor] = "mean_squared",
     ) -> None:
         super().__init__()
+        self.goodness = _goodness.get_goodness(goodness)
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("num_classes", num_classes),
                         ("kernel_size", kernel_size), ("groups", groups)):
             check_positive_int(v, name)
@@ -106,11 +114,14 @@ class CwCompConv(FFLayer):
                 f"{h.shape[0]} sample(s) of {h.shape[2]}x{h.shape[3]}: use a larger batch or larger images"
             )
         h = self.norm(h)
-        scores = _goodness.squared(h, groups=self.num_classes, reduction="mean")
+        scores = self.goodness(h, groups=self.num_classes)
         return LayerOutput(features=h, scores=scores, goodness=scores.mean(dim=1))
 
     def extra_repr(self) -> str:
-        return f"maxpool={self.maxpool}, num_classes={self.num_classes}"
+        text = f"maxpool={self.maxpool}, num_classes={self.num_classes}"
+        if self.goodness is not _goodness.mean_squared:
+            text += f", goodness={_goodness.goodness_name(self.goodness)}"
+        return text
 
 
 def _input_stats(

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import goodness as _goodness
 from .._validation import check_positive_int
 from .base import FFLayer, LayerOutput
 from .dropout import drop_mask
@@ -18,7 +21,7 @@ class CWConv(FFLayer):
     """Channel-wise conv layer: each class owns ``C_conv / num_classes`` consecutive channels of the conv's output.
 
     ``x -> [avg-pool by pool] -> conv -> ReLU -> dropout = h``;
-    class scores ``s = goodness.mean(h, groups=num_classes)`` (Eq. 8, ``[B, K]``);
+    class scores ``s = goodness(h, groups=num_classes)`` (``goodness.mean``: Eq. 8, ``[B, K]``);
     features ``GroupNorm(h, num_classes groups, no affine)`` (Eq. 9), and only then, for a layer built with
     ``shortcut_channels``, joined with an earlier layer's features (Eq. 11, :class:`ParamFreeResidual`): added when
     the widths are equal, else ``cat([features, shortcut])``. The shortcut never reaches this layer's scores.
@@ -37,11 +40,18 @@ class CWConv(FFLayer):
             shortcut channels equal to ``out_channels`` it is added to the features; with fewer, the conv makes
             ``out_channels - shortcut_channels`` channels (the ones the scores come from) and the shortcut is
             concatenated after them.
+        goodness: the class scores' goodness, a name or a callable ``goodness(h, groups=K) -> [B, K]``
+            (:func:`ffkit.goodness.get_goodness`). The default, DeeperForward's mean, runs fused with the ReLU and
+            the dropout (:func:`relu_dropout_scores`); any other runs as plain autograd ops.
 
     Shape:
         ``x [B, C_in, H, W]`` (and ``shortcut [B, C_r, s H', s W']``) ``-> LayerOutput(features [B, C_out, H', W'],
         scores [B, K], goodness [B])``.
     """
+
+    in_channels: int
+    out_channels: int
+    num_classes: int
 
     def __init__(
         self,
@@ -55,8 +65,10 @@ class CWConv(FFLayer):
         pool: int = 1,
         dropout: float = 0.0,
         shortcut_channels: int | None = None,
+        goodness: str | Callable[..., torch.Tensor] = "mean",
     ) -> None:
         super().__init__()
+        self.goodness = _goodness.get_goodness(goodness)
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("num_classes", num_classes),
                         ("kernel_size", kernel_size), ("stride", stride), ("pool", pool)):
             check_positive_int(v, name)
@@ -102,7 +114,11 @@ class CWConv(FFLayer):
             x = F.avg_pool2d(x, self.pool)
         z = self.conv(x)
         drop, p = drop_mask(z, self.dropout if self.training else 0.0)
-        scores, h = relu_dropout_scores(z, drop, self.num_classes, p)
+        if self.goodness is _goodness.mean:
+            scores, h = relu_dropout_scores(z, drop, self.num_classes, p)
+        else:
+            h = F.relu(z) if drop is None else F.relu(z).masked_fill(drop, 0.0)
+            scores = self.goodness(h if p == 0.0 else h / (1.0 - p), groups=self.num_classes)
         # h is the unscaled masked activity; GroupNorm without affine is invariant to the dropout scale s except
         # through eps, and GN(s * h, eps) == GN(h, eps / s**2) exactly, so no pass is spent on scaling.
         with self.propagation():
@@ -114,7 +130,10 @@ class CWConv(FFLayer):
         return LayerOutput(features=features, scores=scores, goodness=scores.mean(dim=1))
 
     def extra_repr(self) -> str:
-        return f"pool={self.pool}, dropout={self.dropout}" if self.dropout else f"pool={self.pool}"
+        text = f"pool={self.pool}, dropout={self.dropout}" if self.dropout else f"pool={self.pool}"
+        if self.goodness is not _goodness.mean:
+            text += f", goodness={_goodness.goodness_name(self.goodness)}"
+        return text
 
 
 _GN_EPS = 1e-5  # F.group_norm's default

@@ -110,6 +110,10 @@ class DTGConv(FFLayer):
         ``H' = H // 2`` when ``pool`` else ``H``; ``goodness`` is the mean of ``h**2`` over ``(C, H, W)``.
     """
 
+    in_channels: int
+    out_channels: int
+    num_classes: int
+
     projection: torch.Tensor  # buffer: the fixed random readout ``[C * grid * grid, K]``
 
     def __init__(

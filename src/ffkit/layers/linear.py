@@ -9,6 +9,7 @@ normalisation).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -88,7 +89,9 @@ class FFLinear(FFLayer):
     Args:
         in_features: input size ``D_in`` (images are flattened).
         out_features: number of units ``D``.
-        goodness: ``"sum"`` (sum of squares, Hinton) or ``"mean"`` (mean of squares).
+        goodness: ``"sum"`` (sum of squares, Hinton), ``"mean"`` (mean of squares), or a callable
+            ``goodness(h) -> [B]`` (e.g. :func:`ffkit.goodness.mean`). A layer with a callable goodness cannot be
+            cut into unit shards (:meth:`split_units`), whose goodness values must add up to the layer's.
         eps: added to the length to avoid dividing by zero.
         norm: ``"l2"``: ``x / (|x| + eps)`` (Pipeline-FF's release); ``"rms"``: ``x / (sqrt(mean x^2) + eps)``
             (loeweX), the same direction at ``sqrt(D_in)`` times the length.
@@ -112,7 +115,7 @@ class FFLinear(FFLayer):
         in_features: int,
         out_features: int,
         *,
-        goodness: str = "sum",
+        goodness: str | Callable[..., torch.Tensor] = "sum",
         eps: float = 1e-8,
         norm: str = "l2",
         activation: str = "relu",
@@ -123,8 +126,8 @@ class FFLinear(FFLayer):
         super().__init__()
         for name, v in (("in_features", in_features), ("out_features", out_features)):
             check_positive_int(v, name)
-        if goodness not in ("sum", "mean"):
-            raise ValueError(f"goodness must be 'sum' or 'mean', got {goodness!r}")
+        if not callable(goodness) and goodness not in ("sum", "mean"):
+            raise ValueError(f"goodness must be 'sum', 'mean' or a callable goodness(h), got {goodness!r}")
         for name, option, allowed in (("norm", norm, NORMS), ("activation", activation, ACTIVATIONS),
                                       ("init", init, INITS)):
             if option not in allowed:
@@ -156,6 +159,8 @@ class FFLinear(FFLayer):
             x = x / (x.norm(dim=1, keepdim=True) + self.eps)
         z = self.linear(x)
         h = relu_full_grad(z) if self.activation == "relu-full-grad" else F.relu(z)
+        if callable(self.reduction):
+            return LayerOutput(features=h, goodness=self.reduction(h))
         g = _goodness.squared(h, reduction="sum")
         if self.reduction == "mean":
             g = g / self._goodness_units
@@ -176,13 +181,20 @@ class FFLinear(FFLayer):
         return self.peer_mean is not None
 
     def extra_repr(self) -> str:
-        options = [f"goodness={self.reduction!r}"]
+        shown = _goodness.goodness_name(self.reduction) if callable(self.reduction) else repr(self.reduction)
+        options = [f"goodness={shown}"]
         options += [f"{k}={v!r}" for k, v, default in (
             ("norm", self.norm, "l2"), ("activation", self.activation, "relu"), ("init", self.init, "torch"),
         ) if v != default]
         if self.peer_mean is not None:
             options.append(f"peer_normalization={self.peer_normalization}, peer_momentum={self.peer_momentum}")
         return ", ".join(options)
+
+    @property
+    def unit_shardable(self) -> bool:
+        """Whether :meth:`split_units` can cut the layer: its goodness is a sum over units and no loss of its own
+        compares the units (peer normalisation)."""
+        return not callable(self.reduction) and self.peer_mean is None
 
     @property
     def num_units(self) -> int:
@@ -204,6 +216,9 @@ class FFLinear(FFLayer):
         if self.peer_mean is not None:
             # the loss compares every unit with the average of all of them: a shard cannot compute its part alone
             raise ValueError("a layer with peer normalisation cannot be split by units")
+        if not self.unit_shardable:
+            raise ValueError("a layer with a callable goodness cannot be split by units: nothing says the shards' "
+                             "goodness values add up to the layer's")
         with torch.random.fork_rng(devices=[]):  # its initial weights are overwritten: leave the RNG untouched
             shard = FFLinear(self.linear.in_features, hi - lo, goodness=self.reduction, eps=self.eps, norm=self.norm,
                              activation=self.activation)

@@ -32,6 +32,8 @@ class PONLinear(FFLayer):
         ``x [B, D_in] or [B, C, H, W] -> LayerOutput(features h [B, D], scores [B, K])``.
     """
 
+    num_classes: int
+
     def __init__(self, in_features: int, out_features: int, num_classes: int, *, eps: float = 1e-8) -> None:
         super().__init__()
         check_positive_int(in_features, "in_features")

@@ -7,6 +7,8 @@ the authors' released code does for its runs without BatchNorm (the paper's abla
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -41,6 +43,8 @@ class TrifectaConv(FFLayer):
             affine weight and bias per element, as the release's runs without BatchNorm); ``"layer"`` needs
             ``input_size``.
         input_size: ``(H, W)`` of the input, for ``norm="layer"``.
+        goodness: a name or a callable ``goodness(h) -> [B]`` (:func:`ffkit.goodness.get_goodness`); default the
+            mean of squares.
 
     Shape:
         ``x [B, C_in, H, W] -> LayerOutput(features [B, C_out, H', W'], goodness [B])``.
@@ -55,8 +59,10 @@ class TrifectaConv(FFLayer):
         maxpool: bool = False,
         norm: str = "batch",
         input_size: tuple[int, int] | None = None,
+        goodness: str | Callable[..., torch.Tensor] = "mean_squared",
     ) -> None:
         super().__init__()
+        self.goodness = _goodness.get_goodness(goodness)
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("kernel_size", kernel_size)):
             check_positive_int(v, name)
         _check_norm(norm)
@@ -75,7 +81,10 @@ class TrifectaConv(FFLayer):
         h = F.relu(self.conv(self.norm(x)))
         if self.maxpool:
             h = max_pool2x2(h)
-        return LayerOutput(features=h, goodness=_goodness.squared(h, reduction="mean"))
+        return LayerOutput(features=h, goodness=self.goodness(h))
+
+    def extra_repr(self) -> str:
+        return _goodness_repr(self.goodness)
 
 
 class TrifectaLinear(FFLayer):
@@ -90,13 +99,18 @@ class TrifectaLinear(FFLayer):
         in_features: input size ``D_in`` (images ``[B, C, H, W]`` are flattened to ``C * H * W``).
         out_features: number of units ``D``.
         norm: ``"batch"`` (``BatchNorm1d(D_in)``) or ``"layer"`` (``LayerNorm(D_in)`` with affine parameters).
+        goodness: a name or a callable ``goodness(h) -> [B]``; default the mean of squares.
 
     Shape:
         ``x [B, D_in] or [B, C, H, W] -> LayerOutput(features [B, D], goodness [B])``.
     """
 
-    def __init__(self, in_features: int, out_features: int, *, norm: str = "batch") -> None:
+    def __init__(
+        self, in_features: int, out_features: int, *, norm: str = "batch",
+        goodness: str | Callable[..., torch.Tensor] = "mean_squared",
+    ) -> None:
         super().__init__()
+        self.goodness = _goodness.get_goodness(goodness)
         for name, v in (("in_features", in_features), ("out_features", out_features)):
             check_positive_int(v, name)
         _check_norm(norm)
@@ -114,4 +128,11 @@ class TrifectaLinear(FFLayer):
                 f"larger batch and DataLoader(drop_last=True)"
             )
         h = F.relu(self.linear(self.norm(x)))
-        return LayerOutput(features=h, goodness=_goodness.squared(h, reduction="mean"))
+        return LayerOutput(features=h, goodness=self.goodness(h))
+
+    def extra_repr(self) -> str:
+        return _goodness_repr(self.goodness)
+
+
+def _goodness_repr(fn: Callable[..., torch.Tensor]) -> str:
+    return "" if fn is _goodness.mean_squared else f"goodness={_goodness.goodness_name(fn)}"

@@ -27,11 +27,10 @@ from collections.abc import Sequence
 from torch import nn
 
 from .._validation import check_positive_int
-from ..data import LabelOverlay, get_negatives
 from ..layers import ClassifierHead, DTGConv, DTGLinear
 from ..layers.dtg import TAU_MAX, TAU_MIN
 from ..network import FFNetwork
-from ..objectives import ClassScoreObjective, PosNegObjective
+from ..objectives import ClassScoreObjective, LabelOverlay, PosNegObjective, get_negatives
 from ._registry import register_model
 from ._vgg import VGG8_CHANNELS, VGG8_POOL_AFTER, VGG11_CHANNELS, VGG11_POOL_AFTER
 from ._widths import scale_width
@@ -39,7 +38,6 @@ from ._widths import scale_width
 __all__ = ["dtg_vgg8", "dtg_vgg11", "dtg_mlp"]
 
 #: Images are 32x32 in ffkit (MNIST-style data is resized), so the MLP's first layer has ``in_channels * 1024`` inputs.
-IMAGE_PIXELS = 32 * 32
 #: DTG-FF's classifier path (Chen 2026): dropout 0.2 before its linear layer, label smoothing 0.1.
 HEAD_DROPOUT = 0.2
 HEAD_LABEL_SMOOTHING = 0.1
@@ -194,11 +192,12 @@ def dtg_mlp(
     negatives: str = "random",
     tau_min: float = TAU_MIN,
     tau_max: float = TAU_MAX,
+    image_size: int = 32,
 ) -> FFNetwork:
     """A DTG MLP: :class:`~ffkit.layers.DTGLinear` layers trained on positive/negative data, with the released
     DTG MLP's hybrid classifier.
 
-    The label is overlaid on the first ``num_classes`` input pixels (:class:`~ffkit.data.LabelOverlay`); negatives
+    The label is overlaid on the first ``num_classes`` input pixels (:class:`~ffkit.objectives.LabelOverlay`); negatives
     carry a wrong label from the ``negatives`` sampler. Each layer's goodness is ``(g - m) / tau`` (mean squared
     activity minus a learnable margin ``m = softplus(theta)`` warm-started to the first batch's mean goodness, over a
     learnable temperature) and it minimises the threshold loss at 0,
@@ -218,18 +217,21 @@ def dtg_mlp(
 
     Args:
         num_classes: ``K``.
-        in_channels: image channels; the first layer has ``in_channels * 1024`` inputs.
+        in_channels: image channels; the first layer has ``in_channels * S * S`` inputs.
         width_multiplier: scales every hidden width (rounded, at least 1).
         hidden: hidden-layer widths (at least one).
         head: add the hybrid classifier (and predict with it).
-        negatives: ``"random"``, ``"fixed"`` or ``"adaptive"`` (:func:`ffkit.data.get_negatives`).
+        negatives: ``"random"``, ``"fixed"`` or ``"adaptive"`` (:func:`ffkit.objectives.get_negatives`).
         tau_min: lower bound of every layer's learnable temperature.
         tau_max: upper bound of every layer's learnable temperature.
+        image_size: the side ``S`` of the square input images (32: every ffkit dataset as loaded by default; 28:
+            MNIST and Fashion-MNIST as stored).
 
     Shape:
-        ``[B, in_channels, 32, 32] -> [B, num_classes]``.
+        ``[B, in_channels, S, S] -> [B, num_classes]``.
     """
     _check_common(num_classes, in_channels, head)
+    check_positive_int(image_size, "image_size")
     if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
         raise TypeError(f"hidden must be a sequence of layer widths, got {type(hidden).__name__}")
     if len(hidden) == 0:
@@ -237,7 +239,7 @@ def dtg_mlp(
     for i, w in enumerate(hidden):
         check_positive_int(w, f"hidden[{i}]")
     widths = [scale_width(w, width_multiplier) for w in hidden]
-    sizes = [in_channels * IMAGE_PIXELS, *widths]
+    sizes = [in_channels * image_size * image_size, *widths]
     layers = [DTGLinear(d_in, d_out, tau_min=tau_min, tau_max=tau_max) for d_in, d_out in zip(sizes[:-1], sizes[1:])]
     objective = PosNegObjective(
         LabelOverlay(num_classes), get_negatives(negatives, num_classes), loss="threshold", threshold=0.0
@@ -249,5 +251,5 @@ def dtg_mlp(
         # the release initialises every nn.Linear of the model, its classifier included, this way
         nn.init.kaiming_normal_(classifier.linear.weight)
         nn.init.zeros_(classifier.linear.bias)
-    return FFNetwork(layers, objective, num_classes=num_classes, in_channels=in_channels, input_size=(32, 32),
-                     head=classifier, head_predicts=head)
+    return FFNetwork(layers, objective, num_classes=num_classes, in_channels=in_channels,
+                     input_size=(image_size, image_size), head=classifier, head_predicts=head)

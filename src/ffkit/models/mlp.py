@@ -8,8 +8,8 @@ Performance-Optimized Network (PON).
 * :func:`pon_mlp` -- Pipeline-FF's PON (Sec. 4.4): the same widths, each layer trained by its own softmax head, no
   negatives.
 
-ffkit's inputs are 32x32 images, so the first layer has ``in_channels * 1024`` inputs (MNIST is resized from 28x28;
-784 in the papers).
+ffkit's datasets yield 32x32 images by default, so the first layer has ``in_channels * 1024`` inputs (MNIST resized
+from 28x28); ``image_size=28`` builds it for MNIST as stored, 784 inputs, as in the papers.
 """
 
 from __future__ import annotations
@@ -17,16 +17,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .._validation import check_positive_int
-from ..data import LabelOverlay, get_negatives
 from ..layers import ClassifierHead, FFLinear, PONLinear
 from ..network import FFNetwork
-from ..objectives import ClassScoreObjective, PosNegObjective
+from ..objectives import ClassScoreObjective, LabelOverlay, PosNegObjective, get_negatives
 from ._registry import register_model
 from ._widths import scale_width
 
 __all__ = ["hinton_mlp", "pon_mlp"]
 
-IMAGE_PIXELS = 32 * 32
 
 
 def _check_common(num_classes: int, in_channels: int) -> None:
@@ -92,8 +90,8 @@ def hinton_mlp(
 
     Each layer is an :class:`~ffkit.layers.FFLinear`: the input divided by ``|x| + 1e-4``, linear (PyTorch's default
     init), ReLU; its goodness is the mean of the squared activities. The label is written into the last
-    ``num_classes`` input elements (:class:`~ffkit.data.LabelOverlay`, ``position="last"``): ``label_value`` at the
-    label, 0 elsewhere, ``label_value / K`` everywhere for the neutral label. Positives carry the true label,
+    ``num_classes`` input elements (:class:`~ffkit.objectives.LabelOverlay`, ``position="last"``): ``label_value``
+    at the label, 0 elsewhere, ``label_value / K`` everywhere for the neutral label. Positives carry the true label,
     negatives a wrong one from the ``negatives`` sampler. Every layer minimises the threshold loss
     ``softplus(theta - g_pos)``, ``softplus(g_neg - theta)`` averaged over the ``2B`` samples of the
     ``[positives; negatives]`` batch (:func:`ffkit.losses.ff_threshold` with ``reduction="mean"``; Pipeline-FF
@@ -113,7 +111,7 @@ def hinton_mlp(
         hidden: hidden-layer widths; at least two layers (prediction skips the first).
         negatives: ``"random"`` (RandomNEG), ``"fixed"`` (FixedNEG: the same wrong label per sample every epoch;
             the training loader must yield ``(x, y, index)``) or ``"adaptive"`` (AdaptiveNEG: the hardest wrong
-            label under the current network), via :func:`ffkit.data.get_negatives`. Pipeline-FF draws them once
+            label under the current network), via :func:`ffkit.objectives.get_negatives`. Pipeline-FF draws them once
             per chapter: train with :class:`~ffkit.train.ChapterTrainer` for that schedule.
         head: Pipeline-FF's softmax mode (see above).
         threshold: the threshold loss's ``theta``; ``None`` (default): the release's ``0.01 x width`` on the mean
@@ -200,6 +198,7 @@ def pon_mlp(
     in_channels: int = 1,
     width_multiplier: float = 1.0,
     hidden: Sequence[int] = (2000, 2000, 2000, 2000),
+    image_size: int = 32,
 ) -> FFNetwork:
     """Pipeline-FF's Performance-Optimized Network (PON, Sec. 4.4): an MLP whose every layer is trained by its own
     softmax head, with no negative data (:class:`~ffkit.layers.PONLinear`, local cross-entropy via
@@ -212,17 +211,21 @@ def pon_mlp(
 
     Args:
         num_classes: ``K``.
-        in_channels: image channels; the first layer has ``in_channels * 1024`` inputs.
+        in_channels: image channels; the first layer has ``in_channels * S * S`` inputs.
         width_multiplier: scales every hidden width (rounded).
         hidden: hidden-layer widths.
+        image_size: the side ``S`` of the square input images (32: every ffkit dataset as loaded by default; 28:
+            MNIST and Fashion-MNIST as stored).
 
     Shape:
-        ``[B, in_channels, 32, 32] -> [B, num_classes]``.
+        ``[B, in_channels, S, S] -> [B, num_classes]``.
     """
     _check_common(num_classes, in_channels)
+    check_positive_int(image_size, "image_size")
     widths = _widths(hidden, width_multiplier, minimum_layers=1)
-    sizes = [in_channels * IMAGE_PIXELS, *widths]
+    sizes = [in_channels * image_size * image_size, *widths]
     layers = [PONLinear(d_in, d_out, num_classes, eps=LENGTH_EPS) for d_in, d_out in zip(sizes[:-1], sizes[1:])]
     return FFNetwork(
-        layers, ClassScoreObjective(), num_classes=num_classes, in_channels=in_channels, input_size=(32, 32)
+        layers, ClassScoreObjective(), num_classes=num_classes, in_channels=in_channels,
+        input_size=(image_size, image_size),
     )

@@ -10,7 +10,7 @@ The conv architectures are those of the authors' released code (its ``small`` an
 
 Every conv block is :class:`~ffkit.layers.TrifectaConv` (``BN(input) -> 3x3 bias-free conv -> ReLU -> [2x2
 max-pool]``), every FC block :class:`~ffkit.layers.TrifectaLinear`. The label ``y`` is encoded by
-:class:`~ffkit.data.LabelChannel` as a 32x32 plane appended to the image, so the first layer sees
+:class:`~ffkit.objectives.LabelChannel` as a 32x32 plane appended to the image, so the first layer sees
 ``in_channels + 1`` channels; it is a learned embedding by default (the release's default, trained with OLU), or a
 fixed random one with ``learned_label=False`` (the paper's runs without OLU). Layers are trained on positives (true
 label) and negatives (a uniformly drawn wrong label) with SymBa, or, for the paper's ablation, the threshold loss
@@ -28,11 +28,10 @@ Widths are multiplied by ``width_multiplier`` and rounded to the nearest integer
 from __future__ import annotations
 
 from .._validation import check_positive, check_positive_int
-from ..data import LabelChannel, get_negatives
 from ..layers import FFLayer, TrifectaConv, TrifectaLinear
 from ..layers.trifecta import NORMS
 from ..network import FFNetwork
-from ..objectives import PosNegObjective
+from ..objectives import LabelChannel, PosNegObjective, get_negatives
 from ._registry import register_model
 from ._widths import scale_width
 
@@ -47,14 +46,12 @@ _DEEP = (
 _FCN = (2048,) * 6
 # Images are always 32x32 in ffkit (MNIST-style data is resized; the release keeps MNIST at 28x28), so the label
 # plane is 32x32 too.
-_SIZE = 32
-
-
 def _network(
     layers: list[FFLayer],
     *,
     num_classes: int,
     in_channels: int,
+    image_size: int,
     learned_label: bool,
     loss: str,
     alpha: float,
@@ -62,7 +59,7 @@ def _network(
     negatives: str,
 ) -> FFNetwork:
     objective = PosNegObjective(
-        LabelChannel(num_classes, _SIZE, _SIZE, learned=learned_label),
+        LabelChannel(num_classes, image_size, image_size, learned=learned_label),
         get_negatives(negatives, num_classes),
         loss=loss,
         alpha=float(alpha),
@@ -71,16 +68,18 @@ def _network(
     )
     # The release predicts with the last layer alone (its evaluation's default ensemble is slice(-1, None)).
     return FFNetwork(
-        layers, objective, num_classes=num_classes, in_channels=in_channels, input_size=(_SIZE, _SIZE),
+        layers, objective, num_classes=num_classes, in_channels=in_channels, input_size=(image_size, image_size),
         inference_start=len(layers) - 1,
     )
 
 
 def _check_common(
-    num_classes: int, in_channels: int, learned_label: bool, loss: str, alpha: float, threshold: float, norm: str
+    num_classes: int, in_channels: int, learned_label: bool, loss: str, alpha: float, threshold: float, norm: str,
+    image_size: int, min_size: int = 1,
 ) -> None:
     check_positive_int(num_classes, "num_classes", minimum=2)
     check_positive_int(in_channels, "in_channels")
+    check_positive_int(image_size, "image_size", minimum=min_size)
     if not isinstance(learned_label, bool):
         raise TypeError(f"learned_label must be a bool, got {type(learned_label).__name__}")
     if loss not in ("symba", "threshold"):
@@ -93,10 +92,10 @@ def _check_common(
 
 
 def _conv_stack(
-    spec: tuple[tuple[int, bool], ...], in_channels: int, width_multiplier: float, norm: str
+    spec: tuple[tuple[int, bool], ...], in_channels: int, width_multiplier: float, norm: str, image_size: int
 ) -> list[FFLayer]:
     layers: list[FFLayer] = []
-    prev, size = in_channels + 1, _SIZE  # + the label channel
+    prev, size = in_channels + 1, image_size  # + the label channel
     for channels, pool in spec:
         c = scale_width(channels, width_multiplier)
         layers.append(TrifectaConv(prev, c, 3, maxpool=pool, norm=norm, input_size=(size, size)))
@@ -116,6 +115,7 @@ def trifecta_shallow(
     threshold: float = 2.0,
     negatives: str = "random",
     norm: str = "batch",
+    image_size: int = 32,
 ) -> FFNetwork:
     """The Trifecta's shallow CNN (the release's ``small``): 6 conv blocks, 128 (mp) - 128 - 256 (mp) - 256 - 256 -
     512 (mp); 2.8M parameters.
@@ -134,14 +134,17 @@ def trifecta_shallow(
         negatives: negative-label sampler by name (``"random"``: a uniformly drawn wrong label, as the paper).
         norm: ``"batch"`` (BatchNorm of each block's input, the paper) or ``"layer"`` (the release's LayerNorm over
             ``(C, H, W)``, its runs without BatchNorm).
+        image_size: the side ``S`` of the square input images (32: every ffkit dataset as loaded by default; 28:
+            MNIST and Fashion-MNIST as stored). The label channel is ``S x S``.
 
-    Shape: ``[B, in_channels, 32, 32] -> [B, num_classes]`` (the goodness of each label in the last layer).
+    Shape: ``[B, in_channels, S, S] -> [B, num_classes]`` (the goodness of each label in the last layer).
     """
-    _check_common(num_classes, in_channels, learned_label, loss, alpha, threshold, norm)
+    pools = sum(pool for _, pool in _SHALLOW)  # each max-pool halves the side
+    _check_common(num_classes, in_channels, learned_label, loss, alpha, threshold, norm, image_size, 2**pools)
     return _network(
-        _conv_stack(_SHALLOW, in_channels, width_multiplier, norm),
-        num_classes=num_classes, in_channels=in_channels, learned_label=learned_label, loss=loss, alpha=alpha,
-        threshold=threshold, negatives=negatives,
+        _conv_stack(_SHALLOW, in_channels, width_multiplier, norm, image_size),
+        num_classes=num_classes, in_channels=in_channels, image_size=image_size, learned_label=learned_label,
+        loss=loss, alpha=alpha, threshold=threshold, negatives=negatives,
     )
 
 
@@ -157,6 +160,7 @@ def trifecta_deep(
     threshold: float = 2.0,
     negatives: str = "random",
     norm: str = "batch",
+    image_size: int = 32,
 ) -> FFNetwork:
     """The Trifecta's deep CNN (the release's ``large``): 12 conv blocks, 64 - 128 (mp) - 128 x3 - 256 (mp) -
     256 x3 - 512 (mp) - 512 x2; 8.5M parameters.
@@ -164,13 +168,14 @@ def trifecta_deep(
     Paper (500 epochs, last layer): MNIST 99.58, F-MNIST 91.44, SVHN 94.31, CIFAR-10 83.51 (83.72 with the mean of
     the last three layers), CIFAR-100 35.26. Arguments as :func:`trifecta_shallow`.
 
-    Shape: ``[B, in_channels, 32, 32] -> [B, num_classes]`` (the goodness of each label in the last layer).
+    Shape: ``[B, in_channels, S, S] -> [B, num_classes]`` (the goodness of each label in the last layer).
     """
-    _check_common(num_classes, in_channels, learned_label, loss, alpha, threshold, norm)
+    pools = sum(pool for _, pool in _DEEP)  # each max-pool halves the side
+    _check_common(num_classes, in_channels, learned_label, loss, alpha, threshold, norm, image_size, 2**pools)
     return _network(
-        _conv_stack(_DEEP, in_channels, width_multiplier, norm),
-        num_classes=num_classes, in_channels=in_channels, learned_label=learned_label, loss=loss, alpha=alpha,
-        threshold=threshold, negatives=negatives,
+        _conv_stack(_DEEP, in_channels, width_multiplier, norm, image_size),
+        num_classes=num_classes, in_channels=in_channels, image_size=image_size, learned_label=learned_label,
+        loss=loss, alpha=alpha, threshold=threshold, negatives=negatives,
     )
 
 
@@ -186,26 +191,27 @@ def trifecta_fcn(
     threshold: float = 2.0,
     negatives: str = "random",
     norm: str = "batch",
+    image_size: int = 32,
 ) -> FFNetwork:
     """The Trifecta's fully-connected network "6 x 2048": six :class:`~ffkit.layers.TrifectaLinear` layers of 2048
-    units on the flattened ``(in_channels + 1) x 32 x 32`` input (image plus label channel).
+    units on the flattened ``(in_channels + 1) x S x S`` input (image plus label channel; ``S = image_size``).
 
     The paper gives only the size; the authors' released code has no FCN, so the block (norm of the input,
     bias-free linear map, ReLU, mean-of-squares goodness) follows the conv blocks. For MNIST/F-MNIST
     (``in_channels=1``) the input has 2048 features and each of the six weights is 2048 x 2048. Arguments as
     :func:`trifecta_shallow`.
 
-    Shape: ``[B, in_channels, 32, 32] -> [B, num_classes]`` (the goodness of each label in the last layer).
+    Shape: ``[B, in_channels, S, S] -> [B, num_classes]`` (the goodness of each label in the last layer).
     """
-    _check_common(num_classes, in_channels, learned_label, loss, alpha, threshold, norm)
+    _check_common(num_classes, in_channels, learned_label, loss, alpha, threshold, norm, image_size)
     layers: list[FFLayer] = []
-    prev = (in_channels + 1) * _SIZE * _SIZE
+    prev = (in_channels + 1) * image_size * image_size
     for width in _FCN:
         d = scale_width(width, width_multiplier)
         layers.append(TrifectaLinear(prev, d, norm=norm))
         prev = d
     return _network(
         layers,
-        num_classes=num_classes, in_channels=in_channels, learned_label=learned_label, loss=loss, alpha=alpha,
-        threshold=threshold, negatives=negatives,
+        num_classes=num_classes, in_channels=in_channels, image_size=image_size, learned_label=learned_label,
+        loss=loss, alpha=alpha, threshold=threshold, negatives=negatives,
     )

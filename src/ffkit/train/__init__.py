@@ -4,6 +4,7 @@ from .backprop import BackpropTrainer
 from .base import DivergenceError, StepResult, Trainer, check_same_model
 from .chapters import ChapterTrainer
 from .checkpoint import load_checkpoint, save_checkpoint
+from .factory import build_trainer
 from .federated import FederatedTrainer, shard_loader
 from .local import LocalTrainer
 from .pipeline import PipelineError, PipelineTrainer, init_distributed
@@ -23,4 +24,5 @@ __all__ = [
     "FederatedTrainer",
     "shard_loader",
     "ChapterTrainer",
+    "build_trainer",
 ]

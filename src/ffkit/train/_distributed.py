@@ -1,11 +1,45 @@
-"""What the multi-process engines (pipeline, federated, chapters) share: their device and timeout conventions."""
+"""What the multi-process engines (pipeline, federated, chapters) share: their device and timeout conventions, and
+the one place where a backend's error about a peer becomes a :class:`PipelineError`."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from datetime import timedelta
+from typing import Any
 
 import torch
+
+__all__ = ["PipelineError", "lost_peer", "wait_work", "default_device", "check_timeout", "check_divergence_stop",
+           "check_equal_lengths"]
+
+
+class PipelineError(RuntimeError):
+    """A pipeline stage (or a federated or chapter rank) failed, or lost contact with a peer; the message names the
+    stage or rank and the peer."""
+
+
+@contextlib.contextmanager
+def lost_peer(what: str, timeout: float) -> Iterator[None]:
+    """Turn the backend's error of a call to a peer that died or stopped answering into a :class:`PipelineError`:
+    ``"{what} (timeout {timeout} s): {the backend's message}"``. gloo raises some of these at the call, not at the
+    wait, so both go through here."""
+    try:
+        yield
+    except PipelineError:
+        raise
+    except RuntimeError as e:  # gloo/NCCL: the peer died, closed its connection or timed out
+        raise PipelineError(f"{what} (timeout {timeout:g} s): {e}") from e
+
+
+def wait_work(work: Any, timeout: float, what: str) -> None:
+    """Wait for an asynchronous ``torch.distributed`` work at most ``timeout`` seconds; a lost or silent peer is a
+    :class:`PipelineError` that says ``what`` was being done."""
+    with lost_peer(what, timeout):
+        ok = work.wait(timedelta(seconds=timeout))
+    if ok is False:
+        raise PipelineError(f"{what}: no answer within {timeout:g} s")
 
 
 def default_device() -> torch.device:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .. import defaults
 from .._validation import check_positive_int
 from ..network import FFNetwork
 from .base import DivergenceError, StepResult, Trainer, check_trainer_args, make_optimizer, make_schedule
@@ -64,11 +65,11 @@ class BackpropTrainer(Trainer):
         self,
         network,
         *,
-        lr: float = 1e-3,
+        lr: float = defaults.BACKPROP_LR,
         final_lr: float | None = None,
-        weight_decay: float = 5e-4,
-        optimizer: str = "adam",
-        schedule: str = "cosine",
+        weight_decay: float = defaults.WEIGHT_DECAY,
+        optimizer: str = defaults.OPTIMIZER,
+        schedule: str = defaults.SCHEDULE,
         total_steps: int | None = None,
         device: str | torch.device = "cpu",
         milestones: tuple[tuple[int, float], ...] = (),
@@ -106,7 +107,7 @@ class BackpropTrainer(Trainer):
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None) -> StepResult:
         """One end-to-end update on ``x [B, C, H, W]``, ``y [B]`` (``index [B]``: dataset indices, optional)."""
-        x, y = self._batch_to_device(x, y)
+        x, y = self.batch_to_device(x, y)
         n, steps = x.shape[0], self.accumulation_steps
         if steps > n:
             raise ValueError(

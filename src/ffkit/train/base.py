@@ -6,7 +6,7 @@ import csv
 import json
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -186,9 +186,34 @@ class Trainer:
     network: Any
     device: torch.device
     _epoch_progress: EpochProgress | None = None  # the epoch in flight (fit saves it when a step diverges)
+    #: Precision and memory format of the training forward, which evaluation follows (engines that offer them set
+    #: them from their arguments).
+    amp: bool = False
+    channels_last: bool = False
     _resume_position: EpochProgress | None = None  # from a checkpoint written inside an epoch
     optimizers: list[torch.optim.Optimizer | None]
     schedulers: list[torch.optim.lr_scheduler.LRScheduler | None]
+
+    def __init__(
+        self,
+        network: Any,
+        *,
+        device: str | torch.device = "cpu",
+        optimizers: Sequence[torch.optim.Optimizer | None] = (),
+        schedulers: Sequence[torch.optim.lr_scheduler.LRScheduler | None] | None = None,
+    ) -> None:
+        """For a new engine: place ``network`` on ``device``, hold its optimizers (one per layer, ``None`` for a
+        layer without parameters, a classifier head's last) and their lr schedules (default: none), and start at
+        epoch 0. The subclass implements :meth:`train_step`; ``fit`` saves and resumes the optimizers and schedules
+        with the network. (ffkit's own engines set these themselves.)"""
+        self.device = check_device(device)
+        self.network = network.to(self.device)
+        self.optimizers = list(optimizers)
+        self.schedulers = list(schedulers) if schedulers is not None else [None] * len(self.optimizers)
+        if len(self.schedulers) != len(self.optimizers):
+            raise ValueError(f"schedulers must have one entry per optimizer ({len(self.optimizers)}), got "
+                             f"{len(self.schedulers)}")
+        self._init_progress()
 
     def _setup(self, network: Any, lr: float, final_lr: float | None, device: str | torch.device) -> None:
         """Place the network and record the learning rates (``final_lr`` defaults to ``lr / 10``)."""
@@ -214,13 +239,13 @@ class Trainer:
 
     def _autocast(self):
         """bf16 autocast on the training device when ``amp`` is on, else a no-op context."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=getattr(self, "amp", False))
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
 
     def _eval_options(self) -> dict[str, bool]:
         """Evaluate in the memory format and precision the network trains in."""
-        return {"channels_last": getattr(self, "channels_last", False), "amp": getattr(self, "amp", False)}
+        return {"channels_last": self.channels_last, "amp": self.amp}
 
-    def _batch_to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch_to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Check a batch against the network, move it to the training device, and put the network in train mode.
 
         The labels are range-checked before the transfer, so a CUDA step needs no host synchronisation for it.
@@ -228,7 +253,7 @@ class Trainer:
         self.network.check_input(x, y)
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
-        if getattr(self, "channels_last", False):
+        if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         self.network.train()
         return x, y

@@ -36,7 +36,7 @@ same training procedure", but "each node trains on its own local dataset"): rank
 The result equals the sequential loop ``for c in chapters: for l in layers: train l on chapter c`` (inputs from layers
 ``0 .. l-1`` after chapter ``c``), which is what the trainer runs with one process (no ``torch.distributed``, or a
 world size of 1). Dropout masks and random negatives come from each rank's own random stream, so with those the ranks
-match the sequential loop in distribution only; :class:`~ffkit.data.FixedNegative` reproduces it exactly. Adaptive
+match the sequential loop in distribution only; :class:`~ffkit.objectives.FixedNegative` reproduces it exactly. Adaptive
 negatives on several ranks are scored by a network ``S - 1`` chapters behind, so they do not match it.
 """
 
@@ -46,7 +46,6 @@ import io
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +54,17 @@ import torch.distributed as dist
 
 from ..network import FFNetwork, _RestoreNormStats
 from ..objectives import PreparedBatch
-from ._distributed import check_divergence_stop, check_equal_lengths, check_timeout, default_device
-from .base import EpochProgress, StepResult, Trainer, reject_mid_epoch
-from .local import LocalTrainer
-from .pipeline import PipelineError
+from ._distributed import (
+    PipelineError,
+    check_divergence_stop,
+    check_equal_lengths,
+    check_timeout,
+    default_device,
+    lost_peer,
+    wait_work,
+)
+from .base import EpochProgress, StepResult, reject_mid_epoch
+from .local import LocalTrainer, WrapsLocalTrainer
 
 __all__ = ["ChapterTrainer"]
 
@@ -92,7 +98,7 @@ class _Sums:
         self.last_head = (loss.detach().float().cpu(), right.detach().cpu())
 
 
-class ChapterTrainer(Trainer):
+class ChapterTrainer(WrapsLocalTrainer):
     """Train an :class:`~ffkit.FFNetwork` in chapters: every rank trains every layer on its own chapters, and layers
     (parameters, buffers, optimizer and lr-schedule states) travel from rank to rank; activations never do.
 
@@ -103,7 +109,7 @@ class ChapterTrainer(Trainer):
             epochs in 100 splits (chapters)": one chapter per epoch, i.e. ``chapter_batches`` = the loader's batches
             per pass and one :meth:`train_epoch` per epoch.
         timeout: seconds a rank waits for a layer from its peer (or in an end-of-epoch collective) before it stops
-            with :class:`~ffkit.train.pipeline.PipelineError`.
+            with :class:`~ffkit.train.PipelineError`.
         local_data: every rank iterates its own loader (its own shard of the data, with the same number of batches
             on every rank, e.g. :func:`ffkit.train.federated.shard_loader`) and trains every chapter it cuts from
             it: Pipeline-FF's federated variant. Default: every rank iterates the same loader and trains every
@@ -144,7 +150,7 @@ class ChapterTrainer(Trainer):
         if trainer_options.get("overlap"):
             raise ValueError("overlap (OLU) trains layer pairs through one loss; ChapterTrainer trains one layer at a "
                              "time over a whole chapter, so it cannot overlap updates")
-        if getattr(network.head, "hybrid", False):
+        if network.head is not None and network.head.hybrid:
             raise ValueError("a hybrid classifier head sends its loss into the layers it reads, within one step; "
                              "ChapterTrainer trains the head after the chapter's layers, on detached features")
         if not isinstance(local_data, bool):
@@ -159,11 +165,6 @@ class ChapterTrainer(Trainer):
         if device is None:
             device = default_device() if self.world > 1 else "cpu"
         self.inner = LocalTrainer(network, device=device, **trainer_options)
-        self.network = self.inner.network
-        self.device = self.inner.device
-        self.optimizers = self.inner.optimizers
-        self.schedulers = self.inner.schedulers
-        self.lr, self.final_lr = self.inner.lr, self.inner.final_lr
         # NCCL moves CUDA tensors only; gloo is simplest on host tensors.
         nccl = self.world > 1 and dist.get_backend() == "nccl"
         self._comm_device = self.device if nccl else torch.device("cpu")
@@ -252,7 +253,7 @@ class ChapterTrainer(Trainer):
         )
 
     def _prepare(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None) -> PreparedBatch:
-        x, y = self.inner._batch_to_device(x, y)
+        x, y = self.inner.batch_to_device(x, y)
         if index is not None:
             index = index.to(self.device)
         return self.network.objective.prepare(self.network, x, y, index)
@@ -261,7 +262,7 @@ class ChapterTrainer(Trainer):
         """Encode a chapter's batches (and choose their negatives) once, before the chapter. Adaptive negatives of
         this rank's first chapter of the run are drawn uniformly: the network has not been trained yet, and
         Pipeline-FF's release trains its first chapter on negatives it drew at random."""
-        from ..data.negatives import AdaptiveNegative, RandomNegative
+        from ..objectives.negatives import AdaptiveNegative, RandomNegative
 
         objective = self.network.objective
         sampler = getattr(objective, "negatives", None)
@@ -376,11 +377,8 @@ class ChapterTrainer(Trainer):
     def _send_layer(self, layer: int, dst: int) -> None:
         """Post layer ``layer``'s state to rank ``dst`` without waiting: a size header, then the serialised state."""
         header, payload = self._encode(self._layer_state(layer))
-        what = f"sending layer {layer} to rank {dst}"
-        try:
+        with lost_peer(self._what(f"sending layer {layer} to rank {dst}", dst), self.timeout):
             works = [dist.isend(header, dst, tag=2 * layer), dist.isend(payload, dst, tag=2 * layer + 1)]
-        except RuntimeError as e:
-            raise self._error(what, dst, e) from e
         self._pending.append((works, [header, payload], dst))
         # Completed sends release their buffers at once; the rest are waited for at the end of the epoch.
         self._pending = [p for p in self._pending if not all(w.is_completed() for w in p[0])]
@@ -395,10 +393,8 @@ class ChapterTrainer(Trainer):
         self._load_layer_state(layer, self._decode(payload))
 
     def _p2p(self, op: Callable[..., Any], tensor: torch.Tensor, peer: int, tag: int, what: str) -> Any:
-        try:
+        with lost_peer(self._what(what, peer), self.timeout):
             return op(tensor, peer, tag=tag)
-        except RuntimeError as e:
-            raise self._error(what, peer, e) from e
 
     def _flush(self) -> None:
         """Wait for every send still in flight (its receiver needs it before the epoch can end)."""
@@ -408,16 +404,10 @@ class ChapterTrainer(Trainer):
 
     def _wait(self, works: list[Any], peer: int, what: str) -> None:
         for w in works:
-            try:
-                ok = w.wait(timedelta(seconds=self.timeout))
-            except RuntimeError as e:  # gloo/NCCL: the peer died, closed its connection or timed out
-                raise self._error(what, peer, e) from e
-            if ok is False:
-                raise self._error(what, peer, f"no answer within {self.timeout:.0f} s")
+            wait_work(w, self.timeout, self._what(what, peer))
 
-    def _error(self, what: str, peer: int, cause: object) -> PipelineError:
-        return PipelineError(f"chapter rank {self.rank} of {self.world} failed {what} (peer rank {peer}, timeout "
-                             f"{self.timeout:g} s): {cause}")
+    def _what(self, what: str, peer: int) -> str:
+        return f"chapter rank {self.rank} of {self.world} failed {what} (peer rank {peer})"
 
     def _encode(self, state: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """``state`` serialised: a size header ``[1]`` int64 and the bytes ``[n]`` uint8, on the communication device.
@@ -455,10 +445,8 @@ class ChapterTrainer(Trainer):
         self._load_optimizer_states(enumerate(state["optimizers"]), enumerate(state["schedulers"]))
 
     def _collective(self, what: str, peer: int, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        try:
+        with lost_peer(self._what(what, peer), self.timeout):
             work = fn(*args, async_op=True, **kwargs)
-        except RuntimeError as e:
-            raise self._error(what, peer, e) from e
         self._wait([work], peer, what)
 
     def _gather_record(self, sums: _Sums, seconds: float, n_chapters: int) -> dict[str, Any]:
@@ -467,10 +455,9 @@ class ChapterTrainer(Trainer):
         parts: list[Any] = [mine]
         if self.world > 1:
             parts = [None] * self.world
-            try:
+            with lost_peer(f"chapter rank {self.rank} of {self.world} failed gathering the epoch's training metrics",
+                           self.timeout):
                 dist.all_gather_object(parts, mine)
-            except RuntimeError as e:
-                raise self._error("gathering the epoch's training metrics", -1, e) from e
         images = sum(p[2] for p in parts)
         loss = sum(p[0] for p in parts) / images
         correct = sum(p[1] for p in parts) / images

@@ -21,7 +21,6 @@ CPU, NCCL on GPU); give each rank its own shard, e.g. with :func:`shard_loader`:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +30,16 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..network import FFNetwork
-from ._distributed import check_divergence_stop, check_equal_lengths, check_timeout, default_device
-from .base import EpochProgress, StepResult, Trainer, reject_mid_epoch
-from .local import LocalTrainer
-from .pipeline import PipelineError
+from ._distributed import (
+    check_divergence_stop,
+    check_equal_lengths,
+    check_timeout,
+    default_device,
+    lost_peer,
+    wait_work,
+)
+from .base import EpochProgress, StepResult, reject_mid_epoch
+from .local import LocalTrainer, WrapsLocalTrainer
 
 __all__ = ["FederatedTrainer", "shard_loader"]
 
@@ -42,7 +47,7 @@ __all__ = ["FederatedTrainer", "shard_loader"]
 _REDUCE_DTYPE = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
 
 
-class FederatedTrainer(Trainer):
+class FederatedTrainer(WrapsLocalTrainer):
     """Train a whole :class:`~ffkit.FFNetwork` on every rank and average the ranks' parameters (FedAvg).
 
     Every rank must construct the trainer with the same network architecture and options; rank 0's initial parameters
@@ -53,7 +58,7 @@ class FederatedTrainer(Trainer):
         sync_every: steps per chapter: parameters and floating-point buffers are averaged across ranks after every
             ``sync_every`` steps, and at the end of every epoch.
         timeout: seconds a rank waits in a collective (averaging, gathering metrics) before it stops with
-            :class:`~ffkit.train.pipeline.PipelineError`. The process group's own timeout
+            :class:`~ffkit.train.PipelineError`. The process group's own timeout
             (``init_distributed(timeout=...)``) also bounds every collective.
         device: this rank's device (default: CUDA ``LOCAL_RANK`` if available, else CPU).
         **trainer_options: the local optimisation of :class:`~ffkit.LocalTrainer` (``lr``, ``optimizer``,
@@ -95,11 +100,6 @@ class FederatedTrainer(Trainer):
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         here = torch.device(device) if device is not None else default_device()
         self.inner = LocalTrainer(network, device=here, **trainer_options)
-        self.network = self.inner.network
-        self.device = self.inner.device
-        self.optimizers = self.inner.optimizers
-        self.schedulers = self.inner.schedulers
-        self.lr, self.final_lr = self.inner.lr, self.inner.final_lr
         # NCCL reduces CUDA tensors only; gloo is simplest and safest on host tensors.
         if dist.get_backend() == "nccl":
             if self.device.type != "cuda":
@@ -115,14 +115,10 @@ class FederatedTrainer(Trainer):
     # -- collectives --------------------------------------------------------------------------------------------
     def _collective(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         """Run one asynchronous collective and wait for it, turning a lost or stalled peer into a PipelineError."""
-        where = f"federated rank {self.rank} of {self.world}"
-        try:
+        what = f"federated rank {self.rank} of {self.world} failed in {what}"
+        with lost_peer(what, self.timeout):
             work = fn(*args, async_op=True, **kwargs)
-            ok = work.wait(timedelta(seconds=self.timeout))
-        except RuntimeError as e:  # gloo/NCCL: a peer died, closed its connection or timed out
-            raise PipelineError(f"{where} failed in {what} (timeout {self.timeout:g} s): {e}") from e
-        if ok is False:
-            raise PipelineError(f"{where} failed in {what}: no answer within {self.timeout:.0f} s")
+        wait_work(work, self.timeout, what)
 
     def _state_tensors(self, floating_only: bool) -> list[torch.Tensor]:
         tensors = [*self.network.parameters(), *self.network.buffers()]

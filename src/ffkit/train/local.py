@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 
+from .. import defaults
 from ..network import FFNetwork
 from ..objectives import PreparedBatch
 from .base import (
@@ -49,8 +51,9 @@ class LocalTrainer(Trainer):
         overlap: The Trifecta's Overlapping Local Updates (OLU). Layers train in overlapping pairs: at step ``t``
             layer ``k`` updates when ``(k even) XOR (t even)``, with an optimizer over its own and layer ``k - 1``'s
             parameters (a learned label encoder is stepped by layer 0's optimizer only); the layers that do not
-            update pass their features on *undetached*, so each gradient crosses exactly one layer boundary and the
-            pairing alternates with the step's parity. ``t`` is the batch's index in its epoch when training with
+            update pass their features on *undetached*, so each gradient crosses exactly one layer boundary (a residual
+            shortcut, which crosses more, carries detached features) and the pairing alternates with the step's
+            parity. ``t`` is the batch's index in its epoch when training with
             :meth:`fit` or :meth:`train_epoch` (so it restarts at 0 every epoch, as the release's), else the
             trainer's step count.
         head_lr: learning rate of the network's classifier head, if it has one (default ``lr``).
@@ -86,11 +89,11 @@ class LocalTrainer(Trainer):
         self,
         network: FFNetwork,
         *,
-        lr: float = 0.005,
+        lr: float = defaults.LR,
         final_lr: float | None = None,
-        weight_decay: float = 5e-4,
-        optimizer: str = "adam",
-        schedule: str = "cosine",
+        weight_decay: float = defaults.WEIGHT_DECAY,
+        optimizer: str = defaults.OPTIMIZER,
+        schedule: str = defaults.SCHEDULE,
         total_steps: int | None = None,
         device: str | torch.device = "cpu",
         milestones: tuple[tuple[int, float], ...] = (),
@@ -150,14 +153,14 @@ class LocalTrainer(Trainer):
     def train_step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None) -> StepResult:
         """One local update of every layer on the batch ``x [B, C, H, W]``, ``y [B]``."""
         net = self.network
-        x, y = self._batch_to_device(x, y)
+        x, y = self.batch_to_device(x, y)
         update = self.begin_update(range(len(net)), head=True)  # before prepare: adaptive negatives change BN stats
         batch = net.objective.prepare(net, x, y, index)
         losses, correct, head_feats, _ = self.train_layers(batch, batch.inputs, update=update)
         head_result = None
         # a hybrid head's loss adds to the layers' held gradients, so it runs before their optimizers step, as does a
         # head that reads the layers before this step's update
-        same_step = net.head is not None and (net.head.hybrid or getattr(net.head, "pre_update", False))
+        same_step = net.head is not None and (net.head.hybrid or net.head.pre_update)
         if net.head is not None and (net.objective.head_uses_training_pass or same_step):
             head_result = self._head_step(batch, head_feats, update)
         applied = self.commit_update(update, losses, head_result)
@@ -396,6 +399,47 @@ class LocalTrainer(Trainer):
     def current_lr(self, layer: int) -> float:
         opt = self.optimizers[layer]
         return opt.param_groups[0]["lr"] if opt is not None else 0.0
+
+class WrapsLocalTrainer(Trainer):
+    """Base of the engines built around one :class:`LocalTrainer` (``inner``), which does the per-layer optimisation
+    (pipeline stages, federated ranks, chapters). What belongs to that optimisation is read through from ``inner``,
+    never copied, so the two cannot disagree: the network, the device, the optimizers and their schedules, the
+    learning rates and the precision options that evaluation follows."""
+
+    inner: LocalTrainer
+
+    @property
+    def network(self) -> Any:
+        return self.inner.network
+
+    @property
+    def device(self) -> torch.device:  # type: ignore[override]
+        return self.inner.device
+
+    @property
+    def optimizers(self) -> list[torch.optim.Optimizer | None]:  # type: ignore[override]
+        return self.inner.optimizers
+
+    @property
+    def schedulers(self) -> list[torch.optim.lr_scheduler.LRScheduler | None]:  # type: ignore[override]
+        return self.inner.schedulers
+
+    @property
+    def lr(self) -> float:  # type: ignore[override]
+        return self.inner.lr
+
+    @property
+    def final_lr(self) -> float:  # type: ignore[override]
+        return self.inner.final_lr
+
+    @property
+    def amp(self) -> bool:  # type: ignore[override]
+        return self.inner.amp
+
+    @property
+    def channels_last(self) -> bool:  # type: ignore[override]
+        return self.inner.channels_last
+
 
 class PendingUpdate:
     """One training step's optimizer steps, held until its losses and goodness are known to be finite, with the

@@ -13,6 +13,9 @@ Two transports carry a stage's detached features, the labels and any residual-sh
 * ``backend="distributed"``: one process per stage on ``torch.distributed`` point-to-point (gloo on CPU, NCCL on
   GPU), launched by ``torchrun``. A stage receives into a ring of ``queue_size`` buffers posted ahead with
   ``dist.batch_isend_irecv``, so it overlaps communication with its local step and the pipeline never drains.
+
+This module schedules batches through the stages; the parts it schedules (a stage, the transport between ranks,
+the partition, the stage files) are in :mod:`ffkit.train.pipelining`.
 """
 
 from __future__ import annotations
@@ -31,184 +34,21 @@ import torch
 import torch.distributed as dist
 
 from .._version import __version__
-from ..layers.base import LayerOutput
 from ..network import FFNetwork
-from ..objectives import PosNegObjective, PreparedBatch
-from ._distributed import check_divergence_stop, check_timeout, default_device
-from .base import EpochProgress, StepResult, Trainer, reject_mid_epoch
-from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
-from .local import LocalTrainer
+from ._distributed import PipelineError, check_divergence_stop, check_timeout, default_device, lost_peer
+from .base import EpochProgress, StepResult, reject_mid_epoch
+from .checkpoint import CHECKPOINT_FORMAT
+from .local import LocalTrainer, WrapsLocalTrainer
+from .pipelining.files import save_stage, stage_files
+from .pipelining.partition import count_stages, share_mode, shareable_layers
+from .pipelining.stage import Share, Stage, merge_samples, sample_rows, take_samples
+from .pipelining.transport import BATCH, EPOCH_END, STOP, Link, exchange_shapes
 from .rng import capture_rng, restore_rng
 
-__all__ = ["PipelineTrainer", "PipelineError"]
-
-_BATCH, _EPOCH_END, _STOP = 0, 1, 2
+__all__ = ["PipelineTrainer", "PipelineError", "init_distributed"]
 
 
-class PipelineError(RuntimeError):
-    """A pipeline stage failed, or lost contact with a peer stage; the message names the stage and the peer."""
-
-
-class _Share:
-    """This stage's part of a layer shared with a neighbouring stage: samples ``lo..hi-1`` of every batch
-    (``mode="samples"``), or the layer's units ``lo..hi-1`` for the whole batch (``mode="units"``, a layer with
-    ``split_units``: ``module`` is this stage's shard of the layer)."""
-
-    def __init__(self, layer: int, lo: int, hi: int, batch_size: int, group: Any, mode: str = "samples") -> None:
-        self.layer, self.lo, self.hi, self.batch_size, self.group = layer, lo, hi, batch_size, group
-        self.mode = mode
-        self.module: Any = None
-        # the layer's loss is a mean over samples: weigh a part of the batch by its share
-        self.scale = (hi - lo) / batch_size if mode == "samples" else 1.0
-
-
-def _sample_rows(n_rows: int, batch_size: int, lo: int, hi: int, device: torch.device) -> torch.Tensor:
-    """Rows of a ``[n_rows, ...]`` tensor that hold samples ``lo..hi-1`` of a batch of ``batch_size``: positive and
-    negative copies (``[2B, ...]``) keep their pairs."""
-    reps = n_rows // batch_size
-    return torch.cat([torch.arange(q * batch_size + lo, q * batch_size + hi, device=device) for q in range(reps)])
-
-
-class _Stage:
-    """Layers ``start..end`` of the network, trained with the shared :class:`LocalTrainer`'s per-layer optimizers;
-    optionally part of the batch of a layer shared with the previous stage (``head``) or the next (``tail``)."""
-
-    def __init__(self, index: int, start: int, end: int, trainer: LocalTrainer, device: torch.device) -> None:
-        net = trainer.network
-        self.index, self.start, self.end = index, start, end
-        self.trainer, self.device = trainer, device
-        self.head: _Share | None = None
-        self.tail: _Share | None = None
-        self.sources_in = sorted(net.crossing_shortcuts(start - 1)) if start > 0 else []
-        self.sources_out = sorted(net.crossing_shortcuts(end)) if end < len(net) - 1 else []
-        self.keep = {end} | {s for s in self.sources_out if s >= start}
-        self.steps = 0
-        self.loss_sum: torch.Tensor | None = None
-        self.correct_sum: torch.Tensor | None = None
-        self.seen = 0
-        self.last: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.reduce_seconds = 0.0
-
-    @property
-    def layer_ids(self) -> list[int]:
-        """Every layer this stage updates: its own and the ones it shares."""
-        ids = list(range(self.start, self.end + 1))
-        return ([self.head.layer] if self.head else []) + ids + ([self.tail.layer] if self.tail else [])
-
-    @property
-    def first_reported(self) -> int:
-        """The first layer of this stage's training metrics: a shared layer is reported by the stage after the cut."""
-        return self.head.layer if self.head else self.start
-
-    def step(self, h: torch.Tensor, y: torch.Tensor, batch_size: int, shortcuts: dict[int, torch.Tensor],
-             lead: tuple[torch.Tensor, torch.Tensor] | None = None):
-        """One local update of this stage's layers; returns what the next stage needs. ``lead`` is the
-        ``(loss [1], correct [1])`` of the shared layer before them, recorded first."""
-        t = self.trainer
-        began = time.perf_counter()
-        batch = PreparedBatch(inputs=h, target=y, batch_size=batch_size, x=None)
-        losses, correct, _, kept = t.train_layers(
-            batch, h, start=self.start, end=self.end, shortcuts=shortcuts, keep=self.keep
-        )
-        if lead is not None:
-            losses, correct = torch.cat([lead[0], losses]), torch.cat([lead[1], correct])
-        t.step_schedules_of(range(self.start, self.end + 1))
-        self.steps += 1
-        self.last = (losses, correct)
-        w = losses * batch_size
-        self.loss_sum = w if self.loss_sum is None else self.loss_sum + w
-        self.correct_sum = correct if self.correct_sum is None else self.correct_sum + correct
-        self.seen += batch_size
-        out = {s: (kept[s] if s in kept else shortcuts[s]) for s in self.sources_out}
-        self.busy += time.perf_counter() - began
-        return kept[self.end], out
-
-    def share_step(self, share: _Share, h: torch.Tensor, y: torch.Tensor, shortcuts: dict[int, torch.Tensor],
-                   timeout: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Update the shared layer on this stage's part of the batch (``h``: the part's rows of the layer's input,
-        ``y``: the part's labels): its gradient, scaled by the part's share, is summed with the other stage's by one
-        ``all_reduce`` before both take the same optimizer step. Returns the part's features and the whole batch's
-        loss ``[1]`` and correct count ``[1]``."""
-        t, j = self.trainer, share.layer
-        began = time.perf_counter()
-        params = [p for p in t.network.layers[j].parameters() if p.requires_grad]
-
-        def reduce(i: int, loss: torch.Tensor, n_right: torch.Tensor):
-            nonlocal began
-            self.busy += time.perf_counter() - began
-            grads = [p.grad for p in params if p.grad is not None]
-            dtype = grads[0].dtype if grads else torch.float32
-            flat = torch.cat([*(g.reshape(-1) for g in grads), loss.view(1).to(dtype), n_right.view(1).to(dtype)])
-            waited = time.perf_counter()
-            what = f"pipeline stage {self.index} lost the stage it shares layer {j} with"
-            with _lost_peer(what, timeout):
-                work = dist.all_reduce(flat, group=share.group, async_op=True)
-            _wait(work, timeout, what)
-            self.reduce_seconds += time.perf_counter() - waited
-            began = time.perf_counter()
-            offset = 0
-            for g in grads:
-                g.copy_(flat[offset : offset + g.numel()].view_as(g))
-                offset += g.numel()
-            return flat[offset].float(), flat[offset + 1].round().long()
-
-        batch = PreparedBatch(inputs=h, target=y, batch_size=share.hi - share.lo, x=None)
-        losses, correct, _, kept = t.train_layers(batch, h, start=j, end=j, shortcuts=shortcuts, keep={j},
-                                                  loss_scale=share.scale, before_step=reduce)
-        t.step_schedules_of([j])  # both stages hold the layer's optimizer and schedule, and keep them equal
-        self.busy += time.perf_counter() - began
-        return kept[j], losses, correct
-
-    def unit_forward(self, share: _Share, h: torch.Tensor, y: torch.Tensor, batch_size: int,
-                     timeout: float) -> dict[str, Any]:
-        """First half of a unit-shard update: the forward of this stage's units on the whole batch, and the start
-        of one asynchronous ``all_reduce`` that sums the two shards' goodness values (``[r * B]`` numbers).
-        The features (``["features"]``) are final at once; :meth:`unit_finish` completes the update."""
-        t = self.trainer
-        began = time.perf_counter()
-        with t._autocast():
-            out = share.module(h, None)
-        total = out.goodness.detach().float().clone()
-        with _lost_peer(f"pipeline stage {self.index} lost the stage it shares layer {share.layer} with",
-                        timeout):
-            work = dist.all_reduce(total, group=share.group, async_op=True)
-        self.busy += time.perf_counter() - began
-        return {"share": share, "out": out, "total": total, "work": work, "y": y, "h": h, "batch_size": batch_size,
-                "features": out.features.detach()}
-
-    def unit_finish(self, pending: dict[str, Any], timeout: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Second half: wait for the summed goodness, compute the whole layer's loss on it, and backpropagate into
-        this stage's units only (the other shard's goodness is a constant), whose gradient is exactly the whole
-        layer's gradient for them; then the optimizer and schedule step. Returns the loss ``[1]`` and correct
-        count ``[1]`` of the whole layer."""
-        t, share, out = self.trainer, pending["share"], pending["out"]
-        waited = time.perf_counter()
-        _wait(pending["work"], timeout, f"pipeline stage {self.index} lost the stage it shares layer {share.layer} "
-              "with")
-        self.reduce_seconds += time.perf_counter() - waited
-        began = time.perf_counter()
-        part = out.goodness
-        with t._autocast():
-            goodness = part + (pending["total"].to(part.dtype) - part.detach())
-            batch = PreparedBatch(inputs=pending["h"], target=pending["y"], batch_size=pending["batch_size"], x=None)
-            loss, n_right = t.network.layer_loss(share.layer, LayerOutput(out.features, None, goodness), batch)
-        opt = t.optimizers[share.layer]
-        assert opt is not None, "a shared layer has parameters"
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        t.step_schedules_of([share.layer])
-        self.busy += time.perf_counter() - began
-        return loss.detach().float().view(1), n_right.view(1)
-
-    def reset_metrics(self) -> None:
-        self.loss_sum = self.correct_sum = None
-        self.seen = 0
-        self.busy = 0.0  # seconds spent in local steps this epoch (the stage-balance figure)
-        self.reduce_seconds = 0.0
-
-
-class PipelineTrainer(Trainer):
+class PipelineTrainer(WrapsLocalTrainer):
     """Train an :class:`~ffkit.FFNetwork` as a pipeline of stages of consecutive layers.
 
     Args:
@@ -269,7 +109,7 @@ class PipelineTrainer(Trainer):
         if network.head is not None:
             raise ValueError("PipelineTrainer does not train classifier heads yet (a head reads several stages' "
                              "features); train the head afterwards or use LocalTrainer")
-        from ..data.negatives import AdaptiveNegative
+        from ..objectives.negatives import AdaptiveNegative
 
         if isinstance(getattr(network.objective, "negatives", None), AdaptiveNegative):
             raise ValueError("adaptive negatives need the whole network on the first stage; use RandomNegative or "
@@ -290,7 +130,7 @@ class PipelineTrainer(Trainer):
             if device is None:
                 device = default_device()
             devices = [device] * self.world
-        n_stages = self.world if backend == "distributed" else _count_stages(stages, len(network))
+        n_stages = self.world if backend == "distributed" else count_stages(stages, len(network))
         if devices is None:
             devices = [device or "cpu"] * n_stages
         if len(devices) != n_stages:
@@ -298,11 +138,6 @@ class PipelineTrainer(Trainer):
         self.devices = [torch.device(d) for d in devices]
         here = self.devices[self.rank]
         self.inner = LocalTrainer(network, device=here, **trainer_options)
-        self.network = self.inner.network
-        self.device = here
-        self.optimizers = self.inner.optimizers
-        self.schedulers = self.inner.schedulers
-        self.lr, self.final_lr = self.inner.lr, self.inner.final_lr
         self.starts: tuple[float, ...] | None = None
         if not isinstance(stages, (int, str)):
             from .balance import check_split, shared_layers
@@ -310,7 +145,7 @@ class PipelineTrainer(Trainer):
             self.starts = check_split(tuple(stages), len(network), shared=True)
             if len(self.starts) != n_stages:
                 raise ValueError(f"stages gives {len(self.starts)} stages, but there are {n_stages} processes/devices")
-            bad = [j for j in shared_layers(self.starts) if not _shareable(network)[j]]
+            bad = [j for j in shared_layers(self.starts) if not shareable_layers(network)[j]]
             if bad:
                 raise ValueError(f"stages {self.starts} shares layers {bad}, which cannot be split by samples (they "
                                  "hold BatchNorm, or the objective's layer loss is not a mean over samples)")
@@ -319,12 +154,12 @@ class PipelineTrainer(Trainer):
                                  "backend='distributed'; give whole layers (integer starts) with threads")
         self.n_stages = n_stages
         self.balance_report: dict[str, Any] | None = None
-        self._stages: list[_Stage] = []
+        self._stages: list[Stage] = []
         self._share_batch: int | None = None  # the batch size the shared layers' parts were cut for
         self._bytes_per_second = math.inf
         self._pending_units: dict[str, Any] | None = None  # the first stage's unit-shard update, finished later
         self._shape_spec: list[dict[str, Any]] | None = None
-        self._link: _Link | None = None
+        self._link: Link | None = None
         self._out_dir: Path | None = None
         self._init_progress()
 
@@ -356,7 +191,7 @@ class PipelineTrainer(Trainer):
             first, last = math.ceil(a), math.floor(b) - 1
             if self.backend == "threads" and self.devices[k] != self.device:
                 self.network.layers[first : last + 1].to(self.devices[k])
-            self._stages.append(_Stage(k, first, last, self.inner, self.devices[k]))
+            self._stages.append(Stage(k, first, last, self.inner, self.devices[k]))
         for k in range(1, self.n_stages):  # every rank creates every group, in the same order (new_group's rule)
             j = math.floor(starts[k])
             if j not in shares:
@@ -364,14 +199,14 @@ class PipelineTrainer(Trainer):
             if batch is None:
                 raise RuntimeError("the batch size of a shared layer's parts is unknown (a stage file without it?)")
             group = dist.new_group([k - 1, k], timeout=timedelta(seconds=self.timeout))
-            mode = _share_mode(self.network, j)
+            mode = share_mode(self.network, j)
             n = batch if mode == "samples" else self.network.layers[j].num_units
             m = round(shares[j] * n)
             if not 0 < m < n:
                 raise ValueError(f"layer {j} has too few {mode} ({n}) to share as the split {starts} asks "
                                  f"({shares[j]:.3f} on stage {k - 1}); give whole layers")
-            self._stages[k - 1].tail = _Share(j, 0, m, batch, group, mode)
-            self._stages[k].head = _Share(j, m, n, batch, group, mode)
+            self._stages[k - 1].tail = Share(j, 0, m, batch, group, mode)
+            self._stages[k].head = Share(j, m, n, batch, group, mode)
         self._attach_shards()
 
     def _attach_shards(self) -> None:
@@ -394,7 +229,7 @@ class PipelineTrainer(Trainer):
         if self.backend != "distributed":
             return value
         box = [value]
-        with _lost_peer(f"pipeline rank {self.rank} of {self.world} lost rank 0 while receiving its plan",
+        with lost_peer(f"pipeline rank {self.rank} of {self.world} lost rank 0 while receiving its plan",
                         self.timeout):
             dist.broadcast_object_list(box, src=0)
         return box[0]
@@ -424,10 +259,10 @@ class PipelineTrainer(Trainer):
                 self._prepare(x, y, index)
             prep = (time.perf_counter() - began) / 3
         seconds = [costs.seconds[0] + prep, *costs.seconds[1:]]
-        shareable = _shareable(self.network) if self.share_layers else None
+        shareable = shareable_layers(self.network) if self.share_layers else None
         # A share must hold at least one sample on each side.
         min_share = min(0.49, max(0.05, 1.0 / x.shape[0]))
-        extra = [0.0 if _share_mode(self.network, j) == "units" else  # a [r * B] goodness exchange
+        extra = [0.0 if share_mode(self.network, j) == "units" else  # a [r * B] goodness exchange
                  2 * sum(p.numel() * p.element_size() for p in layer.parameters()) / self._bytes_per_second
                  for j, layer in enumerate(self.network.layers)]
         starts = balance_stages(seconds, self.n_stages, shareable=shareable, min_share=min_share, share_seconds=extra)
@@ -457,7 +292,7 @@ class PipelineTrainer(Trainer):
         self.gather_network()  # every rank takes part; rank 0 then holds the whole trained network
         if self.rank > 0 and self._out_dir is not None:
             self.epoch += 1  # Trainer.fit counts the epoch after this returns; the stage file must say it is done
-            _save_stage(self.stage_state(self.rank), self._out_dir / "checkpoint.pt", self.rank, self.n_stages)
+            save_stage(self.stage_state(self.rank), self._out_dir / "checkpoint.pt", self.rank, self.n_stages)
             self.epoch -= 1
         return record
 
@@ -469,7 +304,7 @@ class PipelineTrainer(Trainer):
         if not self._stages:
             x0 = y0 = i0 = None
             if first is not None:  # rank 0
-                x0, y0 = self.inner._batch_to_device(first[0], first[1])
+                x0, y0 = self.inner.batch_to_device(first[0], first[1])
                 i0 = first[2].to(self.device) if first[2] is not None else None
             self._plan(x0, y0, i0)
         if self.backend == "distributed" and self.rank == 0 and self._shape_spec is None:
@@ -515,7 +350,7 @@ class PipelineTrainer(Trainer):
 
     def _prepare(self, x, y, index) -> tuple[torch.Tensor, torch.Tensor, int]:
         t = self.inner
-        x, y = t._batch_to_device(x, y)
+        x, y = t.batch_to_device(x, y)
         if index is not None:
             index = index.to(t.device)
         batch = self.network.objective.prepare(self.network, x, y, index)
@@ -529,7 +364,7 @@ class PipelineTrainer(Trainer):
         if self.backend == "distributed":
             gathered: list[Any] = [None] * self.world
             mine = [(a, ls.cpu(), cs.cpu(), n, busy) for a, ls, cs, n, busy in parts]
-            with _lost_peer(f"pipeline rank {self.rank} of {self.world} lost a peer while gathering the epoch's "
+            with lost_peer(f"pipeline rank {self.rank} of {self.world} lost a peer while gathering the epoch's "
                             f"losses", self.timeout):
                 dist.all_gather_object(gathered, mine)
             parts = [p for g in gathered for p in g]
@@ -651,7 +486,9 @@ class PipelineTrainer(Trainer):
             if self._link is None:
                 prev = self.rank - 1 if self.rank > 0 else None
                 nxt = self.rank + 1 if self.rank < self.world - 1 else None
-                self._link = _Link(self, st, prev, nxt)
+                shapes = exchange_shapes(self.rank, self.world, self._shape_spec, self.timeout)
+                self._link = Link(rank=self.rank, world=self.world, device=self.device, timeout=self.timeout,
+                                  ring=self.queue_size, shapes=shapes, prev=prev, nxt=nxt)
             link = self._link
             if self.rank == 0:
                 for x, y, index in batches:
@@ -661,14 +498,14 @@ class PipelineTrainer(Trainer):
                     link.check_batch(h, y, b)
                     self._stage_step(st, link, h, y, b, {})
                 self._finish_units(st)
-                link.send(_EPOCH_END)
+                link.send(EPOCH_END)
             else:
                 while True:
                     kind, h, y, sc = link.recv()
-                    if kind != _BATCH:
+                    if kind != BATCH:
                         self._finish_units(st)
                         link.send(kind)
-                        if kind == _STOP:
+                        if kind == STOP:
                             self._link = None
                         break
                     b = self._batch_size = link.batch_size
@@ -681,10 +518,10 @@ class PipelineTrainer(Trainer):
                         lead = (loss, right)
                     elif st.head is not None:  # h holds this stage's rows of the shared layer's input
                         j = st.head.layer
-                        mine, loss, right = st.share_step(st.head, h, y[st.head.lo :], _take(sc, b, st.head.lo, b),
-                                                          self.timeout)
+                        part = take_samples(sc, b, st.head.lo, b)
+                        mine, loss, right = st.share_step(st.head, h, y[st.head.lo :], part, self.timeout)
                         theirs = link.recv_share()
-                        h = _merge(theirs, mine, b, st.head.lo)
+                        h = merge_samples(theirs, mine, b, st.head.lo)
                         sc = {**sc, j: h}
                         lead = (loss, right)
                     self._stage_step(st, link, h, y, b, sc, lead)
@@ -696,19 +533,19 @@ class PipelineTrainer(Trainer):
                 f"pipeline stage {self.rank} (rank {self.rank} of {self.world}) failed: {type(e).__name__}: {e}"
             ) from e
 
-    def _finish_units(self, st: _Stage) -> None:
+    def _finish_units(self, st: Stage) -> None:
         if self._pending_units is not None:
             pending, self._pending_units = self._pending_units, None
             st.unit_finish(pending, self.timeout)
 
-    def _stage_step(self, st: _Stage, link: _Link, h, y, b: int, sc: dict, lead=None) -> None:
+    def _stage_step(self, st: Stage, link: Link, h, y, b: int, sc: dict, lead=None) -> None:
         """This stage's whole layers on the batch, then (if it shares the next layer) its part of that layer."""
         h, sc = st.step(h, y, b, sc, lead)
         if st.tail is None:
-            link.send(_BATCH, h, y, sc)
+            link.send(BATCH, h, y, sc)
             return
         if st.tail.mode == "units":
-            link.send(_BATCH, h, y, sc)  # the next stage runs its units on the same input at the same time
+            link.send(BATCH, h, y, sc)  # the next stage runs its units on the same input at the same time
             self._finish_units(st)  # the previous batch's update: this shard's weights must be current
             self._pending_units = st.unit_forward(st.tail, h, y, b, self.timeout)
             link.send_share(self._pending_units["features"])
@@ -716,10 +553,11 @@ class PipelineTrainer(Trainer):
             # this stage no waiting, while the next stage runs its units.
             return
         m = st.tail.hi
-        rows_next = _sample_rows(h.shape[0], b, m, b, h.device)
-        rows_mine = _sample_rows(h.shape[0], b, 0, m, h.device)
-        link.send(_BATCH, h.index_select(0, rows_next), y, sc)  # the next stage starts its part at once
-        feats, _, _ = st.share_step(st.tail, h.index_select(0, rows_mine), y[:m], _take(sc, b, 0, m), self.timeout)
+        rows_next = sample_rows(h.shape[0], b, m, b, h.device)
+        rows_mine = sample_rows(h.shape[0], b, 0, m, h.device)
+        link.send(BATCH, h.index_select(0, rows_next), y, sc)  # the next stage starts its part at once
+        part = take_samples(sc, b, 0, m)
+        feats, _, _ = st.share_step(st.tail, h.index_select(0, rows_mine), y[:m], part, self.timeout)
         link.send_share(feats)
 
     def close(self) -> None:
@@ -728,13 +566,13 @@ class PipelineTrainer(Trainer):
             return
         try:
             if self.rank == 0:
-                self._link.send(_STOP)
+                self._link.send(STOP)
                 self._link.flush()
             else:
                 while self._link is not None:
                     kind, *_ = self._link.recv()
-                    if kind == _STOP:
-                        self._link.send(_STOP)
+                    if kind == STOP:
+                        self._link.send(STOP)
                         self._link.flush()
                         break
         finally:
@@ -765,7 +603,7 @@ class PipelineTrainer(Trainer):
             return
         st = self._stages[self.rank]
         gathered: list[Any] = [None] * self.world
-        with _lost_peer(f"pipeline rank {self.rank} of {self.world} lost a peer while gathering the layers",
+        with lost_peer(f"pipeline rank {self.rank} of {self.world} lost a peer while gathering the layers",
                         self.timeout):
             dist.all_gather_object(gathered, (self._layer_states(st), self._unit_shards(st)))
         for rank, (states, shards) in enumerate(gathered):
@@ -777,13 +615,13 @@ class PipelineTrainer(Trainer):
                     shard.load_state_dict(state)
                     shard.push_units(self.network.layers[i], lo)
 
-    def _layer_states(self, st: _Stage) -> dict[int, dict[str, torch.Tensor]]:
+    def _layer_states(self, st: Stage) -> dict[int, dict[str, torch.Tensor]]:
         """The states of the layers this stage updates whole or by samples (its copy of a shared one is current)."""
         units = {s.layer for s in (st.head, st.tail) if s is not None and s.mode == "units"}
         return {i: {k: v.cpu() for k, v in self.network.layers[i].state_dict().items()}
                 for i in st.layer_ids if i not in units}
 
-    def _unit_shards(self, st: _Stage) -> dict[int, tuple[int, int, dict[str, torch.Tensor]]]:
+    def _unit_shards(self, st: Stage) -> dict[int, tuple[int, int, dict[str, torch.Tensor]]]:
         """``{layer: (lo, hi, state)}`` of this stage's unit shards; also written into its copy of the layer."""
         out = {}
         for s in (st.head, st.tail):
@@ -824,7 +662,7 @@ class PipelineTrainer(Trainer):
         path = Path(path)
         ks = [self.rank] if self.backend == "distributed" else range(len(self._stages))
         for k in ks:
-            _save_stage(self.stage_state(k), path, k, self.n_stages)
+            save_stage(self.stage_state(k), path, k, self.n_stages)
         if self.rank == 0:
             super().save(path)
         return path
@@ -835,10 +673,10 @@ class PipelineTrainer(Trainer):
         that all of them have (its current or its previous file)."""
         path = Path(path)
         mine = [self.rank] if self.backend == "distributed" else list(range(self.n_stages))
-        found = {k: _stage_files(path, k, self.n_stages) for k in mine}
+        found = {k: stage_files(path, k, self.n_stages) for k in mine}
         if self.backend == "distributed" and self.world > 1:
             gathered: list[Any] = [None] * self.world
-            with _lost_peer(f"pipeline rank {self.rank} of {self.world} lost a peer while resuming", self.timeout):
+            with lost_peer(f"pipeline rank {self.rank} of {self.world} lost a peer while resuming", self.timeout):
                 dist.all_gather_object(gathered, {k: sorted(f) for k, f in found.items()})
             epochs = {k: set(e) for g in gathered for k, e in g.items()}
         else:
@@ -877,216 +715,10 @@ class PipelineTrainer(Trainer):
         return first
 
 
-class _Link:
-    """This rank's point-to-point channels: a ring of receive buffers posted ahead, and sends kept until done.
-
-    When this stage shares a layer with the previous one, each slot of the ring has a second part, posted after the
-    first: the previous stage's features of its part of the shared layer, which it sends after the gradient exchange.
-    Messages between two ranks are matched in the order they were posted, so the two parts never cross."""
-
-    def __init__(self, trainer: PipelineTrainer, stage: _Stage, prev: int | None, nxt: int | None) -> None:
-        self.t, self.stage, self.prev, self.nxt = trainer, stage, prev, nxt
-        self.ring = max(2, trainer.queue_size)
-        self.pending: list[tuple[list, list]] = []
-        self.slots: list[dict[str, Any]] = []
-        self.received = 0
-        self.batch_size = 0
-        self.shapes = _exchange_shapes(trainer)
-        self.parts = 2 if nxt is not None and self.shapes[trainer.rank]["share"] is not None else 1
-        if prev is not None:
-            spec = self.shapes[prev]
-            self.batch_size = spec["batch_size"]
-            for _ in range(self.ring):
-                self.slots.append(self._alloc(spec))
-            for slot in self.slots:
-                self._post(slot)
-
-    def _alloc(self, spec: dict[str, Any]) -> dict[str, Any]:
-        dev = self.t.device
-        return {
-            "header": torch.zeros(3, dtype=torch.int64, device=dev),
-            "h": torch.empty(spec["h"], dtype=spec["dtype"], device=dev),
-            "y": torch.empty(spec["y"], dtype=torch.int64, device=dev),
-            "sc": {s: torch.empty(shape, dtype=spec["dtype"], device=dev) for s, shape in spec["sc"].items()},
-            "share": None if spec["share"] is None else torch.empty(spec["share"], dtype=spec["dtype"], device=dev),
-        }
-
-    def _tensors(self, slot) -> list[torch.Tensor]:
-        return [slot["header"], slot["h"], slot["y"], *(slot["sc"][s] for s in sorted(slot["sc"]))]
-
-    def _post(self, slot) -> None:
-        with _lost_peer(f"pipeline stage {self.t.rank} (rank {self.t.rank} of {self.t.world}) lost the previous "
-                        f"stage (rank {self.prev}) while posting a receive", self.t.timeout):
-            slot["works"] = dist.batch_isend_irecv([dist.P2POp(dist.irecv, t, self.prev)
-                                                    for t in self._tensors(slot)])
-            if slot["share"] is not None:
-                slot["share_works"] = dist.batch_isend_irecv([dist.P2POp(dist.irecv, slot["share"], self.prev)])
-
-    def _wait_recv(self, works) -> None:
-        for w in works:
-            _wait(w, self.t.timeout, f"pipeline stage {self.t.rank} (rank {self.t.rank} of {self.t.world}) lost the "
-                  f"previous stage (rank {self.prev}) while waiting for its next batch")
-
-    def recv(self):
-        slot = self.slots[self.received % self.ring]
-        self._wait_recv(slot["works"])
-        kind = int(slot["header"][0])
-        # The layers read h and y during the step; clone so the slot can be posted again at once.
-        h, y = slot["h"].clone(), slot["y"].clone()
-        sc = {s: v.clone() for s, v in slot["sc"].items()}
-        if slot["share"] is None or kind != _BATCH:
-            self._release(slot, kind)
-        return kind, h, y, sc
-
-    def recv_share(self) -> torch.Tensor:
-        """The previous stage's features of its part of the shared layer, for the batch :meth:`recv` returned."""
-        slot = self.slots[self.received % self.ring]
-        self._wait_recv(slot["share_works"])
-        feats = slot["share"].clone()
-        self._release(slot, _BATCH)
-        return feats
-
-    def _release(self, slot, kind: int) -> None:
-        if slot["share"] is not None and kind != _BATCH:  # a control message's placeholder: nothing to read
-            self._wait_recv(slot["share_works"])
-        self.received += 1
-        if kind != _STOP:  # after STOP nothing more comes: leave no receive posted
-            self._post(slot)
-
-    def check_batch(self, h: torch.Tensor, y: torch.Tensor, b: int) -> None:
-        spec = self.shapes[0]
-        if tuple(h.shape) != tuple(spec["h_in"]) or b != spec["batch_size"]:
-            raise ValueError(f"PipelineTrainer needs batches of one size ({spec['batch_size']}): use "
-                             f"DataLoader(drop_last=True); got a batch of {b}")
-
-    def send(self, kind: int, h=None, y=None, sc=None) -> None:
-        if self.nxt is None:
-            return
-        spec = self.shapes[self.t.rank]
-        dev = self.t.device
-        control = h is None
-        if control:  # the payload keeps its shapes so the receiver's posted buffers match
-            h = torch.zeros(spec["h"], dtype=spec["dtype"], device=dev)
-            y = torch.zeros(spec["y"], dtype=torch.int64, device=dev)
-            sc = {s: torch.zeros(shape, dtype=spec["dtype"], device=dev) for s, shape in spec["sc"].items()}
-        header = torch.tensor([kind, 0, 0], dtype=torch.int64, device=dev)
-        self._isend([header, h.contiguous(), y.to(torch.int64), *(sc[s].contiguous() for s in sorted(sc))])
-        if control and spec["share"] is not None:
-            self.send_share(torch.zeros(spec["share"], dtype=spec["dtype"], device=dev))
-
-    def send_share(self, feats: torch.Tensor) -> None:
-        """This stage's features of its part of the layer it shares with the next stage."""
-        self._isend([feats.contiguous()])
-
-    def _isend(self, tensors: list[torch.Tensor]) -> None:
-        # gloo may report a peer that stopped reading at the send itself, not only at the wait
-        with _lost_peer(f"pipeline stage {self.t.rank} (rank {self.t.rank} of {self.t.world}) lost the next stage "
-                        f"(rank {self.nxt}) while sending it a batch", self.t.timeout):
-            works = dist.batch_isend_irecv([dist.P2POp(dist.isend, t, self.nxt) for t in tensors])
-        self.pending.append((works, tensors))
-        while len(self.pending) > self.ring * self.parts:  # wait on a send only when its buffers would be reused
-            self._wait_send(self.pending.pop(0))
-
-    def _wait_send(self, item) -> None:
-        for w in item[0]:
-            _wait(w, self.t.timeout, f"pipeline stage {self.t.rank} (rank {self.t.rank} of {self.t.world}) lost the "
-                  f"next stage (rank {self.nxt}) while sending it a batch")
-
-    def flush(self) -> None:
-        while self.pending:
-            self._wait_send(self.pending.pop(0))
-
-
-def _take(shortcuts: dict[int, torch.Tensor], batch_size: int, lo: int, hi: int) -> dict[int, torch.Tensor]:
-    """Samples ``lo..hi-1`` of every shortcut tensor ``[r * B, ...]``."""
-    return {s: v.index_select(0, _sample_rows(v.shape[0], batch_size, lo, hi, v.device)) for s, v in shortcuts.items()}
-
-
-def _merge(first: torch.Tensor, second: torch.Tensor, batch_size: int, m: int) -> torch.Tensor:
-    """Reassemble a layer's features ``[r * B, ...]`` from the parts of samples ``0..m-1`` and ``m..B-1``."""
-    reps = first.shape[0] // m
-    n = batch_size - m
-    pieces = []
-    for q in range(reps):
-        pieces += [first[q * m : (q + 1) * m], second[q * n : (q + 1) * n]]
-    return torch.cat(pieces)
-
-
-def _exchange_shapes(t: PipelineTrainer) -> list[dict[str, Any]]:
-    """Every rank learns the shapes each stage sends: rank 0 runs one no-grad pass on a batch of the right size."""
-    spec: list[Any] = [None]
-    if t.rank == 0:
-        assert t._shape_spec is not None, "rank 0 measures the shapes before the link is built"
-        spec[0] = [{**d, "dtype": str(d["dtype"]).replace("torch.", "")} for d in t._shape_spec]
-    with _lost_peer(f"pipeline rank {t.rank} of {t.world} lost rank 0 while receiving the stage shapes", t.timeout):
-        dist.broadcast_object_list(spec, src=0)
-    return [{**d, "dtype": getattr(torch, d["dtype"])} for d in spec[0]]
-
-
-@contextlib.contextmanager
-def _lost_peer(what: str, timeout: float):
-    """Turn the backend's error of a call to a peer that died or stopped answering into a :class:`PipelineError`
-    that says which stage lost which peer (gloo raises some of them at the call, not at the wait)."""
-    try:
-        yield
-    except PipelineError:
-        raise
-    except RuntimeError as e:
-        raise PipelineError(f"{what} (timeout {timeout:.0f} s): {e}") from e
-
-
-def _wait(work, timeout: float, what: str) -> None:
-    with _lost_peer(what, timeout):
-        ok = work.wait(timedelta(seconds=timeout))
-    if ok is False:
-        raise PipelineError(f"{what}: no answer within {timeout:.0f} s")
-
-
-def _stage_path(path: Path, k: int, n: int, previous: bool = False) -> Path:
-    return path.with_name(f"{path.stem}.stage{k}-of-{n}{'.prev' if previous else ''}{path.suffix or '.pt'}")
-
-
-def _save_stage(state: dict[str, Any], path: Path, k: int, n: int) -> None:
-    """Write stage ``k``'s file next to ``path`` atomically, keeping the one it replaces as its ``.prev`` file (see
-    ``PipelineTrainer.resume``)."""
-    current = _stage_path(path, k, n)
-    if current.exists():
-        current.replace(_stage_path(path, k, n, previous=True))
-    save_checkpoint(state, current)
-
-
-def _stage_files(path: Path, k: int, n: int) -> dict[int, dict[str, Any]]:
-    """Stage ``k``'s current and previous files next to ``path``, by the epoch each has finished."""
-    found: dict[int, dict[str, Any]] = {}
-    for previous in (True, False):  # the current file wins if both say the same epoch
-        file = _stage_path(path, k, n, previous)
-        if file.exists():
-            payload = load_checkpoint(file, map_location="cpu")
-            found[int(payload["epoch"])] = payload
-    if not found:
-        raise FileNotFoundError(f"no checkpoint of pipeline stage {k} at {_stage_path(path, k, n)}: a pipeline run "
-                                f"writes one file per stage next to {path.name} (resume with the same --stages)")
-    return found
-
-
 def _stage_error(k: int, e: BaseException) -> BaseException:
     if isinstance(e, (ValueError, TypeError, FloatingPointError)):
         return e
     return PipelineError(f"pipeline stage {k} failed: {type(e).__name__}: {e}")
-
-
-def _count_stages(stages: int | str | Sequence[int], n_layers: int) -> int:
-    if isinstance(stages, str):
-        if stages != "per-layer":
-            raise ValueError(f"stages must be an int, 'per-layer' or a sequence of first layers, got {stages!r}")
-        return n_layers
-    if isinstance(stages, bool):
-        raise TypeError("stages must be an int or a sequence of stage start indices, got a bool")
-    if isinstance(stages, int):
-        if not 1 <= stages <= n_layers:
-            raise ValueError(f"stages must be between 1 and the number of layers ({n_layers}), got {stages}")
-        return stages
-    return len(tuple(stages))
 
 
 def init_distributed(timeout: float = 60.0, backend: str | None = None) -> tuple[int, int]:
@@ -1099,22 +731,3 @@ def init_distributed(timeout: float = 60.0, backend: str | None = None) -> tuple
 
 
 
-def _shareable(network: FFNetwork) -> list[bool]:
-    """Which layers two stages may share: split by units (:func:`_share_mode`), or by samples when the layer has no
-    batch statistics and the layer loss is a mean over samples (the built-in objectives; a custom one says so with
-    ``batch_separable = True``)."""
-    separable = getattr(network.objective, "batch_separable", False)
-    return [getattr(layer, "batch_coupled", False) is False and (_share_mode(network, j) == "units" or (
-        separable and not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in layer.modules())))
-        for j, layer in enumerate(network.layers)]
-
-
-def _share_mode(network: FFNetwork, j: int) -> str:
-    """``"units"`` for a layer that can be cut into unit shards whose goodness values sum to the layer's
-    (``split_units``, e.g. :class:`~ffkit.layers.FFLinear`) under a goodness objective, with no shortcut in;
-    otherwise ``"samples"``. Units cost one exchange of ``[r * B]`` goodness values per batch instead of the
-    layer's gradient."""
-    layer = network.layers[j]
-    if hasattr(layer, "split_units") and isinstance(network.objective, PosNegObjective) and j not in network.shortcuts:
-        return "units"
-    return "samples"
