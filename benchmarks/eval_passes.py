@@ -25,8 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import add_common_args, machine_info, make_batch, result_path, sync, write_result  # noqa: E402
 
 import ffkit  # noqa: E402
-from ffkit.data import LabelOverlay, RandomNegative  # noqa: E402
-from ffkit.objectives import ClassScoreObjective, PosNegObjective  # noqa: E402
+from ffkit.objectives import ClassScoreObjective, LabelOverlay, PosNegObjective, RandomNegative  # noqa: E402  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -60,3 +60,47 @@ def test_reproduce_records_a_run_and_builds_the_table(tmp_path):
     (tmp_path / "bare.md").write_text("no markers")
     with pytest.raises(SystemExit, match="markers"):
         reproduce.write_table(tmp_path / "bare.md")
+
+
+def test_fingerprint_compare_names_every_difference():
+    fingerprint = _load("fingerprint")
+    recorded = {"a/local": {"hash": "1", "seconds": 3.0}, "b/local": {"refused": 2, "message": "x"},
+                "gone/local": {"hash": "2"}}
+    now = {"a/local": {"hash": "1", "seconds": 9.0}, "b/local": {"hash": "3"}, "new/local": {"hash": "4"}}
+    problems = fingerprint.compare(recorded, now)
+    assert problems[0].startswith("b/local: recorded {'refused': 2") and len(problems) == 3  # seconds do not count
+    assert any("gone/local: only in the recorded" in p for p in problems)
+    assert any("new/local: only in the new" in p for p in problems)
+    cases = fingerprint.cases(["hinton_mlp", "bp_vgg8"], ["local", "backprop"], ["fast-fmnist-cpu"])
+    assert set(cases) == {"hinton_mlp/local", "hinton_mlp/backprop", "bp_vgg8/backprop", "recipe:fast-fmnist-cpu"}
+
+
+@pytest.mark.skipif(not __import__("ffkit").data.DEBIAN_FASHION_MNIST_DIR.is_dir(),
+                    reason="Debian package dataset-fashion-mnist is not installed")
+def test_fingerprint_hashes_a_run_and_checks_it(tmp_path):
+    """The same case twice gives the same hash; a recorded hash that differs is reported and exits 1."""
+    fingerprint = _load("fingerprint")
+    args = ["--models", "hinton_mlp", "--engines", "local", "--recipes", "--limit", "32", "--timeout", "120"]
+    out = tmp_path / "fp.json"
+    assert fingerprint.main([*args, "--out", str(out)]) == 0
+    recorded = json.loads(out.read_text())
+    assert len(recorded["runs"]["hinton_mlp/local"]["hash"]) == 64
+    assert fingerprint.main(["--check", str(out), "--limit", "32"]) == 0
+    recorded["runs"]["hinton_mlp/local"]["hash"] = "0" * 64
+    out.write_text(json.dumps(recorded))
+    assert fingerprint.main(["--check", str(out), "--limit", "32"]) == 1
+
+
+def test_loewex_summary_of_repeated_pairs():
+    """--repeats K: samples/s over all training seconds, the mean accuracy and its sample standard deviation."""
+    loewex = _load("loewex")
+    runs = [{"seed": 42, "train_seconds": 100.0, "samples_per_s": 2000.0, "test_accuracy": 0.86},
+            {"seed": 43, "train_seconds": 300.0, "samples_per_s": 1000.0, "test_accuracy": 0.88}]
+    summary = loewex._summary(runs)
+    # (2000 * 100 + 1000 * 300) / 400 = 1250 samples/s; mean 0.87; stdev of (0.86, 0.88) = 0.01 * sqrt(2)
+    assert summary["samples_per_s"] == pytest.approx(1250.0) and summary["train_seconds"] == 400.0
+    assert summary["test_accuracy"] == pytest.approx(0.87)
+    assert summary["test_accuracy_std"] == pytest.approx(0.01 * 2**0.5)
+    assert summary["test_accuracies"] == [0.86, 0.88] and summary["runs"] == runs
+    with pytest.raises(SystemExit):
+        loewex.main(["--reference-dir", ".", "--repeats", "0"])
