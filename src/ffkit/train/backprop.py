@@ -130,7 +130,7 @@ class BackpropTrainer(Trainer):
             # Each micro-batch loss is a mean over its samples; weighting by its share makes the summed gradient the
             # gradient of the whole batch's mean loss.
             weight = xm.shape[0] / n
-            with self._autocast():
+            with self.autocast():
                 total, m_losses, m_correct, m_head = self._losses(xm, ym, im)
             if not torch.isfinite(total):
                 opt.zero_grad(set_to_none=True)

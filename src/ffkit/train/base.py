@@ -237,7 +237,7 @@ class Trainer:
             for m in modules:  # in place: parameter names and the state_dict stay those of the plain module
                 m.compile(**({} if compile is True else {"backend": compile}))
 
-    def _autocast(self):
+    def autocast(self):
         """bf16 autocast on the training device when ``amp`` is on, else a no-op context."""
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
 

@@ -339,7 +339,7 @@ class ChapterTrainer(WrapsLocalTrainer):
         needed = {layer} | net.crossing_shortcuts(layer)
         # The forward runs in training mode, like the features LocalTrainer hands on (batch statistics, dropout);
         # running norm statistics are restored, so only the layer's own training pass updates them.
-        with torch.no_grad(), _RestoreNormStats(net.layers[layer]), t._autocast():
+        with torch.no_grad(), _RestoreNormStats(net.layers[layer]), t.autocast():
             for f in feats:
                 shortcuts = {s: f[s] for s in crossing}
                 _, out = next(net.iter_layers(f[layer - 1], start=layer, end=layer, shortcuts=shortcuts))

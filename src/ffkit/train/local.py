@@ -227,7 +227,7 @@ class LocalTrainer(Trainer):
         reuse = head is not None and net.objective.head_uses_training_pass
         layers = net.iter_layers(inputs, start=start, end=end, detach=updates, shortcuts=shortcuts)
         while True:
-            with self._autocast():  # the forward of layer i runs inside next(): under autocast, backward outside
+            with self.autocast():  # the forward of layer i runs inside next(): under autocast, backward outside
                 nxt = next(layers, None)
                 if nxt is None:
                     break
@@ -364,7 +364,7 @@ class LocalTrainer(Trainer):
         net = self.network
         head = net.head
         assert head is not None  # only called for a network with a head
-        with self._autocast():  # the head runs in the precision of the layers' forward, whose features it reads
+        with self.autocast():  # the head runs in the precision of the layers' forward, whose features it reads
             if features:
                 # channel-wise networks: the head reads the training pass's features of the real samples
                 feats = {i: f[: batch.batch_size] for i, f in features.items()}

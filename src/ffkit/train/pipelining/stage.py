@@ -134,7 +134,7 @@ class Stage:
         The features (``["features"]``) are final at once; :meth:`unit_finish` completes the update."""
         t = self.trainer
         began = time.perf_counter()
-        with t._autocast():
+        with t.autocast():
             out = share.module(h, None)
         total = out.goodness.detach().float().clone()
         with lost_peer(f"pipeline stage {self.index} lost the stage it shares layer {share.layer} with",
@@ -156,7 +156,7 @@ class Stage:
         self.reduce_seconds += time.perf_counter() - waited
         began = time.perf_counter()
         part = out.goodness
-        with t._autocast():
+        with t.autocast():
             goodness = part + (pending["total"].to(part.dtype) - part.detach())
             batch = PreparedBatch(inputs=pending["h"], target=pending["y"], batch_size=pending["batch_size"], x=None)
             loss, n_right = t.network.layer_loss(share.layer, LayerOutput(out.features, None, goodness), batch)
