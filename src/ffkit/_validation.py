@@ -8,7 +8,7 @@ import torch
 
 __all__ = [
     "check_tensor", "check_groups", "check_labels", "check_positive", "check_positive_int", "check_image_input",
-    "check_device", "suggest_names",
+    "check_device", "suggest_names", "callable_name",
 ]
 
 
@@ -140,6 +140,11 @@ def check_device(value: object, name: str = "device", *, auto: bool = False) -> 
     elif device.type != "cpu":
         raise ValueError(f"{name} {value!r}: only 'cpu' and 'cuda' devices are supported; expected {expected}")
     return device
+
+
+def callable_name(fn: object) -> str:
+    """How a ``repr`` shows a user's callable (a goodness, a loss): its qualified name, else its type's name."""
+    return getattr(fn, "__qualname__", None) or type(fn).__name__
 
 
 def suggest_names(name: object, names: list[str]) -> list[str]:

@@ -22,7 +22,6 @@ from ._version import __version__
 __all__ = ["main", "build_parser"]
 
 
-
 def resolve_device(name: str) -> torch.device:
     """``"auto"`` -> CUDA if available else CPU; anything else must be a device torch knows and can use."""
     from ._validation import check_device

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ._validation import check_groups, check_positive, check_tensor
+from ._validation import callable_name, check_groups, check_positive, check_tensor
 
 __all__ = ["mean", "squared", "mean_squared", "DTGTemperature", "get_goodness", "goodness_name"]
 
@@ -153,4 +153,4 @@ def goodness_name(fn: Callable[..., torch.Tensor]) -> str:
     for name, known in _GOODNESS.items():
         if fn is known:
             return name
-    return getattr(fn, "__qualname__", None) or type(fn).__name__
+    return callable_name(fn)

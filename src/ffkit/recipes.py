@@ -88,7 +88,6 @@ class Recipe:
         return asdict(self)
 
 
-
 RECIPES: dict[str, Recipe] = {}
 
 
@@ -313,6 +312,7 @@ register_recipe(Recipe(
     reference="no published figure (ffkit's CPU time-to-accuracy recipe: target >= 92.5% Fashion-MNIST test accuracy "
               "within 60 minutes of wall time on a 2-core CPU)",
 ))
+
 
 def build_model(recipe: Recipe, *, num_classes: int, in_channels: int, **overrides: Any):
     """The recipe's model, with ``overrides`` (e.g. ``width_multiplier``) on top of its ``model_kwargs``."""

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 
 from .. import losses
+from .._validation import callable_name
 from .base import Objective, PreparedBatch
 
 __all__ = ["ClassScoreObjective"]
@@ -64,5 +65,5 @@ class ClassScoreObjective(Objective):
 
     def extra_repr(self) -> str:
         if self.loss is not None:
-            return f"loss={getattr(self.loss, '__qualname__', type(self.loss).__name__)}"
+            return f"loss={callable_name(self.loss)}"
         return f"label_smoothing={self.label_smoothing}"

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .. import losses
+from .._validation import callable_name
 from .base import Objective, PreparedBatch
 from .negatives import NegativeLabels
 
@@ -51,7 +52,6 @@ class PosNegObjective(Objective):
         super().__init__()
         if not callable(loss) and loss not in ("symba", "threshold"):
             raise ValueError(f"loss must be 'symba', 'threshold' or a callable loss(g_pos, g_neg), got {loss!r}")
-        self._loss_fn = losses.get_loss(loss)
         self.batch_separable = not callable(loss) if batch_separable is None else bool(batch_separable)
         if threshold_reduction not in ("sum", "mean"):
             raise ValueError(f"threshold_reduction must be 'sum' or 'mean', got {threshold_reduction!r}")
@@ -76,12 +76,12 @@ class PosNegObjective(Objective):
         if out.goodness is None:
             raise TypeError("PosNegObjective needs layers that return a goodness per sample")
         g_pos, g_neg = out.goodness[: batch.batch_size], out.goodness[batch.batch_size :]
-        if self._loss_fn is losses.symba:
+        if callable(self.loss):
+            loss = self.loss(g_pos, g_neg)
+        elif self.loss == "symba":
             loss = losses.symba(g_pos, g_neg, alpha=self.alpha)
-        elif self._loss_fn is losses.ff_threshold:
-            loss = losses.ff_threshold(g_pos, g_neg, threshold=self.threshold, reduction=self.threshold_reduction)
         else:
-            loss = self._loss_fn(g_pos, g_neg)
+            loss = losses.ff_threshold(g_pos, g_neg, threshold=self.threshold, reduction=self.threshold_reduction)
         return loss, (g_pos.detach() > g_neg.detach()).sum()
 
     def layer_scores(self, network, x, end=None, sink=None):
@@ -94,7 +94,7 @@ class PosNegObjective(Objective):
 
     def extra_repr(self) -> str:
         if callable(self.loss):
-            return f"loss={getattr(self.loss, '__qualname__', type(self.loss).__name__)}"
+            return f"loss={callable_name(self.loss)}"
         return (
             f"loss={self.loss}, alpha={self.alpha}, threshold={self.threshold}, "
             f"threshold_reduction={self.threshold_reduction}"

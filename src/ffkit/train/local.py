@@ -400,6 +400,7 @@ class LocalTrainer(Trainer):
         opt = self.optimizers[layer]
         return opt.param_groups[0]["lr"] if opt is not None else 0.0
 
+
 class WrapsLocalTrainer(Trainer):
     """Base of the engines built around one :class:`LocalTrainer` (``inner``), which does the per-layer optimisation
     (pipeline stages, federated ranks, chapters). What belongs to that optimisation is read through from ``inner``,
