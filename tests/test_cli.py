@@ -272,3 +272,22 @@ def test_loewex_recipe_trains_and_tests_on_28x28_images(tmp_path, data_dir, caps
     assert net["network"]["layers.0.linear.weight"].shape == (1000, 784)
     assert "layers.0.peer_mean" in net["network"]  # the running means are saved, so a resumed run continues them
 
+
+
+@needs_fmnist
+def test_flip_test_time_augmentation_is_recorded_and_tested_again(tmp_path, data_dir, capsys):
+    out = tmp_path / "tta"
+    assert main(["train", "--dataset", "fashion-mnist", "--data-dir", data_dir, "--out", str(out), "--json",
+                 "--tta", "flip", *QUICK]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["tta"] == "flip"
+    ckpt = str(out / "checkpoint.pt")
+    assert main(["test", "--checkpoint", ckpt, "--data-dir", data_dir, "--eval-limit", "256", "--json"]) == 0
+    text = capsys.readouterr().out
+    rep = json.loads(text.strip().splitlines()[-1])
+    assert "test-time augmentation flip" in text and rep["tta"] == "flip"
+    assert rep["per_layer"] == pytest.approx(summary["test_accuracy_per_layer"])
+    assert main(["test", "--checkpoint", ckpt, "--data-dir", data_dir, "--eval-limit", "256", "--json",
+                 "--tta", "none"]) == 0
+    plain = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert plain["tta"] is None and plain["goodness_pos"] != pytest.approx(rep["goodness_pos"], rel=1e-6)

@@ -262,3 +262,49 @@ def test_select_layers_bad_shapes():
         select_layers(SCORES[0], LABELS)
     with pytest.raises(ValueError):
         select_layers(SCORES, LABELS[:3])
+
+
+class _RowScores(torch.nn.Module):
+    """Class scores that a hand can follow: layer 1 reads the first row's first two pixels, layer 2 doubles them, and
+    the head reads the first row's last pixel against its first."""
+
+    head = True
+
+    def layer_scores(self, x):
+        s = x[:, 0, 0, :2]
+        return torch.stack([s, 2 * s])
+
+    def scores(self, x):
+        row = x[:, 0, 0]
+        return self.layer_scores(x), torch.stack([row[:, -1], row[:, 0]], dim=1)
+
+
+def test_flip_tta_averages_each_image_with_its_mirror_image():
+    from ffkit.evaluation import collect_scores
+
+    # rows [1, 2, 3, 4] and [0, 4, 2, 0]; mirrored [4, 3, 2, 1] and [0, 2, 4, 0]
+    x = torch.tensor([[1.0, 2, 3, 4], [0, 4, 2, 0]]).view(2, 1, 1, 4)
+    y = torch.tensor([0, 1])
+    plain = collect_scores(_RowScores(), [(x, y)])
+    assert_close(plain.layers[0], torch.tensor([[1.0, 2], [0, 4]]))
+    got = collect_scores(_RowScores(), [(x, y)], tta="flip")
+    # layer 1: ((1, 2) + (4, 3)) / 2 = (2.5, 2.5); ((0, 4) + (0, 2)) / 2 = (0, 3)
+    assert_close(got.layers[0], torch.tensor([[2.5, 2.5], [0.0, 3.0]]))
+    assert_close(got.layers[1], 2 * got.layers[0])
+    # head: (last, first) = (4, 1) and mirrored (1, 4): (2.5, 2.5); (0, 0) both ways
+    assert_close(got.head, torch.tensor([[2.5, 2.5], [0.0, 0.0]]))
+
+
+def test_tta_is_checked():
+    from ffkit.evaluation import collect_scores
+
+    x = torch.zeros(2, 1, 1, 4)
+    with pytest.raises(ValueError, match=r"tta must be None or one of \('flip',\), got 'mirror'"):
+        collect_scores(_RowScores(), [(x, torch.zeros(2))], tta="mirror")
+
+    class Flat(_RowScores):
+        def layer_scores(self, x):
+            return torch.stack([x[:, :2]])
+
+    with pytest.raises(ValueError, match=r"tta='flip' mirrors images \[B, C, H, W\], got a batch of shape \(2, 4\)"):
+        collect_scores(Flat(), [(torch.zeros(2, 4), torch.zeros(2))], tta="flip")

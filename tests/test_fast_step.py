@@ -329,3 +329,25 @@ def test_max_pool2x2_equals_torch_values_and_gradients(shape, dtype):
         assert torch.equal(max_pool2x2(x), F.max_pool2d(x, 2))
     cl = x.contiguous(memory_format=torch.channels_last)
     assert torch.equal(max_pool2x2(cl), F.max_pool2d(cl, 2))
+
+
+def test_trainers_evaluate_with_their_test_time_augmentation():
+    from ffkit.evaluation import collect_scores, make_report
+    from ffkit.train import ChapterTrainer
+
+    net = _tiny("deeperforward_tinycnn").eval()
+    x, y = _batch(c=net.in_channels)
+    trainer = LocalTrainer(net, total_steps=1, tta="flip")
+    got = trainer.evaluate([(x, y)])
+    both = (collect_scores(net, [(x, y)]).layers + collect_scores(net, [(x.flip(-1), y)]).layers) / 2
+    want = make_report(both, y, None)
+    assert got.per_layer == pytest.approx(want.per_layer) and got.all_layers == pytest.approx(want.all_layers)
+    # the mean goodness is continuous: it tells the averaged scores from either view's alone
+    assert got.goodness_pos == pytest.approx(want.goodness_pos, rel=1e-5)
+    plain = make_report(collect_scores(net, [(x, y)]).layers, y, None)
+    assert got.goodness_pos != pytest.approx(plain.goodness_pos, rel=1e-5)
+    assert LocalTrainer(net, total_steps=1).tta is None
+    # the engines around a LocalTrainer evaluate as it does
+    assert ChapterTrainer(net, chapter_batches=1, total_steps=1, tta="flip").tta == "flip"
+    with pytest.raises(ValueError, match="tta must be None or one of"):
+        LocalTrainer(net, total_steps=1, tta="flips")

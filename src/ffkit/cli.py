@@ -129,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast of each layer's forward and of evaluation (GPUs; CPUs with AMX or AVX-512 "
                         "BF16); default: the recipe's, else off")
+    t.add_argument("--tta", choices=["flip", "none"], default=None,
+                   help="test-time augmentation of every evaluation: flip averages each image's class scores with "
+                        "its mirror image's (two forward passes); default: the recipe's, else none")
     t.add_argument("--data-on-device", action=argparse.BooleanOptionalAction, default=None,
                    help="hold the dataset on the training device as 8-bit images and make each batch there (resize, "
                         "augmentation, normalisation), without DataLoader workers; default: on for CUDA")
@@ -143,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto")
     e.add_argument("--batch-size", type=_positive(int), default=256)
     e.add_argument("--eval-limit", type=_positive(int), default=None)
+    e.add_argument("--tta", choices=["flip", "none"], default=None,
+                   help="test-time augmentation (flip: each image's scores averaged with its mirror image's); "
+                        "default: what the run was trained with")
     e.add_argument("--json", action="store_true")
 
     pl = sub.add_parser("plot", help="draw a run's plots (per-layer accuracy, goodness, dead neurons, SIP grid)")
@@ -197,8 +203,9 @@ def resolve_train_config(args: argparse.Namespace) -> dict[str, Any]:
         if value is not None:
             cfg[key] = value
     cfg["model_kwargs"] = dict(cfg["model_kwargs"])
-    if cfg["normalize"] == "none":
-        cfg["normalize"] = None
+    for key in ("normalize", "tta"):
+        if cfg[key] == "none":
+            cfg[key] = None
     if cfg["holdout"] is None:  # as the model's paper recipes: only DeeperForward holds out a split for SIP
         from .recipes import RECIPES
 
@@ -485,7 +492,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             "model": model, "dataset": info.name, "recipe": cfg["recipe"], "trainer": trainer_name,
             "epochs": trainer.epoch, "test_accuracy": test_rep["prediction"],
             "test_accuracy_all_layers": test_rep["all_layers"], "test_accuracy_head": test_rep.get("head"),
-            "test_accuracy_per_layer": test_rep["per_layer"], "sip_range": test_rep["sip_range"],
+            "test_accuracy_per_layer": test_rep["per_layer"], "tta": cfg["tta"], "sip_range": test_rep["sip_range"],
             "prediction_range": test_rep["prediction_range"],
             "wall_seconds": time.perf_counter() - wall_start, "train_seconds": train_seconds,
             "images_per_s": train_images / train_seconds, "train_images": train_images, "device": str(device),
@@ -543,15 +550,17 @@ def cmd_test(args: argparse.Namespace) -> int:
     test = InMemory(_first(load_dataset(info.name, "test", args.data_dir, normalize=metadata.get("normalize"),
                                         image_size=_image_size(net)), args.eval_limit))
     net.to(device)
+    tta = metadata.get("tta") if args.tta is None else None if args.tta == "none" else args.tta
     collected = collect_scores(net, DataLoader(test, batch_size=args.batch_size, collate_fn=InMemory.collate), device,
-                               track_activity=True)
+                               track_activity=True, tta=tta)
     start, end = (int(v) for v in net.inference_range)
     sip = (start, end) if metadata.get("holdout", True) else None  # checkpoints of older versions always ran SIP
     head_predicts = bool(getattr(net, "head_predicts", False))
     rep = make_report(collected.layers, collected.labels, sip, head_scores=collected.head,
                       dead_ratio=collected.dead_ratio, prediction_range=(start, end), head_predicts=head_predicts)
     epoch = payload.get("trainer", {}).get("epoch")
-    print(f"{name} on {info.name} test ({rep.num_samples} images), checkpoint after epoch {epoch}")
+    print(f"{name} on {info.name} test ({rep.num_samples} images), checkpoint after epoch {epoch}"
+          + (f", test-time augmentation {tta}" if tta else ""))
     print("  layer      " + " ".join(f"{i + 1:>6d}" for i in range(len(rep.per_layer))))
     print("  test acc   " + " ".join(f"{100 * v:6.2f}" for v in rep.per_layer))
     print(f"  one-pass, all layers: {100 * rep.all_layers:.2f}%")
@@ -561,7 +570,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     if rep.head is not None:
         print(f"  classifier head: {100 * rep.head:.2f}%")
     if args.json:
-        print(json.dumps({"model": name, "dataset": info.name, **rep.to_dict()}))
+        print(json.dumps({"model": name, "dataset": info.name, "tta": tta, **rep.to_dict()}))
     return 0
 
 

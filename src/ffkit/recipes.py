@@ -54,6 +54,8 @@ class Recipe:
             arithmetic).
         amp: bf16 autocast of each layer's forward and of evaluation (a different arithmetic: set where a recipe was
             measured with it).
+        tta: test-time augmentation of every evaluation (``None``, or ``"flip"``: each test image's class scores
+            averaged with its mirror image's, :func:`~ffkit.evaluation.collect_scores`).
         model_kwargs: extra builder arguments.
         reference: the published figure this recipe targets, with its source.
     """
@@ -81,6 +83,7 @@ class Recipe:
     layer_epochs: tuple[tuple[int, int], ...] = ()
     channels_last: bool = False
     amp: bool = False
+    tta: str | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     reference: str = ""
 

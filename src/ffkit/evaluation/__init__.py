@@ -3,12 +3,14 @@
 from .activity import ActivityMonitor, dead_unit_ratio
 from .metrics import last_k_accuracy, layer_accuracies, mean_goodness, range_accuracy, range_accuracy_grid
 from .report import EvalReport, make_report
-from .scores import CollectedScores, collect_scores
+from .scores import TTA_MODES, CollectedScores, check_tta, collect_scores
 from .sip import SIPResult, select_layers
 
 __all__ = [
     "collect_scores",
     "CollectedScores",
+    "TTA_MODES",
+    "check_tta",
     "layer_accuracies",
     "range_accuracy",
     "last_k_accuracy",

@@ -9,7 +9,18 @@ import torch
 
 from .activity import ActivityMonitor
 
-__all__ = ["CollectedScores", "collect_scores"]
+__all__ = ["CollectedScores", "collect_scores", "TTA_MODES", "check_tta"]
+
+TTA_MODES: tuple[str, ...] = ("flip",)
+"""Test-time augmentations of :func:`collect_scores`: ``"flip"`` averages the scores of each image and of its
+horizontal mirror image (the views that ``augment="crop-flip"`` trains on)."""
+
+
+def check_tta(tta: object, name: str = "tta") -> str | None:
+    """``tta`` if it is ``None`` or one of :data:`TTA_MODES`; else a ``ValueError`` naming ``name``."""
+    if tta is not None and tta not in TTA_MODES:
+        raise ValueError(f"{name} must be None or one of {TTA_MODES}, got {tta!r}")
+    return tta
 
 
 class CollectedScores(NamedTuple):
@@ -39,6 +50,7 @@ def collect_scores(
     track_activity: bool = False,
     channels_last: bool = False,
     amp: bool = False,
+    tta: str | None = None,
 ) -> CollectedScores:
     """Run the network in eval mode over ``batches`` and keep every layer's scores (and the head's logits).
 
@@ -54,7 +66,10 @@ def collect_scores(
         channels_last: feed ``[B, C, H, W]`` batches in the channels-last memory format (as a trainer with
             ``channels_last=True`` trains; a network converted to it runs its convs fastest on such inputs).
         amp: bf16 autocast on ``device``, as a trainer with ``amp=True`` trains (the scores are returned as float32).
+        tta: test-time augmentation: ``None``, or ``"flip"``: every layer's scores (and the head's logits) are the
+            mean over each image ``[B, C, H, W]`` and its mirror image ``x.flip(-1)`` (two forward passes per batch).
     """
+    check_tta(tta)
     was_training = network.training
     network.eval()
     layers, labels, heads = [], [], []
@@ -67,13 +82,25 @@ def collect_scores(
             x, y = batch[0].to(device, non_blocking=True), batch[1]
             if channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=amp):
-                if use_head:
-                    s, h = network.scores(x)
-                    heads.append(h.float().cpu())
-                else:
-                    s = network.layer_scores(x)
-            layers.append(s.float().cpu())
+            if tta is not None and x.dim() != 4:
+                raise ValueError(f"tta={tta!r} mirrors images [B, C, H, W], got a batch of shape {tuple(x.shape)}")
+            views: tuple[torch.Tensor, ...] = (x,)
+            if tta == "flip":
+                mirror = x.flip(-1)
+                views = (x, mirror.contiguous(memory_format=torch.channels_last) if channels_last else mirror)
+            s_sum = h_sum = None
+            for view in views:
+                with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=amp):
+                    if use_head:
+                        s, h = network.scores(view)
+                        h_sum = h.float() if h_sum is None else h_sum + h.float()
+                    else:
+                        s = network.layer_scores(view)
+                s_sum = s.float() if s_sum is None else s_sum + s.float()
+            assert s_sum is not None
+            if h_sum is not None:
+                heads.append((h_sum / len(views)).cpu())
+            layers.append((s_sum / len(views)).cpu())
             labels.append(torch.as_tensor(y).cpu())
     finally:
         if monitor is not None:

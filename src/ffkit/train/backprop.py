@@ -57,6 +57,7 @@ class BackpropTrainer(Trainer):
         channels_last: channels-last memory format, as :class:`~ffkit.LocalTrainer` (and likewise the next three),
             so that a comparison with FF can give both engines the same optimisations.
         amp: bfloat16 autocast of the forward and loss.
+        tta: test-time augmentation of evaluation, as :class:`~ffkit.LocalTrainer`.
         compile: ``torch.compile`` of the forward (``True`` or a backend name).
         fused_optimizer: PyTorch's fused optimizer kernels (``None``: when the parameters allow it).
     """
@@ -80,6 +81,7 @@ class BackpropTrainer(Trainer):
         checkpoint: bool = False,
         channels_last: bool = False,
         amp: bool = False,
+        tta: str | None = None,
         compile: bool | str = False,
         fused_optimizer: bool | None = None,
     ) -> None:
@@ -94,7 +96,7 @@ class BackpropTrainer(Trainer):
                 f"single-head model with no layer boundaries to checkpoint at"
             )
         self._setup(network, lr, final_lr, device)
-        self._setup_performance(channels_last, amp, compile)
+        self._setup_performance(channels_last, amp, compile, tta)
         self.label_smoothing = label_smoothing
         self.deep_supervision = deep_supervision
         self.accumulation_steps = accumulation_steps

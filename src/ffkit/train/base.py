@@ -17,7 +17,7 @@ from torch.utils.data import RandomSampler
 
 from .._validation import check_device
 from .._version import __version__
-from ..evaluation import collect_scores, make_report, select_layers
+from ..evaluation import check_tta, collect_scores, make_report, select_layers
 from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from .rng import capture_rng, restore_rng
 
@@ -190,6 +190,9 @@ class Trainer:
     #: them from their arguments).
     amp: bool = False
     channels_last: bool = False
+    #: Test-time augmentation of every evaluation and SIP pass (``None`` or ``"flip"``, see
+    #: :func:`~ffkit.evaluation.collect_scores`).
+    tta: str | None = None
     _resume_position: EpochProgress | None = None  # from a checkpoint written inside an epoch
     optimizers: list[torch.optim.Optimizer | None]
     schedulers: list[torch.optim.lr_scheduler.LRScheduler | None]
@@ -222,8 +225,10 @@ class Trainer:
         self.lr = float(lr)
         self.final_lr = self.lr / 10 if final_lr is None else float(final_lr)
 
-    def _setup_performance(self, channels_last: bool, amp: bool, compile: bool | str) -> None:
-        """Memory format, bf16 autocast and per-layer ``torch.compile`` (see :class:`~ffkit.LocalTrainer`)."""
+    def _setup_performance(self, channels_last: bool, amp: bool, compile: bool | str, tta: str | None = None) -> None:
+        """Memory format, bf16 autocast, per-layer ``torch.compile`` and evaluation's test-time augmentation (see
+        :class:`~ffkit.LocalTrainer`)."""
+        self.tta = check_tta(tta)
         if not isinstance(compile, (bool, str)):
             raise TypeError(f"compile must be a bool or a torch.compile backend name, got {type(compile).__name__}")
         self.channels_last = bool(channels_last)
@@ -241,9 +246,10 @@ class Trainer:
         """bf16 autocast on the training device when ``amp`` is on, else a no-op context."""
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
 
-    def _eval_options(self) -> dict[str, bool]:
-        """Evaluate in the memory format and precision the network trains in."""
-        return {"channels_last": self.channels_last, "amp": self.amp}
+    def _eval_options(self) -> dict[str, Any]:
+        """Evaluate in the memory format and precision the network trains in, with the trainer's test-time
+        augmentation."""
+        return {"channels_last": self.channels_last, "amp": self.amp, "tta": self.tta}
 
     def batch_to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Check a batch against the network, move it to the training device, and put the network in train mode.

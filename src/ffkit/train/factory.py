@@ -48,6 +48,7 @@ def build_trainer(
         "schedule_every": steps_per_epoch if recipe.schedule_interval == "epoch" else 1,
         "milestones": tuple((int(ep) * steps_per_epoch, float(f)) for ep, f in recipe.milestones),
         "device": device, "channels_last": recipe.channels_last, "amp": recipe.amp,
+        "tta": recipe.tta,
         **({"head_weight_decay": recipe.head_weight_decay} if recipe.head_weight_decay is not None else {}),
         **performance,
     }

@@ -62,6 +62,8 @@ class LocalTrainer(Trainer):
             CPU with wide early layers and on CUDA tensor cores).
         amp: run each layer's forward and loss under ``torch.autocast`` in bfloat16 (CUDA, or CPUs with bf16
             support); parameters, optimizer states and the layer losses stay float32.
+        tta: test-time augmentation of evaluation and SIP: ``None``, or ``"flip"`` (each image's class scores
+            averaged with its mirror image's; :func:`~ffkit.evaluation.collect_scores`). Training is unchanged.
         compile: compile each layer's forward with ``torch.compile`` (its backward is compiled with it); ``True`` for
             the default backend, or a backend name such as ``"aot_eager"``.
         fused_optimizer: use PyTorch's fused optimizer kernels (``None``: when the parameters allow it).
@@ -103,6 +105,7 @@ class LocalTrainer(Trainer):
         head_weight_decay: float | None = None,
         channels_last: bool = False,
         amp: bool = False,
+        tta: str | None = None,
         compile: bool | str = False,
         fused_optimizer: bool | None = None,
         check_finite: bool = True,
@@ -113,7 +116,7 @@ class LocalTrainer(Trainer):
             raise TypeError(f"network must be an ffkit FFNetwork, got {type(network).__name__}")
         check_trainer_args(network, lr, schedule, total_steps)
         self._setup(network, lr, final_lr, device)
-        self._setup_performance(channels_last, amp, compile)
+        self._setup_performance(channels_last, amp, compile, tta)
         if on_divergence not in DIVERGENCE_ACTIONS:
             raise ValueError(f"on_divergence must be one of {DIVERGENCE_ACTIONS}, got {on_divergence!r}")
         self.check_finite = bool(check_finite)
@@ -440,6 +443,10 @@ class WrapsLocalTrainer(Trainer):
     @property
     def channels_last(self) -> bool:  # type: ignore[override]
         return self.inner.channels_last
+
+    @property
+    def tta(self) -> str | None:  # type: ignore[override]
+        return self.inner.tta
 
 
 class PendingUpdate:
