@@ -305,12 +305,15 @@ register_recipe(Recipe(
     reference="no published figure (ffkit's CPU time-to-accuracy recipe: target >= 90.0% Fashion-MNIST test accuracy "
               "within 15 minutes of wall time on a 2-core CPU)",
 ))
-# The hour-long variant: the same network and schedule stretched over 32 epochs, with random crops (padding 4) and
-# horizontal flips, because the 8-epoch run already fits its training images better than its test images.
+# The hour-long variant. Its first form, fast-fmnist-cpu's network over 32 epochs with random crops (padding 4) and
+# horizontal flips, reached 91.83 % in 51.7 minutes with a last-layer training accuracy of 92.55 %: out of capacity.
+# So the layers are 1.25 times wider (1.5 times the step time on the 2-core CPU), over the 22 epochs that fit the
+# hour, and every evaluation averages each image's scores with its mirror image's (tta="flip"; on the 32-epoch
+# checkpoint it gave 92.26 % against 91.83 %).
 register_recipe(Recipe(
-    name="fast-fmnist-cpu-long", model="cwcomp_cnn", dataset="fashion-mnist", epochs=32, batch_size=128, lr=0.01,
-    final_lr=1e-4, weight_decay=0.0, optimizer="adam", schedule="cosine", amp=True, augment="crop-flip",
-    model_kwargs={"channels": (20, 60, 120, 240), "grouped": False, "image_size": 28, "input_mean": (0.5,),
+    name="fast-fmnist-cpu-long", model="cwcomp_cnn", dataset="fashion-mnist", epochs=22, batch_size=128, lr=0.01,
+    final_lr=1e-4, weight_decay=0.0, optimizer="adam", schedule="cosine", amp=True, augment="crop-flip", tta="flip",
+    model_kwargs={"channels": (30, 80, 150, 300), "grouped": False, "image_size": 28, "input_mean": (0.5,),
                   "input_std": (0.5,)},
     reference="no published figure (ffkit's CPU time-to-accuracy recipe: target >= 92.5% Fashion-MNIST test accuracy "
               "within 60 minutes of wall time on a 2-core CPU)",
