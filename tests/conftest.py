@@ -9,7 +9,7 @@ GROUPS: dict[str, set[str]] = {
     # formulas, parts and their errors: seconds, no data, no processes
     "unit": {"test_goodness", "test_losses", "test_layers", "test_encoders", "test_properties", "test_learning_rule",
              "test_defaults", "test_architecture", "test_evaluation", "test_synthetic", "test_profiling",
-             "test_fast_step"},
+             "test_fast_step", "test_validation"},
     # the papers' networks: builders, recipes and reference equivalence with the released code
     "systems": {"test_models", "test_mlp", "test_trifecta", "test_dtg", "test_cwcomp", "test_mixing", "test_recipes",
                 "test_ref_cwcomp", "test_ref_deeperforward", "test_ref_dtg", "test_ref_hinton", "test_ref_loewex",

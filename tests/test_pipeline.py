@@ -272,3 +272,23 @@ def test_distributed_resume_with_a_shared_layer(tmp_path, name, split):
     net = _model(name)
     net.load_state_dict(torch.load(tmp_path / "out.pt")["state"])
     _assert_same_weights(_local(name, epochs=2), net, atol=1e-4)
+
+
+def test_parse_and_resolve_stages_in_one_place():
+    from ffkit.train.pipelining.partition import parse_stages, resolve_stages
+
+    assert parse_stages(" 3 ") == 3 and parse_stages("per-layer") == "per-layer"
+    assert parse_stages("0,2") == (0, 2) and parse_stages("0,1.6") == (0, 1.6)
+    with pytest.raises(ValueError, match=r"--stages must be N, 'per-layer' or first layers like 0,3; got '0,a'"):
+        parse_stages("0,a")
+    net = create_model("deeperforward_tinycnn", num_classes=10, in_channels=1, width_multiplier=0.1)
+    assert resolve_stages(2, net, backend="threads") == (2, None)
+    assert resolve_stages("per-layer", net, backend="threads") == (len(net), None)
+    assert resolve_stages((0, 2), net, backend="threads") == (2, (0, 2))
+    assert resolve_stages(2, net, backend="distributed", world=3) == (3, None)  # one stage per process
+    with pytest.raises(ValueError, match="stages gives 2 stages, but there are 3 processes/devices"):
+        resolve_stages((0, 2), net, backend="distributed", world=3)
+    with pytest.raises(ValueError, match="needs backend='distributed'"):
+        resolve_stages((0, 1.5), net, backend="threads")
+    with pytest.raises(ValueError, match=r"stages must be between 1 and the number of layers \(4\), got 5"):
+        resolve_stages(5, net, backend="threads")

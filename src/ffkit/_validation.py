@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import difflib
+import math
+import numbers
 
 import torch
 
 __all__ = [
-    "check_tensor", "check_groups", "check_labels", "check_positive", "check_positive_int", "check_image_input",
-    "check_device", "suggest_names", "callable_name",
+    "check_tensor", "check_groups", "check_labels", "check_bool", "check_int", "check_real", "check_positive",
+    "check_positive_int", "check_image_input", "check_device", "suggest_names", "callable_name",
 ]
 
 
@@ -57,10 +59,69 @@ def check_labels(y: object, num_classes: int, name: str = "labels", batch_size: 
     return y
 
 
+def check_bool(value: object, name: str, *, what: str = "") -> bool:
+    """``value`` if it is a ``bool`` (not merely truthy: ``0``, ``"no"`` and ``None`` are refused), else
+    ``TypeError``."""
+    if not isinstance(value, bool):
+        hint = f" ({what})" if what else ""
+        raise TypeError(f"{name} must be a bool{hint}, got {type(value).__name__}")
+    return value
+
+
+def check_int(value: object, name: str, *, minimum: int | None = None, what: str = "") -> int:
+    """``value`` as an ``int``: an integer (not a bool; NumPy integers too) of at least ``minimum``. ``what`` says in
+    the error what the number counts (``"batches per chapter"``). Wrong type: ``TypeError``; too small:
+    ``ValueError``."""
+    hint = f" ({what})" if what else ""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int{hint}, got {type(value).__name__}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}{hint}, got {value}")
+    return int(value)
+
+
+def _interval(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
+    if low is not None and high is not None:
+        return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    if low is not None:
+        return f"{'>' if low_open else '>='} {low:g}"
+    assert high is not None
+    return f"{'<' if high_open else '<='} {high:g}"
+
+
+def check_real(
+    value: object,
+    name: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    what: str = "",
+) -> float:
+    """``value`` as a ``float``: a finite real number (not a bool, not NaN or infinite) in the interval from ``low``
+    to ``high`` (closed ends unless ``low_open``/``high_open``). Wrong type: ``TypeError``; out of range:
+    ``ValueError``, naming the interval."""
+    hint = f" ({what})" if what else ""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number{hint}, got {type(value).__name__}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be a finite number{hint}, got {v}")
+    if low is not None or high is not None:
+        below = low is not None and (v < low or (low_open and v == low))
+        above = high is not None and (v > high or (high_open and v == high))
+        if below or above:
+            raise ValueError(f"{name} must be a number {_interval(low, high, low_open, high_open)}{hint}, got {value}")
+    return v
+
+
 def check_positive(value: object, name: str, *, allow_zero: bool = False) -> float:
-    """Check a positive (or non-negative) real number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """Check a positive (or non-negative) finite real number."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not math.isfinite(float(value)):
+        raise ValueError(f"{name} must be a finite number, got {float(value)}")
     if value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
     return float(value)
@@ -68,11 +129,11 @@ def check_positive(value: object, name: str, *, allow_zero: bool = False) -> flo
 
 def check_positive_int(value: object, name: str, *, minimum: int = 1) -> int:
     """Check an ``int`` (not a bool) that is at least ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
+    return int(value)
 
 
 def check_image_input(

@@ -11,7 +11,7 @@ import time
 import warnings
 from collections.abc import Sequence, Sized
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -227,6 +227,8 @@ def _full_recipe_hint(model: str, dataset: str) -> str:
 
 def _pipeline_options(args: argparse.Namespace, trainer_name: str, device: torch.device):
     """``--pipeline``: the PipelineTrainer's options, this process's rank and its device."""
+    from .train.pipelining.partition import parse_stages
+
     if trainer_name == "backprop":
         raise ValueError("--pipeline trains with the local trainer; it conflicts with --trainer backprop")
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -238,7 +240,7 @@ def _pipeline_options(args: argparse.Namespace, trainer_name: str, device: torch
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         options = {"backend": "distributed", "variant": args.pipeline_variant, "timeout": args.pipeline_timeout}
         if args.pipeline_variant == "stages":
-            stages = _parse_stages(args.stages)
+            stages = parse_stages(args.stages)
             if isinstance(stages, tuple):
                 options["stages"] = stages
             elif stages != 2 and stages != world:  # 2 is the default, which the world size overrides
@@ -253,7 +255,7 @@ def _pipeline_options(args: argparse.Namespace, trainer_name: str, device: torch
     if args.pipeline_variant != "stages":
         raise ValueError(f"--pipeline-variant {args.pipeline_variant} runs one rank per process: launch with "
                          "torchrun --nproc-per-node N -m ffkit train ... --pipeline")
-    stages = _parse_stages(args.stages)
+    stages = parse_stages(args.stages)
     return {"backend": "threads", "variant": "stages", "stages": stages, "timeout": args.pipeline_timeout}, 0, device
 
 
@@ -311,33 +313,12 @@ def _check_batches(n: int, batch_size: int, net: Any, model: str, drop_last: boo
                          f"but {head_needs}: change --batch-size or --limit")
 
 
-def _parse_stages(value: str) -> int | str | tuple[float, ...]:
-    """``--stages``: ``N``, ``per-layer``, or the stages' first layers (``0,3``; ``0,1.6`` shares layer 1)."""
-    text = value.strip()
-    if text.isdigit():
-        return int(text)
-    if text == "per-layer":
-        return text
-    try:
-        return tuple(int(v) if v.strip().isdigit() else float(v) for v in text.split(","))
-    except ValueError:
-        raise ValueError(f"--stages must be N, 'per-layer' or first layers like 0,3; got {value!r}") from None
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from .data import DeviceDataset, InMemory, WithIndex, dataset_info, load_dataset
-    from .models import model_kind
-    from .recipes import Recipe, build_model, build_trainer
-    from .train import check_same_model, load_checkpoint
-    from .train.checkpoint import CheckpointVersionWarning
-
-    wall_start = time.perf_counter()
-    cfg = resolve_train_config(args)
-    device = resolve_device(args.device)
-    info = dataset_info(cfg["dataset"])
-    model = cfg["model"]
-    cfg["trainer"] = trainer_name = cfg["trainer"] or ("backprop" if model_kind(model) == "backprop" else "local")
-    recipe = Recipe(name=cfg["recipe"] or "command-line", **{k: cfg[k] for k in TRAIN_DEFAULTS})
+def check_train_flags(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
+    """Every conflict between ``ffkit train``'s flags and the recipe they override, checked once, before the model is
+    built or any data is read (``cfg``: :func:`resolve_train_config`'s, with the trainer chosen). What depends on the
+    built model is :func:`_check_model_flags`'s; the pipeline's split is checked against the model as soon as it is
+    built."""
+    model, trainer_name = cfg["model"], cfg["trainer"]
     if trainer_name == "backprop" and cfg["overlap"]:
         origin = f" (set by --recipe {cfg['recipe']}; add --no-overlap)" if args.overlap is None else ""
         raise ValueError(f"--overlap{origin} is an option of the local trainer; it conflicts with --trainer backprop")
@@ -348,7 +329,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         if "width_multiplier" not in params:
             raise ValueError(f"--width-multiplier: model {model} has no width_multiplier (its arguments: "
                              f"{', '.join(params)})")
-    out = Path(args.out) if args.out else Path("runs") / f"{model}-{info.name}"
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
     if args.checkpoint_every is not None and args.pipeline:
@@ -359,28 +339,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.on_divergence != "stop" and args.pipeline:
         raise ValueError(f"--on-divergence {args.on_divergence} conflicts with --pipeline: pipeline stages and ranks "
                          f"stop on divergence")
+    if args.data_on_device and args.pipeline:
+        raise ValueError("--data-on-device conflicts with --pipeline: each stage receives its batches from the one "
+                         "before it (drop --data-on-device)")
+    if args.data_on_device and args.workers:
+        raise ValueError(f"--data-on-device makes every batch on the device in the training process; it conflicts "
+                         f"with --workers {args.workers} (drop --workers)")
     _check_pipeline_flags(args)
-    pipeline, rank = None, 0
-    if args.pipeline:
-        pipeline, rank, device = _pipeline_options(args, trainer_name, device)
-    if rank > 0:  # one report: rank 0's
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the rest of this process
-    torch.manual_seed(args.seed)
-    net = build_model(recipe, num_classes=info.num_classes, in_channels=info.in_channels)
-    _check_model_flags(args, cfg, net)
-    ckpt = None
-    if args.resume is not None:  # check the checkpoint before spending time on data
-        ckpt = Path(args.resume) if args.resume else out / "checkpoint.pt"
-        with warnings.catch_warnings():  # a version warning is shown once, when the trainer loads it below
-            warnings.simplefilter("ignore", CheckpointVersionWarning)
-            payload = load_checkpoint(ckpt)
-        check_same_model(payload, net, ckpt)
-        trained_with = payload.get("metadata", {}).get("trainer")
-        if trained_with is not None and trained_with != trainer_name:
-            raise ValueError(f"checkpoint {ckpt} was trained with the {trained_with} trainer; resuming it with "
-                             f"--trainer {trainer_name} would not match its optimizer states (pass --trainer "
-                             f"{trained_with})")
 
+
+class _Loaders(NamedTuple):
+    train: Any
+    holdout: DataLoader | None
+    test: DataLoader
+    train_size: int
+    holdout_size: int | None
+    test_size: int
+
+
+def _train_loaders(
+    args: argparse.Namespace, cfg: dict[str, Any], info: Any, net: Any, device: torch.device, pipeline: dict | None
+) -> _Loaders:
+    """``ffkit train``'s training, held-out and test loaders, as the flags and the recipe ask."""
+    from .data import DeviceDataset, InMemory, WithIndex, load_dataset
+
+    model = cfg["model"]
     norm = cfg["normalize"]
     size = _image_size(net)
     train_split = "train" if cfg["holdout"] else "train_full"
@@ -434,6 +417,54 @@ def cmd_train(args: argparse.Namespace) -> int:
     eval_kw = {**loader_kw, "collate_fn": DeviceDataset.collate if on_device else InMemory.collate}
     holdout_loader = DataLoader(holdout, batch_size=eval_bs, **eval_kw) if holdout is not None else None
     test_loader = DataLoader(test, batch_size=eval_bs, **eval_kw)
+    return _Loaders(train_loader, holdout_loader, test_loader, _size(train_set),
+                    _size(holdout) if holdout is not None else None, _size(test))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .data import dataset_info
+    from .models import model_kind
+    from .recipes import Recipe, build_model, build_trainer
+    from .train import check_same_model, load_checkpoint
+    from .train.checkpoint import CheckpointVersionWarning
+
+    wall_start = time.perf_counter()
+    cfg = resolve_train_config(args)
+    device = resolve_device(args.device)
+    info = dataset_info(cfg["dataset"])
+    model = cfg["model"]
+    cfg["trainer"] = trainer_name = cfg["trainer"] or ("backprop" if model_kind(model) == "backprop" else "local")
+    recipe = Recipe(name=cfg["recipe"] or "command-line", **{k: cfg[k] for k in TRAIN_DEFAULTS})
+    check_train_flags(args, cfg)
+    out = Path(args.out) if args.out else Path("runs") / f"{model}-{info.name}"
+    pipeline, rank = None, 0
+    if args.pipeline:
+        pipeline, rank, device = _pipeline_options(args, trainer_name, device)
+    if rank > 0:  # one report: rank 0's
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the rest of this process
+    torch.manual_seed(args.seed)
+    net = build_model(recipe, num_classes=info.num_classes, in_channels=info.in_channels)
+    _check_model_flags(args, cfg, net)
+    if pipeline is not None and pipeline["variant"] == "stages":  # before any data is loaded
+        from .train.pipelining.partition import resolve_stages
+
+        world = int(os.environ.get("WORLD_SIZE", "1")) if pipeline["backend"] == "distributed" else 1
+        resolve_stages(pipeline.get("stages", 2), net, backend=pipeline["backend"], world=world)
+    ckpt = None
+    if args.resume is not None:  # check the checkpoint before spending time on data
+        ckpt = Path(args.resume) if args.resume else out / "checkpoint.pt"
+        with warnings.catch_warnings():  # a version warning is shown once, when the trainer loads it below
+            warnings.simplefilter("ignore", CheckpointVersionWarning)
+            payload = load_checkpoint(ckpt)
+        check_same_model(payload, net, ckpt)
+        trained_with = payload.get("metadata", {}).get("trainer")
+        if trained_with is not None and trained_with != trainer_name:
+            raise ValueError(f"checkpoint {ckpt} was trained with the {trained_with} trainer; resuming it with "
+                             f"--trainer {trainer_name} would not match its optimizer states (pass --trainer "
+                             f"{trained_with})")
+
+    loaders = _train_loaders(args, cfg, info, net, device, pipeline)
+    train_loader, holdout_loader, test_loader = loaders.train, loaders.holdout, loaders.test
 
     epochs = cfg["epochs"]
     options = {"on_divergence": args.on_divergence} if args.on_divergence != "stop" else {}
@@ -454,9 +485,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     n_params = sum(p.numel() for p in net.parameters())
     print(
         f"ffkit {__version__}: training {model} ({len(net)} layers, {n_params / 1e6:.2f}M parameters) on "
-        f"{info.name} ({_size(train_set)} training images, "
-        + (f"{_size(holdout)} held-out for SIP, " if holdout is not None else "")
-        + f"{_size(test)} test) "
+        f"{info.name} ({loaders.train_size} training images, "
+        + (f"{loaders.holdout_size} held-out for SIP, " if loaders.holdout_size is not None else "")
+        + f"{loaders.test_size} test) "
         f"for {epochs} epoch(s) on {device} with the {trainer_name} trainer"
         + (f" (recipe {cfg['recipe']})" if cfg["recipe"] else "") + f"; run directory {out}",
         flush=True,
@@ -507,13 +538,7 @@ def _data_on_device(args: argparse.Namespace, device: torch.device, pipeline: di
     for a single-process run."""
     if args.data_on_device is None:
         return device.type == "cuda" and pipeline is None
-    if args.data_on_device and pipeline is not None:
-        raise ValueError("--data-on-device conflicts with --pipeline: each stage receives its batches from the one "
-                         "before it (drop --data-on-device)")
-    if args.data_on_device and args.workers:
-        raise ValueError(f"--data-on-device makes every batch on the device in the training process; it conflicts "
-                         f"with --workers {args.workers} (drop --workers)")
-    return bool(args.data_on_device)
+    return bool(args.data_on_device)  # its conflicts are check_train_flags
 
 
 def _image_size(net: Any) -> int:

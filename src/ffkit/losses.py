@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from ._validation import check_labels, check_positive, check_tensor
+from ._validation import check_labels, check_positive, check_real, check_tensor
 
 __all__ = ["ff_threshold", "symba", "local_ce", "get_loss"]
 
@@ -52,8 +52,7 @@ def ff_threshold(
         A 0-dim tensor.
     """
     _check_pair(g_pos, g_neg)
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-        raise TypeError(f"threshold must be a number, got {type(threshold).__name__}")
+    check_real(threshold, "threshold")
     if reduction not in _THRESHOLD_REDUCTIONS:
         raise ValueError(f"reduction must be one of {_THRESHOLD_REDUCTIONS}, got {reduction!r}")
     pos, neg = F.softplus(threshold - g_pos), F.softplus(g_neg - threshold)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from ._validation import check_image_input
+from ._validation import check_bool, check_image_input
 from .layers.base import FFLayer, LayerOutput
 from .layers.heads import ClassifierHead
 from .objectives import ClassScoreObjective, Objective, PreparedBatch
@@ -150,8 +150,7 @@ class FFNetwork(nn.Module):
             if not all(0 <= i < len(layers) for i in head.layers):
                 raise ValueError(f"head reads layers {list(head.layers)}, but the network has {len(layers)} layers")
         self.head = head
-        if not isinstance(head_predicts, bool):
-            raise TypeError(f"head_predicts must be a bool, got {type(head_predicts).__name__}")
+        check_bool(head_predicts, "head_predicts")
         if head_predicts and head is None:
             raise ValueError("head_predicts=True needs a classifier head (head=ClassifierHead(...))")
         self.head_predicts = head_predicts
@@ -203,8 +202,7 @@ class FFNetwork(nn.Module):
             shortcuts: ``{source: features}`` of layers before ``start`` that shortcuts into this range read
                 (:meth:`crossing_shortcuts` says which).
         """
-        if not isinstance(checkpoint, bool):
-            raise TypeError(f"checkpoint must be a bool, got {type(checkpoint).__name__}")
+        check_bool(checkpoint, "checkpoint")
         last = len(self.layers) - 1 if end is None else end
         if not 0 <= start <= last < len(self.layers):
             raise ValueError(f"start and end must satisfy 0 <= start <= end < {len(self.layers)}, got {start}..{end}")

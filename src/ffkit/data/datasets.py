@@ -42,6 +42,8 @@ from torchvision import datasets as tv_datasets
 from torchvision.datasets import VisionDataset
 from torchvision.transforms import v2
 
+from .._validation import check_int
+
 __all__ = [
     "AUGMENTATIONS",
     "DATASETS",
@@ -586,8 +588,7 @@ def load_dataset(
         raise ValueError(f"augment is for training splits only, not split={split!r}")
     if normalize is not None and normalize not in NORMALIZATIONS:
         raise ValueError(f"unknown normalize {normalize!r}; expected None or one of {', '.join(NORMALIZATIONS)}")
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
-        raise ValueError(f"image_size must be an int >= 8 (the side of the square images), got {image_size!r}")
+    check_int(image_size, "image_size", minimum=8, what="the side of the square images")
     root_path = Path(root).expanduser() if root is not None else default_data_dir()
 
     dataset = _torchvision_dataset(

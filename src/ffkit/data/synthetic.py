@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from .._validation import check_positive_int
+from .._validation import check_int, check_positive_int, check_real
 
 __all__ = ["make_teacher", "teacher_student", "teacher_student_images"]
 
@@ -39,10 +39,8 @@ def _check_args(num_samples: int, dim: int, num_classes: int, hidden: int, seed:
     check_positive_int(dim, "dim")
     check_positive_int(num_classes, "num_classes", minimum=2)
     check_positive_int(hidden, "hidden")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0.0 <= noise <= 1.0:
-        raise ValueError(f"noise must be a probability in [0, 1], got {noise!r}")
+    check_int(seed, "seed")
+    check_real(noise, "noise", low=0.0, high=1.0, what="a probability")
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import goodness as _goodness
-from .._validation import check_positive, check_positive_int
+from .._validation import check_bool, check_positive, check_positive_int
 from .base import FFLayer, LayerOutput
 from .pooling import max_pool2x2
 
@@ -84,8 +84,7 @@ class CwCompConv(FFLayer):
             raise ValueError(
                 f"groups ({groups}) must divide in_channels ({in_channels}) and out_channels ({out_channels})"
             )
-        if not isinstance(maxpool, bool):
-            raise TypeError(f"maxpool must be a bool, got {type(maxpool).__name__}")
+        check_bool(maxpool, "maxpool")
         check_positive(bn_eps, "bn_eps")
         self.in_channels = in_channels
         self.out_channels = out_channels

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._validation import check_real
+
 __all__ = ["Dropout", "dropout_mask", "drop_mask", "dropout"]
 
 
@@ -66,9 +68,7 @@ class Dropout(nn.Module):
 
     def __init__(self, p: float = 0.5) -> None:
         super().__init__()
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
-            raise ValueError(f"p must be a number in [0, 1), got {p!r}")
-        self.p = float(p)
+        self.p = check_real(p, "p", low=0.0, high=1.0, high_open=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return dropout(x, self.p, self.training)

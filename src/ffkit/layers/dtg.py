@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import goodness as _goodness
-from .._validation import check_positive_int
+from .._validation import check_bool, check_positive_int, check_real
 from .base import FFLayer, LayerOutput
 from .dropout import Dropout
 from .linear import FFLinear
@@ -63,9 +63,7 @@ def inverse_softplus(m: torch.Tensor, floor: float = MARGIN_FLOOR) -> torch.Tens
 
 
 def _check_dropout(dropout: object) -> float:
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
-    return float(dropout)
+    return check_real(dropout, "dropout", low=0.0, high=1.0, high_open=True)
 
 
 class DTGConv(FFLayer):
@@ -134,8 +132,7 @@ class DTGConv(FFLayer):
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("num_classes", num_classes),
                         ("kernel_size", kernel_size), ("grid", grid)):
             check_positive_int(v, name)
-        if not isinstance(pool, bool):
-            raise TypeError(f"pool must be a bool (2x2 average pooling or none), got {type(pool).__name__}")
+        check_bool(pool, "pool", what="2x2 average pooling or none")
         check_positive_int(seed, "seed", minimum=0)
         dropout = _check_dropout(dropout)
         self.in_channels = in_channels

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._validation import check_positive_int
+from .._validation import check_bool, check_positive_int
 from .linear import rms_normalize
 
 __all__ = ["ClassifierHead"]
@@ -81,21 +81,17 @@ class ClassifierHead(nn.Module):
         self.label_smoothing = label_smoothing
         self.norm = nn.BatchNorm1d(in_features) if batchnorm else nn.Identity()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        if not isinstance(bias, bool):
-            raise TypeError(f"bias must be a bool, got {type(bias).__name__}")
+        check_bool(bias, "bias")
         self.linear = nn.Linear(in_features, num_classes, bias=bias)
-        if not isinstance(hybrid, bool):
-            raise TypeError(f"hybrid must be a bool, got {type(hybrid).__name__}")
+        check_bool(hybrid, "hybrid")
         self.hybrid = hybrid
         if input_norm not in (None, "rms"):
             raise ValueError(f"input_norm must be None or 'rms', got {input_norm!r}")
         self.input_norm = input_norm
-        if not isinstance(zero_init, bool):
-            raise TypeError(f"zero_init must be a bool, got {type(zero_init).__name__}")
+        check_bool(zero_init, "zero_init")
         if zero_init:
             nn.init.zeros_(self.linear.weight)
-        if not isinstance(pre_update, bool):
-            raise TypeError(f"pre_update must be a bool, got {type(pre_update).__name__}")
+        check_bool(pre_update, "pre_update")
         self.pre_update = pre_update
 
     def pooled(self, features: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import goodness as _goodness
-from .._validation import check_positive_int
+from .._validation import check_positive_int, check_real
 from .base import FFLayer, LayerOutput
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -132,13 +132,8 @@ class FFLinear(FFLayer):
                                       ("init", init, INITS)):
             if option not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {option!r}")
-        for name, number in (("peer_normalization", peer_normalization), ("peer_momentum", peer_momentum)):
-            if isinstance(number, bool) or not isinstance(number, (int, float)):
-                raise TypeError(f"{name} must be a number, got {type(number).__name__}")
-        if peer_normalization < 0:
-            raise ValueError(f"peer_normalization must be >= 0, got {peer_normalization}")
-        if not 0 <= peer_momentum < 1:
-            raise ValueError(f"peer_momentum must be in [0, 1), got {peer_momentum}")
+        check_real(peer_normalization, "peer_normalization", low=0.0)
+        check_real(peer_momentum, "peer_momentum", low=0.0, high=1.0, high_open=True)
         self.linear = nn.Linear(in_features, out_features)
         if init == "normal":
             nn.init.normal_(self.linear.weight, mean=0.0, std=1 / math.sqrt(out_features))

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .._validation import check_positive_int
+from .._validation import check_bool, check_positive_int
 from ..layers import ClassifierHead, CwCompConv
 from ..network import FFNetwork
 from ..objectives import ClassScoreObjective
@@ -87,13 +87,11 @@ def cwcomp_cnn(
         raise ValueError("channels must list at least one layer width")
     for i, c in enumerate(channels):
         check_positive_int(c, f"channels[{i}]")
-    if not isinstance(grouped, bool):
-        raise TypeError(f"grouped must be a bool, got {type(grouped).__name__}")
+    check_bool(grouped, "grouped")
     pools = len(channels) // 2  # the odd layers max-pool, each halving the side
     if image_size is not None:  # the last pooling needs at least 1x1 left
         check_positive_int(image_size, "image_size", minimum=2**pools)
-    if not isinstance(head, bool):
-        raise TypeError(f"head must be a bool, got {type(head).__name__}")
+    check_bool(head, "head")
     if head and image_size is None:
         raise ValueError("head=True flattens the last layer's output, whose size depends on the image: give image_size")
     if input_mean is None and input_std is None:

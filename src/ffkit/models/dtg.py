@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from .._validation import check_positive_int
+from .._validation import check_bool, check_positive_int, check_real
 from ..layers import ClassifierHead, DTGConv, DTGLinear
 from ..layers.dtg import TAU_MAX, TAU_MIN
 from ..network import FFNetwork
@@ -48,16 +48,11 @@ MLP_HIDDEN = (2048, 2048, 2048, 2048)
 def _check_common(num_classes: int, in_channels: int, head: object) -> None:
     check_positive_int(num_classes, "num_classes", minimum=2)
     check_positive_int(in_channels, "in_channels")
-    if not isinstance(head, bool):
-        raise TypeError(f"head must be a bool, got {type(head).__name__}")
+    check_bool(head, "head")
 
 
 def _check_fraction(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {value}")
-    return float(value)
+    return check_real(value, name, low=0.0, high=1.0, high_open=True)
 
 
 def _dtg_vgg(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .._validation import check_positive_int
+from .._validation import check_bool, check_positive_int, check_real
 from ..layers import ClassifierHead, FFLinear, PONLinear
 from ..network import FFNetwork
 from ..objectives import ClassScoreObjective, LabelOverlay, PosNegObjective, get_negatives
@@ -147,16 +147,12 @@ def hinton_mlp(
         raise ValueError(f"goodness must be 'mean' or 'sum', got {goodness!r}")
     if threshold is None:
         threshold = _default_threshold(widths, goodness)
-    elif isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-        raise TypeError(f"threshold must be a number or None, got {type(threshold).__name__}")
-    elif threshold <= 0:
-        raise ValueError(f"threshold must be > 0 (goodness is a mean or sum of squares), got {threshold}")
-    if isinstance(label_value, bool) or not isinstance(label_value, (int, float)) or label_value <= 0:
-        raise ValueError(f"label_value must be a positive number, got {label_value!r}")
+    else:
+        check_real(threshold, "threshold", low=0.0, low_open=True, what="goodness is a mean or sum of squares")
+    check_real(label_value, "label_value", low=0.0, low_open=True)
     if label_position not in ("first", "last"):
         raise ValueError(f"label_position must be 'first' or 'last', got {label_position!r}")
-    if not isinstance(head, bool):
-        raise TypeError(f"head must be a bool, got {type(head).__name__}")
+    check_bool(head, "head")
     check_positive_int(image_size, "image_size", minimum=4)
     if (head_input_norm is not None or head_zero_init or head_pre_update) and not head:
         raise ValueError("head_input_norm, head_zero_init and head_pre_update configure the classifier head: pass "

@@ -27,7 +27,7 @@ Widths are multiplied by ``width_multiplier`` and rounded to the nearest integer
 
 from __future__ import annotations
 
-from .._validation import check_positive, check_positive_int
+from .._validation import check_bool, check_positive, check_positive_int, check_real
 from ..layers import FFLayer, TrifectaConv, TrifectaLinear
 from ..layers.trifecta import NORMS
 from ..network import FFNetwork
@@ -80,13 +80,11 @@ def _check_common(
     check_positive_int(num_classes, "num_classes", minimum=2)
     check_positive_int(in_channels, "in_channels")
     check_positive_int(image_size, "image_size", minimum=min_size)
-    if not isinstance(learned_label, bool):
-        raise TypeError(f"learned_label must be a bool, got {type(learned_label).__name__}")
+    check_bool(learned_label, "learned_label")
     if loss not in ("symba", "threshold"):
         raise ValueError(f"loss must be 'symba' or 'threshold', got {loss!r}")
     check_positive(alpha, "alpha")
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-        raise TypeError(f"threshold must be a number, got {type(threshold).__name__}")
+    check_real(threshold, "threshold")
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._validation import check_labels, check_positive_int, check_tensor
+from .._validation import check_int, check_labels, check_positive_int, check_tensor
 
 __all__ = ["LabelOverlay", "LabelChannel"]
 
@@ -29,8 +29,7 @@ class LabelOverlay(nn.Module):
 
     def __init__(self, num_classes: int, on_value: float = 1.0, position: str = "first") -> None:
         super().__init__()
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+        check_int(num_classes, "num_classes", minimum=2)
         if position not in ("first", "last"):
             raise ValueError(f"position must be 'first' or 'last', got {position!r}")
         self.num_classes = num_classes

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .._validation import check_labels
+from .._validation import check_int, check_labels
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..network import FFNetwork
@@ -18,8 +18,7 @@ class NegativeLabels:
     """Chooses one wrong label per sample. Call as ``sampler(y, x=..., network=..., index=...) -> [B]``."""
 
     def __init__(self, num_classes: int) -> None:
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+        check_int(num_classes, "num_classes", minimum=2)
         self.num_classes = num_classes
 
     def __call__(

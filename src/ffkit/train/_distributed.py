@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from .._validation import check_real
+
 __all__ = ["PipelineError", "lost_peer", "wait_work", "default_device", "check_timeout", "check_divergence_stop",
            "check_equal_lengths"]
 
@@ -51,9 +53,7 @@ def default_device() -> torch.device:
 
 def check_timeout(timeout: object) -> float:
     """Seconds a rank waits for a peer: a positive number (not a bool)."""
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-    return float(timeout)
+    return check_real(timeout, "timeout", low=0.0, low_open=True, what="seconds")
 
 
 def check_divergence_stop(trainer_options: dict, engine: str) -> None:

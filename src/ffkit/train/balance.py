@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from .._validation import check_int, check_real
 from ..profiling import SavedTensorMeter
 from .local import LocalTrainer
 from .rng import capture_rng, restore_rng
@@ -107,8 +108,8 @@ def profile_layers(
     """
     if not isinstance(trainer, LocalTrainer):
         raise TypeError(f"trainer must be an ffkit LocalTrainer, got {type(trainer).__name__}")
-    steps = _check_int(steps, "steps", minimum=1)
-    warmup = _check_int(warmup, "warmup", minimum=0)
+    steps = check_int(steps, "steps", minimum=1)
+    warmup = check_int(warmup, "warmup", minimum=0)
     net = trainer.network
     n = len(net.layers)
     cuda = trainer.device.type == "cuda"
@@ -280,9 +281,7 @@ def balance_stages(
     """
     costs = _check_costs(seconds, "seconds")
     n = len(costs)
-    if isinstance(num_stages, bool) or not isinstance(num_stages, numbers.Integral):
-        raise TypeError(f"num_stages must be an int, got {type(num_stages).__name__}")
-    num_stages = int(num_stages)
+    num_stages = check_int(num_stages, "num_stages")
     if not 1 <= num_stages <= n:
         raise ValueError(f"num_stages must be between 1 and the number of layers ({n}), got {num_stages}")
     send = _send_seconds(output_bytes, bytes_per_second, n)
@@ -320,7 +319,8 @@ def balance_stages(
     whole = tuple(starts)
     if shareable is None or num_stages == 1:
         return whole
-    shared = _shared_split(costs, num_stages, _check_flags(shareable, n), _check_fraction(min_share, "min_share"))
+    min_share = check_real(min_share, "min_share", low=0.0, high=0.5, low_open=True, high_open=True)
+    shared = _shared_split(costs, num_stages, _check_flags(shareable, n), min_share)
     if shared is None:
         return whole
     extra = _check_costs(share_seconds, "share_seconds") if share_seconds is not None else [0.0] * n
@@ -411,9 +411,7 @@ def check_split(starts: Sequence[float], num_layers: int, *, shared: bool = Fals
     shared: :func:`balance_stages`), as long as every stage still owns at least one whole layer; integral starts
     are returned as ints.
     """
-    if isinstance(num_layers, bool) or not isinstance(num_layers, numbers.Integral):
-        raise TypeError(f"num_layers must be an int, got {type(num_layers).__name__}")
-    num_layers = int(num_layers)
+    num_layers = check_int(num_layers, "num_layers")
     if num_layers < 1:
         raise ValueError(f"num_layers must be at least 1, got {num_layers}")
     if num_layers == 1:
@@ -487,7 +485,7 @@ def _send_seconds(output_bytes: Sequence[int] | None, bytes_per_second: float | 
         raise ValueError(
             "output_bytes and bytes_per_second must be given together (to charge stage outputs), or neither"
         )
-    if isinstance(bytes_per_second, bool) or not isinstance(bytes_per_second, numbers.Real):
+    if isinstance(bytes_per_second, bool) or not isinstance(bytes_per_second, numbers.Real):  # may be inf
         raise TypeError(f"bytes_per_second must be a number, got {type(bytes_per_second).__name__}")
     bandwidth = float(bytes_per_second)
     if not (math.isfinite(bandwidth) and bandwidth > 0):
@@ -526,17 +524,3 @@ def _check_flags(values: Sequence[bool], n: int) -> list[bool]:
     if len(items) != n or not all(isinstance(v, bool) for v in items):
         raise ValueError(f"shareable must be {n} bools, one per layer, got {values!r}")
     return items
-
-
-def _check_fraction(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < float(value) < 0.5:
-        raise ValueError(f"{name} must be a number in (0, 0.5), got {value!r}")
-    return float(value)
-
-
-def _check_int(value: object, name: str, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}")
-    return int(value)

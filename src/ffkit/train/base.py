@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import RandomSampler
 
-from .._validation import check_device
+from .._validation import check_device, check_int, check_real
 from .._version import __version__
 from ..evaluation import check_tta, collect_scores, make_report, select_layers
 from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
@@ -150,8 +150,7 @@ def make_schedule(
     epoch, so the lr is constant within an epoch and epoch ``e`` (0-based) trains at
     ``final + (lr - final) * (1 + cos(pi * e / epochs)) / 2``.
     """
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        raise ValueError(f"every must be a positive int (steps per schedule update), got {every!r}")
+    check_int(every, "every", minimum=1, what="steps per schedule update")
     if schedule == "constant":
         return None
     if schedule == "cosine":
@@ -171,8 +170,7 @@ def check_trainer_args(network: nn.Module, lr: float, schedule: str, total_steps
 
     if not isinstance(network, FFNetwork) and not hasattr(network, "layer_scores"):
         raise TypeError(f"network must be an ffkit FFNetwork, got {type(network).__name__}")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0:
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    check_real(lr, "lr", low=0.0, low_open=True)
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     if schedule in ("cosine", "cooldown", "linear-cooldown") and (total_steps is None or total_steps < 1):
@@ -409,12 +407,10 @@ class Trainer:
         The shuffling order of epoch ``e`` is seeded by ``seed + e`` when ``train`` shuffles with its own generator,
         so a resumed run sees the same data order as an uninterrupted one.
         """
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-            raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+        check_int(epochs, "epochs", minimum=1)
         out = Path(out_dir) if out_dir is not None else None
         if checkpoint_every is not None:
-            if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
-                raise ValueError(f"checkpoint_every must be a positive int (batches), got {checkpoint_every!r}")
+            check_int(checkpoint_every, "checkpoint_every", minimum=1, what="batches")
             if not self.mid_epoch_checkpoints:
                 raise ValueError(
                     f"checkpoint_every is not supported by {type(self).__name__}, which checkpoints at the end of "

@@ -52,6 +52,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .._validation import check_bool, check_int
 from ..network import FFNetwork, _RestoreNormStats
 from ..objectives import PreparedBatch
 from ._distributed import (
@@ -143,8 +144,7 @@ class ChapterTrainer(WrapsLocalTrainer):
     ) -> None:
         if not isinstance(network, FFNetwork):
             raise TypeError(f"network must be an ffkit FFNetwork, got {type(network).__name__}")
-        if isinstance(chapter_batches, bool) or not isinstance(chapter_batches, int) or chapter_batches < 1:
-            raise ValueError(f"chapter_batches must be a positive int (batches per chapter), got {chapter_batches!r}")
+        check_int(chapter_batches, "chapter_batches", minimum=1, what="batches per chapter")
         check_timeout(timeout)
         check_divergence_stop(trainer_options, "ChapterTrainer")
         if trainer_options.get("overlap"):
@@ -153,8 +153,7 @@ class ChapterTrainer(WrapsLocalTrainer):
         if network.head is not None and network.head.hybrid:
             raise ValueError("a hybrid classifier head sends its loss into the layers it reads, within one step; "
                              "ChapterTrainer trains the head after the chapter's layers, on detached features")
-        if not isinstance(local_data, bool):
-            raise TypeError(f"local_data must be a bool, got {type(local_data).__name__}")
+        check_bool(local_data, "local_data")
         self.chapter_batches = chapter_batches
         self.local_data = local_data
         self.timeout = float(timeout)

@@ -29,6 +29,7 @@ import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from .._validation import check_int
 from ..network import FFNetwork
 from ._distributed import (
     check_divergence_stop,
@@ -87,9 +88,7 @@ class FederatedTrainer(WrapsLocalTrainer):
     ) -> None:
         if not isinstance(network, FFNetwork):
             raise TypeError(f"network must be an ffkit FFNetwork, got {type(network).__name__}")
-        if isinstance(sync_every, bool) or not isinstance(sync_every, int) or sync_every < 1:
-            raise ValueError(f"sync_every must be a positive int (steps between parameter averages), got "
-                             f"{sync_every!r}")
+        check_int(sync_every, "sync_every", minimum=1, what="steps between parameter averages")
         check_timeout(timeout)
         check_divergence_stop(trainer_options, "FederatedTrainer")
         if not dist.is_available() or not dist.is_initialized():
@@ -295,10 +294,8 @@ def shard_loader(
         shuffle: shuffle the shards each epoch.
         **loader_options: further ``DataLoader`` options (``num_workers``, ``pin_memory``, ``drop_last``, ...).
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    check_int(batch_size, "batch_size", minimum=1)
+    check_int(seed, "seed")
     for name in ("sampler", "shuffle", "batch_sampler"):
         if name in loader_options:
             raise ValueError(f"shard_loader sets the sampler itself; do not pass {name!r} in loader_options")

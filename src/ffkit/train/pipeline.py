@@ -14,16 +14,14 @@ Two transports carry a stage's detached features, the labels and any residual-sh
   GPU), launched by ``torchrun``. A stage receives into a ring of ``queue_size`` buffers posted ahead with
   ``dist.batch_isend_irecv``, so it overlaps communication with its local step and the pipeline never drains.
 
-This module schedules batches through the stages; the parts it schedules (a stage, the transport between ranks,
-the partition, the stage files) are in :mod:`ffkit.train.pipelining`.
+This module holds the trainer: the split, the stages' placement, the epoch records and the checkpoints. The parts it
+runs (a stage, the schedules that move batches through the stages, the transport between ranks, the partition, the
+stage files) are in :mod:`ffkit.train.pipelining`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import queue
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
@@ -33,6 +31,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .._validation import check_bool, check_int
 from .._version import __version__
 from ..network import FFNetwork
 from ._distributed import PipelineError, check_divergence_stop, check_timeout, default_device, lost_peer
@@ -40,9 +39,9 @@ from .base import EpochProgress, StepResult, reject_mid_epoch
 from .checkpoint import CHECKPOINT_FORMAT
 from .local import LocalTrainer, WrapsLocalTrainer
 from .pipelining.files import save_stage, stage_files
-from .pipelining.partition import count_stages, share_mode, shareable_layers
-from .pipelining.stage import Share, Stage, merge_samples, sample_rows, take_samples
-from .pipelining.transport import BATCH, EPOCH_END, STOP, Link, exchange_shapes
+from .pipelining.partition import resolve_stages, share_mode, shareable_layers
+from .pipelining.schedule import DistributedSchedule, run_threads
+from .pipelining.stage import Share, Stage
 from .rng import capture_rng, restore_rng
 
 __all__ = ["PipelineTrainer", "PipelineError", "init_distributed"]
@@ -100,8 +99,7 @@ class PipelineTrainer(WrapsLocalTrainer):
             raise ValueError(f"backend must be 'threads' or 'distributed', got {backend!r}")
         if balance not in ("auto", "layers"):
             raise ValueError(f"balance must be 'auto' or 'layers', got {balance!r}")
-        if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
-            raise ValueError(f"queue_size must be a positive int, got {queue_size!r}")
+        check_int(queue_size, "queue_size", minimum=1)
         check_timeout(timeout)
         check_divergence_stop(trainer_options, "PipelineTrainer")
         if trainer_options.get("overlap"):
@@ -118,8 +116,7 @@ class PipelineTrainer(WrapsLocalTrainer):
         self.queue_size = queue_size
         self.timeout = float(timeout)
         self.balance = balance
-        if not isinstance(share_layers, bool):
-            raise TypeError(f"share_layers must be a bool, got {type(share_layers).__name__}")
+        check_bool(share_layers, "share_layers")
         self.share_layers = share_layers and backend == "distributed"
         self.rank, self.world = 0, 1
         if backend == "distributed":
@@ -130,36 +127,20 @@ class PipelineTrainer(WrapsLocalTrainer):
             if device is None:
                 device = default_device()
             devices = [device] * self.world
-        n_stages = self.world if backend == "distributed" else count_stages(stages, len(network))
+        n_stages, self.starts = resolve_stages(stages, network, backend=backend, world=self.world)
         if devices is None:
             devices = [device or "cpu"] * n_stages
         if len(devices) != n_stages:
             raise ValueError(f"devices must name one device per stage ({n_stages}), got {len(devices)}")
         self.devices = [torch.device(d) for d in devices]
-        here = self.devices[self.rank]
-        self.inner = LocalTrainer(network, device=here, **trainer_options)
-        self.starts: tuple[float, ...] | None = None
-        if not isinstance(stages, (int, str)):
-            from .balance import check_split, shared_layers
-
-            self.starts = check_split(tuple(stages), len(network), shared=True)
-            if len(self.starts) != n_stages:
-                raise ValueError(f"stages gives {len(self.starts)} stages, but there are {n_stages} processes/devices")
-            bad = [j for j in shared_layers(self.starts) if not shareable_layers(network)[j]]
-            if bad:
-                raise ValueError(f"stages {self.starts} shares layers {bad}, which cannot be split by samples (they "
-                                 "hold BatchNorm, or the objective's layer loss is not a mean over samples)")
-            if backend != "distributed" and shared_layers(self.starts):
-                raise ValueError(f"stages {self.starts} shares a layer between stages, which needs "
-                                 "backend='distributed'; give whole layers (integer starts) with threads")
+        self.inner = LocalTrainer(network, device=self.devices[self.rank], **trainer_options)
         self.n_stages = n_stages
         self.balance_report: dict[str, Any] | None = None
         self._stages: list[Stage] = []
         self._share_batch: int | None = None  # the batch size the shared layers' parts were cut for
         self._bytes_per_second = math.inf
-        self._pending_units: dict[str, Any] | None = None  # the first stage's unit-shard update, finished later
         self._shape_spec: list[dict[str, Any]] | None = None
-        self._link: Link | None = None
+        self._schedule: DistributedSchedule | None = None
         self._out_dir: Path | None = None
         self._init_progress()
 
@@ -319,9 +300,15 @@ class PipelineTrainer(WrapsLocalTrainer):
             yield from it
 
         if self.backend == "threads":
-            self._run_threads(feed(), concurrent)
+            run_threads(self._stages, feed(), self._prepare, concurrent=concurrent, queue_size=self.queue_size,
+                        timeout=self.timeout)
         else:
-            self._run_distributed(feed())
+            if self._schedule is None:
+                self._schedule = DistributedSchedule(rank=self.rank, world=self.world, device=self.device,
+                                                     timeout=self.timeout, ring=self.queue_size)
+            self._schedule.run(self._stages[self.rank], feed(), self._prepare, self._shape_spec)
+            if self.rank > 0 and self._schedule.batch_size is not None:
+                self._batch_size = self._schedule.batch_size
         seconds = time.perf_counter() - start
         done = [st.last for st in self._stages if st.last is not None]
         last = StepResult(torch.cat([d[0] for d in done]), torch.cat([d[1] for d in done]), self._batch_size, None)
@@ -400,183 +387,10 @@ class PipelineTrainer(WrapsLocalTrainer):
                             "split": [st.tail.hi - st.tail.lo, nxt.hi - nxt.lo]})
         return out
 
-    # -- threads ------------------------------------------------------------------------------------------------
-    def _run_threads(self, batches: Iterable, concurrent: bool) -> None:
-        stages = self._stages
-        if not concurrent:
-            for x, y, index in batches:
-                h, y, b = self._prepare(x, y, index)
-                sc: dict[int, torch.Tensor] = {}
-                for st in stages:
-                    h, sc = st.step(h.to(st.device), y.to(st.device), b, {k: v.to(st.device) for k, v in sc.items()})
-            return None
-        queues: list[queue.Queue] = [queue.Queue(maxsize=self.queue_size) for _ in range(len(stages) - 1)]
-        errors: list[BaseException] = []
-        stop = threading.Event()
-
-        def put(q: queue.Queue, item) -> None:
-            while not stop.is_set():
-                try:
-                    q.put(item, timeout=0.1)
-                    return
-                except queue.Full:
-                    continue
-
-        def get(q: queue.Queue, k: int):
-            waited = 0.0
-            while not stop.is_set():
-                try:
-                    return q.get(timeout=0.1)
-                except queue.Empty:
-                    waited += 0.1
-                    if waited > self.timeout:
-                        raise PipelineError(f"stage {k} waited {self.timeout:.0f} s for stage {k - 1}") from None
-            return None
-
-        def worker(k: int) -> None:
-            st = stages[k]
-            stream = torch.cuda.Stream(st.device) if st.device.type == "cuda" else None
-            try:
-                with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-                    while True:
-                        if k == 0:
-                            item = next(source, None)
-                            if item is None:
-                                break
-                            began = time.perf_counter()
-                            h, y, b = self._prepare(*item)
-                            st.busy += time.perf_counter() - began
-                            sc: dict[int, torch.Tensor] = {}
-                        else:
-                            item = get(queues[k - 1], k)
-                            if item is None:
-                                break
-                            h, y, b, sc = item
-                            h, y = h.to(st.device, non_blocking=True), y.to(st.device, non_blocking=True)
-                            sc = {s: v.to(st.device, non_blocking=True) for s, v in sc.items()}
-                            if stream is not None:  # the tensors were produced on the previous stage's stream
-                                stream.wait_stream(torch.cuda.default_stream(st.device))
-                        h, sc = st.step(h, y, b, sc)
-                        if k < len(stages) - 1:
-                            if stream is not None:
-                                stream.synchronize()
-                            put(queues[k], (h, y, b, sc))
-            except BaseException as e:  # noqa: BLE001 - re-raised in the caller with the stage named
-                errors.append(e if isinstance(e, PipelineError) else _stage_error(k, e))
-                stop.set()
-            finally:
-                if k < len(stages) - 1 and not stop.is_set():
-                    put(queues[k], None)
-
-        source = iter(batches)
-        threads = [threading.Thread(target=worker, args=(k,), name=f"ffkit-stage-{k}", daemon=True)
-                   for k in range(len(stages))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
-        return None
-
-    # -- distributed ----------------------------------------------------------------------------------------------
-    def _run_distributed(self, batches: Iterable) -> None:
-        st = self._stages[self.rank]
-        try:
-            if self._link is None:
-                prev = self.rank - 1 if self.rank > 0 else None
-                nxt = self.rank + 1 if self.rank < self.world - 1 else None
-                shapes = exchange_shapes(self.rank, self.world, self._shape_spec, self.timeout)
-                self._link = Link(rank=self.rank, world=self.world, device=self.device, timeout=self.timeout,
-                                  ring=self.queue_size, shapes=shapes, prev=prev, nxt=nxt)
-            link = self._link
-            if self.rank == 0:
-                for x, y, index in batches:
-                    began = time.perf_counter()
-                    h, y, b = self._prepare(x, y, index)
-                    st.busy += time.perf_counter() - began  # preparing batches is the first stage's work too
-                    link.check_batch(h, y, b)
-                    self._stage_step(st, link, h, y, b, {})
-                self._finish_units(st)
-                link.send(EPOCH_END)
-            else:
-                while True:
-                    kind, h, y, sc = link.recv()
-                    if kind != BATCH:
-                        self._finish_units(st)
-                        link.send(kind)
-                        if kind == STOP:
-                            self._link = None
-                        break
-                    b = self._batch_size = link.batch_size
-                    lead = None
-                    if st.head is not None and st.head.mode == "units":  # h is the shared layer's whole input
-                        pending = st.unit_forward(st.head, h, y, b, self.timeout)
-                        loss, right = st.unit_finish(pending, self.timeout)
-                        h = torch.cat([link.recv_share(), pending["features"]], dim=1)
-                        sc = {**sc, st.head.layer: h}
-                        lead = (loss, right)
-                    elif st.head is not None:  # h holds this stage's rows of the shared layer's input
-                        j = st.head.layer
-                        part = take_samples(sc, b, st.head.lo, b)
-                        mine, loss, right = st.share_step(st.head, h, y[st.head.lo :], part, self.timeout)
-                        theirs = link.recv_share()
-                        h = merge_samples(theirs, mine, b, st.head.lo)
-                        sc = {**sc, j: h}
-                        lead = (loss, right)
-                    self._stage_step(st, link, h, y, b, sc, lead)
-            link.flush()
-        except PipelineError:
-            raise
-        except RuntimeError as e:  # the step itself failed (a lost peer is a PipelineError already)
-            raise PipelineError(
-                f"pipeline stage {self.rank} (rank {self.rank} of {self.world}) failed: {type(e).__name__}: {e}"
-            ) from e
-
-    def _finish_units(self, st: Stage) -> None:
-        if self._pending_units is not None:
-            pending, self._pending_units = self._pending_units, None
-            st.unit_finish(pending, self.timeout)
-
-    def _stage_step(self, st: Stage, link: Link, h, y, b: int, sc: dict, lead=None) -> None:
-        """This stage's whole layers on the batch, then (if it shares the next layer) its part of that layer."""
-        h, sc = st.step(h, y, b, sc, lead)
-        if st.tail is None:
-            link.send(BATCH, h, y, sc)
-            return
-        if st.tail.mode == "units":
-            link.send(BATCH, h, y, sc)  # the next stage runs its units on the same input at the same time
-            self._finish_units(st)  # the previous batch's update: this shard's weights must be current
-            self._pending_units = st.unit_forward(st.tail, h, y, b, self.timeout)
-            link.send_share(self._pending_units["features"])
-            # The update itself waits for the next batch (or the epoch's end): the goodness exchange then costs
-            # this stage no waiting, while the next stage runs its units.
-            return
-        m = st.tail.hi
-        rows_next = sample_rows(h.shape[0], b, m, b, h.device)
-        rows_mine = sample_rows(h.shape[0], b, 0, m, h.device)
-        link.send(BATCH, h.index_select(0, rows_next), y, sc)  # the next stage starts its part at once
-        part = take_samples(sc, b, 0, m)
-        feats, _, _ = st.share_step(st.tail, h.index_select(0, rows_mine), y[:m], part, self.timeout)
-        link.send_share(feats)
-
     def close(self) -> None:
         """Distributed: tell every stage that training is over (rank 0 starts it), so no receive stays posted."""
-        if self.backend != "distributed" or self._link is None:
-            return
-        try:
-            if self.rank == 0:
-                self._link.send(STOP)
-                self._link.flush()
-            else:
-                while self._link is not None:
-                    kind, *_ = self._link.recv()
-                    if kind == STOP:
-                        self._link.send(STOP)
-                        self._link.flush()
-                        break
-        finally:
-            self._link = None
+        if self._schedule is not None:
+            self._schedule.close()
 
     def fit(self, train, *, epochs: int, holdout=None, test=None, out_dir=None, **kwargs):
         """As :meth:`Trainer.fit`. On a distributed run every rank trains its stage and writes its stage checkpoint;
@@ -589,9 +403,8 @@ class PipelineTrainer(WrapsLocalTrainer):
                 kwargs["log"] = None
                 history = super().fit(train, epochs=epochs, **kwargs)
         except BaseException:
-            # No goodbye after a failure: the peers may be gone, and waiting for their STOP would hold this
-            # rank's error back for the whole timeout.
-            self._link = None
+            if self._schedule is not None:
+                self._schedule.abandon()
             raise
         self.close()
         return history
@@ -713,12 +526,6 @@ class PipelineTrainer(WrapsLocalTrainer):
         if self.backend == "distributed":
             self.gather_network()
         return first
-
-
-def _stage_error(k: int, e: BaseException) -> BaseException:
-    if isinstance(e, (ValueError, TypeError, FloatingPointError)):
-        return e
-    return PipelineError(f"pipeline stage {k} failed: {type(e).__name__}: {e}")
 
 
 def init_distributed(timeout: float = 60.0, backend: str | None = None) -> tuple[int, int]:

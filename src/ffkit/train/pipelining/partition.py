@@ -10,10 +10,24 @@ import torch
 from ...network import FFNetwork
 from ...objectives import PosNegObjective
 
-__all__ = ["count_stages", "shareable_layers", "share_mode"]
+__all__ = ["parse_stages", "count_stages", "resolve_stages", "shareable_layers", "share_mode"]
 
 
-def count_stages(stages: int | str | Sequence[int], n_layers: int) -> int:
+def parse_stages(text: str) -> int | str | tuple[float, ...]:
+    """The command line's ``--stages``: ``"N"`` (an int), ``"per-layer"``, or the stages' first layers (``"0,3"``;
+    ``"0,1.6"`` shares layer 1, the first stage taking 60 % of each batch's samples through it)."""
+    value = text.strip()
+    if value.isdigit():
+        return int(value)
+    if value == "per-layer":
+        return value
+    try:
+        return tuple(int(v) if v.strip().isdigit() else float(v) for v in value.split(","))
+    except ValueError:
+        raise ValueError(f"--stages must be N, 'per-layer' or first layers like 0,3; got {text!r}") from None
+
+
+def count_stages(stages: int | str | Sequence[float], n_layers: int) -> int:
     """The number of stages ``stages`` asks for: an int, ``"per-layer"`` (one per layer), or first layers."""
     if isinstance(stages, str):
         if stages != "per-layer":
@@ -26,6 +40,33 @@ def count_stages(stages: int | str | Sequence[int], n_layers: int) -> int:
             raise ValueError(f"stages must be between 1 and the number of layers ({n_layers}), got {stages}")
         return stages
     return len(tuple(stages))
+
+
+def resolve_stages(
+    stages: int | str | Sequence[float], network: FFNetwork, *, backend: str, world: int = 1
+) -> tuple[int, tuple[float, ...] | None]:
+    """Check ``stages`` against the network and the backend, once: ``(number of stages, first layers or None)``.
+
+    An int or ``"per-layer"`` leaves the cuts to the balancer (a distributed pipeline has ``world`` stages, one per
+    process); first layers are checked as a split (:func:`~ffkit.train.balance.check_split`), must give one stage per
+    process, and may share a layer (a non-integer start) only where the layer can be split by samples or units and
+    only between processes (``backend="distributed"``)."""
+    from ..balance import check_split, shared_layers
+
+    n_stages = world if backend == "distributed" else count_stages(stages, len(network))
+    if isinstance(stages, (int, str)):
+        return n_stages, None
+    starts = check_split(tuple(stages), len(network), shared=True)
+    if len(starts) != n_stages:
+        raise ValueError(f"stages gives {len(starts)} stages, but there are {n_stages} processes/devices")
+    bad = [j for j in shared_layers(starts) if not shareable_layers(network)[j]]
+    if bad:
+        raise ValueError(f"stages {starts} shares layers {bad}, which cannot be split by samples (they hold BatchNorm, "
+                         "or the objective's layer loss is not a mean over samples)")
+    if backend != "distributed" and shared_layers(starts):
+        raise ValueError(f"stages {starts} shares a layer between stages, which needs backend='distributed'; give "
+                         "whole layers (integer starts) with threads")
+    return n_stages, starts
 
 
 def shareable_layers(network: FFNetwork) -> list[bool]:
