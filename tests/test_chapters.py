@@ -110,8 +110,11 @@ def test_fixed_negatives_mlp_sequential_runs_two_epochs():
 
 def test_bad_arguments():
     net = _model()
-    for bad in (0, -1, True, 2.0):
-        with pytest.raises(ValueError, match="chapter_batches"):
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match=r"chapter_batches must be an int >= 1 \(batches per chapter\)"):
+            ChapterTrainer(net, chapter_batches=bad)
+    for bad in (True, 2.0):
+        with pytest.raises(TypeError, match="chapter_batches must be an int"):
             ChapterTrainer(net, chapter_batches=bad)
     with pytest.raises(ValueError, match="timeout"):
         ChapterTrainer(net, chapter_batches=2, timeout=0)

@@ -221,8 +221,11 @@ def test_same_seed_same_data_same_weights():
 def test_checkpoint_every_arguments(tmp_path):
     trainer = ffkit.LocalTrainer(_cw(), lr=0.01, schedule="constant")
     loader = DataLoader(_data(16), batch_size=8)
-    for bad in (0, -2, 1.5, True):
-        with pytest.raises(ValueError, match="checkpoint_every must be a positive int"):
+    for bad in (0, -2):
+        with pytest.raises(ValueError, match=r"checkpoint_every must be an int >= 1 \(batches\)"):
+            trainer.fit(loader, epochs=1, out_dir=tmp_path, checkpoint_every=bad, log=None)
+    for bad in (1.5, True):
+        with pytest.raises(TypeError, match=r"checkpoint_every must be an int \(batches\)"):
             trainer.fit(loader, epochs=1, out_dir=tmp_path, checkpoint_every=bad, log=None)
 
 

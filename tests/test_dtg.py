@@ -179,7 +179,7 @@ def test_pool_halves_height_and_width_after_normalisation():
         ({"out_channels": 0}, ValueError),
         ({"grid": 0}, ValueError),
         ({"dropout": 1.0}, ValueError),
-        ({"dropout": "0.1"}, ValueError),
+        ({"dropout": "0.1"}, TypeError),
         ({"pool": 2}, TypeError),
         ({"seed": -1}, ValueError),
         ({"tau_min": 2.0, "tau_max": 1.0}, ValueError),

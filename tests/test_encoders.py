@@ -110,9 +110,9 @@ def test_overlay_too_few_pixels():
         LabelOverlay(10)(torch.zeros(2, 1, 2, 2), torch.tensor([0, 1]))
 
 
-@pytest.mark.parametrize("k", [1, 0, 2.0, True])
-def test_overlay_bad_num_classes(k):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(("k", "error"), [(1, ValueError), (0, ValueError), (2.0, TypeError), (True, TypeError)])
+def test_overlay_bad_num_classes(k, error):
+    with pytest.raises(error, match="num_classes must be an int"):
         LabelOverlay(k)
 
 

@@ -127,7 +127,7 @@ def test_bad_arguments():
     net = _model()
     with pytest.raises(ValueError, match="sync_every"):
         FederatedTrainer(net, sync_every=0)
-    with pytest.raises(ValueError, match="sync_every"):
+    with pytest.raises(TypeError, match="sync_every must be an int"):
         FederatedTrainer(net, sync_every=True)
     with pytest.raises(ValueError, match="timeout"):
         FederatedTrainer(net, timeout=0)

@@ -499,8 +499,8 @@ def test_fflinear_normal_init_and_option_errors():
     assert abs(layer.linear.weight.std().item() - 1 / 30) < 5e-4 and not layer.linear.bias.any()
     for kwargs, match in (({"norm": "batch"}, "norm must be one of"), ({"activation": "gelu"}, "activation must be"),
                           ({"init": "xavier"}, "init must be one of"),
-                          ({"peer_normalization": -1.0}, "peer_normalization must be >= 0"),
-                          ({"peer_momentum": 1.0}, r"peer_momentum must be in \[0, 1\)")):
+                          ({"peer_normalization": -1.0}, "peer_normalization must be a number >= 0"),
+                          ({"peer_momentum": 1.0}, r"peer_momentum must be a number in \[0, 1\)")):
         with pytest.raises(ValueError, match=match):
             FFLinear(3, 2, **kwargs)
     with pytest.raises(TypeError, match="peer_normalization must be a number"):

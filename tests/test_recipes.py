@@ -116,7 +116,7 @@ def test_epoch_interval_cosine_equals_cosine_annealing_stepped_per_epoch():
             ref.step()
     assert lrs == pytest.approx([0.08] * 4 + [0.062] * 4 + [0.026] * 4)
     assert lrs == pytest.approx(ref_lrs)
-    with pytest.raises(ValueError, match="every must be a positive int"):
+    with pytest.raises(ValueError, match=r"every must be an int >= 1 \(steps per schedule update\)"):
         make_schedule(opt, "cosine", 12, 0.008, every=0)
 
 
