@@ -11,7 +11,7 @@ import time
 import warnings
 from collections.abc import Sequence, Sized
 from pathlib import Path
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -348,18 +348,9 @@ def check_train_flags(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
     _check_pipeline_flags(args)
 
 
-class _Loaders(NamedTuple):
-    train: Any
-    holdout: DataLoader | None
-    test: DataLoader
-    train_size: int
-    holdout_size: int | None
-    test_size: int
-
-
 def _train_loaders(
     args: argparse.Namespace, cfg: dict[str, Any], info: Any, net: Any, device: torch.device, pipeline: dict | None
-) -> _Loaders:
+) -> tuple[DataLoader, DataLoader | None, DataLoader]:
     """``ffkit train``'s training, held-out and test loaders, as the flags and the recipe ask."""
     from .data import DeviceDataset, InMemory, WithIndex, load_dataset
 
@@ -417,8 +408,7 @@ def _train_loaders(
     eval_kw = {**loader_kw, "collate_fn": DeviceDataset.collate if on_device else InMemory.collate}
     holdout_loader = DataLoader(holdout, batch_size=eval_bs, **eval_kw) if holdout is not None else None
     test_loader = DataLoader(test, batch_size=eval_bs, **eval_kw)
-    return _Loaders(train_loader, holdout_loader, test_loader, _size(train_set),
-                    _size(holdout) if holdout is not None else None, _size(test))
+    return train_loader, holdout_loader, test_loader
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -446,9 +436,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     net = build_model(recipe, num_classes=info.num_classes, in_channels=info.in_channels)
     _check_model_flags(args, cfg, net)
     if pipeline is not None and pipeline["variant"] == "stages":  # before any data is loaded
+        import torch.distributed as dist
+
         from .train.pipelining.partition import resolve_stages
 
-        world = int(os.environ.get("WORLD_SIZE", "1")) if pipeline["backend"] == "distributed" else 1
+        world = dist.get_world_size() if pipeline["backend"] == "distributed" else 1  # initialised by now
         resolve_stages(pipeline.get("stages", 2), net, backend=pipeline["backend"], world=world)
     ckpt = None
     if args.resume is not None:  # check the checkpoint before spending time on data
@@ -463,8 +455,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                              f"--trainer {trainer_name} would not match its optimizer states (pass --trainer "
                              f"{trained_with})")
 
-    loaders = _train_loaders(args, cfg, info, net, device, pipeline)
-    train_loader, holdout_loader, test_loader = loaders.train, loaders.holdout, loaders.test
+    train_loader, holdout_loader, test_loader = _train_loaders(args, cfg, info, net, device, pipeline)
 
     epochs = cfg["epochs"]
     options = {"on_divergence": args.on_divergence} if args.on_divergence != "stop" else {}
@@ -485,9 +476,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     n_params = sum(p.numel() for p in net.parameters())
     print(
         f"ffkit {__version__}: training {model} ({len(net)} layers, {n_params / 1e6:.2f}M parameters) on "
-        f"{info.name} ({loaders.train_size} training images, "
-        + (f"{loaders.holdout_size} held-out for SIP, " if loaders.holdout_size is not None else "")
-        + f"{loaders.test_size} test) "
+        f"{info.name} ({_size(train_loader.dataset)} training images, "
+        + (f"{_size(holdout_loader.dataset)} held-out for SIP, " if holdout_loader is not None else "")
+        + f"{_size(test_loader.dataset)} test) "
         f"for {epochs} epoch(s) on {device} with the {trainer_name} trainer"
         + (f" (recipe {cfg['recipe']})" if cfg["recipe"] else "") + f"; run directory {out}",
         flush=True,
@@ -575,7 +566,9 @@ def cmd_test(args: argparse.Namespace) -> int:
     test = InMemory(_first(load_dataset(info.name, "test", args.data_dir, normalize=metadata.get("normalize"),
                                         image_size=_image_size(net)), args.eval_limit))
     net.to(device)
-    tta = metadata.get("tta") if args.tta is None else None if args.tta == "none" else args.tta
+    tta = metadata.get("tta") if args.tta is None else args.tta  # the run's own, unless --tta is given
+    if tta == "none":
+        tta = None
     collected = collect_scores(net, DataLoader(test, batch_size=args.batch_size, collate_fn=InMemory.collate), device,
                                track_activity=True, tta=tta)
     start, end = (int(v) for v in net.inference_range)

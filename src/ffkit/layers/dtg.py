@@ -62,10 +62,6 @@ def inverse_softplus(m: torch.Tensor, floor: float = MARGIN_FLOOR) -> torch.Tens
     return m + torch.log(-torch.expm1(-m))
 
 
-def _check_dropout(dropout: object) -> float:
-    return check_real(dropout, "dropout", low=0.0, high=1.0, high_open=True)
-
-
 class DTGConv(FFLayer):
     """DTG-FF conv layer: ``h = ReLU(conv(x))`` read by a goodness path and a propagation path.
 
@@ -134,7 +130,7 @@ class DTGConv(FFLayer):
             check_positive_int(v, name)
         check_bool(pool, "pool", what="2x2 average pooling or none")
         check_positive_int(seed, "seed", minimum=0)
-        dropout = _check_dropout(dropout)
+        dropout = check_real(dropout, "dropout", low=0.0, high=1.0, high_open=True)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.num_classes = num_classes

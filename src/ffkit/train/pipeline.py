@@ -307,7 +307,7 @@ class PipelineTrainer(WrapsLocalTrainer):
                 self._schedule = DistributedSchedule(rank=self.rank, world=self.world, device=self.device,
                                                      timeout=self.timeout, ring=self.queue_size)
             self._schedule.run(self._stages[self.rank], feed(), self._prepare, self._shape_spec)
-            if self.rank > 0 and self._schedule.batch_size is not None:
+            if self._schedule.batch_size is not None:
                 self._batch_size = self._schedule.batch_size
         seconds = time.perf_counter() - start
         done = [st.last for st in self._stages if st.last is not None]
