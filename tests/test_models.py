@@ -230,5 +230,5 @@ def test_mlps_are_built_for_the_image_size(name, first_in):
 
 
 def test_trifecta_refuses_an_image_too_small_for_its_poolings():
-    with pytest.raises(ValueError, match="image_size must be >= 8"):  # shallow: three 2x2 max-pools
+    with pytest.raises(ValueError, match="image_size must be an int >= 8"):  # shallow: three 2x2 max-pools
         create_model("trifecta_shallow", image_size=4)

@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from ffkit._validation import check_bool, check_int, check_positive, check_positive_int, check_real
+from ffkit._validation import check_bool, check_int, check_real
 
 
 def test_check_int_accepts_integers_and_refuses_bools_floats_and_small_values():
@@ -48,13 +48,18 @@ def test_check_real_refuses_non_numbers_and_non_finite_values():
     assert check_real(np.float32(0.5), "x") == 0.5
 
 
-def test_check_positive_refuses_nan_and_infinity():
-    with pytest.raises(ValueError, match="alpha must be a finite number, got nan"):
-        check_positive(math.nan, "alpha")
-    with pytest.raises(ValueError, match="alpha must be a finite number, got inf"):
-        check_positive(math.inf, "alpha")
-    assert check_positive(0, "alpha", allow_zero=True) == 0.0
-    assert check_positive_int(np.int32(4), "n") == 4
+def test_builders_and_layers_check_through_check_int_and_check_real():
+    """The public constructors go through the two helpers, so their errors have the same shape everywhere."""
+    from ffkit.layers import CwCompConv
+
+    with pytest.raises(ValueError, match=r"^out_channels must be an int >= 1, got 0$"):
+        CwCompConv(1, 0, 10)
+    with pytest.raises(TypeError, match=r"^kernel_size must be an int, got float$"):
+        CwCompConv(1, 10, 10, 3.0)
+    with pytest.raises(ValueError, match=r"^bn_eps must be a number > 0, got 0$"):
+        CwCompConv(1, 10, 10, bn_eps=0)
+    with pytest.raises(ValueError, match=r"^bn_eps must be a finite number, got nan$"):
+        CwCompConv(1, 10, 10, bn_eps=math.nan)
 
 
 def test_check_bool_refuses_truthy_values():

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ._validation import callable_name, check_groups, check_positive, check_tensor
+from ._validation import callable_name, check_groups, check_real, check_tensor
 
 __all__ = ["mean", "squared", "mean_squared", "DTGTemperature", "get_goodness", "goodness_name"]
 
@@ -107,8 +107,8 @@ class DTGTemperature(nn.Module):
 
     def __init__(self, tau_min: float = 0.1, tau_max: float = 10.0) -> None:
         super().__init__()
-        check_positive(tau_min, "tau_min")
-        check_positive(tau_max, "tau_max")
+        check_real(tau_min, "tau_min", low=0, low_open=True)
+        check_real(tau_max, "tau_max", low=0, low_open=True)
         if tau_max <= tau_min:
             raise ValueError(f"tau_max must be greater than tau_min, got tau_min={tau_min}, tau_max={tau_max}")
         self.tau_min = float(tau_min)

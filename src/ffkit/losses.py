@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from ._validation import check_labels, check_positive, check_real, check_tensor
+from ._validation import check_labels, check_real, check_tensor
 
 __all__ = ["ff_threshold", "symba", "local_ce", "get_loss"]
 
@@ -75,7 +75,7 @@ def symba(g_pos: torch.Tensor, g_neg: torch.Tensor, alpha: float = 4.0) -> torch
         A 0-dim tensor.
     """
     _check_pair(g_pos, g_neg)
-    check_positive(alpha, "alpha")
+    check_real(alpha, "alpha", low=0, low_open=True)
     return F.softplus(alpha * (g_neg - g_pos)).mean()
 
 

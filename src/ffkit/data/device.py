@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
-from .._validation import check_positive_int
+from .._validation import check_int
 from .datasets import AUGMENTATIONS
 
 __all__ = ["DeviceDataset", "stored_images"]
@@ -110,7 +110,7 @@ class DeviceDataset(Dataset):
         self.images = images.to(self.device)
         self.labels = labels.to(self.device, torch.int64)
         channels = images.shape[1]
-        self.size = check_positive_int(size, "size") if size is not None else images.shape[-1]
+        self.size = check_int(size, "size", minimum=1) if size is not None else images.shape[-1]
         self.mean = self.std = None
         if mean is not None and std is not None:
             if len(mean) != channels or len(std) != channels:

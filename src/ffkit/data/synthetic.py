@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from .._validation import check_int, check_positive_int, check_real
+from .._validation import check_int, check_real
 
 __all__ = ["make_teacher", "teacher_student", "teacher_student_images"]
 
@@ -35,10 +35,10 @@ IMAGE_SIZE = 32
 
 
 def _check_args(num_samples: int, dim: int, num_classes: int, hidden: int, seed: int, noise: float) -> None:
-    check_positive_int(num_samples, "num_samples")
-    check_positive_int(dim, "dim")
-    check_positive_int(num_classes, "num_classes", minimum=2)
-    check_positive_int(hidden, "hidden")
+    check_int(num_samples, "num_samples", minimum=1)
+    check_int(dim, "dim", minimum=1)
+    check_int(num_classes, "num_classes", minimum=2)
+    check_int(hidden, "hidden", minimum=1)
     check_int(seed, "seed")
     check_real(noise, "noise", low=0.0, high=1.0, what="a probability")
 
@@ -63,10 +63,10 @@ def make_teacher(
     Shape:
         ``teacher(x [N, D]) -> [N, K]`` logits.
     """
-    check_positive_int(dim, "dim")
-    check_positive_int(num_classes, "num_classes", minimum=2)
-    check_positive_int(hidden, "hidden")
-    check_positive_int(reference_size, "reference_size", minimum=2)
+    check_int(dim, "dim", minimum=1)
+    check_int(num_classes, "num_classes", minimum=2)
+    check_int(hidden, "hidden", minimum=1)
+    check_int(reference_size, "reference_size", minimum=2)
     gen = torch.Generator().manual_seed(seed)
     sizes = [dim, hidden, hidden, num_classes]
     linears = []
@@ -178,7 +178,7 @@ def teacher_student_images(
     Returns:
         ``TensorDataset(x [N, C, 32, 32] float32, y [N] int64)``, and the teacher if ``return_teacher``.
     """
-    check_positive_int(in_channels, "in_channels")
+    check_int(in_channels, "in_channels", minimum=1)
     data, teacher = teacher_student(
         num_samples,
         dim=in_channels * IMAGE_SIZE * IMAGE_SIZE,

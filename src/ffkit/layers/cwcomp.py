@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import goodness as _goodness
-from .._validation import check_bool, check_positive, check_positive_int
+from .._validation import check_bool, check_int, check_real
 from .base import FFLayer, LayerOutput
 from .pooling import max_pool2x2
 
@@ -74,7 +74,7 @@ class CwCompConv(FFLayer):
         self.goodness = _goodness.get_goodness(goodness)
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("num_classes", num_classes),
                         ("kernel_size", kernel_size), ("groups", groups)):
-            check_positive_int(v, name)
+            check_int(v, name, minimum=1)
         if out_channels % num_classes:
             raise ValueError(
                 f"out_channels ({out_channels}) must be a multiple of num_classes ({num_classes}): each class owns "
@@ -85,7 +85,7 @@ class CwCompConv(FFLayer):
                 f"groups ({groups}) must divide in_channels ({in_channels}) and out_channels ({out_channels})"
             )
         check_bool(maxpool, "maxpool")
-        check_positive(bn_eps, "bn_eps")
+        check_real(bn_eps, "bn_eps", low=0, low_open=True)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.num_classes = num_classes

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import goodness as _goodness
-from .._validation import check_positive_int
+from .._validation import check_int
 from .base import FFLayer, LayerOutput
 from .dropout import drop_mask
 from .residual import ParamFreeResidual
@@ -71,7 +71,7 @@ class CWConv(FFLayer):
         self.goodness = _goodness.get_goodness(goodness)
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("num_classes", num_classes),
                         ("kernel_size", kernel_size), ("stride", stride), ("pool", pool)):
-            check_positive_int(v, name)
+            check_int(v, name, minimum=1)
         if out_channels % num_classes:
             raise ValueError(
                 f"out_channels ({out_channels}) must be a multiple of num_classes ({num_classes}): "

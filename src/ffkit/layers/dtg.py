@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import goodness as _goodness
-from .._validation import check_bool, check_positive_int, check_real
+from .._validation import check_bool, check_int, check_real
 from .base import FFLayer, LayerOutput
 from .dropout import Dropout
 from .linear import FFLinear
@@ -127,9 +127,9 @@ class DTGConv(FFLayer):
         super().__init__()
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("num_classes", num_classes),
                         ("kernel_size", kernel_size), ("grid", grid)):
-            check_positive_int(v, name)
+            check_int(v, name, minimum=1)
         check_bool(pool, "pool", what="2x2 average pooling or none")
-        check_positive_int(seed, "seed", minimum=0)
+        check_int(seed, "seed", minimum=0)
         dropout = check_real(dropout, "dropout", low=0.0, high=1.0, high_open=True)
         self.in_channels = in_channels
         self.out_channels = out_channels

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._validation import check_bool, check_positive_int
+from .._validation import check_bool, check_int
 from .linear import rms_normalize
 
 __all__ = ["ClassifierHead"]
@@ -70,8 +70,8 @@ class ClassifierHead(nn.Module):
         pre_update: bool = False,
     ) -> None:
         super().__init__()
-        check_positive_int(in_features, "in_features")
-        check_positive_int(num_classes, "num_classes")
+        check_int(in_features, "in_features", minimum=1)
+        check_int(num_classes, "num_classes", minimum=1)
         if not layers:
             raise ValueError("layers must name at least one layer")
         if pool not in ("avg", "flatten"):

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import goodness as _goodness
-from .._validation import check_positive_int, check_real
+from .._validation import check_int, check_real
 from .base import FFLayer, LayerOutput
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -125,7 +125,7 @@ class FFLinear(FFLayer):
     ) -> None:
         super().__init__()
         for name, v in (("in_features", in_features), ("out_features", out_features)):
-            check_positive_int(v, name)
+            check_int(v, name, minimum=1)
         if not callable(goodness) and goodness not in ("sum", "mean"):
             raise ValueError(f"goodness must be 'sum', 'mean' or a callable goodness(h), got {goodness!r}")
         for name, option, allowed in (("norm", norm, NORMS), ("activation", activation, ACTIVATIONS),

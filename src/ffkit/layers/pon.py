@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._validation import check_positive_int
+from .._validation import check_int
 from .base import FFLayer, LayerOutput
 
 __all__ = ["PONLinear"]
@@ -36,9 +36,9 @@ class PONLinear(FFLayer):
 
     def __init__(self, in_features: int, out_features: int, num_classes: int, *, eps: float = 1e-8) -> None:
         super().__init__()
-        check_positive_int(in_features, "in_features")
-        check_positive_int(out_features, "out_features")
-        check_positive_int(num_classes, "num_classes", minimum=2)
+        check_int(in_features, "in_features", minimum=1)
+        check_int(out_features, "out_features", minimum=1)
+        check_int(num_classes, "num_classes", minimum=2)
         self.linear = nn.Linear(in_features, out_features)
         self.head = nn.Linear(out_features, num_classes)
         self.num_classes = num_classes

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._validation import check_positive_int
+from .._validation import check_int
 
 __all__ = ["ParamFreeResidual"]
 
@@ -34,7 +34,7 @@ class ParamFreeResidual(nn.Module):
     def __init__(self, shortcut_channels: int, out_channels: int, groups: int = 1) -> None:
         super().__init__()
         for name, v in (("shortcut_channels", shortcut_channels), ("out_channels", out_channels), ("groups", groups)):
-            check_positive_int(v, name)
+            check_int(v, name, minimum=1)
         if shortcut_channels > out_channels:
             raise ValueError(
                 f"shortcut_channels ({shortcut_channels}) must not exceed out_channels ({out_channels}): "

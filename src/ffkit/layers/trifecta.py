@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import goodness as _goodness
-from .._validation import check_positive_int
+from .._validation import check_int
 from .base import FFLayer, LayerOutput
 from .pooling import max_pool2x2
 
@@ -64,7 +64,7 @@ class TrifectaConv(FFLayer):
         super().__init__()
         self.goodness = _goodness.get_goodness(goodness)
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("kernel_size", kernel_size)):
-            check_positive_int(v, name)
+            check_int(v, name, minimum=1)
         _check_norm(norm)
         self.norm: nn.Module
         if norm == "batch":
@@ -72,7 +72,7 @@ class TrifectaConv(FFLayer):
         else:
             if input_size is None or len(tuple(input_size)) != 2:
                 raise ValueError(f"norm='layer' needs input_size=(H, W), got {input_size!r}")
-            h, w = (check_positive_int(v, "input_size") for v in input_size)
+            h, w = (check_int(v, "input_size", minimum=1) for v in input_size)
             self.norm = nn.LayerNorm([in_channels, h, w])
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False)
         self.maxpool = maxpool
@@ -112,7 +112,7 @@ class TrifectaLinear(FFLayer):
         super().__init__()
         self.goodness = _goodness.get_goodness(goodness)
         for name, v in (("in_features", in_features), ("out_features", out_features)):
-            check_positive_int(v, name)
+            check_int(v, name, minimum=1)
         _check_norm(norm)
         self.norm: nn.Module = nn.BatchNorm1d(in_features) if norm == "batch" else nn.LayerNorm(in_features)
         self.linear = nn.Linear(in_features, out_features, bias=False)

@@ -11,7 +11,7 @@ import torch
 import torchvision
 from torch import nn
 
-from .._validation import check_image_input, check_positive_int
+from .._validation import check_image_input, check_int
 from ._registry import register_model
 from ._vgg import VGG8_CHANNELS, VGG8_POOL_AFTER
 from ._widths import scale_width
@@ -62,8 +62,8 @@ class SingleHeadNetwork(nn.Module):
 
 
 def _check(num_classes: int, in_channels: int) -> None:
-    check_positive_int(num_classes, "num_classes", minimum=2)
-    check_positive_int(in_channels, "in_channels")
+    check_int(num_classes, "num_classes", minimum=2)
+    check_int(in_channels, "in_channels", minimum=1)
 
 
 @register_model(kind="backprop")

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .._validation import check_bool, check_positive_int
+from .._validation import check_bool, check_int
 from ..layers import ClassifierHead, CwCompConv
 from ..network import FFNetwork
 from ..objectives import ClassScoreObjective
@@ -79,18 +79,18 @@ def cwcomp_cnn(
     Shape: ``[B, in_channels, H, W] -> [B, num_classes]`` (the last layer's class scores), ``H = W = image_size``
     when it is given.
     """
-    check_positive_int(num_classes, "num_classes", minimum=2)
-    check_positive_int(in_channels, "in_channels")
+    check_int(num_classes, "num_classes", minimum=2)
+    check_int(in_channels, "in_channels", minimum=1)
     if isinstance(channels, (str, bytes)) or not isinstance(channels, Sequence):
         raise TypeError(f"channels must be a sequence of layer widths, got {type(channels).__name__}")
     if len(channels) == 0:
         raise ValueError("channels must list at least one layer width")
     for i, c in enumerate(channels):
-        check_positive_int(c, f"channels[{i}]")
+        check_int(c, f"channels[{i}]", minimum=1)
     check_bool(grouped, "grouped")
     pools = len(channels) // 2  # the odd layers max-pool, each halving the side
     if image_size is not None:  # the last pooling needs at least 1x1 left
-        check_positive_int(image_size, "image_size", minimum=2**pools)
+        check_int(image_size, "image_size", minimum=2**pools)
     check_bool(head, "head")
     if head and image_size is None:
         raise ValueError("head=True flattens the last layer's output, whose size depends on the image: give image_size")

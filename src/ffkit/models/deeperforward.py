@@ -16,7 +16,7 @@ ReLU; 0.2 is the release's training default).
 
 from __future__ import annotations
 
-from .._validation import check_positive_int
+from .._validation import check_int
 from ..layers import CWConv
 from ..network import FFNetwork
 from ..objectives import ClassScoreObjective
@@ -34,7 +34,7 @@ __all__ = [
 
 def _check_common(num_classes: int, in_channels: int) -> None:
     for name, v in (("num_classes", num_classes), ("in_channels", in_channels)):
-        check_positive_int(v, name)
+        check_int(v, name, minimum=1)
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
 

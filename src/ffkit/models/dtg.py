@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from .._validation import check_bool, check_positive_int, check_real
+from .._validation import check_bool, check_int, check_real
 from ..layers import ClassifierHead, DTGConv, DTGLinear
 from ..layers.dtg import TAU_MAX, TAU_MIN
 from ..network import FFNetwork
@@ -46,8 +46,8 @@ MLP_HIDDEN = (2048, 2048, 2048, 2048)
 
 
 def _check_common(num_classes: int, in_channels: int, head: object) -> None:
-    check_positive_int(num_classes, "num_classes", minimum=2)
-    check_positive_int(in_channels, "in_channels")
+    check_int(num_classes, "num_classes", minimum=2)
+    check_int(in_channels, "in_channels", minimum=1)
     check_bool(head, "head")
 
 
@@ -226,13 +226,13 @@ def dtg_mlp(
         ``[B, in_channels, S, S] -> [B, num_classes]``.
     """
     _check_common(num_classes, in_channels, head)
-    check_positive_int(image_size, "image_size")
+    check_int(image_size, "image_size", minimum=1)
     if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
         raise TypeError(f"hidden must be a sequence of layer widths, got {type(hidden).__name__}")
     if len(hidden) == 0:
         raise ValueError("hidden must list at least one layer width")
     for i, w in enumerate(hidden):
-        check_positive_int(w, f"hidden[{i}]")
+        check_int(w, f"hidden[{i}]", minimum=1)
     widths = [scale_width(w, width_multiplier) for w in hidden]
     sizes = [in_channels * image_size * image_size, *widths]
     layers = [DTGLinear(d_in, d_out, tau_min=tau_min, tau_max=tau_max) for d_in, d_out in zip(sizes[:-1], sizes[1:])]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .._validation import check_bool, check_positive_int, check_real
+from .._validation import check_bool, check_int, check_real
 from ..layers import ClassifierHead, FFLinear, PONLinear
 from ..network import FFNetwork
 from ..objectives import ClassScoreObjective, LabelOverlay, PosNegObjective, get_negatives
@@ -28,8 +28,8 @@ __all__ = ["hinton_mlp", "pon_mlp"]
 
 
 def _check_common(num_classes: int, in_channels: int) -> None:
-    check_positive_int(num_classes, "num_classes", minimum=2)
-    check_positive_int(in_channels, "in_channels")
+    check_int(num_classes, "num_classes", minimum=2)
+    check_int(in_channels, "in_channels", minimum=1)
 
 
 def _widths(hidden: Sequence[int], width_multiplier: float, minimum_layers: int) -> list[int]:
@@ -39,7 +39,7 @@ def _widths(hidden: Sequence[int], width_multiplier: float, minimum_layers: int)
     if len(hidden) < minimum_layers:
         raise ValueError(f"hidden must list at least {minimum_layers} layer width(s), got {list(hidden)}")
     for i, w in enumerate(hidden):
-        check_positive_int(w, f"hidden[{i}]")
+        check_int(w, f"hidden[{i}]", minimum=1)
     return [scale_width(w, width_multiplier) for w in hidden]
 
 
@@ -153,7 +153,7 @@ def hinton_mlp(
     if label_position not in ("first", "last"):
         raise ValueError(f"label_position must be 'first' or 'last', got {label_position!r}")
     check_bool(head, "head")
-    check_positive_int(image_size, "image_size", minimum=4)
+    check_int(image_size, "image_size", minimum=4)
     if (head_input_norm is not None or head_zero_init or head_pre_update) and not head:
         raise ValueError("head_input_norm, head_zero_init and head_pre_update configure the classifier head: pass "
                          "head=True")
@@ -217,7 +217,7 @@ def pon_mlp(
         ``[B, in_channels, S, S] -> [B, num_classes]``.
     """
     _check_common(num_classes, in_channels)
-    check_positive_int(image_size, "image_size")
+    check_int(image_size, "image_size", minimum=1)
     widths = _widths(hidden, width_multiplier, minimum_layers=1)
     sizes = [in_channels * image_size * image_size, *widths]
     layers = [PONLinear(d_in, d_out, num_classes, eps=LENGTH_EPS) for d_in, d_out in zip(sizes[:-1], sizes[1:])]

@@ -27,7 +27,7 @@ Widths are multiplied by ``width_multiplier`` and rounded to the nearest integer
 
 from __future__ import annotations
 
-from .._validation import check_bool, check_positive, check_positive_int, check_real
+from .._validation import check_bool, check_int, check_real
 from ..layers import FFLayer, TrifectaConv, TrifectaLinear
 from ..layers.trifecta import NORMS
 from ..network import FFNetwork
@@ -77,13 +77,13 @@ def _check_common(
     num_classes: int, in_channels: int, learned_label: bool, loss: str, alpha: float, threshold: float, norm: str,
     image_size: int, min_size: int = 1,
 ) -> None:
-    check_positive_int(num_classes, "num_classes", minimum=2)
-    check_positive_int(in_channels, "in_channels")
-    check_positive_int(image_size, "image_size", minimum=min_size)
+    check_int(num_classes, "num_classes", minimum=2)
+    check_int(in_channels, "in_channels", minimum=1)
+    check_int(image_size, "image_size", minimum=min_size)
     check_bool(learned_label, "learned_label")
     if loss not in ("symba", "threshold"):
         raise ValueError(f"loss must be 'symba' or 'threshold', got {loss!r}")
-    check_positive(alpha, "alpha")
+    check_real(alpha, "alpha", low=0, low_open=True)
     check_real(threshold, "threshold")
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._validation import check_int, check_labels, check_positive_int, check_tensor
+from .._validation import check_int, check_labels, check_tensor
 
 __all__ = ["LabelOverlay", "LabelChannel"]
 
@@ -75,7 +75,7 @@ class LabelChannel(nn.Module):
     def __init__(self, num_classes: int, height: int, width: int, *, learned: bool = False, seed: int = 0) -> None:
         super().__init__()
         for name, v in (("num_classes", num_classes), ("height", height), ("width", width)):
-            check_positive_int(v, name)
+            check_int(v, name, minimum=1)
         self.num_classes, self.height, self.width = num_classes, height, width
         self.learned = learned
         gen = torch.Generator().manual_seed(seed)
