@@ -38,6 +38,7 @@ from _common import machine_info  # noqa: E402
 
 from ffkit.models import list_models, model_kind  # noqa: E402
 from ffkit.recipes import list_recipes  # noqa: E402
+from ffkit.train import load_checkpoint  # noqa: E402
 
 QUICK = ["--dataset", "fashion-mnist", "--epochs", "1", "--batch-size", "32", "--seed", "0", "--eval-limit", "32",
          "--no-progress", "--json"]
@@ -55,7 +56,7 @@ TORCHRUN = "torchrun"  # the engine launched as two processes
 
 def state_hash(path: Path) -> str:
     """SHA-256 over the checkpoint's network state: each entry's name, dtype, shape and bytes, in name order."""
-    state = torch.load(path, map_location="cpu", weights_only=False)["network"]
+    state = load_checkpoint(path)["network"]
     h = hashlib.sha256()
     for name in sorted(state):
         t = state[name].detach().contiguous().cpu()

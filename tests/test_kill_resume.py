@@ -45,12 +45,13 @@ CASES = {
 }
 
 
-def _run(out: Path, data_dir: Path, kill_at: str | None, resume: bool, extra: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "FFKIT_DATA_DIR": str(data_dir)}
+def _run(out: Path, data_dir: Path, kill_at: str | None, resume: bool, extra: list[str], *, sig: str = "KILL",
+         run: list[str] = RUN) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FFKIT_DATA_DIR": str(data_dir), "KILL_SIGNAL": sig}
     env.pop("KILL_AT", None)
     if kill_at:
         env["KILL_AT"] = kill_at
-    args = [sys.executable, str(HARNESS), *RUN, *extra, "--out", str(out)]
+    args = [sys.executable, str(HARNESS), *run, *extra, "--out", str(out)]
     if resume:
         args.append("--resume")
     return subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
@@ -69,7 +70,9 @@ def _attempts(out: Path, data_dir: Path, kills: list[str], extra: list[str]) -> 
 
 
 def _final(out: Path) -> tuple[dict, list]:
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "metrics.csv", "metrics.json"]  # no temp file
+    # no temporary file; the lock file of the run directory stays (the kernel dropped its lock with the process)
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [".ffkit-train.lock", "checkpoint.pt", "metrics.csv", "metrics.json"]
     payload = load_checkpoint(out / "checkpoint.pt")
     assert payload["trainer"]["epoch"] == 2 and payload["position"] is None
     history = json.loads((out / "metrics.json").read_text())
@@ -171,3 +174,38 @@ def test_workers_and_random_external_kills_resume_exactly(tmp_path, data_dir):
     assert _finish(proc) == 0
     assert kills >= 2
     _same_run(_final(ref), _final(out))
+
+
+# Without --checkpoint-every: only a signal's own checkpoint lies between the epoch ends.
+RUN_NO_EVERY = [a for i, a in enumerate(RUN) if a != "--checkpoint-every" and RUN[i - 1] != "--checkpoint-every"]
+
+
+@pytest.mark.parametrize(("sig", "kill_at", "code", "where"), [
+    ("TERM", "step:3", 143, "SIGTERM: stopped after batch 3 of epoch 1"),
+    ("INT", "step:9", 130, "Ctrl-C (SIGINT): stopped after batch 3 of epoch 2"),
+    ("TERM", "step:6", 143, "SIGTERM: stopped after batch 6 of epoch 1"),
+], ids=["sigterm-epoch-1", "ctrl-c-epoch-2", "sigterm-last-step-of-epoch-1"])
+def test_sigterm_and_ctrl_c_save_a_checkpoint_that_resumes_exactly(tmp_path, data_dir, reference, sig, kill_at, code,
+                                                                   where):
+    out = tmp_path / "run"
+    proc = _run(out, data_dir, kill_at, False, [], sig=sig, run=RUN_NO_EVERY)
+    assert proc.returncode == code, (proc.stdout[-2000:], proc.stderr[-3000:])
+    assert (f"{where}; saved a resumable checkpoint in {out / 'checkpoint.pt'}; resume with the same command and "
+            f"--resume") in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = _run(out, data_dir, None, True, [], run=RUN_NO_EVERY)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"after batch {where.split('batch ')[1].split(' of')[0]} of epoch" in proc.stdout
+    _same_run(reference, _final(out))
+
+
+def test_an_interruption_before_any_checkpoint_says_there_is_nothing_to_resume(tmp_path, data_dir):
+    # SIGTERM while the data is read (the first time the test set is opened), before training began
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FFKIT_DATA_DIR": str(data_dir), "KILL_SIGNAL": "TERM",
+           "KILL_AT": "load:1"}
+    proc = subprocess.run([sys.executable, str(HARNESS), *RUN_NO_EVERY, "--out", str(out)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    assert "ffkit train: SIGTERM: stopped before any checkpoint was written; there is nothing to resume" in proc.stderr
+    assert not (out / "checkpoint.pt").exists()

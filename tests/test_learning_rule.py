@@ -172,7 +172,7 @@ def test_a_cw_network_with_a_custom_goodness_trains_locally():
     torch.manual_seed(0)
     layers = [CWConv(3, 8, K, goodness="mean_squared"), CWConv(8, 8, K, pool=2, goodness="mean_squared")]
     net = ffkit.FFNetwork(layers, ffkit.ClassScoreObjective(), num_classes=K, in_channels=3)
-    trainer = ffkit.LocalTrainer(net, lr=0.01, total_steps=20)
+    trainer = ffkit.LocalTrainer(net, lr=0.01, total_steps=21)
     x, y = _batch(b=16)
     first = trainer.train_step(x, y).losses
     for _ in range(19):

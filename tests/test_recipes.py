@@ -12,7 +12,7 @@ from ffkit.data import DEBIAN_FASHION_MNIST_DIR, dataset_info
 from ffkit.models import get_model_builder, list_models
 from ffkit.recipes import RECIPES, Recipe, build_model, build_trainer, get_recipe, list_recipes, register_recipe
 from ffkit.train import BackpropTrainer, ChapterTrainer, LocalTrainer
-from ffkit.train.base import make_schedule
+from ffkit.train.schedules import make_schedule
 
 SMALL = {"width_multiplier": 0.05, "hidden": (32, 32, 32)}
 

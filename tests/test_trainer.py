@@ -1,5 +1,6 @@
 """LocalTrainer: update order and locality, checkpoints and resuming, divergence, and both objective families."""
 
+import math
 import os
 from pathlib import Path
 
@@ -298,3 +299,96 @@ def test_head_predicts_makes_the_head_the_networks_prediction():
     assert rep.prediction == rep.head and rep.prediction_range is None
     with pytest.raises(ValueError, match="head_predicts=True needs a classifier head"):
         ffkit.FFNetwork(layers, ffkit.ClassScoreObjective(), num_classes=4, in_channels=1, head_predicts=True)
+
+
+# -- resume with other optimisation settings: honoured, re-planned or refused ---------------------------------------
+def _trained(tmp_path, name="run", steps=3, **options) -> Path:
+    """A checkpoint of ``small_cw_net`` after ``steps`` steps of a LocalTrainer with ``options``."""
+    torch.manual_seed(0)
+    t = ffkit.LocalTrainer(small_cw_net(), **options)
+    x, y = _data()[:16]
+    for _ in range(steps):
+        t.train_step(x, y)
+    return t.save(tmp_path / f"{name}.pt")
+
+
+def _resumed(path, **options) -> ffkit.LocalTrainer:
+    t = ffkit.LocalTrainer(small_cw_net(), **options)
+    t.resume(path)
+    return t
+
+
+def _lrs(t):
+    return [o.param_groups[0]["lr"] for o in t.optimizers if o is not None]
+
+
+def test_resume_with_another_lr_follows_the_plan_made_with_it(tmp_path):
+    path = _trained(tmp_path, lr=0.01, final_lr=0.001, weight_decay=0.0, total_steps=8)
+    t = _resumed(path, lr=0.002, final_lr=0.0002, weight_decay=0.1, total_steps=8)
+    # where a run started with lr 0.002 is after 3 of 8 cosine steps: 2e-4 + 1.8e-3 (1 + cos(3 pi / 8)) / 2
+    expected = 2e-4 + 1.8e-3 * (1 + math.cos(3 * math.pi / 8)) / 2
+    assert _lrs(t) == pytest.approx([expected] * 3, rel=1e-12)
+    assert all(o.param_groups[0]["weight_decay"] == 0.1 for o in t.optimizers)
+    assert len(t.resume_notes) == 3 and "lr 0.01 -> 0.002" in t.resume_notes[0]
+    x, y = _data()[:16]
+    for step in range(4, 9):  # the next steps follow the same curve down to the final lr
+        t.train_step(x, y)
+        assert _lrs(t)[0] == pytest.approx(2e-4 + 1.8e-3 * (1 + math.cos(step * math.pi / 8)) / 2, rel=1e-12)
+    same = _resumed(path, lr=0.01, final_lr=0.001, weight_decay=0.0, total_steps=8)
+    assert same.resume_notes == [] and isinstance(same.schedulers[0], torch.optim.lr_scheduler.CosineAnnealingLR)
+
+
+def test_resume_for_longer_continues_the_cosine_from_where_it_is(tmp_path):
+    # interrupted at step 2 of 4: from the old curve's lr at step 2 down to the final lr over the 6 steps left
+    path = _trained(tmp_path, steps=2, lr=0.01, final_lr=0.0, total_steps=4)
+    t = _resumed(path, lr=0.01, final_lr=0.0, total_steps=8)
+    top = 0.01 * (1 + math.cos(2 * math.pi / 4)) / 2
+    assert _lrs(t)[0] == pytest.approx(top, rel=1e-12)
+    x, y = _data()[:16]
+    seen = []
+    for step in range(3, 9):
+        t.train_step(x, y)
+        seen.append(_lrs(t)[0])
+        assert seen[-1] == pytest.approx(top * (1 + math.cos((step - 2) * math.pi / 6)) / 2, abs=1e-15)
+    assert seen == sorted(seen, reverse=True) and seen[-1] == pytest.approx(0.0, abs=1e-15)
+    # a finished run resumed for longer stays at its final lr, and says so
+    done = _trained(tmp_path, name="done", steps=4, lr=0.01, final_lr=0.001, total_steps=4)
+    t = _resumed(done, lr=0.01, final_lr=0.001, total_steps=12)
+    assert _lrs(t)[0] == pytest.approx(0.001, rel=1e-12) and "schedule of 4 -> 12 steps" in t.resume_notes[0]
+    t.train_step(x, y)
+    assert _lrs(t)[0] == pytest.approx(0.001, rel=1e-12)
+
+
+def test_resume_for_longer_with_a_constant_schedule_equals_one_longer_run(tmp_path):
+    ds = _data()
+    torch.manual_seed(0)
+    whole = ffkit.LocalTrainer(small_cw_net(dropout=0.3), lr=0.01, schedule="constant", total_steps=12)
+    whole.fit(_loader(ds), epochs=4, log=None)
+    torch.manual_seed(0)
+    first = ffkit.LocalTrainer(small_cw_net(dropout=0.3), lr=0.01, schedule="constant", total_steps=6)
+    first.fit(_loader(ds), epochs=2, out_dir=tmp_path / "short", log=None)
+    longer = ffkit.LocalTrainer(small_cw_net(dropout=0.3), lr=0.01, schedule="constant", total_steps=12)
+    longer.resume(tmp_path / "short" / "checkpoint.pt")
+    longer.fit(_loader(ds), epochs=4, log=None)
+    for a, b in zip(whole.network.parameters(), longer.network.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_a_replanned_run_resumes_again_exactly(tmp_path):
+    path = _trained(tmp_path, steps=2, lr=0.01, final_lr=0.0, total_steps=4)
+    x, y = _data()[:16]
+    torch.manual_seed(5)
+    straight = _resumed(path, lr=0.005, final_lr=0.0, total_steps=8)
+    for _ in range(4):
+        straight.train_step(x, y)
+    torch.manual_seed(5)
+    halfway = _resumed(path, lr=0.005, final_lr=0.0, total_steps=8)
+    for _ in range(2):
+        halfway.train_step(x, y)
+    again = _resumed(halfway.save(tmp_path / "again.pt"), lr=0.005, final_lr=0.0, total_steps=8)
+    assert again.resume_notes == [] and isinstance(again.schedulers[0], torch.optim.lr_scheduler.LambdaLR)
+    for _ in range(2):
+        again.train_step(x, y)
+    assert _lrs(again) == _lrs(straight)
+    for a, b in zip(straight.network.parameters(), again.network.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

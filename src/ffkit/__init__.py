@@ -45,6 +45,7 @@ from .train import (
     LocalTrainer,
     PipelineError,
     PipelineTrainer,
+    TrainingInterrupted,
     load_checkpoint,
     save_checkpoint,
 )
@@ -79,6 +80,7 @@ __all__ = [
     "LocalTrainer",
     "BackpropTrainer",
     "DivergenceError",
+    "TrainingInterrupted",
     "save_checkpoint",
     "load_checkpoint",
     "collect_scores",

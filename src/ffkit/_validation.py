@@ -9,8 +9,8 @@ import numbers
 import torch
 
 __all__ = [
-    "check_tensor", "check_groups", "check_labels", "check_bool", "check_int", "check_real", "check_positive",
-    "check_positive_int", "check_image_input", "check_device", "suggest_names", "callable_name",
+    "check_tensor", "check_groups", "check_labels", "check_bool", "check_int", "check_real",
+    "check_image_input", "check_device", "suggest_names", "callable_name",
 ]
 
 
@@ -116,26 +116,6 @@ def check_real(
     return v
 
 
-def check_positive(value: object, name: str, *, allow_zero: bool = False) -> float:
-    """Check a positive (or non-negative) finite real number."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not math.isfinite(float(value)):
-        raise ValueError(f"{name} must be a finite number, got {float(value)}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
-    return float(value)
-
-
-def check_positive_int(value: object, name: str, *, minimum: int = 1) -> int:
-    """Check an ``int`` (not a bool) that is at least ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
 def check_image_input(
     x: object,
     in_channels: int,
@@ -152,6 +132,8 @@ def check_image_input(
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+    if x.device.type == "meta":
+        raise ValueError("input is on the meta device, which holds shapes but no data: create it on 'cpu' or 'cuda'")
     if not x.is_floating_point():
         raise TypeError(f"input must be a floating-point tensor, got dtype {x.dtype} (convert images to float)")
     if dtype is not None and x.dtype != dtype:
@@ -165,6 +147,8 @@ def check_image_input(
             f"input must have shape [B, {in_channels}, H, W] for this model "
             f"(in_channels={in_channels}), got {tuple(x.shape)}"
         )
+    if x.shape[0] == 0:
+        raise ValueError("input is an empty batch (0 samples); a DataLoader gives none, so check how it was built")
     if input_size is not None and tuple(x.shape[-2:]) != tuple(input_size):
         raise ValueError(
             f"input must be {input_size[0]}x{input_size[1]} pixels for this model, got {x.shape[-2]}x{x.shape[-1]}"

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import math
 import os
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Sequence, Sized
@@ -17,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from . import defaults
+from ._validation import check_real
 from ._version import __version__
 
 __all__ = ["main", "build_parser"]
@@ -35,8 +38,9 @@ def _positive(kind: type):
             v = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}") from None
-        if v <= 0:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+        if not math.isfinite(v) or v <= 0:
+            finite = "finite " if kind is float else ""
+            raise argparse.ArgumentTypeError(f"expected a {finite}positive {kind.__name__}, got {text!r}")
         return v
 
     return parse
@@ -331,6 +335,12 @@ def check_train_flags(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
                              f"{', '.join(params)})")
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    # Numbers the trainer would refuse only after the data is loaded: checked here, by their flag names.
+    for key, flag, positive in (("lr", "--lr", True), ("final_lr", "--final-lr", False),
+                                ("weight_decay", "--weight-decay", False), ("head_lr", "--head-lr", True),
+                                ("head_weight_decay", "--head-weight-decay", False)):
+        if cfg.get(key) is not None:
+            check_real(cfg[key], flag, low=0.0, low_open=positive)
     if args.checkpoint_every is not None and args.pipeline:
         raise ValueError("--checkpoint-every conflicts with --pipeline: pipeline stages checkpoint at epoch ends")
     if args.on_divergence != "stop" and trainer_name != "local":
@@ -346,6 +356,17 @@ def check_train_flags(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
         raise ValueError(f"--data-on-device makes every batch on the device in the training process; it conflicts "
                          f"with --workers {args.workers} (drop --workers)")
     _check_pipeline_flags(args)
+
+
+def worker_count(requested: int) -> int:
+    """``--workers``, capped at the CPU cores this process may run on (more workers than cores only thrash, and each
+    one is a process holding its own batches); a capped request is reported on stderr."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if requested > cores:
+        print(f"ffkit train: warning: --workers {requested} is more than the {cores} CPU core(s) this process may use; "
+              f"using {cores}", file=sys.stderr, flush=True)
+        return cores
+    return requested
 
 
 def _train_loaders(
@@ -389,8 +410,14 @@ def _train_loaders(
                      else WithIndex(_first(train_set, args.limit)))
         holdout = InMemory(_first(holdout_set, args.eval_limit)) if holdout_set is not None else None
         test = InMemory(_first(test_set, args.eval_limit))
-    loader_kw: dict[str, Any] = {"num_workers": 0 if on_device else args.workers,
+    loader_kw: dict[str, Any] = {"num_workers": 0 if on_device else worker_count(args.workers),
                                  "pin_memory": device.type == "cuda" and not on_device}
+    if loader_kw["num_workers"]:
+        from .train.interrupt import ignore_stop_signals
+
+        # Ctrl-C and a scheduler's SIGTERM reach the whole process group: the workers must outlive them while the
+        # trainer finishes its step and saves (they end with the loader, or with their parent).
+        loader_kw["worker_init_fn"] = ignore_stop_signals
     batch_size = cfg["batch_size"]
     if not federated:  # federated ranks each train on a shard, whose size depends on the world size
         _check_batches(_size(train_set), batch_size, net, model, drop_last=pipeline is not None or cfg["drop_last"])
@@ -409,6 +436,57 @@ def _train_loaders(
     holdout_loader = DataLoader(holdout, batch_size=eval_bs, **eval_kw) if holdout is not None else None
     test_loader = DataLoader(test, batch_size=eval_bs, **eval_kw)
     return train_loader, holdout_loader, test_loader
+
+
+#: What a resumed run cannot change, with the flag that sets it and why: each fixes the data a step sees (the
+#: order, split and batches, so the position inside an epoch), the learning rule or the optimizer state. The lr, final
+#: lr, weight decay and --epochs are honoured instead (the trainer re-plans its schedule, see
+#: ffkit.train.schedules.replan_schedules); the rest (precision, layout, augmentation, evaluation, workers, device,
+#: output) applies to the resumed run as given.
+RESUME_FIXED: dict[str, tuple[str, str]] = {
+    "batch_size": ("--batch-size", "it sets the batches of every epoch and the position inside one"),
+    "seed": ("--seed", "it sets the held-out split and the shuffling order"),
+    "limit": ("--limit", "it sets the training images"),
+    "holdout": ("--holdout", "it sets the training images, with a held-out split for SIP or without"),
+    "drop_last": ("--drop-last", "it sets the batches of every epoch"),
+    "normalize": ("--normalize", "it sets what the network was trained on"),
+    "optimizer": ("--optimizer", "the optimizer state does not convert"),
+    "schedule": ("--schedule", "the schedule's state does not convert"),
+    "schedule_interval": ("--schedule-interval", "the schedule's state does not convert"),
+    "milestones": ("the recipe's milestones", "the piecewise schedule's steps are part of its state"),
+    "overlap": ("--overlap", "overlapping updates change which optimizer steps which layer"),
+    "layer_epochs": ("the recipe's layer_epochs", "each layer's training window is part of the run's plan"),
+}
+
+
+def check_resume_flags(saved: dict[str, Any], cfg: dict[str, Any], ckpt: Path) -> None:
+    """Refuse a ``--resume`` whose flags change what :data:`RESUME_FIXED` lists, naming the flag and the checkpoint's
+    value (checkpoints that do not record a value are not checked for it)."""
+    for key, (flag, why) in RESUME_FIXED.items():
+        if key not in saved or key not in cfg:
+            continue
+        old, new = saved[key], cfg[key]
+        if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
+            old, new = _as_tuples(old), _as_tuples(new)
+        if old != new:
+            was = _flag_form(flag, saved[key])
+            raise ValueError(
+                f"checkpoint {ckpt} was trained with {was}, this run asks for {_flag_form(flag, cfg[key])}; a resumed "
+                f"run cannot change it ({why}): resume with {was}, or start a new run in another --out"
+            )
+
+
+def _as_tuples(value: Any) -> Any:
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _flag_form(flag: str, value: Any) -> str:
+    """How a value reads on the command line: ``--holdout`` / ``--no-holdout``, ``--seed 0``, ``no --limit``."""
+    if not flag.startswith("--"):
+        return f"{flag} {value}"
+    if isinstance(value, bool):
+        return flag if value else f"--no-{flag[2:]}"
+    return f"no {flag}" if value is None else f"{flag} {value}"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -432,6 +510,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         pipeline, rank, device = _pipeline_options(args, trainer_name, device)
     if rank > 0:  # one report: rank 0's
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the rest of this process
+    else:  # before any data is read: the directory can be written, and no other run is using it
+        from .train.rundir import claim_run_dir
+
+        args.run_checkpoint = out / "checkpoint.pt"  # what an interruption can point to
+
+        run_lock = claim_run_dir(out)  # noqa: F841 - held (by this reference) until cmd_train returns
     torch.manual_seed(args.seed)
     net = build_model(recipe, num_classes=info.num_classes, in_channels=info.in_channels)
     _check_model_flags(args, cfg, net)
@@ -454,6 +538,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ValueError(f"checkpoint {ckpt} was trained with the {trained_with} trainer; resuming it with "
                              f"--trainer {trainer_name} would not match its optimizer states (pass --trainer "
                              f"{trained_with})")
+        check_resume_flags(payload.get("metadata", {}), {**cfg, "seed": args.seed, "limit": args.limit}, ckpt)
 
     train_loader, holdout_loader, test_loader = _train_loaders(args, cfg, info, net, device, pipeline)
 
@@ -473,6 +558,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         position = payload.get("position")
         where = f"batch {position['batches']} of epoch {position['epoch']}" if position else f"epoch {trainer.epoch}"
         print(f"resumed from {ckpt} after {where}", flush=True)
+        for note in trainer.resume_notes:
+            print(f"  re-planned from the checkpoint's: {note}", flush=True)
     n_params = sum(p.numel() for p in net.parameters())
     print(
         f"ffkit {__version__}: training {model} ({len(net)} layers, {n_params / 1e6:.2f}M parameters) on "
@@ -546,13 +633,20 @@ def cmd_test(args: argparse.Namespace) -> int:
     from .evaluation import collect_scores, make_report
     from .models import create_model
     from .train import load_checkpoint
+    from .train.checkpoint import check_finite_state
 
     device = resolve_device(args.device)
     payload = load_checkpoint(args.checkpoint, map_location="cpu")
     name = payload.get("model_name")
     if name is None:
         raise ValueError(f"{args.checkpoint} does not record which model it holds; it was not written by 'ffkit train'")
+    if "network" not in payload and "stage" in payload:
+        whole = Path(args.checkpoint).name.split(".stage")[0] + ".pt"
+        raise ValueError(f"{args.checkpoint} is the file of pipeline stage {payload['stage']} (its layers only, for "
+                         f"resuming that stage); test the whole network's checkpoint the run wrote beside it: "
+                         f"{Path(args.checkpoint).with_name(whole)}")
     net = create_model(name, **payload.get("model_kwargs", {}))
+    check_finite_state(payload["network"], args.checkpoint)
     try:
         net.load_state_dict(payload["network"])
     except RuntimeError as err:
@@ -633,6 +727,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"train": cmd_train, "test": cmd_test, "plot": cmd_plot, "models": cmd_models,
                "recipes": cmd_recipes}[args.command]
+    import signal
+
+    from .train.interrupt import TrainingInterrupted, signal_name
+
+    def terminated(signum: int, frame: object) -> None:
+        raise TrainingInterrupted(signal_name(signum), signum=signum, checkpoint=None)
+
+    # SIGTERM (batch schedulers, kill) ends the command with a message instead of silently; inside training the
+    # trainer takes it over and stops at a step boundary with a checkpoint (ffkit.train.interrupt).
+    in_main = threading.current_thread() is threading.main_thread()  # where Python can install handlers
+    previous = signal.signal(signal.SIGTERM, terminated) if in_main else None
     try:
         return handler(args)
     except (ValueError, TypeError, FileNotFoundError, ImportError, FloatingPointError) as err:
@@ -640,9 +745,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"ffkit {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted; resume with --resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        signum = err.signum if isinstance(err, TrainingInterrupted) else signal.SIGINT
+        print(f"\nffkit {args.command}: {_interrupted(args, err)}", file=sys.stderr)
+        return 128 + signum
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted(args: argparse.Namespace, err: KeyboardInterrupt) -> str:
+    """What an interruption saved, and how to go on."""
+    from .train.interrupt import TrainingInterrupted, signal_name
+
+    if isinstance(err, TrainingInterrupted) and err.checkpoint is not None:
+        return f"{err}; resume with the same command and --resume"
+    what = signal_name(err.signum) if isinstance(err, TrainingInterrupted) else "interrupted (Ctrl-C)"
+    ckpt = getattr(args, "run_checkpoint", None)
+    if ckpt is not None and Path(ckpt).is_file():
+        return (f"{what}: nothing was saved by this interruption; the last checkpoint, {ckpt}, resumes with the same "
+                f"command and --resume")
+    return f"{what}: stopped before any checkpoint was written; there is nothing to resume"
 
 
 if __name__ == "__main__":  # pragma: no cover

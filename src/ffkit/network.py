@@ -119,11 +119,20 @@ class FFNetwork(nn.Module):
         head_predicts: bool = False,
     ) -> None:
         super().__init__()
+        if not isinstance(layers, (list, tuple, nn.ModuleList, nn.Sequential)):
+            raise TypeError(f"layers must be a list of ffkit FFLayers, got {type(layers).__name__} (wrap a single "
+                            f"layer in a list; materialise a generator with list(...))")
+        layers = list(layers)
         if len(layers) == 0:
             raise ValueError("layers must not be empty")
+        first_at: dict[int, int] = {}
         for i, layer in enumerate(layers):
             if not isinstance(layer, FFLayer):
                 raise TypeError(f"layers[{i}] must be an ffkit FFLayer, got {type(layer).__name__}")
+            if id(layer) in first_at:  # one module in two places would train twice per step, with two optimizers
+                raise ValueError(f"layers[{i}] is the same module as layers[{first_at[id(layer)]}]; every layer must "
+                                 f"be its own module (build another, or copy.deepcopy it)")
+            first_at[id(layer)] = i
         _check_layer_sizes(layers, objective, num_classes, in_channels)
         self.layers = nn.ModuleList(layers)
         self.objective = objective

@@ -1,4 +1,4 @@
-"""Run ``ffkit train`` in this process and SIGKILL it at a chosen point (tests/test_kill_resume.py).
+"""Run ``ffkit train`` in this process and signal it at a chosen point (tests/test_kill_resume.py).
 
 ``KILL_AT=POINT:N`` picks the N-th time this process reaches POINT:
 
@@ -6,9 +6,11 @@
 - ``save-partial``: a checkpoint is being written: half its bytes are on disk (in the temporary file);
 - ``save-before-rename``: a checkpoint's temporary file is complete and synced, not yet renamed over the old one;
 - ``eval``: the epoch's training pass is done and its evaluation has started;
-- ``metrics``: the epoch-end checkpoint is written, the metrics files are not.
+- ``metrics``: the epoch-end checkpoint is written, the metrics files are not;
+- ``load``: a dataset split is about to be read (before training).
 
-Without ``KILL_AT`` the run is not interrupted. The remaining arguments are ``ffkit train``'s.
+``KILL_SIGNAL=TERM`` or ``INT`` sends SIGTERM or SIGINT (Ctrl-C) there instead of SIGKILL. Without ``KILL_AT`` the run
+is not interrupted. The remaining arguments are ``ffkit train``'s.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import signal
 import sys
 
+import ffkit.data as data
 import ffkit.train.base as base
 import ffkit.train.checkpoint as ckpt
 from ffkit.cli import main
@@ -31,7 +34,7 @@ def reach(name: str) -> None:
     reached[name] = reached.get(name, 0) + 1
     if name == point and reached[name] == int(count):
         sys.stdout.flush()
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), getattr(signal, "SIG" + os.environ.get("KILL_SIGNAL", "KILL")))
 
 
 local_step = LocalTrainer.train_step
@@ -92,6 +95,16 @@ def write_metrics(*args, **kwargs):
 
 
 base.write_metrics = write_metrics
+
+real_load = data.load_dataset
+
+
+def load_dataset(*args, **kwargs):
+    reach("load")
+    return real_load(*args, **kwargs)
+
+
+data.load_dataset = load_dataset
 
 if __name__ == "__main__":
     sys.exit(main(["train", *sys.argv[1:]]))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["layer_accuracies", "range_accuracy", "range_accuracy_grid", "last_k_accuracy", "mean_goodness"]
+__all__ = ["correct", "layer_accuracies", "range_accuracy", "range_accuracy_grid", "last_k_accuracy", "mean_goodness"]
 
 
 def _check(scores: torch.Tensor, labels: torch.Tensor) -> None:
@@ -14,10 +14,17 @@ def _check(scores: torch.Tensor, labels: torch.Tensor) -> None:
         raise ValueError(f"labels must be [N] with N={scores.shape[1]}, got shape {tuple(labels.shape)}")
 
 
+def correct(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Which samples the scores ``[..., N, K]`` classify right: ``argmax_k == label`` with every score finite, so a
+    sample whose scores hold a NaN or an infinity counts as wrong (``argmax`` would pick the NaN's class).
+    Returns ``[..., N]`` bool."""
+    return (scores.argmax(dim=-1) == labels) & torch.isfinite(scores).all(dim=-1)
+
+
 def layer_accuracies(scores: torch.Tensor, labels: torch.Tensor) -> list[float]:
     """Accuracy of each layer on its own: ``argmax_k scores[l, n, k] == labels[n]``, one float per layer."""
     _check(scores, labels)
-    return (scores.argmax(dim=2) == labels).float().mean(dim=1).tolist()
+    return correct(scores, labels).float().mean(dim=1).tolist()
 
 
 def range_accuracy(scores: torch.Tensor, labels: torch.Tensor, start: int, end: int) -> float:
@@ -32,7 +39,7 @@ def range_accuracy(scores: torch.Tensor, labels: torch.Tensor, start: int, end: 
 
 def _summed_accuracy(sums: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Accuracy of summed scores ``[..., N, K]``: ``[...]`` (float64)."""
-    return (sums.argmax(dim=-1) == labels).double().mean(dim=-1)
+    return correct(sums, labels).double().mean(dim=-1)
 
 
 def range_accuracy_grid(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .metrics import last_k_accuracy, layer_accuracies, mean_goodness, range_accuracy, range_accuracy_grid
+from .metrics import correct, last_k_accuracy, layer_accuracies, mean_goodness, range_accuracy, range_accuracy_grid
 
 __all__ = ["EvalReport", "make_report"]
 
@@ -73,7 +73,7 @@ def make_report(
     inference range) or ``head_predicts`` (with ``head_scores``) give :attr:`EvalReport.prediction`.
     """
     n_layers = scores.shape[0]
-    head = (head_scores.argmax(dim=1) == labels).double().mean().item() if head_scores is not None else None
+    head = correct(head_scores, labels).double().mean().item() if head_scores is not None else None
     if head_predicts and head is None:
         raise ValueError("head_predicts=True needs head_scores")
     prediction: float | None = None

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .metrics import correct
+
 __all__ = ["SIPResult", "select_layers"]
 
 
@@ -48,7 +50,7 @@ def select_layers(scores: torch.Tensor, labels: torch.Tensor) -> SIPResult:
     best = (-1.0, 0, 0)
     for end in range(n_layers):
         for start in range(end + 1):
-            acc = ((prefix[end + 1] - prefix[start]).argmax(dim=1) == labels).double().mean().item()
+            acc = correct(prefix[end + 1] - prefix[start], labels).double().mean().item()
             grid[start, end] = acc
             if acc > best[0]:
                 best = (acc, start, end)

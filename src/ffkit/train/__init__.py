@@ -6,6 +6,7 @@ from .chapters import ChapterTrainer
 from .checkpoint import load_checkpoint, save_checkpoint
 from .factory import build_trainer
 from .federated import FederatedTrainer, shard_loader
+from .interrupt import TrainingInterrupted
 from .local import LocalTrainer
 from .pipeline import PipelineError, PipelineTrainer, init_distributed
 
@@ -15,6 +16,7 @@ __all__ = [
     "BackpropTrainer",
     "StepResult",
     "DivergenceError",
+    "TrainingInterrupted",
     "save_checkpoint",
     "load_checkpoint",
     "check_same_model",

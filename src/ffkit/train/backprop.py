@@ -17,9 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from .. import defaults
-from .._validation import check_positive_int
+from .._validation import check_int
 from ..network import FFNetwork
-from .base import DivergenceError, StepResult, Trainer, check_trainer_args, make_optimizer, make_schedule
+from .base import DivergenceError, StepResult, Trainer, check_trainer_args
+from .schedules import make_optimizer, make_schedule, run_plan
 
 __all__ = ["BackpropTrainer"]
 
@@ -89,7 +90,7 @@ class BackpropTrainer(Trainer):
         for name, flag in (("deep_supervision", deep_supervision), ("checkpoint", checkpoint)):
             if not isinstance(flag, bool):
                 raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
-        check_positive_int(accumulation_steps, "accumulation_steps")
+        check_int(accumulation_steps, "accumulation_steps", minimum=1)
         if checkpoint and not isinstance(network, FFNetwork):
             raise ValueError(
                 f"checkpoint=True checkpoints the layers of an ffkit FFNetwork; {type(network).__name__} is a "
@@ -104,6 +105,7 @@ class BackpropTrainer(Trainer):
         params = [p for p in network.parameters() if p.requires_grad]
         opt = make_optimizer(params, optimizer, self.lr, weight_decay, fused=fused_optimizer)
         self.optimizers = [opt]
+        self.plan = run_plan(optimizer, schedule, total_steps, schedule_every)
         self.schedulers = [make_schedule(opt, schedule, total_steps, self.final_lr, milestones, schedule_every)]
         self._init_progress()
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -18,12 +20,12 @@ from torch.utils.data import RandomSampler
 from .._validation import check_device, check_int, check_real
 from .._version import __version__
 from ..evaluation import check_tta, collect_scores, make_report, select_layers
-from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from .checkpoint import CHECKPOINT_FORMAT, check_finite_state, load_checkpoint, nonfinite_entries, save_checkpoint
+from .interrupt import StopRequest, TrainingInterrupted, signal_name
 from .rng import capture_rng, restore_rng
+from .schedules import SCHEDULES, check_plan, make_optimizer, rebuild_for, replan_schedules, targets
 
 __all__ = ["Trainer", "StepResult", "EpochProgress", "DivergenceError", "make_optimizer", "check_same_model"]
-
-_OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 
 
 DIVERGENCE_ACTIONS = ("stop", "skip")
@@ -65,105 +67,6 @@ class StepResult(NamedTuple):
     skipped: bool = False
 
 
-def make_optimizer(
-    params: Iterable[torch.nn.Parameter], name: str, lr: float, weight_decay: float, *, fused: bool | None = None
-) -> torch.optim.Optimizer:
-    """An optimizer by name (``"adam"``, ``"adamw"``, ``"sgd"``; SGD gets momentum 0.9).
-
-    ``fused=None`` (default) uses PyTorch's fused implementation (one kernel over all of an optimizer's tensors) when
-    every parameter is a floating-point tensor on CPU or CUDA; ``False`` forces the reference per-tensor loop.
-    """
-    try:
-        cls = _OPTIMIZERS[name]
-    except KeyError:
-        raise ValueError(f"unknown optimizer {name!r}; expected one of {sorted(_OPTIMIZERS)}") from None
-    params = list(params)
-    extra: dict[str, Any] = {"momentum": 0.9} if name == "sgd" else {}
-    if fused is None:
-        fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
-    if fused:
-        extra["fused"] = True
-    else:
-        extra["foreach"] = False
-    return cls(params, lr=lr, weight_decay=weight_decay, **extra)
-
-
-class _LrFactor:
-    """Picklable lr multiplier for ``LambdaLR`` (its state is saved in checkpoints).
-
-    ``every``: the schedule advances once per ``every`` steps (the batches of an epoch for an epoch-wise schedule),
-    so the factor of step ``s`` is the schedule's value at tick ``s // every`` of ``total_steps // every``.
-    """
-
-    def __init__(
-        self, kind: str, total_steps: int, final_factor: float, milestones: tuple = (), every: int = 1
-    ) -> None:
-        self.kind, self.total_steps, self.final_factor = kind, total_steps, final_factor
-        self.milestones = tuple(sorted((int(s), float(f)) for s, f in milestones))
-        self.every = every
-
-    def __call__(self, step: int) -> float:
-        every = getattr(self, "every", 1)  # absent from the state of checkpoints written before it existed
-        tick, total = step // every, max(1, self.total_steps // every)
-        if self.kind == "cosine":  # the closed form of CosineAnnealingLR(T_max=total, eta_min=final)
-            cosine = (1.0 + math.cos(math.pi * min(tick, total) / total)) / 2
-            return self.final_factor + (1.0 - self.final_factor) * cosine
-        if self.kind == "cooldown":
-            # Pipeline-FF's released trainer: for 1-based epoch e of E, lr * 2 (E - e) / E once e > E / 2, the last
-            # epoch keeping the rate of the one before; for 0-based tick t: min(1, 2 max(E - 1 - t, 1) / E), here
-            # between the full lr and final_lr.
-            frac = min(1.0, 2 * max(total - 1 - tick, 1) / total)
-            return self.final_factor + (1.0 - self.final_factor) * frac
-        if self.kind == "linear-cooldown":
-            # loeweX's get_linear_cooldown_lr: for 0-based epoch t of E, lr * 2 (1 + E - t) / E once t > E // 2
-            frac = 1.0 if tick <= total // 2 else 2 * (1 + total - min(tick, total)) / total
-            return self.final_factor + (1.0 - self.final_factor) * frac
-        factor = 1.0  # piecewise: the factor of the last milestone passed (milestones are in steps)
-        for at, f in self.milestones:
-            if step >= at:
-                factor = f
-        return factor
-
-
-SCHEDULES = ("cosine", "constant", "cooldown", "linear-cooldown", "piecewise")
-
-
-def make_schedule(
-    opt: torch.optim.Optimizer,
-    schedule: str,
-    total_steps: int | None,
-    final_lr: float,
-    milestones: tuple[tuple[int, float], ...] = (),
-    every: int = 1,
-) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """The learning-rate schedule of one optimizer, stepped once per training step.
-
-    ``"cosine"``: from the optimizer's lr to ``final_lr`` over ``total_steps``; ``"constant"``: none;
-    ``"cooldown"``: constant for the first half, then linear towards ``final_lr``, as Pipeline-FF's released trainer
-    (tick ``t`` of ``T``: ``final + (lr - final) * min(1, 2 max(T - 1 - t, 1) / T)``); ``"linear-cooldown"``: the
-    same idea as loeweX's trainer has it (``final + (lr - final) * 2 (1 + T - t) / T`` once ``t > T // 2``, else
-    ``lr``); ``"piecewise"``: the lr
-    is multiplied by ``factor`` from step ``s`` on, for each ``(s, factor)`` in ``milestones`` (The Trifecta).
-
-    ``every``: the lr changes once per ``every`` steps. With the number of batches per epoch it is an epoch-wise
-    schedule: DeeperForward's released code steps ``CosineAnnealingLR(T_max=epochs, eta_min=final_lr)`` once per
-    epoch, so the lr is constant within an epoch and epoch ``e`` (0-based) trains at
-    ``final + (lr - final) * (1 + cos(pi * e / epochs)) / 2``.
-    """
-    check_int(every, "every", minimum=1, what="steps per schedule update")
-    if schedule == "constant":
-        return None
-    if schedule == "cosine":
-        if total_steps is None:
-            raise ValueError("schedule='cosine' needs total_steps (epochs x batches per epoch)")
-        if every == 1:
-            return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps, eta_min=final_lr)
-    base = opt.param_groups[0]["lr"]
-    return torch.optim.lr_scheduler.LambdaLR(
-        opt, _LrFactor(schedule, total_steps or 1, final_lr / base if base else 0.0, milestones, every)
-    )
-
-
 def check_trainer_args(network: nn.Module, lr: float, schedule: str, total_steps: int | None) -> None:
     """Shared argument checks of the trainers."""
     from ..network import FFNetwork
@@ -192,6 +95,11 @@ class Trainer:
     #: :func:`~ffkit.evaluation.collect_scores`).
     tta: str | None = None
     _resume_position: EpochProgress | None = None  # from a checkpoint written inside an epoch
+    #: The optimizer and schedule names and the schedule's length (``schedules.run_plan``), which checkpoints record
+    #: so a resume can tell what changed (``None``: an engine without one, whose states load as they are).
+    plan: dict[str, Any] | None = None
+    #: What the last resume changed in the optimisation (lr, weight decay, schedule length), one line each.
+    resume_notes: list[str] = []
     optimizers: list[torch.optim.Optimizer | None]
     schedulers: list[torch.optim.lr_scheduler.LRScheduler | None]
 
@@ -221,7 +129,7 @@ class Trainer:
         self.device = check_device(device)
         self.network = network.to(self.device)
         self.lr = float(lr)
-        self.final_lr = self.lr / 10 if final_lr is None else float(final_lr)
+        self.final_lr = self.lr / 10 if final_lr is None else check_real(final_lr, "final_lr", low=0.0)
 
     def _setup_performance(self, channels_last: bool, amp: bool, compile: bool | str, tta: str | None = None) -> None:
         """Memory format, bf16 autocast, per-layer ``torch.compile`` and evaluation's test-time augmentation (see
@@ -255,6 +163,8 @@ class Trainer:
         The labels are range-checked before the transfer, so a CUDA step needs no host synchronisation for it.
         """
         self.network.check_input(x, y)
+        if x.requires_grad:  # a local step needs no gradient of its input; autograd would keep one for every step
+            x = x.detach()
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
         if self.channels_last:
@@ -272,9 +182,38 @@ class Trainer:
         raise NotImplementedError  # pragma: no cover
 
     def _step_schedules(self) -> None:
-        for sched in self.schedulers:
-            if sched is not None:
+        self.step_schedules_of(range(len(self.schedulers)))
+
+    def step_schedules_of(self, schedulers: Iterable[int]) -> None:
+        """Step the learning-rate schedules with these indices (layer ``i``'s is ``i``; a head's is the last).
+
+        A schedule that has run its ``total_steps`` stays at its final lr (a cosine would otherwise rise again), and
+        the trainer warns once that it is stepped past its plan."""
+        total: int | None = self.plan.get("total_steps") if self.plan is not None else None
+        if self.plan is not None and self.plan.get("schedule") == "piecewise":
+            total = None  # its milestones, not a length, end it
+        with warnings.catch_warnings():
+            # Under OLU a layer's first optimizer step may come one step after its schedule's first step.
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+            for k in schedulers:
+                sched = self.schedulers[k]
+                if sched is None:
+                    continue
+                if total is not None and sched.last_epoch >= total:
+                    self._warn_past_plan(total)
+                    continue
                 sched.step()
+
+    def _warn_past_plan(self, total: int) -> None:
+        if getattr(self, "_warned_past_plan", False):
+            return
+        self._warned_past_plan = True
+        warnings.warn(
+            f"{type(self).__name__} is trained past its total_steps={total}: its learning-rate schedule has ended, so "
+            f"the lr stays at its final value; give the trainer total_steps = epochs x batches per epoch to plan "
+            f"the whole run",
+            UserWarning, stacklevel=3,
+        )
 
     # -- epochs -------------------------------------------------------------------------------------------------
     def train_epoch(
@@ -419,64 +358,98 @@ class Trainer:
         self.metadata = dict(metadata or {})
         ckpt = out / "checkpoint.pt" if out is not None else None
         trained = self.epoch < epochs
-        while self.epoch < epochs:
-            e = self.epoch + 1
-            sampler = getattr(train, "sampler", None)
-            if isinstance(sampler, RandomSampler) and sampler.generator is not None:
-                sampler.generator.manual_seed(seed + e)
-            record: dict[str, Any] = {"epoch": e}
-            extra: dict[str, Any] = {}
-            if self.mid_epoch_checkpoints:
-                position, self._resume_position = self._resume_position, None
-                extra["position"] = position if position is not None and position.epoch == e else None
-                if ckpt is not None and checkpoint_every is not None:
-                    extra["on_batch"] = _checkpoint_every(self, ckpt, checkpoint_every)
-            try:
-                record.update(self.train_epoch(train, progress=progress, desc=f"epoch {e}/{epochs}", **extra))
-            except DivergenceError as err:
-                pos = self._epoch_progress
-                if ckpt is None or pos is None or not self.mid_epoch_checkpoints:
-                    raise
-                self.save(ckpt, position=pos)
-                skip = ", or with on_divergence='skip' to drop such batches" if hasattr(self, "on_divergence") else ""
-                raise DivergenceError(
-                    f"{err}. The last good state (before this step) is saved in {ckpt}: resume from it with a lower "
-                    f"learning rate{skip}",
-                    layer=err.layer, epoch=err.epoch, step=err.step, checkpoint=ckpt,
-                ) from None
-            if holdout is not None:
-                sip = self.select_layers(holdout)
-                record["holdout_sip"] = {"start": sip.start, "end": sip.end, "accuracy": sip.accuracy}
-            if test is not None:
-                start, end = (int(v) for v in self.network.inference_range)
-                record["test"] = self.evaluate(test, (start, end) if holdout is not None else None).to_dict()
-            self.epoch = e
-            self.history.append(record)
-            if log is not None:
-                log(format_epoch(record, epochs))
-            if ckpt is not None and out is not None:
-                self.save(ckpt)
-                write_metrics(self.history, out)
+        # Ctrl-C and SIGTERM stop at the next step boundary with a resumable checkpoint (engines that checkpoint
+        # inside an epoch, with a run directory); elsewhere they keep their usual effect.
+        graceful = ckpt is not None and self.mid_epoch_checkpoints
+        with StopRequest() if graceful else contextlib.nullcontext(StopRequest()) as stop:
+            while self.epoch < epochs:
+                e = self.epoch + 1
+                sampler = getattr(train, "sampler", None)
+                if isinstance(sampler, RandomSampler) and sampler.generator is not None:
+                    sampler.generator.manual_seed(seed + e)
+                record: dict[str, Any] = {"epoch": e}
+                extra: dict[str, Any] = {}
+                if self.mid_epoch_checkpoints:
+                    position, self._resume_position = self._resume_position, None
+                    extra["position"] = position if position is not None and position.epoch == e else None
+                    if ckpt is not None:
+                        extra["on_batch"] = _on_batch(self, ckpt, checkpoint_every, stop)
+                try:
+                    record.update(self.train_epoch(train, progress=progress, desc=f"epoch {e}/{epochs}", **extra))
+                except DivergenceError as err:
+                    if ckpt is None or self._epoch_progress is None or not self.mid_epoch_checkpoints:
+                        raise
+                    raise self._save_last_good(err, ckpt, self._epoch_progress) from None
+                if holdout is not None:
+                    sip = self.select_layers(holdout)
+                    record["holdout_sip"] = {"start": sip.start, "end": sip.end, "accuracy": sip.accuracy}
+                if test is not None:
+                    start, end = (int(v) for v in self.network.inference_range)
+                    record["test"] = self.evaluate(test, (start, end) if holdout is not None else None).to_dict()
+                self.epoch = e
+                self.history.append(record)
+                if log is not None:
+                    log(format_epoch(record, epochs))
+                if ckpt is not None and out is not None:
+                    self.save(ckpt)
+                    write_metrics(self.history, out)
+                if stop.signum is not None:  # a signal during evaluation or the epoch's last step: the epoch is saved
+                    raise TrainingInterrupted(f"{signal_name(stop.signum)}: stopped after epoch {e}; its checkpoint is "
+                                              f"{ckpt}", signum=stop.signum, checkpoint=ckpt)
         if out is not None and self.history and not trained:
             write_metrics(self.history, out)  # a run may have stopped between its last checkpoint and its metrics
         return self.history
 
+    def _save_last_good(self, err: DivergenceError, ckpt: Path, pos: EpochProgress) -> DivergenceError:
+        """Save the state before the step that diverged (if it is finite) and return the error that says where."""
+        bad = nonfinite_entries(self.network.state_dict())
+        if bad:  # a state that cannot be resumed would overwrite the last checkpoint that can
+            return DivergenceError(
+                f"{err}. The state before this step is not finite either ({', '.join(bad[:3])}), so it was not saved: "
+                f"resume from the last checkpoint in {ckpt.parent} (--checkpoint-every N keeps one every N batches) "
+                f"with a lower learning rate",
+                layer=err.layer, epoch=err.epoch, step=err.step,
+            )
+        self.save(ckpt, position=pos)
+        skip = ", or with on_divergence='skip' to drop such batches" if hasattr(self, "on_divergence") else ""
+        return DivergenceError(
+            f"{err}. The last good state (before this step) is saved in {ckpt}: resume from it with a lower learning "
+            f"rate{skip}",
+            layer=err.layer, epoch=err.epoch, step=err.step, checkpoint=ckpt,
+        )
+
     # -- state ----------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {
+        state = {
             "optimizers": [o.state_dict() if o is not None else None for o in self.optimizers],
             "schedulers": [s.state_dict() if s is not None else None for s in self.schedulers],
             "epoch": self.epoch,
             "step_count": self.step_count,
             "history": self.history,
         }
+        if self.plan is not None:
+            state["plan"] = dict(self.plan)
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s optimizer and schedule states, progress and history.
+
+        A trainer built with another lr, final lr, weight decay (a classifier head's too) or schedule length than the
+        checkpoint's continues with its own (:func:`~ffkit.train.schedules.replan_schedules` says how; the changes
+        are listed in :attr:`resume_notes`); one with another optimizer, schedule or update interval is refused with
+        a ``ValueError``, as is a length shorter than the steps already taken.
+        """
         if len(state["optimizers"]) != len(self.optimizers):
             raise ValueError(
                 f"trainer state has {len(state['optimizers'])} layers, this network has {len(self.optimizers)}"
             )
+        saved_plan = state.get("plan")
+        if self.plan is not None:
+            check_plan(saved_plan, self.plan, int(state["step_count"]))
+        wanted = [targets(o, s) if o is not None else None for o, s in zip(self.optimizers, self.schedulers)]
         self._load_optimizer_states(enumerate(state["optimizers"]), enumerate(state["schedulers"]))
+        self.resume_notes = (replan_schedules(saved_plan, self.plan, self.optimizers, self.schedulers, wanted)
+                             if self.plan is not None else [])
         self.epoch = state["epoch"]
         self.step_count = state["step_count"]
         self.history = list(state["history"])
@@ -488,8 +461,9 @@ class Trainer:
             if opt is not None and s is not None:
                 opt.load_state_dict(s)
         for i, s in schedulers:
-            sched = self.schedulers[int(i)]
-            if sched is not None and s is not None:
+            sched, opt = self.schedulers[int(i)], self.optimizers[int(i)]
+            if sched is not None and opt is not None and s is not None:
+                sched = self.schedulers[int(i)] = rebuild_for(s, opt, sched)
                 sched.load_state_dict(s)
 
     def save(self, path: str | Path, *, position: EpochProgress | None = None) -> Path:
@@ -521,6 +495,7 @@ class Trainer:
                 f"checkpoint {path} was written by a {written_by}, whose optimizer states do not fit this "
                 f"{type(self).__name__}: resume it with a {written_by}"
             )
+        check_finite_state(payload["network"], f"checkpoint {path}")
         self.network.load_state_dict(payload["network"])
         self.load_state_dict(payload["trainer"])
         restore_rng(payload.get("rng") or {}, self.network)
@@ -537,9 +512,19 @@ def reject_mid_epoch(trainer: Trainer, position: Any, on_batch: Any) -> None:
                          f"or checkpoint an epoch in flight")
 
 
-def _checkpoint_every(trainer: Trainer, path: Path, every: int) -> Callable[[EpochProgress], None]:
+def _on_batch(trainer: Trainer, path: Path, every: int | None, stop: StopRequest) -> Callable[[EpochProgress], None]:
+    """After each step: the checkpoint every ``every`` batches, and a checkpoint and :class:`TrainingInterrupted` once
+    ``stop`` has recorded a signal (the step itself is whole: the signal only set a flag)."""
+
     def on_batch(pos: EpochProgress) -> None:
-        if pos.batches % every == 0:
+        if stop.signum is not None:
+            trainer.save(path, position=pos)
+            raise TrainingInterrupted(
+                f"{signal_name(stop.signum)}: stopped after batch {pos.batches} of epoch {pos.epoch}; saved a "
+                f"resumable checkpoint in {path}",
+                signum=stop.signum, checkpoint=path,
+            )
+        if every is not None and pos.batches % every == 0:
             trainer.save(path, position=pos)
 
     return on_batch

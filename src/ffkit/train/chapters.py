@@ -42,7 +42,6 @@ negatives on several ranks are scored by a network ``S - 1`` chapters behind, so
 
 from __future__ import annotations
 
-import io
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -62,10 +61,10 @@ from ._distributed import (
     check_timeout,
     default_device,
     lost_peer,
-    wait_work,
 )
 from .base import EpochProgress, StepResult, reject_mid_epoch
 from .local import LocalTrainer, WrapsLocalTrainer
+from .pipelining.courier import StateCourier
 
 __all__ = ["ChapterTrainer"]
 
@@ -166,9 +165,8 @@ class ChapterTrainer(WrapsLocalTrainer):
         self.inner = LocalTrainer(network, device=device, **trainer_options)
         # NCCL moves CUDA tensors only; gloo is simplest on host tensors.
         nccl = self.world > 1 and dist.get_backend() == "nccl"
-        self._comm_device = self.device if nccl else torch.device("cpu")
-        # Sends in flight: (works, tensors, peer). The tensors must outlive the works.
-        self._pending: list[tuple[list[Any], list[torch.Tensor], int]] = []
+        self.courier = StateCourier(rank=self.rank, world=self.world, timeout=self.timeout, role="chapter rank",
+                                    comm_device=self.device if nccl else torch.device("cpu"), load_device=self.device)
         self.chapters_trained = 0  # chapters this rank has trained so far (for logs and tests)
         self._init_progress()
 
@@ -222,7 +220,7 @@ class ChapterTrainer(WrapsLocalTrainer):
                     mine = []
             if n_batches == 0:  # every rank's loader has the same length, so every rank raises: nobody waits
                 raise ValueError("the training data is empty: no batch was produced")
-            self._flush()
+            self.courier.flush("sending a layer to rank {dst}")
             n_chapters = math.ceil(n_batches / self.chapter_batches)
             if self.local_data:
                 n_chapters *= self.world
@@ -241,9 +239,9 @@ class ChapterTrainer(WrapsLocalTrainer):
         """With local data every rank must cut the same number of chapters, or a rank would wait for a layer that
         never comes."""
         check_equal_lengths(
-            loader, self.rank, self.world, self._comm_device,
-            lambda every, mine: self._collective("comparing the ranks' batches per epoch", -1, dist.all_gather, every,
-                                                 mine),
+            loader, self.rank, self.world, self.courier.comm_device,
+            lambda every, mine: self.courier.collective("comparing the ranks' batches per epoch", -1, dist.all_gather,
+                                                        every, mine),
             needs_len="with local_data the loader must have a len() (batches per epoch) so the ranks can check they "
                       "train the same number of chapters",
             mismatch="with local_data every rank must have the same number of batches per epoch, but the ranks' "
@@ -323,7 +321,7 @@ class ChapterTrainer(WrapsLocalTrainer):
         empty = torch.zeros(0, device=self.device)
         for batch in batches:
             update = t.begin_update((), head=True)
-            result = t._head_step(batch, {}, update)  # reads a neutral-label pass (or the training pass's features)
+            result = t.head_step(batch, {}, update)  # reads a neutral-label pass (or the training pass's features)
             t.commit_update(update, empty, result, first_layer=index)
             t.step_schedules_of([index])
             sums.add_head(result, batch.batch_size)
@@ -374,79 +372,30 @@ class ChapterTrainer(WrapsLocalTrainer):
             sched.load_state_dict(state["scheduler"])
 
     def _send_layer(self, layer: int, dst: int) -> None:
-        """Post layer ``layer``'s state to rank ``dst`` without waiting: a size header, then the serialised state."""
-        header, payload = self._encode(self._layer_state(layer))
-        with lost_peer(self._what(f"sending layer {layer} to rank {dst}", dst), self.timeout):
-            works = [dist.isend(header, dst, tag=2 * layer), dist.isend(payload, dst, tag=2 * layer + 1)]
-        self._pending.append((works, [header, payload], dst))
-        # Completed sends release their buffers at once; the rest are waited for at the end of the epoch.
-        self._pending = [p for p in self._pending if not all(w.is_completed() for w in p[0])]
+        """Post layer ``layer``'s state to rank ``dst`` without waiting."""
+        self.courier.send(self._layer_state(layer), dst, 2 * layer, f"sending layer {layer} to rank {dst}")
 
     def _receive_layer(self, layer: int, src: int) -> None:
         """Take over layer ``layer`` (weights, buffers, optimizer and schedule) as rank ``src`` left it."""
-        what = f"waiting for layer {layer} from rank {src}"
-        header = torch.zeros(1, dtype=torch.int64, device=self._comm_device)
-        self._wait([self._p2p(dist.irecv, header, src, 2 * layer, what)], src, what)
-        payload = torch.empty(int(header.item()), dtype=torch.uint8, device=self._comm_device)
-        self._wait([self._p2p(dist.irecv, payload, src, 2 * layer + 1, what)], src, what)
-        self._load_layer_state(layer, self._decode(payload))
-
-    def _p2p(self, op: Callable[..., Any], tensor: torch.Tensor, peer: int, tag: int, what: str) -> Any:
-        with lost_peer(self._what(what, peer), self.timeout):
-            return op(tensor, peer, tag=tag)
-
-    def _flush(self) -> None:
-        """Wait for every send still in flight (its receiver needs it before the epoch can end)."""
-        while self._pending:
-            works, _, dst = self._pending.pop(0)
-            self._wait(works, dst, f"sending a layer to rank {dst}")
-
-    def _wait(self, works: list[Any], peer: int, what: str) -> None:
-        for w in works:
-            wait_work(w, self.timeout, self._what(what, peer))
-
-    def _what(self, what: str, peer: int) -> str:
-        return f"chapter rank {self.rank} of {self.world} failed {what} (peer rank {peer})"
-
-    def _encode(self, state: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``state`` serialised: a size header ``[1]`` int64 and the bytes ``[n]`` uint8, on the communication device.
-        Serialising keeps every dtype bit-exact (float weights, int64 counters, Adam's step) in one message."""
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        payload = torch.frombuffer(bytearray(buf.getbuffer()), dtype=torch.uint8).to(self._comm_device)
-        header = torch.tensor([payload.numel()], dtype=torch.int64, device=self._comm_device)
-        return header, payload
-
-    def _decode(self, payload: torch.Tensor) -> dict[str, Any]:
-        return torch.load(io.BytesIO(payload.cpu().numpy().tobytes()), map_location=self.device, weights_only=True)
+        state = self.courier.receive(src, 2 * layer, f"waiting for layer {layer} from rank {src}")
+        self._load_layer_state(layer, state)
 
     # -- end of the epoch: collectives ----------------------------------------------------------------------------
     def _share_final_state(self, src: int) -> None:
         """The last chapter's rank broadcasts the whole network, every optimizer and schedule: all ranks then hold the
         trained network, and the next epoch's chapter 0 starts from it."""
-        what = f"the end-of-epoch broadcast of the trained network from rank {src}"
+        mine = None
         if self.rank == src:
-            header, payload = self._encode({
+            mine = {
                 "network": self.network.state_dict(),
                 "optimizers": [o.state_dict() if o is not None else None for o in self.optimizers],
                 "schedulers": [s.state_dict() if s is not None else None for s in self.schedulers],
-            })
-        else:
-            header = torch.zeros(1, dtype=torch.int64, device=self._comm_device)
-        self._collective(what, src, dist.broadcast, header, src=src)
-        if self.rank != src:
-            payload = torch.empty(int(header.item()), dtype=torch.uint8, device=self._comm_device)
-        self._collective(what, src, dist.broadcast, payload, src=src)
-        if self.rank == src:
+            }
+        state = self.courier.broadcast(mine, src, f"the end-of-epoch broadcast of the trained network from rank {src}")
+        if state is None:
             return
-        state = self._decode(payload)
         self.network.load_state_dict(state["network"])
         self._load_optimizer_states(enumerate(state["optimizers"]), enumerate(state["schedulers"]))
-
-    def _collective(self, what: str, peer: int, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        with lost_peer(self._what(what, peer), self.timeout):
-            work = fn(*args, async_op=True, **kwargs)
-        self._wait([work], peer, what)
 
     def _gather_record(self, sums: _Sums, seconds: float, n_chapters: int) -> dict[str, Any]:
         """Per-layer means over every rank's batches (each rank reports the sums of its own chapters)."""

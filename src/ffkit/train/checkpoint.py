@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .._version import __version__
 
-__all__ = ["CHECKPOINT_FORMAT", "CheckpointVersionWarning", "save_checkpoint", "load_checkpoint"]
+__all__ = ["CHECKPOINT_FORMAT", "CheckpointVersionWarning", "save_checkpoint", "load_checkpoint", "nonfinite_entries",
+           "check_finite_state"]
 
 #: Bumped when the layout of the checkpoint dictionary changes incompatibly.
 CHECKPOINT_FORMAT = 1
@@ -54,8 +57,23 @@ def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> Path:
     return path
 
 
+# What checkpoints written before the random state was stored as tensors hold besides tensors and builtins: NumPy's
+# generator key (a uint32 array). Rebuilding an array runs no code of the file's choosing.
+try:
+    from numpy._core.multiarray import _reconstruct
+except ImportError:  # NumPy 1.x
+    from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
+_LEGACY_SAFE_GLOBALS: list[Any] = [np.ndarray, np.dtype, _reconstruct]
+if hasattr(np, "dtypes"):  # NumPy >= 1.25 pickles a dtype through its class
+    _LEGACY_SAFE_GLOBALS.append(np.dtypes.UInt32DType)
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load an ffkit checkpoint, with clear errors for a missing, truncated or foreign file.
+    """Load an ffkit checkpoint, with clear errors for a missing, truncated, foreign or unsafe file.
+
+    Loading never runs code from the file: it unpickles with ``torch.load(weights_only=True)``, which admits only
+    tensors, builtin containers and numbers (and the NumPy arrays of earlier checkpoints), and refuses any other
+    object with a ``ValueError`` that names it.
 
     Compatibility follows ``ffkit_checkpoint_format``, not the ffkit version: a checkpoint of this format loads
     whichever ffkit version wrote it (a :class:`CheckpointVersionWarning` names both versions when they differ);
@@ -65,12 +83,20 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}" + (" (a directory)" if path.is_dir() else ""))
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=False)
+        with torch.serialization.safe_globals(_LEGACY_SAFE_GLOBALS):
+            payload = torch.load(path, map_location=map_location, weights_only=True)
     except PermissionError as e:
         raise ValueError(f"cannot read checkpoint {path}: {e.strerror}") from None
     # A truncated zip makes torch's reader fail with OSError (EINVAL) as well as with the errors below.
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
-        detail = str(e).split(". ")[0]  # torch's zip reader appends a paragraph of advice
+        refused = _refused_global(str(e))
+        if refused is not None:
+            raise ValueError(
+                f"{path} holds a Python object ffkit does not load ({refused}); loading a checkpoint never runs code "
+                f"from the file, so only tensors, numbers, strings and containers are read. Files written by "
+                f"'ffkit train' or Trainer.save hold nothing else: this one was written by other code, or tampered with"
+            ) from None
+        detail = _load_error_detail(str(e))  # torch appends paragraphs of advice
         raise ValueError(f"{path} is not a readable checkpoint (truncated or corrupt?): {detail}") from None
     if not isinstance(payload, dict) or "ffkit_checkpoint_format" not in payload:
         hint = " (a bare state_dict? load it with network.load_state_dict(torch.load(path)))" if isinstance(
@@ -96,3 +122,42 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             stacklevel=2,
         )
     return payload
+
+
+def _refused_global(message: str) -> str | None:
+    """The global (``module.name``) that ``torch.load(weights_only=True)`` refused to unpickle, from its message."""
+    match = re.search(r"GLOBAL ([\w.]+)", message)
+    return match.group(1) if match else None
+
+
+def _load_error_detail(message: str) -> str:
+    """The first sentence of a load error, without torch's paragraphs of advice; a byte that is no pickle opcode
+    reads as ``pickle`` says it."""
+    match = re.search(r"Unsupported operand (\d+)", message)
+    if match:
+        return f"invalid load key, {chr(int(match.group(1)))!r}."
+    match = re.search(r"WeightsUnpickler error: \s*([^\n]+)", message)
+    if match:
+        return match.group(1).strip()
+    return message.split(". ")[0]
+
+
+def nonfinite_entries(state: dict[str, Any]) -> list[str]:
+    """The names of the floating-point tensors of a ``state_dict`` that hold a NaN or an infinity."""
+    return [name for name, v in state.items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def check_finite_state(state: dict[str, Any], source: str | os.PathLike) -> None:
+    """Refuse a network state (``state_dict``) with non-finite values: training or evaluating it only spreads them.
+
+    Raises:
+        ValueError: naming ``source`` and the first tensors that hold a NaN or an infinity.
+    """
+    bad = nonfinite_entries(state)
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise ValueError(
+            f"{source} holds non-finite weights (NaN or infinity) in {', '.join(bad[:3])}{more}: it was saved from a "
+            f"diverged run; use an earlier checkpoint"
+        )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import warnings
+import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -17,9 +17,8 @@ from .base import (
     StepResult,
     Trainer,
     check_trainer_args,
-    make_optimizer,
-    make_schedule,
 )
+from .schedules import make_optimizer, make_schedule, run_plan
 
 __all__ = ["LocalTrainer", "PendingUpdate"]
 
@@ -125,6 +124,7 @@ class LocalTrainer(Trainer):
         self.layer_steps = _check_layer_steps(layer_steps, len(network), self.overlap)
         self.optimizers: list[torch.optim.Optimizer | None] = []
         self.schedulers: list[torch.optim.lr_scheduler.LRScheduler | None] = []
+        self.plan = run_plan(optimizer, schedule, total_steps, schedule_every)
         for i in range(len(network)):
             params = [p for p in network.local_parameters(i) if p.requires_grad]
             if self.overlap and i > 0:  # OLU: layer i's loss also trains layer i - 1 (not a learned label encoder,
@@ -165,14 +165,14 @@ class LocalTrainer(Trainer):
         # head that reads the layers before this step's update
         same_step = net.head is not None and (net.head.hybrid or net.head.pre_update)
         if net.head is not None and (net.objective.head_uses_training_pass or same_step):
-            head_result = self._head_step(batch, head_feats, update)
+            head_result = self.head_step(batch, head_feats, update)
         applied = self.commit_update(update, losses, head_result)
         if applied and net.head is not None and not net.objective.head_uses_training_pass and not same_step:
             # The head reads a neutral-label pass through the layers as this step's update left them, so it is
             # trained and checked after that update (a second synchronisation, for such heads only). If it
             # diverges, the layers keep their update and the head does not take its own.
             head_update = self.begin_update((), head=True)
-            head_result = self._head_step(batch, {}, head_update)
+            head_result = self.head_step(batch, {}, head_update)
             applied = self.commit_update(head_update, losses[:0], head_result, first_layer=len(net))
         self._finish_step(range(len(self.schedulers)))
         return StepResult(losses, correct, batch.batch_size, head_result, skipped=not applied)
@@ -301,6 +301,12 @@ class LocalTrainer(Trainer):
             ok = torch.isfinite(every).all()
             if checks:
                 ok = ok & torch.stack([c for _, c in checks]).all()
+            # A finite loss can still back-propagate a non-finite gradient (a sqrt or a division at 0), which one
+            # optimizer step would write into the weights, and which the next step's loss would catch too late: the
+            # state before that step, the one a divergence saves, would already hold it.
+            grads = self._gradient_checks(pending)
+            if grads:
+                ok = ok & torch.stack([g for _, g in grads]).all()
             if not bool(ok):
                 for opt in pending:
                     opt.zero_grad(set_to_none=True)
@@ -309,7 +315,7 @@ class LocalTrainer(Trainer):
                         buf.copy_(before)
                 if self.on_divergence == "skip":
                     return False
-                self._raise_divergence(losses, head, checks, first_layer)
+                self._raise_divergence(losses, head, checks, first_layer, grads)
         for opt in pending:
             opt.step()
         return True
@@ -319,15 +325,16 @@ class LocalTrainer(Trainer):
         self.step_schedules_of(schedulers)
         self.step_count += 1
 
-    def step_schedules_of(self, schedulers: Iterable[int]) -> None:
-        """Step the learning-rate schedules with these indices (layer ``i``'s is ``i``; a head's is the last)."""
-        with warnings.catch_warnings():
-            # Under OLU a layer's first optimizer step may come one step after its schedule's first step.
-            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
-            for k in schedulers:
-                sched = self.schedulers[k]
-                if sched is not None:
-                    sched.step()
+    def _gradient_checks(self, pending: list[torch.optim.Optimizer]) -> list[tuple[int, torch.Tensor]]:
+        """``(optimizer index, its gradients are all finite)`` for each optimizer about to step (a layer's index is
+        its optimizer's; the head's is ``L``), as device flags: one norm per gradient, no host synchronisation."""
+        index = {id(o): k for k, o in enumerate(self.optimizers) if o is not None}
+        flags = []
+        for opt in pending:
+            grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+            if grads:
+                flags.append((index[id(opt)], torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()))
+        return flags
 
     def _raise_divergence(
         self,
@@ -335,31 +342,39 @@ class LocalTrainer(Trainer):
         head: tuple[torch.Tensor, torch.Tensor] | None,
         goodness_ok: list[tuple[int, torch.Tensor]],
         first_layer: int,
+        gradient_ok: Sequence[tuple[int, torch.Tensor]] = (),
     ) -> None:
-        """Name the first layer whose loss or goodness is not finite (else the head) in a :class:`DivergenceError`."""
+        """Name the first layer whose loss, goodness or gradient is not finite (else the head) in a
+        :class:`DivergenceError`."""
         net = self.network
         epoch, step = self.epoch + 1, self.step_count + 1
         bad_loss = (~torch.isfinite(losses)).nonzero().flatten().tolist()
         bad_goodness = [i for i, ok in goodness_ok if not bool(ok)]
+        bad_gradient = [i for i, ok in gradient_ok if not bool(ok)]
         candidates: list[tuple[int, str, float | None]] = [
             (first_layer + k, "loss", losses[k].item()) for k in bad_loss
         ]
         candidates += [(i, "goodness", None) for i in bad_goodness]
+        candidates += [(i, "gradient", None) for i in bad_gradient if i < len(net)]
         if not candidates:
             assert head is not None
+            shown = (f"a non-finite loss ({head[0].item()})" if not math.isfinite(head[0].item())
+                     else "a non-finite gradient")
             raise DivergenceError(
-                f"the classifier head produced a non-finite loss ({head[0].item()}) at epoch {epoch}, step {step}",
+                f"the classifier head produced {shown} at epoch {epoch}, step {step}",
                 layer=None, epoch=epoch, step=step,
             )
-        i, what, value = min(candidates, key=lambda c: (c[0], c[1] != "goodness"))
-        shown = f"a non-finite loss ({value})" if what == "loss" else "a non-finite goodness"
+        rank = {"goodness": 0, "loss": 1, "gradient": 2}
+        i, what, value = min(candidates, key=lambda c: (c[0], rank[c[1]]))
+        shown = {"loss": f"a non-finite loss ({value})", "goodness": "a non-finite goodness",
+                 "gradient": "a non-finite gradient (with a finite loss)"}[what]
         raise DivergenceError(
             f"layer {i + 1} of {len(net)} (index {i}, {type(net.layers[i]).__name__}) produced {shown} at epoch "
             f"{epoch}, step {step}; lower the learning rate (now {self.current_lr(i):.3g}) or check the input data",
             layer=i, epoch=epoch, step=step,
         )
 
-    def _head_step(
+    def head_step(
         self, batch, features: dict[int, torch.Tensor], update: PendingUpdate
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Train the classifier head on detached features (from the training pass, or a neutral-label pass); a hybrid
@@ -447,6 +462,10 @@ class WrapsLocalTrainer(Trainer):
     @property
     def tta(self) -> str | None:  # type: ignore[override]
         return self.inner.tta
+
+    @property
+    def plan(self) -> dict[str, Any] | None:  # type: ignore[override]
+        return self.inner.plan
 
 
 class PendingUpdate:

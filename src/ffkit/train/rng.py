@@ -35,10 +35,26 @@ def capture_rng(network: torch.nn.Module | None = None) -> dict[str, Any]:
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "numpy": np.random.get_state(),
+        "numpy": _numpy_state(),
         "python": random.getstate(),
         "held": [g.get_state() for g in held_generators(network)] if network is not None else [],
     }
+
+
+def _numpy_state() -> tuple[str, torch.Tensor, int, int, float]:
+    """NumPy's global generator state with its key as a tensor: a checkpoint then holds no NumPy object, so it loads
+    with ``torch.load(weights_only=True)``."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    return str(kind), torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached)
+
+
+def _numpy_state_from(state: Any) -> tuple[str, np.ndarray, int, int, float]:
+    """What :func:`_numpy_state` returned (or NumPy's own tuple, which earlier checkpoints hold), for
+    ``np.random.set_state``."""
+    kind, keys, pos, has_gauss, cached = state
+    if isinstance(keys, torch.Tensor):
+        keys = keys.cpu().numpy()
+    return kind, np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), float(cached)
 
 
 def restore_rng(state: dict[str, Any], network: torch.nn.Module | None = None) -> None:
@@ -52,7 +68,7 @@ def restore_rng(state: dict[str, Any], network: torch.nn.Module | None = None) -
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
     if state.get("numpy") is not None:
-        np.random.set_state(state["numpy"])
+        np.random.set_state(_numpy_state_from(state["numpy"]))
     if state.get("python") is not None:
         random.setstate(state["python"])
     held = state.get("held")
