@@ -625,6 +625,16 @@ def test_cli_out_that_cannot_hold_a_run(tmp_path, capsys, case):
     assert blocker.read_text() == "a file"
 
 
+def test_cli_damaged_test_labels_are_refused_before_training(tmp_path, capsys):
+    raw = fashion_files(tmp_path / "data", n=40)
+    write_idx(raw / "t10k-labels-idx1-ubyte", np.full(40, 12, dtype=np.uint8))  # a readable file, wrong labels
+    cli_error(["train", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--no-holdout",
+               "--width-multiplier", "0.1", *SMALL], capsys,
+              "the test set of fashion-mnist has labels in [12, 12], outside [0, 10): its files are damaged or belong "
+              "to another dataset")
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()  # refused before the first epoch
+
+
 def test_cli_second_run_in_the_same_out_is_refused(tmp_path, capsys):
     from ffkit.train.rundir import claim_run_dir
 

@@ -369,6 +369,22 @@ def worker_count(requested: int) -> int:
     return requested
 
 
+def _check_eval_split(data: Any, split: str, info: Any) -> None:
+    """Refuse an evaluation split whose labels lie outside ``[0, num_classes)`` or whose images are not finite,
+    before any training: otherwise it fails (or, with NaN images, misleads) only at the end of the first epoch."""
+    labels = data.y if hasattr(data, "y") else data.labels
+    images = data.x if hasattr(data, "x") else data.images
+    if len(labels) == 0:
+        raise ValueError(f"the {split} set of {info.name} is empty (check --eval-limit and the dataset files)")
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= info.num_classes:
+        raise ValueError(f"the {split} set of {info.name} has labels in [{lo}, {hi}], outside [0, {info.num_classes}): "
+                         f"its files are damaged or belong to another dataset")
+    if images.is_floating_point() and not bool(torch.isfinite(images).all()):
+        raise ValueError(f"the {split} set of {info.name} holds non-finite pixel values (NaN or infinity): its files "
+                         f"are damaged")
+
+
 def _train_loaders(
     args: argparse.Namespace, cfg: dict[str, Any], info: Any, net: Any, device: torch.device, pipeline: dict | None
 ) -> tuple[DataLoader, DataLoader | None, DataLoader]:
@@ -410,6 +426,9 @@ def _train_loaders(
                      else WithIndex(_first(train_set, args.limit)))
         holdout = InMemory(_first(holdout_set, args.eval_limit)) if holdout_set is not None else None
         test = InMemory(_first(test_set, args.eval_limit))
+    for split, data in (("held-out", holdout), ("test", test)):  # evaluated only after an epoch: checked now
+        if data is not None:
+            _check_eval_split(data, split, info)
     loader_kw: dict[str, Any] = {"num_workers": 0 if on_device else worker_count(args.workers),
                                  "pin_memory": device.type == "cuda" and not on_device}
     if loader_kw["num_workers"]:
