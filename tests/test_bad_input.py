@@ -8,6 +8,7 @@ and this file in sync.
 
 from __future__ import annotations
 
+import gzip
 import os
 import pickle
 import re
@@ -321,6 +322,54 @@ def test_corrupt_idx_file(tmp_path, damage, expected):
         load_dataset("fashion-mnist", "train", tmp_path)
     raised_by_ffkit(excinfo, "Dataset 'fashion-mnist' is corrupt: train-images-idx3-ubyte cannot be read", expected,
                     "Delete the corrupt file(s)")
+
+
+@pytest.mark.parametrize("damage, expected", [
+    ("image-shape", "train-images-idx3-ubyte  (CORRUPT: holds images of shape 32x32, where fashion-mnist has 28x28)"),
+    ("counts", "train-images-idx3-ubyte  (CORRUPT: 12 images, but train-labels-idx1-ubyte holds 10 labels)"),
+    ("labels-2d", "train-labels-idx1-ubyte  (CORRUPT: holds a 2-D array where labels are 1-D)"),
+    ("directory-for-a-file", "train-images-idx3-ubyte  (CORRUPT: a directory where a file is expected)"),
+])
+def test_idx_files_that_disagree_with_the_dataset(tmp_path, damage, expected):
+    raw = fashion_files(tmp_path)
+    if damage == "image-shape":
+        write_idx(raw / "train-images-idx3-ubyte", np.zeros((12, 32, 32), dtype=np.uint8))
+    elif damage == "counts":
+        write_idx(raw / "train-labels-idx1-ubyte", np.zeros(10, dtype=np.uint8))
+    elif damage == "labels-2d":
+        write_idx(raw / "train-labels-idx1-ubyte", np.zeros((12, 2), dtype=np.uint8))
+    else:
+        (raw / "train-images-idx3-ubyte").unlink()
+        (raw / "train-images-idx3-ubyte").mkdir()
+    with pytest.raises(DatasetNotFoundError) as excinfo:
+        load_dataset("fashion-mnist", "train", tmp_path)
+    raised_by_ffkit(excinfo, "Dataset 'fashion-mnist' is corrupt: ", expected)
+
+
+def test_dataset_directory_that_is_a_file(tmp_path):
+    (tmp_path / "FashionMNIST").mkdir()
+    (tmp_path / "FashionMNIST" / "raw").write_text("not a directory")
+    with pytest.raises(DatasetNotFoundError) as excinfo:
+        load_dataset("fashion-mnist", "train", tmp_path)
+    raised_by_ffkit(excinfo, f"Dataset 'fashion-mnist' not found: {tmp_path / 'FashionMNIST' / 'raw'} is a file, "
+                    "where torchvision expects a directory holding train-images-idx3-ubyte")
+
+
+def test_data_directory_where_the_dataset_cannot_be_unpacked(tmp_path, monkeypatch):
+    source = tmp_path / "debian"
+    source.mkdir()
+    for f in ds._IDX_FILES:  # an intact gzipped copy, as the Debian package installs it
+        shape = (4, 28, 28) if "images" in f else (4,)
+        data = struct.pack(">BBBB", 0, 0, 0x08, len(shape)) + struct.pack(f">{len(shape)}I", *shape)
+        (source / f"{f}.gz").write_bytes(gzip.compress(data + bytes(int(np.prod(shape)))))
+    monkeypatch.setattr(ds, "DEBIAN_FASHION_MNIST_DIR", source)
+    blocker = tmp_path / "file"
+    blocker.write_text("a file, not a directory")
+    with pytest.raises(DatasetNotFoundError) as excinfo:
+        load_dataset("fashion-mnist", "train", blocker / "data")
+    target = blocker / "data" / "FashionMNIST" / "raw"
+    raised_by_ffkit(excinfo, f"Dataset 'fashion-mnist' cannot be unpacked into {target}",
+                    "The data directory must be writable the first time", "pass --data-dir DIR")
 
 
 def test_cli_corrupt_idx_file(tmp_path, capsys):

@@ -260,13 +260,25 @@ def prepare_fashion_mnist(
             or truncated (nothing is left behind for it).
     """
     raw = Path(root) / "FashionMNIST" / "raw"
+    if raw.exists() and not raw.is_dir() or any((raw / f).is_dir() for f in _IDX_FILES):
+        return False  # a file where a directory belongs, or the reverse: the loader's error says which
     missing = [f for f in _IDX_FILES if not (raw / f).is_file()]
     if not missing:
         return True
     src = Path(source)
     if not all((src / f"{f}.gz").is_file() for f in missing):
         return False
-    raw.mkdir(parents=True, exist_ok=True)
+    try:
+        raw.mkdir(parents=True, exist_ok=True)
+        probe_fd, probe = tempfile.mkstemp(dir=raw, prefix=".write-test.", suffix=".tmp")
+        os.close(probe_fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise DatasetNotFoundError(
+            f"Dataset 'fashion-mnist' cannot be unpacked into {raw}{os.sep}: {e.strerror or e}. The data directory "
+            f"must be writable the first time (the four IDX files are decompressed there once): pass --data-dir DIR "
+            f"(or set FFKIT_DATA_DIR) with a writable DIR, or put the four un-gzipped files there yourself"
+        ) from None
     for f in missing:
         fd, tmp_name = tempfile.mkstemp(dir=raw, prefix=f".{f}.", suffix=".tmp")
         try:
@@ -364,17 +376,56 @@ def _idx_problem(path: Path) -> str | None:
     return None
 
 
+def _idx_dims(path: Path) -> list[int]:
+    """The dimensions in a (valid) IDX header."""
+    with open(path, "rb") as f:
+        magic = f.read(4)
+        dims = f.read(4 * magic[3])
+    return [int.from_bytes(dims[i : i + 4], "big") for i in range(0, len(dims), 4)]
+
+
 def _file_status(name: str, path: Path) -> str:
+    if path.is_dir():
+        return "CORRUPT: a directory where a file is expected"
     if not path.is_file():
         return "MISSING"
     if _SPECS[name].idx_files:
-        return _idx_problem(path) or "ok"
+        problem = _idx_problem(path)
+        if problem is not None:
+            return problem
+        dims, side = _idx_dims(path), _SPECS[name].stored_size
+        if "images" in path.name and dims[1:] != [side, side]:
+            return (f"CORRUPT: holds images of shape {'x'.join(map(str, dims[1:])) or '(none)'}, where {name} "
+                    f"has {side}x{side}")
+        if "labels" in path.name and len(dims) != 1:
+            return f"CORRUPT: holds a {len(dims)}-D array where labels are 1-D"
     return "ok"
+
+
+def _statuses(name: str, directory: Path, files: list[str]) -> dict[str, str]:
+    """Each expected file's status; for IDX datasets, an images file and its labels file must agree in count."""
+    status = {f: _file_status(name, directory / f) for f in files}
+    if _SPECS[name].idx_files:
+        for f in files:
+            partner = f.replace("images-idx3", "labels-idx1")
+            if "images" not in f or partner not in status or status[f] != "ok" or status[partner] != "ok":
+                continue
+            n_images, n_labels = _idx_dims(directory / f)[0], _idx_dims(directory / partner)[0]
+            if n_images != n_labels:
+                status[f] = f"CORRUPT: {n_images} images, but {partner} holds {n_labels} labels"
+                status[partner] = f"CORRUPT: {n_labels} labels, but {f} holds {n_images} images"
+    return status
 
 
 def _not_found(name: str, root: Path, cause: str) -> DatasetNotFoundError:
     directory, files = _expected_files(name, root)
-    status = {f: _file_status(name, directory / f) for f in files}
+    if directory.exists() and not directory.is_dir():
+        return DatasetNotFoundError(
+            f"Dataset {name!r} not found: {directory} is a file, where torchvision expects a directory holding "
+            f"{', '.join(files)}. Move the file away, or pass --data-dir DIR (or set FFKIT_DATA_DIR) to another "
+            f"data directory."
+        )
+    status = _statuses(name, directory, files)
     corrupt = [f for f, s in status.items() if s.startswith("CORRUPT")]
     if corrupt:
         header = f"Dataset {name!r} is corrupt: {', '.join(corrupt)} cannot be read. torchvision needs these files in "
@@ -413,9 +464,11 @@ def _torchvision_dataset(
         resize=image_size != spec.stored_size, augment=augment, channels=info.in_channels,
         normalize=info if normalize == "standard" else None, size=image_size,
     )
-    if spec.idx_files:
-        directory, files = _expected_files(name, root)
-        if any(_file_status(name, directory / f).startswith("CORRUPT") for f in files):
+    directory, files = _expected_files(name, root)
+    if directory.exists() and not directory.is_dir():
+        raise _not_found(name, root, "not a directory")
+    if spec.idx_files and directory.is_dir():
+        if any(v.startswith("CORRUPT") for v in _statuses(name, directory, files).values()):
             raise _not_found(name, root, "corrupt IDX file")
     try:
         return spec.open(train=train, root=root, transform=transform, target_transform=int, download=False)
