@@ -813,6 +813,35 @@ def test_cli_test_given_a_pipeline_stage_file(tmp_path, capsys):
               f"network's checkpoint the run wrote beside it: {tmp_path / 'checkpoint.pt'}")
 
 
+@pytest.mark.parametrize("value", ["0.001", "1e12"])
+def test_cli_pipeline_timeout_that_torch_distributed_cannot_honour(tmp_path, capsys, value):
+    cli_error(["train", "--pipeline", "--pipeline-timeout", value, "--out", str(tmp_path / "run"), "--data-dir",
+               str(tmp_path / "data"), *SMALL], capsys,
+              f"--pipeline-timeout must be a number in [1, 3.1536e+07] (seconds), got {float(value)}")
+    from ffkit.train.pipeline import init_distributed
+
+    with pytest.raises(ValueError) as excinfo:
+        init_distributed(timeout=0.5)
+    raised_by_ffkit(excinfo, "timeout must be a number in [1, 3.1536e+07] (seconds), got 0.5")
+
+
+def test_resume_with_another_stage_count_names_the_launcher_flag(tmp_path):
+    from ffkit.train.pipelining.files import stage_files
+
+    torch.manual_seed(0)
+    first = ffkit.PipelineTrainer(tiny(), stages=2, balance="layers", schedule="constant")
+    first.fit(DataLoader(TensorDataset(*batch(8)), batch_size=4), epochs=1, out_dir=tmp_path, log=None)
+    again = ffkit.PipelineTrainer(tiny(), stages=3, balance="layers", schedule="constant")
+    with pytest.raises(FileNotFoundError) as excinfo:
+        again.resume(tmp_path / "checkpoint.pt")
+    raised_by_ffkit(excinfo, f"{tmp_path} holds the stage checkpoints of a run with 2 stages "
+                    "(checkpoint.stage<k>-of-2.pt), and this run has 3: resume with --stages 2")
+    with pytest.raises(FileNotFoundError) as excinfo:  # what a torchrun job of 3 processes is told
+        stage_files(tmp_path / "checkpoint.pt", 0, 3, "torchrun --nproc-per-node {n}")
+    raised_by_ffkit(excinfo, "and this run has 3: resume with torchrun --nproc-per-node 2, the count the run was "
+                    "checkpointed with")
+
+
 # -- the Python API, as careful as the command line --------------------------------------------------------------------
 def test_empty_or_meta_batch():
     t = trainer_for(tiny())

@@ -335,6 +335,10 @@ def check_train_flags(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
                              f"{', '.join(params)})")
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    if args.pipeline_timeout is not None:
+        from .train._distributed import check_timeout
+
+        check_timeout(args.pipeline_timeout, "--pipeline-timeout")
     # Numbers the trainer would refuse only after the data is loaded: checked here, by their flag names.
     for key, flag, positive in (("lr", "--lr", True), ("final_lr", "--final-lr", False),
                                 ("weight_decay", "--weight-decay", False), ("head_lr", "--head-lr", True),

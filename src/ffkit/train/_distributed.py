@@ -51,9 +51,15 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
-def check_timeout(timeout: object) -> float:
-    """Seconds a rank waits for a peer: a positive number (not a bool)."""
-    return check_real(timeout, "timeout", low=0.0, low_open=True, what="seconds")
+#: The longest wait ffkit accepts (a year): torch.distributed keeps timeouts in milliseconds and Python's timedelta
+#: overflows beyond about 1e14 seconds.
+MAX_TIMEOUT = 365 * 24 * 3600.0
+
+
+def check_timeout(timeout: object, name: str = "timeout") -> float:
+    """Seconds a rank waits for a peer: a number from 1 (below that, processes cannot even connect: gloo's store
+    gives up at once) to :data:`MAX_TIMEOUT`."""
+    return check_real(timeout, name, low=1.0, high=MAX_TIMEOUT, what="seconds")
 
 
 def check_divergence_stop(trainer_options: dict, engine: str) -> None:

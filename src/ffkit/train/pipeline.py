@@ -486,7 +486,8 @@ class PipelineTrainer(WrapsLocalTrainer):
         that all of them have (its current or its previous file)."""
         path = Path(path)
         mine = [self.rank] if self.backend == "distributed" else list(range(self.n_stages))
-        found = {k: stage_files(path, k, self.n_stages) for k in mine}
+        how = "torchrun --nproc-per-node {n}" if self.backend == "distributed" else "--stages {n}"
+        found = {k: stage_files(path, k, self.n_stages, how) for k in mine}
         if self.backend == "distributed" and self.world > 1:
             gathered: list[Any] = [None] * self.world
             with lost_peer(f"pipeline rank {self.rank} of {self.world} lost a peer while resuming", self.timeout):
@@ -531,6 +532,7 @@ class PipelineTrainer(WrapsLocalTrainer):
 def init_distributed(timeout: float = 60.0, backend: str | None = None) -> tuple[int, int]:
     """Initialise ``torch.distributed`` from torchrun's environment (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ...):
     gloo on CPU, NCCL on CUDA. Returns ``(rank, world_size)``."""
+    check_timeout(timeout)
     if not dist.is_initialized():
         backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
