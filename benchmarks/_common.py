@@ -1,4 +1,5 @@
-"""What the benchmark scripts share: arguments, the machine description, a random batch, result paths."""
+"""What the benchmark scripts share: arguments, the machine description, a random batch, and emit (which writes
+the result only where asked)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,6 @@ import torch
 
 import ffkit
 
-RESULTS = Path(__file__).parent / "results"
-
 
 def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="deeperforward_resnet17", choices=ffkit.models.list_models("ff"),
@@ -22,7 +21,7 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
-    p.add_argument("--out", default=None, help="result file (default: benchmarks/results/<name>.json)")
+    p.add_argument("--out", default=None, help="also write the JSON result to this file (nothing written without it)")
 
 
 def machine_info() -> dict:
@@ -46,23 +45,9 @@ def make_batch(network: torch.nn.Module, batch_size: int, seed: int):
     return x, y  # on the host, as a DataLoader delivers them: the trainer moves them (inside the timing)
 
 
-def result_path(kind: str, args: argparse.Namespace) -> Path:
-    device = torch.device(args.device).type
-    return RESULTS / f"{kind}-{args.model}-b{args.batch_size}-{device}.json"
-
-
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def write_result(result: dict, out: Path, print_json: bool) -> dict:
-    """Write ``result`` to ``out`` and, with ``--json``, print it as the last line."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    if print_json:
-        print(json.dumps(result))
-    return result
 
 
 def emit(result: dict, out: str | None, print_json: bool) -> dict:

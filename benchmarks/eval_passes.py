@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import add_common_args, machine_info, make_batch, result_path, sync, write_result  # noqa: E402
+from _common import add_common_args, emit, machine_info, make_batch, sync  # noqa: E402
 
 import ffkit  # noqa: E402
 from ffkit.objectives import ClassScoreObjective, LabelOverlay, PosNegObjective, RandomNegative  # noqa: E402  # noqa: E402
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  one pass   {sec['one_pass']:.4f} s  {result['one_pass_images_per_s']:.1f} img/s")
     print(f"  all labels {sec['all_label']:.4f} s  {result['all_label_images_per_s']:.1f} img/s  "
           f"({result['all_label_over_one_pass_time']:.2f}x the time)")
-    return write_result(result, Path(args.out) if args.out else result_path("eval", args), args.json)
+    return emit(result, args.out, args.json)
 
 
 if __name__ == "__main__":

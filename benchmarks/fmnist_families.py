@@ -36,7 +36,7 @@ def main() -> int:
     p.add_argument("--limit", type=int, default=10000, help="training images")
     p.add_argument("--eval-limit", type=int, default=2000, help="held-out and test images")
     p.add_argument("--only", nargs="*", choices=sorted(FAMILIES), default=None)
-    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "fmnist-families.json"))
+    p.add_argument("--out", default=None, help="also write the JSON result to this file")
     args = p.parse_args()
     budget = ["--epochs", str(args.epochs), "--limit", str(args.limit), "--eval-limit", str(args.eval_limit)]
     rows = []
@@ -61,8 +61,9 @@ def main() -> int:
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
         "rows": rows,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    if args.out:  # results are written only where asked
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print("\n| family | recipe (overridden budget) | test acc. (SIP / all layers / head) | wall time | paper |")
     print("|---|---|---|---|---|")
     for r in rows:

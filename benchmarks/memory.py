@@ -246,13 +246,12 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     print(f"measuring {args.model} at batch {args.batch_size} on {device}", flush=True)
     record = run(args.model, args.batch_size, device, args.accumulation_steps, args.seed)
-    out = Path(args.out) if args.out else (
-        Path(__file__).parent / "results" / f"memory-{args.model}-b{args.batch_size}-{args.device}.json"
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=1) + "\n")
     print(table(record))
-    print(f"wrote {out}")
+    if args.out:  # results are written only where asked
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(record, indent=1) + "\n")
+        print(f"wrote {out}")
     if args.json:
         print(json.dumps(record))
     return 0

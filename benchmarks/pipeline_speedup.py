@@ -31,12 +31,10 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine_info, write_result  # noqa: E402
+from _common import emit, machine_info  # noqa: E402
 
 import ffkit  # noqa: E402
 from ffkit.train import LocalTrainer  # noqa: E402
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def _loader(net, batches: int, batch_size: int, seed: int) -> DataLoader:
@@ -186,9 +184,7 @@ def main(argv: list[str] | None = None) -> dict | None:
           f"{args.procs}-process {args.variant} {pipe.get('stage_starts') or ''}: {pipe['seconds']:.1f} s")
     print(f"  speed-up {speedup:.2f}, efficiency {result['efficiency']:.2f}, "
           f"stage balance {result['stage_balance']:.3f} (busy seconds per stage {[round(b, 1) for b in busy]})")
-    tag = ("" if args.variant == "stages" else f"-{args.variant}") + ("-noshare" if args.no_share else "")
-    out = Path(args.out) if args.out else RESULTS / f"pipeline-{args.model}-p{args.procs}{tag}-cpu.json"
-    return write_result(result, out, args.json)
+    return emit(result, args.out, args.json)
 
 
 if __name__ == "__main__":

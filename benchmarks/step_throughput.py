@@ -30,7 +30,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import add_common_args, machine_info, make_batch, result_path, sync, write_result  # noqa: E402
+from _common import add_common_args, emit, machine_info, make_batch, sync  # noqa: E402
 
 import ffkit  # noqa: E402
 from ffkit.train import BackpropTrainer, LocalTrainer  # noqa: E402
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  FF / BP-DeepSup time {result['ff_over_bp_deepsup_time']:.3f}, "
           f"FF / BP time {result['ff_over_bp_time']:.3f}")
     print(f"  matmul peak {peak / 1e9:.1f} GFLOP/s; FF reaches {100 * result['ff_fraction_of_peak']:.1f}% of it")
-    return write_result(result, Path(args.out) if args.out else result_path("step", args), args.json)
+    return emit(result, args.out, args.json)
 
 
 if __name__ == "__main__":

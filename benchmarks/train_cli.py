@@ -3,7 +3,8 @@
     python benchmarks/train_cli.py --name tinycnn-fmnist-1ep -- --model deeperforward_tinycnn \
         --dataset fashion-mnist --epochs 1
 
-Everything after ``--`` goes to ``ffkit train``. Writes ``benchmarks/results/NAME.json`` and prints it as the last line.
+Everything after ``--`` goes to ``ffkit train``. Prints the result as the last line, and writes it to ``--out`` when
+given (nothing is written without it).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from pathlib import Path
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--name", required=True, help="result file name (without .json)")
+    p.add_argument("--name", default=None, help="a label recorded in the result")
+    p.add_argument("--out", default=None, help="also write the JSON result to this file")
     p.add_argument("train_args", nargs=argparse.REMAINDER, help="arguments for ffkit train, after --")
     args = p.parse_args()
     train_args = [a for a in args.train_args if a != "--"]
@@ -35,6 +37,7 @@ def main() -> int:
 
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result.update(
+        name=args.name,
         command="ffkit train " + " ".join(train_args),
         process_wall_seconds=wall,
         machine={
@@ -45,9 +48,10 @@ def main() -> int:
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         },
     )
-    out = Path(__file__).parent / "results" / f"{args.name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result))
     return 0
 

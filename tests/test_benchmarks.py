@@ -104,3 +104,21 @@ def test_loewex_summary_of_repeated_pairs():
     assert summary["test_accuracies"] == [0.86, 0.88] and summary["runs"] == runs
     with pytest.raises(SystemExit):
         loewex.main(["--reference-dir", ".", "--repeats", "0"])
+
+
+def _results_listing() -> dict[str, int]:
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    return {str(f): f.stat().st_mtime_ns for f in results.rglob("*")}
+
+
+def test_step_throughput_writes_only_with_out(tmp_path, monkeypatch):
+    step_throughput = _load("step_throughput")
+    monkeypatch.chdir(tmp_path)
+    before = _results_listing()
+    args = ["--model", "deeperforward_tinycnn", "--batch-size", "4", "--rounds", "1"]
+    result = step_throughput.main(args)
+    assert result["ff_images_per_s"] > 0 and result["bp_images_per_s"] > 0
+    assert list(tmp_path.iterdir()) == [] and _results_listing() == before  # nothing written anywhere
+    step_throughput.main([*args, "--out", str(tmp_path / "r.json")])
+    assert json.loads((tmp_path / "r.json").read_text())["benchmark"] == "step_throughput"
+    assert _results_listing() == before
