@@ -7,7 +7,9 @@ Three trainers get fresh copies of the same model (same seed) and the same rando
 * ``ff``: :class:`ffkit.LocalTrainer` (every layer's local loss, detached inputs);
 * ``bp_deepsup``: :class:`ffkit.train.BackpropTrainer`, the sum of every layer's loss back-propagated end to end;
 * ``bp``: :class:`ffkit.train.BackpropTrainer` with ``deep_supervision=False``, single-head backprop: only the last
-  layer's loss, through the whole backbone (same widths).
+  layer's loss, through the whole backbone (same widths);
+* ``ff_undo`` (with ``--with-undo``): ``ff`` keeping, as ``fit`` does with a run directory, a copy of the parameters
+  and optimizer state before each step (:class:`ffkit.train.undo.StepUndo`).
 
 After a warm-up step each, the script times ``--rounds`` rounds; each round runs one step of every trainer in turn, so
 slow drifts of the machine hit all three alike. Step times are medians over rounds. FLOPs of one step of each trainer
@@ -15,7 +17,7 @@ are counted with ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and 
 backward), and a float32 matrix-product peak is measured in the same run, so ``ff_achieved_flops /
 matmul_peak_flops`` says how close the FF step gets to the machine's limit.
 
-The last line printed is one JSON object; it is also written to ``benchmarks/results/``.
+The last line printed is one JSON object (with ``--json``); ``--out FILE`` also writes it there.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from _common import add_common_args, emit, machine_info, make_batch, sync  # noq
 
 import ffkit  # noqa: E402
 from ffkit.train import BackpropTrainer, LocalTrainer  # noqa: E402
+from ffkit.train.undo import StepUndo  # noqa: E402
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, repeats: int = 5) -> float:
@@ -68,11 +71,15 @@ def build_trainers(args: argparse.Namespace) -> dict[str, object]:
         torch.manual_seed(args.seed)
         return ffkit.models.create_model(args.model)
 
-    return {
+    trainers = {
         "ff": LocalTrainer(model(), **options, **perf),
         "bp_deepsup": BackpropTrainer(model(), **options, **perf),
         "bp": BackpropTrainer(model(), deep_supervision=False, **options, **perf),
     }
+    if args.with_undo:  # as fit() steps with a run directory: a copy of the state before each step
+        trainers["ff_undo"] = LocalTrainer(model(), **options, **perf)
+        trainers["ff_undo"].step_undo = StepUndo()
+    return trainers
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -83,6 +90,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--amp", action="store_true", help="bf16 autocast for every trainer")
     p.add_argument("--compile", nargs="?", const=True, default=None, help="torch.compile every trainer's model "
                    "(optionally with a backend name)")
+    p.add_argument("--with-undo", action="store_true", help="also time FF with the copy of the state before each "
+                   "step that fit keeps to save the last good state on divergence (key ff_undo_over_ff_time)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     trainers = build_trainers(args)
@@ -125,6 +134,8 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": machine_info(),
     }
     result["ff_fraction_of_peak"] = result["ff_achieved_flops"] / peak
+    if args.with_undo:
+        result["ff_undo_over_ff_time"] = step["ff_undo"] / step["ff"]
     print(f"{args.model}, batch {args.batch_size}, {device}, median of {args.rounds} rounds")
     for k in trainers:
         print(f"  {k:<11s} {step[k]:8.3f} s/step  {args.batch_size / step[k]:8.1f} img/s  "

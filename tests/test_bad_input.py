@@ -708,6 +708,24 @@ def test_cli_more_workers_than_cores_are_capped(fmnist_dir, tmp_path, capsys):
             f"using {cores}") in err
 
 
+def test_workers_are_capped_by_memory_as_well_as_cores(monkeypatch, capsys):
+    """Half of the available memory, at a worker's own memory plus its 2 prefetched batches each: 1 GiB available
+    and 96 MiB batches hold 512 / (64 + 2 * 96) = 2 workers, fewer than the 8 cores."""
+    from ffkit import cli
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(8)))
+    monkeypatch.setattr(cli, "available_memory", lambda: 2**30)
+    assert cli.worker_count(2, 96 * 2**20) == 2 and capsys.readouterr().err == ""
+    assert cli.worker_count(6, 96 * 2**20) == 2
+    assert capsys.readouterr().err == (
+        "ffkit train: warning: --workers 6 is more than what half of the 1.0 GiB of available memory holds at about "
+        "256 MiB per worker (its process and 2 prefetched batches); using 2\n")
+    assert cli.worker_count(6, 0) == 6  # small batches: the cores are the limit
+    assert cli.worker_count(1, 2**40) == 1  # at least one worker when one was asked for
+    monkeypatch.setattr(cli, "available_memory", lambda: None)  # unknown: the cores only
+    assert cli.worker_count(20, 2**40) == 8
+
+
 # -- non-finite values, wherever they appear --------------------------------------------------------------------------
 @pytest.mark.parametrize("action", ["stop", "skip"])
 def test_nonfinite_gradient_behind_a_finite_loss_is_caught_before_the_step(action):

@@ -140,17 +140,18 @@ def test_fit_saves_the_last_good_state_and_a_resume_can_skip_the_bad_batch(tmp_p
     loader = DataLoader(_data(48), batch_size=16)  # 3 steps per epoch, no shuffling
     a = ffkit.LocalTrainer(_trifecta(), lr=0.01, total_steps=6)
     _poison_at(a, 5)  # epoch 2, its second batch
-    with pytest.raises(ffkit.DivergenceError, match=r"epoch 2, step 5.*last good state.*checkpoint\.pt") as e:
+    with pytest.raises(ffkit.DivergenceError, match=r"epoch 2, step 5.*last good state \(before the last step "
+                       r"taken.*checkpoint\.pt") as e:
         a.fit(loader, epochs=2, out_dir=tmp_path, log=None)
     assert e.value.checkpoint == tmp_path / "checkpoint.pt" and e.value.layer == 0
     payload = load_checkpoint(tmp_path / "checkpoint.pt")
     assert payload["position"]["epoch"] == 2 and payload["position"]["batches"] == 1
     assert payload["trainer"]["step_count"] == 4
 
-    ref = ffkit.LocalTrainer(_trifecta(), lr=0.01, total_steps=6)  # four good steps
+    # The state before step 4, the last one taken (step 5's input state came out of it): three good steps. Step 4's
+    # batch is not trained again; the schedule stays at the data position.
+    ref = ffkit.LocalTrainer(_trifecta(), lr=0.01, total_steps=6)
     ref.fit(loader, epochs=1, log=None)
-    x, y = next(iter(loader))
-    ref.train_step(x, y)
     _assert_same(_snapshot(ref), {"net": payload["network"], "opt": payload["trainer"]["optimizers"]})
 
     c = ffkit.LocalTrainer(_trifecta(seed=9), lr=0.01, total_steps=6, on_divergence="skip")
@@ -292,3 +293,118 @@ def test_the_multi_process_engines_refuse_skip():
         ffkit.PipelineTrainer(net, stages=2, on_divergence="skip")
     with pytest.raises(ValueError, match="ChapterTrainer supports on_divergence='stop' only"):
         ffkit.train.ChapterTrainer(net, chapter_batches=1, on_divergence="skip")
+
+
+def _sgd_cw(lr: float, seed: int = 0) -> ffkit.LocalTrainer:
+    return ffkit.LocalTrainer(_cw(seed), lr=lr, optimizer="sgd", schedule="constant")
+
+
+@pytest.mark.parametrize("lr", [1e20, 1e38])
+def test_a_step_that_overflows_the_weights_is_undone_before_fit_saves(tmp_path, lr):
+    """Finite gradients times an lr far too high: at 1e38 the weights overflow to infinity, at 1e20 they stay finite
+    but no later forward is. Either way the state saved is the one before the step that did it, and a resume with a
+    sane lr trains on (before: the state after that step was saved, or nothing was)."""
+    loader = DataLoader(_data(64), batch_size=16)
+    runs = _sgd_cw(lr)
+    with pytest.raises(ffkit.DivergenceError, match=r"layer 1 of 4 .* holds non-finite weights after its previous "
+                       r"step \(whose gradients were finite\).*before the last step taken") as err:
+        runs.fit(loader, epochs=1, out_dir=tmp_path, log=None)
+    step = err.value.step
+    saved = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert saved["trainer"]["step_count"] == step - 1 and saved["position"]["batches"] == step - 1
+
+    ref = _sgd_cw(lr)  # the steps before the one undone
+    batches = iter(loader)
+    for _ in range(step - 2):
+        ref.train_step(*next(batches))
+    for k, v in ref.network.state_dict().items():
+        assert torch.equal(saved["network"][k], v), k
+    ref.train_step(*next(batches))  # the undone step: what was saved before, which no lr can continue from
+    ref.optimizers[0].param_groups[0]["lr"] = 0.01
+    with pytest.raises(ffkit.DivergenceError):
+        ref.train_step(*next(batches))
+
+    resumed = _sgd_cw(0.01, seed=5)
+    resumed.resume(tmp_path / "checkpoint.pt")
+    resumed.fit(loader, epochs=2, out_dir=tmp_path, log=None)
+    assert all(torch.isfinite(v).all() for v in resumed.network.state_dict().values() if v.is_floating_point())
+
+
+def test_without_fit_the_overflowed_weights_are_named_and_not_stepped():
+    trainer = _sgd_cw(1e38)
+    x, y = _data(32)[:]
+    trainer.train_step(x[:16], y[:16])
+    before = _snapshot(trainer)
+    with pytest.raises(ffkit.DivergenceError, match="layer 1 of 4 .* holds non-finite weights") as err:
+        trainer.train_step(x[16:], y[16:])
+    assert (err.value.layer, err.value.step) == (0, 2)
+    _assert_same(_snapshot(trainer), before)
+    assert trainer.step_undo is None  # fit keeps the copies only while it can save them
+
+
+def test_backprop_checks_gradients_and_overflowed_weights(tmp_path):
+    data = DataLoader(_data(32), batch_size=8)
+    torch.manual_seed(0)
+    net = create_model("bp_vgg8", num_classes=4, in_channels=1, width_multiplier=0.05)
+    init = copy.deepcopy(net.state_dict())
+    trainer = ffkit.BackpropTrainer(net, lr=1e38, optimizer="sgd", schedule="constant")
+    with pytest.raises(ffkit.DivergenceError, match=r"non-finite weights after the previous step .*step 2.*"
+                       r"before the last step taken"):
+        trainer.fit(data, epochs=1, out_dir=tmp_path, log=None)
+    saved = load_checkpoint(tmp_path / "checkpoint.pt")["network"]
+    assert all(torch.equal(saved[k], v) for k, v in init.items())
+
+    trainer = ffkit.BackpropTrainer(net, lr=0.01, schedule="constant")
+    net.load_state_dict(init)
+    name, weight = next(net.named_parameters())
+    handle = weight.register_hook(lambda g: g * float("nan"))
+    x, y = next(iter(data))
+    with pytest.raises(ffkit.DivergenceError, match="a gradient became non-finite behind a finite loss at epoch 1, "
+                                                     "step 1"):
+        trainer.train_step(x, y)
+    handle.remove()
+    assert torch.equal(weight, init[name]) and weight.grad is None
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_step_undo_puts_back_the_latest_step_only(optimizer):
+    from ffkit.train.undo import StepUndo
+
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2)
+    make = {"adam": lambda p: torch.optim.Adam(p, lr=0.1),
+            "sgd": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9)}[optimizer]
+    opt_a, opt_b = make(a.parameters()), make(b.parameters())
+    undo = StepUndo()
+    x = torch.randn(4, 3)
+
+    def step(tag: int, opts: list) -> list:
+        saved = [(buf, buf.clone()) for buf in b.buffers()]
+        b(a(x)).square().sum().backward()
+        undo.before_step(opts, tag, saved)
+        for o in opts:
+            o.step()
+            o.zero_grad()
+        return saved
+
+    step(0, [opt_a, opt_b])
+    step(1, [opt_b])  # a's training ended: its last step (tag 0) is not the latest
+    after_a = copy.deepcopy((a.state_dict(), opt_a.state_dict()))
+    before_b = copy.deepcopy((b.state_dict(), opt_b.state_dict()))
+    step(2, [opt_b])
+    assert not torch.equal(b.weight, before_b[0]["weight"])
+    assert undo.restore([opt_a, opt_b]) is True
+    for k, v in before_b[0].items():
+        assert torch.equal(b.state_dict()[k], v), k  # weights and running statistics
+    assert str(opt_b.state_dict()["state"]) == str(before_b[1]["state"])
+    assert str((a.state_dict(), opt_a.state_dict())) == str(after_a)
+    assert undo.restore([opt_a, opt_b]) is False  # one step back only
+
+    fresh = make(torch.nn.Linear(3, 2).parameters())  # a first step makes the state; undone, the state goes
+    for q in fresh.param_groups[0]["params"]:
+        q.grad = torch.ones_like(q)
+    undo.before_step([fresh], 0, [])
+    fresh.step()
+    assert len(fresh.state) == 2
+    undo.restore([fresh])
+    assert len(fresh.state) == 0

@@ -3,6 +3,7 @@ processes (torch.distributed, gloo), stage checkpoints, and faults that end the 
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -114,6 +115,33 @@ def test_stage_checkpoints_resume_to_the_uninterrupted_weights(tmp_path):
     assert again.epoch == 1
     again.fit(_loader(), epochs=2, log=None)
     _assert_same_weights(ref, resumed_net)
+
+
+def test_stage_file_resume_checks_and_replans_as_a_single_process_resume(tmp_path):
+    """A resume from stage files honours a new lr and weight decay (re-planned on every stage's optimizers, the
+    curve a run started with them would be at) and refuses another optimizer or schedule before loading anything."""
+    first = PipelineTrainer(_model(), stages=2, balance="layers", lr=0.01, final_lr=0.001, total_steps=12)
+    first.fit(_loader(), epochs=1, out_dir=tmp_path, log=None)  # 6 of 12 cosine steps
+
+    again = PipelineTrainer(_model(), stages=2, balance="layers", lr=0.002, final_lr=0.0002, weight_decay=0.1,
+                            total_steps=12)
+    again.resume(tmp_path / "checkpoint.pt")
+    expected = 2e-4 + 1.8e-3 * (1 + math.cos(6 * math.pi / 12)) / 2
+    lrs = [o.param_groups[0]["lr"] for o in again.optimizers if o is not None]
+    assert lrs == pytest.approx([expected] * len(lrs), rel=1e-12) and len(lrs) == 4
+    assert all(o.param_groups[0]["weight_decay"] == 0.1 for o in again.optimizers if o is not None)
+    assert len(again.resume_notes) == 4 and "lr 0.01 -> 0.002" in again.resume_notes[0]
+
+    for change, message in (({"optimizer": "sgd"}, "trained with optimizer='adam', this trainer has optimizer='sgd'"),
+                            ({"schedule": "constant"}, "trained with schedule='cosine'"),
+                            ({"total_steps": 4}, "already taken 6 steps, more than this trainer's total_steps=4")):
+        net = _model()
+        before = {k: v.clone() for k, v in net.state_dict().items()}
+        refused = PipelineTrainer(net, stages=2, balance="layers",
+                                  **{"lr": 0.01, "final_lr": 0.001, "total_steps": 12, **change})
+        with pytest.raises(ValueError, match=re.escape(message)):
+            refused.resume(tmp_path / "checkpoint.pt")
+        assert refused.epoch == 0 and all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
 
 
 def _torchrun(tmp_path, *args, timeout=120, env_extra=None):

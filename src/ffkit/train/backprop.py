@@ -137,15 +137,8 @@ class BackpropTrainer(Trainer):
             with self.autocast():
                 total, m_losses, m_correct, m_head = self._losses(xm, ym, im)
             if not torch.isfinite(total):
-                opt.zero_grad(set_to_none=True)
-                with torch.no_grad():
-                    for buf, before in saved:
-                        buf.copy_(before)
-                epoch, step = self.epoch + 1, self.step_count + 1
-                raise DivergenceError(
-                    f"the backprop loss became non-finite ({total.item()}) at epoch {epoch}, step {step}; "
-                    f"per-layer losses: {m_losses.tolist()}", epoch=epoch, step=step,
-                )
+                self._refuse_step(opt, saved, f"the backprop loss became non-finite ({total.item()})",
+                                  f"; per-layer losses: {m_losses.tolist()}")
             (total if steps == 1 else total * weight).backward()
             del total  # free this micro-batch's graph before the next one is built
             if losses is None or correct is None:
@@ -156,10 +149,36 @@ class BackpropTrainer(Trainer):
                 if m_head is not None and head_result is not None:
                     head_result = (head_result[0] + m_head[0] * weight, head_result[1] + m_head[1])
         assert losses is not None and correct is not None  # at least one micro-batch ran
+        self._check_update(opt, saved)
+        if self.step_undo is not None:
+            self.step_undo.before_step([opt], self.step_count, saved)
         opt.step()
         self._step_schedules()
         self.step_count += 1
         return StepResult(losses, correct, n, head_result)
+
+    def _check_update(self, opt: torch.optim.Optimizer, saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Refuse the step if a gradient is not finite behind a finite loss (a square root or a division at 0)."""
+        grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        if grads and not bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
+            self._refuse_step(opt, saved, "a gradient became non-finite behind a finite loss")
+
+    def _refuse_step(
+        self, opt: torch.optim.Optimizer, saved: list[tuple[torch.Tensor, torch.Tensor]], what: str, detail: str = ""
+    ) -> None:
+        """Drop the step (gradients, and the statistics its forward changed) and raise a ``DivergenceError`` that
+        names what was not finite, or the weights when the previous step overflowed them (the usual cause)."""
+        opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for buf, before in saved:
+                buf.copy_(before)
+        params = [p for g in opt.param_groups for p in g["params"]]
+        if not bool(torch.isfinite(torch.stack(torch._foreach_norm(params))).all()):
+            what = "the network holds non-finite weights after the previous step (whose gradients were finite)"
+            detail = ""
+        epoch, step = self.epoch + 1, self.step_count + 1
+        raise DivergenceError(f"{what} at epoch {epoch}, step {step}{detail}; lower the learning rate (now "
+                              f"{opt.param_groups[0]['lr']:.3g}) or check the input data", epoch=epoch, step=step)
 
     def _losses(
         self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None

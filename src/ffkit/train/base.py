@@ -8,7 +8,7 @@ import json
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -24,6 +24,7 @@ from .checkpoint import CHECKPOINT_FORMAT, check_finite_state, load_checkpoint, 
 from .interrupt import StopRequest, TrainingInterrupted, signal_name
 from .rng import capture_rng, restore_rng
 from .schedules import SCHEDULES, check_plan, make_optimizer, rebuild_for, replan_schedules, targets
+from .undo import StepUndo
 
 __all__ = ["Trainer", "StepResult", "EpochProgress", "DivergenceError", "make_optimizer", "check_same_model"]
 
@@ -102,6 +103,9 @@ class Trainer:
     resume_notes: list[str] = []
     optimizers: list[torch.optim.Optimizer | None]
     schedulers: list[torch.optim.lr_scheduler.LRScheduler | None]
+    #: The state before each optimizer's latest step (:class:`~ffkit.train.undo.StepUndo`), which engines that
+    #: support it record before stepping; :meth:`fit` keeps one while it can save the last good state.
+    step_undo: StepUndo | None = None
 
     def __init__(
         self,
@@ -361,7 +365,8 @@ class Trainer:
         # Ctrl-C and SIGTERM stop at the next step boundary with a resumable checkpoint (engines that checkpoint
         # inside an epoch, with a run directory); elsewhere they keep their usual effect.
         graceful = ckpt is not None and self.mid_epoch_checkpoints
-        with StopRequest() if graceful else contextlib.nullcontext(StopRequest()) as stop:
+        self.step_undo = StepUndo() if graceful and getattr(self, "on_divergence", "stop") == "stop" else None
+        with StopRequest() if graceful else contextlib.nullcontext(StopRequest()) as stop, self._undo_scope():
             while self.epoch < epochs:
                 e = self.epoch + 1
                 sampler = getattr(train, "sampler", None)
@@ -400,8 +405,18 @@ class Trainer:
             write_metrics(self.history, out)  # a run may have stopped between its last checkpoint and its metrics
         return self.history
 
+    @contextlib.contextmanager
+    def _undo_scope(self) -> Iterator[None]:
+        try:
+            yield
+        finally:
+            self.step_undo = None  # its copies are only needed while fit can save them
+
     def _save_last_good(self, err: DivergenceError, ckpt: Path, pos: EpochProgress) -> DivergenceError:
-        """Save the state before the step that diverged (if it is finite) and return the error that says where."""
+        """Save the last good state and return the error that says where: the state before the last step taken
+        (the failing step's input state came out of that step, so it is the one that cannot be trusted), or, without
+        a record of that step, the state before the failing step, if it is finite."""
+        undone = self.step_undo is not None and self.step_undo.restore(self.optimizers)
         bad = nonfinite_entries(self.network.state_dict())
         if bad:  # a state that cannot be resumed would overwrite the last checkpoint that can
             return DivergenceError(
@@ -412,8 +427,10 @@ class Trainer:
             )
         self.save(ckpt, position=pos)
         skip = ", or with on_divergence='skip' to drop such batches" if hasattr(self, "on_divergence") else ""
+        which = ("before the last step taken, which led here; a resume does not train that step's batch again"
+                 if undone else "before this step")
         return DivergenceError(
-            f"{err}. The last good state (before this step) is saved in {ckpt}: resume from it with a lower learning "
+            f"{err}. The last good state ({which}) is saved in {ckpt}: resume from it with a lower learning "
             f"rate{skip}",
             layer=err.layer, epoch=err.epoch, step=err.step, checkpoint=ckpt,
         )

@@ -304,9 +304,11 @@ class LocalTrainer(Trainer):
             # A finite loss can still back-propagate a non-finite gradient (a sqrt or a division at 0), which one
             # optimizer step would write into the weights, and which the next step's loss would catch too late: the
             # state before that step, the one a divergence saves, would already hold it.
-            grads = self._gradient_checks(pending)
+            # The weights the step would update were left by the previous step, whose finite gradients can still
+            # have overflowed them (an lr far too high); they are checked in the same synchronisation.
+            grads = self._update_checks(pending)
             if grads:
-                ok = ok & torch.stack([g for _, g in grads]).all()
+                ok = ok & torch.stack([g for _, _, g in grads]).all()
             if not bool(ok):
                 for opt in pending:
                     opt.zero_grad(set_to_none=True)
@@ -316,6 +318,8 @@ class LocalTrainer(Trainer):
                 if self.on_divergence == "skip":
                     return False
                 self._raise_divergence(losses, head, checks, first_layer, grads)
+        if self.step_undo is not None:
+            self.step_undo.before_step(pending, self.step_count, saved)
         for opt in pending:
             opt.step()
         return True
@@ -325,15 +329,19 @@ class LocalTrainer(Trainer):
         self.step_schedules_of(schedulers)
         self.step_count += 1
 
-    def _gradient_checks(self, pending: list[torch.optim.Optimizer]) -> list[tuple[int, torch.Tensor]]:
-        """``(optimizer index, its gradients are all finite)`` for each optimizer about to step (a layer's index is
-        its optimizer's; the head's is ``L``), as device flags: one norm per gradient, no host synchronisation."""
+    def _update_checks(self, pending: list[torch.optim.Optimizer]) -> list[tuple[int, str, torch.Tensor]]:
+        """``(optimizer index, "gradient" or "weights", all finite)`` for each optimizer about to step (a layer's
+        index is its optimizer's; the head's is ``L``), as device flags: one norm per tensor, no host
+        synchronisation."""
         index = {id(o): k for k, o in enumerate(self.optimizers) if o is not None}
         flags = []
         for opt in pending:
-            grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
-            if grads:
-                flags.append((index[id(opt)], torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()))
+            params = [p for g in opt.param_groups for p in g["params"]]
+            grads = [p.grad for p in params if p.grad is not None]
+            for what, tensors in (("gradient", grads), ("weights", params)):
+                if tensors:
+                    finite = torch.isfinite(torch.stack(torch._foreach_norm(tensors))).all()
+                    flags.append((index[id(opt)], what, finite))
         return flags
 
     def _raise_divergence(
@@ -342,34 +350,40 @@ class LocalTrainer(Trainer):
         head: tuple[torch.Tensor, torch.Tensor] | None,
         goodness_ok: list[tuple[int, torch.Tensor]],
         first_layer: int,
-        gradient_ok: Sequence[tuple[int, torch.Tensor]] = (),
+        update_ok: Sequence[tuple[int, str, torch.Tensor]] = (),
     ) -> None:
-        """Name the first layer whose loss, goodness or gradient is not finite (else the head) in a
+        """Name the first layer whose loss, goodness, weights or gradient is not finite (else the head) in a
         :class:`DivergenceError`."""
         net = self.network
         epoch, step = self.epoch + 1, self.step_count + 1
         bad_loss = (~torch.isfinite(losses)).nonzero().flatten().tolist()
         bad_goodness = [i for i, ok in goodness_ok if not bool(ok)]
-        bad_gradient = [i for i, ok in gradient_ok if not bool(ok)]
+        bad_update = [(i, what) for i, what, ok in update_ok if not bool(ok)]
         candidates: list[tuple[int, str, float | None]] = [
             (first_layer + k, "loss", losses[k].item()) for k in bad_loss
         ]
         candidates += [(i, "goodness", None) for i in bad_goodness]
-        candidates += [(i, "gradient", None) for i in bad_gradient if i < len(net)]
+        candidates += [(i, what, None) for i, what in bad_update if i < len(net)]
         if not candidates:
             assert head is not None
-            shown = (f"a non-finite loss ({head[0].item()})" if not math.isfinite(head[0].item())
-                     else "a non-finite gradient")
+            if not math.isfinite(head[0].item()):
+                shown = f"produced a non-finite loss ({head[0].item()})"
+            elif any(what == "weights" for _, what in bad_update):
+                shown = "holds non-finite weights after its previous step"
+            else:
+                shown = "produced a non-finite gradient"
             raise DivergenceError(
-                f"the classifier head produced {shown} at epoch {epoch}, step {step}",
+                f"the classifier head {shown} at epoch {epoch}, step {step}",
                 layer=None, epoch=epoch, step=step,
             )
-        rank = {"goodness": 0, "loss": 1, "gradient": 2}
+        # weights that are not finite explain everything computed from them, so they are named first
+        rank = {"weights": 0, "goodness": 1, "loss": 2, "gradient": 3}
         i, what, value = min(candidates, key=lambda c: (c[0], rank[c[1]]))
-        shown = {"loss": f"a non-finite loss ({value})", "goodness": "a non-finite goodness",
-                 "gradient": "a non-finite gradient (with a finite loss)"}[what]
+        shown = {"loss": f"produced a non-finite loss ({value})", "goodness": "produced a non-finite goodness",
+                 "gradient": "produced a non-finite gradient (with a finite loss)",
+                 "weights": "holds non-finite weights after its previous step (whose gradients were finite)"}[what]
         raise DivergenceError(
-            f"layer {i + 1} of {len(net)} (index {i}, {type(net.layers[i]).__name__}) produced {shown} at epoch "
+            f"layer {i + 1} of {len(net)} (index {i}, {type(net.layers[i]).__name__}) {shown} at epoch "
             f"{epoch}, step {step}; lower the learning rate (now {self.current_lr(i):.3g}) or check the input data",
             layer=i, epoch=epoch, step=step,
         )
