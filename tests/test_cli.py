@@ -258,6 +258,28 @@ def test_torchrun_pipeline_variants(tmp_path, data_dir, variant):
 
 
 @needs_fmnist
+def test_torchrun_data_parallel_trains_and_resumes(tmp_path, data_dir):
+    """`torchrun --nproc-per-node 2 -m ffkit train ... --data-parallel`: each process trains on half of every
+    --batch-size batch; rank 0 alone reports and writes; a resume for a second epoch continues it."""
+    from helpers.distributed import torchrun
+
+    def run(*extra):
+        proc, _ = torchrun("-m", "ffkit", "train", "--dataset", "fashion-mnist", "--data-dir", data_dir,
+                           "--out", str(tmp_path / "run"), "--json", "--data-parallel", "--pipeline-timeout", "30",
+                           *QUICK, *extra, timeout=180)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+        assert len(lines) == 1  # only rank 0 prints
+        return json.loads(lines[0]), json.loads((tmp_path / "run" / "metrics.json").read_text())
+
+    summary, metrics = run()
+    assert summary["epochs"] == 1 and 0.0 < summary["test_accuracy"] <= 1.0
+    assert metrics[-1]["ranks"] == 2 and metrics[-1]["train_images"] == summary["train_images"]
+    summary, metrics = run("--epochs", "2", "--resume")
+    assert summary["epochs"] == 2 and [r["epoch"] for r in metrics] == [1, 2]
+
+
+@needs_fmnist
 def test_loewex_recipe_trains_and_tests_on_28x28_images(tmp_path, data_dir, capsys):
     """The recipe's network takes the stored 28x28 images (784 inputs): train and test load them at that size."""
     out = tmp_path / "lx"

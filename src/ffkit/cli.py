@@ -113,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--pipeline", action="store_true",
                    help="train the layers as a pipeline of stages: one per process under torchrun "
                         "(torchrun --nproc-per-node N -m ffkit train ... --pipeline), else threads in this process")
+    t.add_argument("--data-parallel", action="store_true",
+                   help="under torchrun (torchrun --nproc-per-node N -m ffkit train ... --data-parallel): every "
+                        "process holds the whole network and trains on its 1/N of each --batch-size batch, each "
+                        "layer's gradients averaged across the processes behind the next layer's work")
     t.add_argument("--stages", default=None, metavar="N|per-layer|I,J,...",
                    help="pipeline stages without torchrun (default 2), or the stages' first layers, e.g. 0,3; under "
                         "torchrun a first layer may be fractional, e.g. 0,1.6 shares layer 1 (60%% of each batch on "
@@ -263,6 +267,26 @@ def _pipeline_options(args: argparse.Namespace, trainer_name: str, device: torch
     return {"backend": "threads", "variant": "stages", "stages": stages, "timeout": args.pipeline_timeout}, 0, device
 
 
+def _data_parallel_options(args: argparse.Namespace, cfg: dict[str, Any], trainer_name: str, device: torch.device):
+    """``--data-parallel``: the DataParallelTrainer's options, this process's rank and its device."""
+    if args.pipeline:
+        raise ValueError("--data-parallel with --pipeline (data x pipeline parallelism) is not available yet: use one")
+    if trainer_name == "backprop":
+        raise ValueError("--data-parallel trains with the local trainer; it conflicts with --trainer backprop")
+    if "RANK" not in os.environ:
+        raise ValueError("--data-parallel runs one replica per process: launch with torchrun --nproc-per-node N -m "
+                         "ffkit train ... --data-parallel")
+    from .train.pipeline import init_distributed
+
+    rank, world = init_distributed(timeout=args.pipeline_timeout)
+    if cfg["batch_size"] % world:
+        raise ValueError(f"--batch-size {cfg['batch_size']} (the global batch) must be a multiple of the {world} "
+                         f"data-parallel processes (torchrun --nproc-per-node)")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return {"backend": "distributed", "variant": "data-parallel", "timeout": args.pipeline_timeout}, rank, device
+
+
 #: The options of ``--pipeline`` and their defaults; the parser leaves them ``None`` so that one given without
 #: ``--pipeline`` (which would be silently ignored) can be refused.
 PIPELINE_DEFAULTS: dict[str, Any] = {
@@ -278,7 +302,8 @@ def _check_pipeline_flags(args: argparse.Namespace) -> None:
     """Refuse ``--pipeline``'s options without ``--pipeline`` (they would be silently ignored), then fill in their
     defaults. A variant's option under another variant is accepted, so that one command line can loop over
     variants."""
-    given = [k for k in PIPELINE_DEFAULTS if getattr(args, k, None) is not None]
+    given = [k for k in PIPELINE_DEFAULTS if getattr(args, k, None) is not None
+             and not (k == "pipeline_timeout" and args.data_parallel)]  # every multi-process engine's
     given += ["no_share_layers"] if getattr(args, "no_share_layers", False) else []
     if given and not args.pipeline:
         flags = ", ".join(_flag(k) for k in given)
@@ -347,6 +372,13 @@ def check_train_flags(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
             check_real(cfg[key], flag, low=0.0, low_open=positive)
     if args.checkpoint_every is not None and args.pipeline:
         raise ValueError("--checkpoint-every conflicts with --pipeline: pipeline stages checkpoint at epoch ends")
+    if args.data_parallel:
+        for flag, given in (("--checkpoint-every", args.checkpoint_every is not None),
+                            (f"--on-divergence {args.on_divergence}", args.on_divergence != "stop"),
+                            ("--data-on-device", args.data_on_device)):
+            if given:
+                raise ValueError(f"{flag} conflicts with --data-parallel (its ranks checkpoint at epoch ends and stop "
+                                 f"together on divergence; each reads its shard through a DataLoader)")
     if args.on_divergence != "stop" and trainer_name != "local":
         raise ValueError(f"--on-divergence {args.on_divergence} is an option of the local trainer; it conflicts with "
                          f"--trainer {trainer_name}")
@@ -427,7 +459,8 @@ def _train_loaders(
     train_split = "train" if cfg["holdout"] else "train_full"
     train_set = load_dataset(info.name, train_split, args.data_dir, holdout_seed=args.seed, augment=cfg["augment"],
                              normalize=norm, image_size=size)
-    federated = pipeline is not None and pipeline["variant"] == "federated"
+    # federated and data-parallel ranks each train on their own shard of every epoch
+    federated = pipeline is not None and pipeline["variant"] in ("federated", "data-parallel")
     # Samples that never change (no random augmentation) are read once and fetched a batch at a time: the same
     # batches in the same order, without a per-sample transform and collate every epoch. Indices let FixedNEG keep
     # one wrong label per sample.
@@ -473,9 +506,13 @@ def _train_loaders(
     if not federated:  # federated ranks each train on a shard, whose size depends on the world size
         _check_batches(_size(train_set), batch_size, net, model, drop_last=pipeline is not None or cfg["drop_last"])
     if federated:  # every rank its own shard of the data
+        import torch.distributed as dist
+
         from .train import shard_loader
 
-        train_loader = shard_loader(train_set, batch_size, seed=args.seed, **loader_kw)
+        data_parallel = pipeline is not None and pipeline["variant"] == "data-parallel"
+        share = batch_size // dist.get_world_size() if data_parallel else batch_size  # of the global batch
+        train_loader = shard_loader(train_set, share, seed=args.seed, **loader_kw)
     else:  # a pipeline's stages post their receives ahead for batches of one size
         collate = DeviceDataset.collate if on_device else InMemory.collate if in_memory else None
         train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=torch.Generator(),
@@ -557,7 +594,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_train_flags(args, cfg)
     out = Path(args.out) if args.out else Path("runs") / f"{model}-{info.name}"
     pipeline, rank = None, 0
-    if args.pipeline:
+    if args.data_parallel:
+        pipeline, rank, device = _data_parallel_options(args, cfg, trainer_name, device)
+    elif args.pipeline:
         pipeline, rank, device = _pipeline_options(args, trainer_name, device)
     if rank > 0:  # one report: rank 0's
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the rest of this process

@@ -111,5 +111,16 @@ class ActivityMonitor:
         """
         if self.layers is None:
             return None
+        return self.ratios_of(self._peak)
+
+    @property
+    def peaks(self) -> list[torch.Tensor | None] | None:
+        """Each layer's running maximum per unit (``None`` for a layer not observed), or ``None`` without a
+        ``layers`` list."""
+        return None if self.layers is None else list(self._peak)
+
+    @staticmethod
+    def ratios_of(peaks: list[torch.Tensor | None]) -> list[float | None]:
+        """The dead ratio of each layer's per-unit peaks (:attr:`peaks`, possibly combined over several passes)."""
         # NaN counts as "not active": a unit whose pre-activation is NaN for every input is not doing anything useful
-        return [None if p is None else (p > 0).logical_not().double().mean().item() for p in self._peak]
+        return [None if p is None else (p > 0).logical_not().double().mean().item() for p in peaks]

@@ -38,6 +38,9 @@ class CollectedScores(NamedTuple):
     labels: torch.Tensor
     head: torch.Tensor | None
     dead_ratio: list[float | None] | None = None
+    #: each layer's per-unit peak activity (:attr:`ActivityMonitor.peaks`), so passes over parts of a dataset (on
+    #: several ranks) can be combined exactly: the elementwise maximum, then :meth:`ActivityMonitor.ratios_of`
+    peaks: list[torch.Tensor | None] | None = None
 
 
 @torch.no_grad()
@@ -111,4 +114,5 @@ def collect_scores(
     return CollectedScores(
         torch.cat(layers, dim=1), torch.cat(labels).long(), torch.cat(heads) if heads else None,
         monitor.dead_ratios() if monitor is not None else None,
+        monitor.peaks if monitor is not None else None,
     )

@@ -4,11 +4,13 @@ from .backprop import BackpropTrainer
 from .base import DivergenceError, StepResult, Trainer, check_same_model
 from .chapters import ChapterTrainer
 from .checkpoint import load_checkpoint, save_checkpoint
+from .data_parallel import DataParallelTrainer
 from .factory import build_trainer
-from .federated import FederatedTrainer, shard_loader
+from .federated import FederatedTrainer
 from .interrupt import TrainingInterrupted
 from .local import LocalTrainer
 from .pipeline import PipelineError, PipelineTrainer, init_distributed
+from .replicated import shard_loader
 
 __all__ = [
     "Trainer",
@@ -24,6 +26,7 @@ __all__ = [
     "PipelineError",
     "init_distributed",
     "FederatedTrainer",
+    "DataParallelTrainer",
     "shard_loader",
     "ChapterTrainer",
     "build_trainer",

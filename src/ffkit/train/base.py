@@ -19,7 +19,7 @@ from torch.utils.data import RandomSampler
 
 from .._validation import check_device, check_int, check_real
 from .._version import __version__
-from ..evaluation import check_tta, collect_scores, make_report, select_layers
+from ..evaluation import CollectedScores, check_tta, collect_scores, make_report, select_layers
 from .checkpoint import CHECKPOINT_FORMAT, check_finite_state, load_checkpoint, nonfinite_entries, save_checkpoint
 from .interrupt import StopRequest, TrainingInterrupted, signal_name
 from .rng import capture_rng, restore_rng
@@ -301,7 +301,7 @@ class Trainer:
         given) SIP-range accuracy on ``loader``: an ``EvalReport``, which also holds each layer's goodness of positive
         and negative data, its deactivated-unit ratio (measured in the same pass) and SIP's accuracy grid over every
         layer range."""
-        collected = collect_scores(self.network, loader, self.device, track_activity=True, **self._eval_options())
+        collected = self._collect(loader, track_activity=True)
         net = self.network
         head_predicts = bool(getattr(net, "head_predicts", False)) and collected.head is not None
         rng = getattr(net, "inference_range", None)
@@ -311,9 +311,14 @@ class Trainer:
             prediction_range=prediction_range, head_predicts=head_predicts,
         )
 
+    def _collect(self, loader: Iterable, **options: Any) -> CollectedScores:
+        """Every layer's scores on ``loader`` (:func:`~ffkit.evaluation.collect_scores`), in the precision, layout
+        and test-time augmentation of training; engines with several ranks split the work."""
+        return collect_scores(self.network, loader, self.device, **options, **self._eval_options())
+
     def select_layers(self, loader: Iterable):
         """SIP on a held-out loader: choose the best layer range and prune the network's inference to it."""
-        collected = collect_scores(self.network, loader, self.device, with_head=False, **self._eval_options())
+        collected = self._collect(loader, with_head=False)
         result = select_layers(collected.layers, collected.labels)
         self.network.set_inference_range(result.start, result.end)
         return result

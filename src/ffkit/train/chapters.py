@@ -111,7 +111,7 @@ class ChapterTrainer(WrapsLocalTrainer):
         timeout: seconds a rank waits for a layer from its peer (or in an end-of-epoch collective) before it stops
             with :class:`~ffkit.train.PipelineError`.
         local_data: every rank iterates its own loader (its own shard of the data, with the same number of batches
-            on every rank, e.g. :func:`ffkit.train.federated.shard_loader`) and trains every chapter it cuts from
+            on every rank, e.g. :func:`ffkit.train.shard_loader`) and trains every chapter it cuts from
             it: Pipeline-FF's federated variant. Default: every rank iterates the same loader and trains every
             ``S``-th chapter of it.
         device: this rank's device (default: CUDA ``LOCAL_RANK`` if available, else CPU).
@@ -246,7 +246,7 @@ class ChapterTrainer(WrapsLocalTrainer):
                       "train the same number of chapters",
             mismatch="with local_data every rank must have the same number of batches per epoch, but the ranks' "
                      "loaders have {lengths} (rank {rank}: {n}); shard the data with "
-                     "ffkit.train.federated.shard_loader",
+                     "ffkit.train.shard_loader",
         )
 
     def _prepare(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None) -> PreparedBatch:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from ..models import model_kind
 from .backprop import BackpropTrainer
 from .chapters import ChapterTrainer
+from .data_parallel import DataParallelTrainer
 from .federated import FederatedTrainer
 from .local import LocalTrainer
 from .pipeline import PipelineTrainer
@@ -64,6 +65,9 @@ def build_trainer(
         if variant == "federated":
             options.pop("backend", None)
             return FederatedTrainer(network, overlap=recipe.overlap, head_lr=recipe.head_lr, **options, **common)
+        if variant == "data-parallel":
+            options.pop("backend", None)
+            return DataParallelTrainer(network, overlap=recipe.overlap, head_lr=recipe.head_lr, **options, **common)
         if variant == "all-layers":
             options.pop("backend", None)
             return ChapterTrainer(network, overlap=recipe.overlap, head_lr=recipe.head_lr, **options, **common)

@@ -26,29 +26,16 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .._validation import check_int
 from ..network import FFNetwork
-from ._distributed import (
-    check_divergence_stop,
-    check_equal_lengths,
-    check_timeout,
-    default_device,
-    lost_peer,
-    wait_work,
-)
 from .base import EpochProgress, StepResult, reject_mid_epoch
-from .local import LocalTrainer, WrapsLocalTrainer
+from .replicated import ReplicatedTrainer, shard_loader
 
 __all__ = ["FederatedTrainer", "shard_loader"]
 
-# Low-precision parameters are summed in float32: with bf16 the sum of a few ranks would already lose bits.
-_REDUCE_DTYPE = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
 
-
-class FederatedTrainer(WrapsLocalTrainer):
+class FederatedTrainer(ReplicatedTrainer):
     """Train a whole :class:`~ffkit.FFNetwork` on every rank and average the ranks' parameters (FedAvg).
 
     Every rank must construct the trainer with the same network architecture and options; rank 0's initial parameters
@@ -75,7 +62,7 @@ class FederatedTrainer(WrapsLocalTrainer):
     :meth:`resume` loads that same checkpoint on every rank, so every rank continues from rank 0's optimizer states.
     """
 
-    mid_epoch_checkpoints = False  # its ranks checkpoint at epoch ends
+    role = "federated rank"
 
     def __init__(
         self,
@@ -86,63 +73,11 @@ class FederatedTrainer(WrapsLocalTrainer):
         device: str | torch.device | None = None,
         **trainer_options: Any,
     ) -> None:
-        if not isinstance(network, FFNetwork):
-            raise TypeError(f"network must be an ffkit FFNetwork, got {type(network).__name__}")
         check_int(sync_every, "sync_every", minimum=1, what="steps between parameter averages")
-        check_timeout(timeout)
-        check_divergence_stop(trainer_options, "FederatedTrainer")
-        if not dist.is_available() or not dist.is_initialized():
-            raise RuntimeError("FederatedTrainer needs torch.distributed initialised: launch one process per rank "
-                               "with torchrun and call ffkit.train.pipeline.init_distributed() first")
         self.sync_every = sync_every
-        self.timeout = float(timeout)
-        self.rank, self.world = dist.get_rank(), dist.get_world_size()
-        here = torch.device(device) if device is not None else default_device()
-        self.inner = LocalTrainer(network, device=here, **trainer_options)
-        # NCCL reduces CUDA tensors only; gloo is simplest and safest on host tensors.
-        if dist.get_backend() == "nccl":
-            if self.device.type != "cuda":
-                raise ValueError(f"the NCCL backend needs a CUDA device, got device={self.device}")
-            self._comm_device = self.device
-        else:
-            self._comm_device = torch.device("cpu")
         self._unsynced = 0  # steps since the ranks last held the same parameters
         self.syncs = 0  # parameter averages done so far (for logs and tests)
-        self._init_progress()
-        self._broadcast_state()
-
-    # -- collectives --------------------------------------------------------------------------------------------
-    def _collective(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        """Run one asynchronous collective and wait for it, turning a lost or stalled peer into a PipelineError."""
-        what = f"federated rank {self.rank} of {self.world} failed in {what}"
-        with lost_peer(what, self.timeout):
-            work = fn(*args, async_op=True, **kwargs)
-        wait_work(work, self.timeout, what)
-
-    def _state_tensors(self, floating_only: bool) -> list[torch.Tensor]:
-        tensors = [*self.network.parameters(), *self.network.buffers()]
-        return [t for t in tensors if t.is_floating_point() or not floating_only]
-
-    def _apply_flat(self, tensors: list[torch.Tensor], op: Callable[[torch.Tensor], None]) -> None:
-        """Run ``op`` (a collective, in place) on one flat buffer per (dtype, device) and copy the result back."""
-        groups: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
-        for t in tensors:
-            groups.setdefault((t.dtype, t.device), []).append(t)
-        with torch.no_grad():
-            for (dtype, _), group in groups.items():
-                flat = _flatten_dense_tensors([t.detach() for t in group])
-                flat = flat.to(self._comm_device, _REDUCE_DTYPE.get(dtype, dtype))
-                op(flat)
-                for t, new in zip(group, _unflatten_dense_tensors(flat, group)):
-                    t.copy_(new)  # copy_ converts device, dtype and memory format (channels-last convs) back
-
-    def _broadcast_state(self) -> None:
-        """Give every rank rank 0's parameters and buffers (all dtypes), so the ranks start identical."""
-        if self.world == 1:
-            return
-        self._apply_flat(self._state_tensors(floating_only=False),
-                         lambda flat: self._collective("the initial broadcast of rank 0's parameters",
-                                                       dist.broadcast, flat, src=0))
+        self._setup_replicas(network, device, timeout, trainer_options, "FederatedTrainer")
 
     def synchronize(self) -> None:
         """Average parameters and floating-point buffers across the ranks (a collective: every rank must call it).
@@ -184,68 +119,11 @@ class FederatedTrainer(WrapsLocalTrainer):
         ``train_seconds`` the slowest rank's time.
         """
         reject_mid_epoch(self, position, on_batch)
-        sampler = getattr(loader, "sampler", None)
-        if isinstance(sampler, DistributedSampler):
-            sampler.set_epoch(self.epoch)  # reproducible shuffles, also after a resume
-        self._check_lengths(loader)
+        self._begin_epoch(loader)
         record = super().train_epoch(loader, progress=progress and self.rank == 0, desc=desc)
         if not self.in_sync:
             self.synchronize()
         return self._gather_record(record)
-
-    def _check_lengths(self, loader: Iterable) -> None:
-        """Every rank must take the same number of steps, or one would wait forever in an average."""
-        check_equal_lengths(
-            loader, self.rank, self.world, self._comm_device,
-            lambda every, mine: self._collective("comparing the ranks' batches per epoch", dist.all_gather, every,
-                                                 mine),
-            needs_len="loader must have a len() (batches per epoch) so the ranks can check they take the same number "
-                      "of steps",
-            mismatch="every rank must take the same number of steps per epoch, but the ranks' loaders have {lengths} "
-                     "batches (rank {rank}: {n}); shard the data with DistributedSampler "
-                     "(ffkit.train.federated.shard_loader)",
-        )
-
-    def _gather_record(self, record: dict[str, Any]) -> dict[str, Any]:
-        """Combine the ranks' epoch records: sample-weighted means, total images, the slowest rank's time."""
-        seen = record["train_images"]
-        n = len(record["train_loss"])
-        head = "train_head_loss" in record
-        row = [*(v * seen for v in record["train_loss"]), *(v * seen for v in record["train_acc"]), seen,
-               record["train_seconds"], record.get("train_head_loss", 0.0) * seen,
-               record.get("train_head_acc", 0.0) * seen]
-        mine = torch.tensor(row, dtype=torch.float64, device=self._comm_device)
-        every = [torch.zeros_like(mine) for _ in range(self.world)]
-        self._collective("gathering the epoch's training metrics", dist.all_gather, every, mine)
-        table = torch.stack(every).cpu()  # [world, 2 L + 4]
-        sums = table.sum(dim=0)
-        total = sums[2 * n].item()
-        seconds = table[:, 2 * n + 1].max().item()
-        out = dict(record)
-        out["train_loss"] = (sums[:n] / total).tolist()
-        out["train_acc"] = (sums[n : 2 * n].round() / total).tolist()  # correct counts are integers on each rank
-        out["train_images"] = int(round(total))
-        out["train_seconds"] = seconds
-        out["train_images_per_s"] = total / seconds if seconds > 0 else float("inf")
-        out["ranks"] = self.world
-        if head:
-            out["train_head_loss"] = sums[2 * n + 2].item() / total
-            out["train_head_acc"] = sums[2 * n + 3].round().item() / total
-        return out
-
-    def fit(self, train: Iterable, *, epochs: int, holdout: Iterable | None = None, test: Iterable | None = None,
-            out_dir: str | Path | None = None, log: Callable[[str], None] | None = print,
-            **kwargs: Any) -> list[dict[str, Any]]:
-        """As :meth:`Trainer.fit`, on every rank with the same arguments: each rank trains on its shard; rank 0 alone
-        logs and writes ``out_dir`` (metrics and the whole checkpoint; the others ignore ``out_dir`` and ``log``).
-
-        Every rank evaluates the ``holdout`` and ``test`` loaders it is given on the averaged network: pass the same
-        ones everywhere so SIP prunes every copy alike, or pass them on rank 0 only if evaluation takes less than
-        ``timeout`` (the other ranks wait for it in the next epoch's first collective).
-        """
-        if self.rank != 0:
-            out_dir, log = None, None
-        return super().fit(train, epochs=epochs, holdout=holdout, test=test, out_dir=out_dir, log=log, **kwargs)
 
     # -- state ----------------------------------------------------------------------------------------------------
     def save(self, path: str | Path, *, position: EpochProgress | None = None) -> Path:
@@ -262,45 +140,4 @@ class FederatedTrainer(WrapsLocalTrainer):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.inner.step_count, self.inner.epoch = self.step_count, self.epoch  # OLU's parity reads the inner count
         self._unsynced = 0  # every rank loads the same checkpoint
-
-    def resume(self, path: str | Path) -> dict[str, Any]:
-        """Load the checkpoint at ``path`` on this rank: call it on every rank with the same (rank 0's) checkpoint,
-        so every rank continues from the same parameters, optimizer states, schedules, progress and RNG state."""
-        return super().resume(path)
-
-
-def shard_loader(
-    dataset: Dataset,
-    batch_size: int,
-    *,
-    seed: int = 0,
-    shuffle: bool = True,
-    num_replicas: int | None = None,
-    rank: int | None = None,
-    **loader_options: Any,
-) -> DataLoader:
-    """A ``DataLoader`` over this rank's shard of ``dataset``: ``DistributedSampler(drop_last=True)``.
-
-    Every rank gets ``len(dataset) // world`` distinct samples (the remainder is dropped), so every rank takes the same
-    number of steps; the shuffle of epoch ``e`` is seeded by ``seed + e`` (``FederatedTrainer.train_epoch`` calls
-    ``set_epoch``). ``num_replicas`` and ``rank`` default to the process group's.
-
-    Args:
-        dataset: the whole training set (map-style), the same on every rank.
-        batch_size: samples per batch on each rank (the global batch is ``world x batch_size``).
-        seed: shuffling seed, the same on every rank.
-        shuffle: shuffle the shards each epoch.
-        **loader_options: further ``DataLoader`` options (``num_workers``, ``pin_memory``, ``drop_last``, ...).
-    """
-    check_int(batch_size, "batch_size", minimum=1)
-    check_int(seed, "seed")
-    for name in ("sampler", "shuffle", "batch_sampler"):
-        if name in loader_options:
-            raise ValueError(f"shard_loader sets the sampler itself; do not pass {name!r} in loader_options")
-    sampler: DistributedSampler[int] = DistributedSampler(
-        dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=True
-    )
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **loader_options)
-

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -19,6 +19,9 @@ from .base import (
     check_trainer_args,
 )
 from .schedules import make_optimizer, make_schedule, run_plan
+
+if TYPE_CHECKING:
+    from .data_parallel import GradientAverage
 
 __all__ = ["LocalTrainer", "PendingUpdate"]
 
@@ -85,6 +88,10 @@ class LocalTrainer(Trainer):
     gradients only, never the input gradient that backprop needs; each layer runs exactly once per batch and its
     graph is freed before the next layer runs. ``benchmarks/step_throughput.py`` measures the step against backprop.
     """
+
+    #: Averages each optimizer's gradients across data-parallel ranks (set by
+    #: :class:`~ffkit.train.DataParallelTrainer`): started when a layer's backward ends, finished before any step.
+    gradient_sync: GradientAverage | None = None
 
     def __init__(
         self,
@@ -259,7 +266,7 @@ class LocalTrainer(Trainer):
             if before_step is not None:
                 recorded, n_right = before_step(i, recorded, n_right)
             if opt is not None:
-                update.optimizers.append(opt)
+                self._queue(update, opt)
             losses.append(recorded)
             correct.append(n_right)
             del loss, out, nxt  # release this layer's graph before the next layer runs
@@ -296,6 +303,9 @@ class LocalTrainer(Trainer):
                 before this step.
         """
         pending, checks, saved = update.optimizers, update.checks, update.saved
+        sync = self.gradient_sync
+        if sync is not None:
+            sync.finish()  # every rank's gradients averaged (and so checked alike) before anything steps
         if self.check_finite:
             every = losses.float() if head is None else torch.cat([losses.float(), head[0].float().view(1)])
             ok = torch.isfinite(every).all()
@@ -309,7 +319,8 @@ class LocalTrainer(Trainer):
             grads = self._update_checks(pending)
             if grads:
                 ok = ok & torch.stack([g for _, _, g in grads]).all()
-            if not bool(ok):
+            everywhere = sync.agree(ok) if sync is not None else ok  # the ranks step together or stop together
+            if not bool(everywhere):
                 for opt in pending:
                     opt.zero_grad(set_to_none=True)
                 with torch.no_grad():
@@ -317,12 +328,24 @@ class LocalTrainer(Trainer):
                         buf.copy_(before)
                 if self.on_divergence == "skip":
                     return False
+                if bool(ok):
+                    epoch, step = self.epoch + 1, self.step_count + 1
+                    raise DivergenceError(
+                        f"another rank's step was not finite at epoch {epoch}, step {step} (its own error names the "
+                        f"layer); no rank took it", epoch=epoch, step=step)
                 self._raise_divergence(losses, head, checks, first_layer, grads)
         if self.step_undo is not None:
             self.step_undo.before_step(pending, self.step_count, saved)
         for opt in pending:
             opt.step()
         return True
+
+    def _queue(self, update: PendingUpdate, opt: torch.optim.Optimizer) -> None:
+        """Hold ``opt``'s step for :meth:`commit_update`; its gradients are final, so a data-parallel exchange of
+        them starts now, behind the next layer's work."""
+        update.optimizers.append(opt)
+        if self.gradient_sync is not None:
+            self.gradient_sync.launch(opt)
 
     def _finish_step(self, schedulers: Iterable[int]) -> None:
         """Step the given schedulers (by index) and count the step."""
@@ -382,6 +405,8 @@ class LocalTrainer(Trainer):
         shown = {"loss": f"produced a non-finite loss ({value})", "goodness": "produced a non-finite goodness",
                  "gradient": "produced a non-finite gradient (with a finite loss)",
                  "weights": "holds non-finite weights after its previous step (whose gradients were finite)"}[what]
+        if what == "gradient" and self.gradient_sync is not None:
+            shown += " (averaged over the data-parallel ranks: it can come from another rank's samples)"
         raise DivergenceError(
             f"layer {i + 1} of {len(net)} (index {i}, {type(net.layers[i]).__name__}) {shown} at epoch "
             f"{epoch}, step {step}; lower the learning rate (now {self.current_lr(i):.3g}) or check the input data",
@@ -413,7 +438,7 @@ class LocalTrainer(Trainer):
         assert opt is not None  # a network with a head always has the head's optimizer last
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        update.optimizers.append(opt)  # stepped by commit_update with the layers'
+        self._queue(update, opt)  # stepped by commit_update with the layers'
         return loss.detach(), (logits.detach().argmax(dim=1) == batch.target).sum()
 
     def trains_at(self, layer: int, step: int) -> bool:
