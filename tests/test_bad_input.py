@@ -819,6 +819,16 @@ def test_trainer_learning_rates_out_of_range():
     with pytest.raises(ValueError) as excinfo:
         ffkit.LocalTrainer(tiny(), weight_decay=-1.0, schedule="constant")
     raised_by_ffkit(excinfo, "weight_decay must be a number >= 0, got -1.0")
+    headed = create_model("dtg_mlp", width_multiplier=0.1)
+    for kw, message in (({"head_weight_decay": float("inf")}, "head_weight_decay must be a finite number, got inf"),
+                        ({"head_lr": 0.0}, "head_lr must be a number > 0, got 0.0")):
+        with pytest.raises(ValueError) as excinfo:
+            ffkit.LocalTrainer(headed, schedule="constant", **kw)
+        raised_by_ffkit(excinfo, message)
+    for kw in ({"head_lr": 0.1}, {"head_weight_decay": 0.0}):  # before: accepted and ignored
+        with pytest.raises(ValueError) as excinfo:
+            ffkit.LocalTrainer(tiny(), schedule="constant", **kw)
+        raised_by_ffkit(excinfo, f"{next(iter(kw))} configures a classifier head, but this network has none")
 
 
 def test_cli_test_given_a_pipeline_stage_file(tmp_path, capsys):

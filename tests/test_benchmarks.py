@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ def _load(name: str):
     spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while they are built
     spec.loader.exec_module(module)
     return module
 
@@ -122,3 +124,16 @@ def test_step_throughput_writes_only_with_out(tmp_path, monkeypatch):
     step_throughput.main([*args, "--out", str(tmp_path / "r.json")])
     assert json.loads((tmp_path / "r.json").read_text())["benchmark"] == "step_throughput"
     assert _results_listing() == before
+
+
+def test_hostile_cases_replays_a_case_and_says_it_was_handled(tmp_path, capsys):
+    """Issue 17's replay harness: a CLI case and a Python case, each in a subprocess of this interpreter."""
+    bench = _load("hostile_cases")
+    out = tmp_path / "cases.json"
+    assert bench.main(["--only", "3-cli-lr-nan,8-empty-batch", "--json", "--out", str(out)]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert json.loads(out.read_text()) == result
+    cases = {c["id"]: c for c in result["cases"]}
+    assert cases.keys() == {"3-cli-lr-nan", "8-empty-batch"} and result["handled"] == result["total"] == 2
+    assert cases["3-cli-lr-nan"]["kind"] == "clean-error" and "--lr" in cases["3-cli-lr-nan"]["message"]
+    assert cases["8-empty-batch"]["message"].startswith("ValueError: input is an empty batch")

@@ -272,6 +272,10 @@ def test_torchrun_data_parallel_trains_and_resumes(tmp_path, data_dir):
         assert len(lines) == 1  # only rank 0 prints
         return json.loads(lines[0]), json.loads((tmp_path / "run" / "metrics.json").read_text())
 
+    proc, _ = torchrun("-m", "ffkit", "train", "--data-dir", data_dir, "--out", str(tmp_path / "odd"),
+                       "--data-parallel", "--batch-size", "7", *QUICK, timeout=120)
+    assert proc.returncode != 0 and ("--batch-size 7 (the global batch) must be a multiple of the 2 data-parallel "
+                                     "processes") in proc.stderr
     summary, metrics = run()
     assert summary["epochs"] == 1 and 0.0 < summary["test_accuracy"] <= 1.0
     assert metrics[-1]["ranks"] == 2 and metrics[-1]["train_images"] == summary["train_images"]

@@ -66,9 +66,10 @@ def test_resume_gives_the_uninterrupted_weights(job, name):
 def test_a_nonfinite_step_on_one_rank_stops_every_rank_before_any_update(job):
     mine, other = job("nan", 1), job("nan", 0)
     assert mine["unchanged"] and other["unchanged"]
-    assert re.match(r"layer 1 of 4 \(index 0, CWConv\) produced a non-finite goodness at epoch 1, step 1", mine["error"])
-    assert "non-finite gradient (with a finite loss) (averaged over the data-parallel ranks: it can come from another " \
-           "rank's samples) at epoch 1, step 1" in other["error"]
+    assert re.match(r"layer 1 of 4 \(index 0, CWConv\) produced a non-finite goodness at epoch 1, step 1",
+                    mine["error"])
+    assert ("non-finite gradient (with a finite loss) (averaged over the data-parallel ranks: it can come from "
+            "another rank's samples) at epoch 1, step 1") in other["error"]
 
 
 def _assert_close(a, b, where: str) -> None:
@@ -118,3 +119,39 @@ def test_a_lost_rank_ends_the_others_with_a_clear_error(tmp_path):
 def test_cli_data_parallel_refusals(tmp_path, capsys, flags, message):
     assert main(["train", "--out", str(tmp_path / "run"), "--data-dir", str(tmp_path / "data"), *flags]) == 2
     assert message in capsys.readouterr().err
+
+
+class _Recorder:
+    """Stands for GradientAverage and records when LocalTrainer calls it."""
+
+    def __init__(self, events: list, trainer: ffkit.LocalTrainer) -> None:
+        self.events, self.index = events, {id(o): k for k, o in enumerate(trainer.optimizers) if o is not None}
+
+    def launch(self, opt) -> None:
+        assert all(p.grad is not None for g in opt.param_groups for p in g["params"])  # final when launched
+        self.events.append(f"exchange {self.index[id(opt)]}")
+
+    def finish(self) -> None:
+        self.events.append("wait")
+
+    def agree(self, ok):
+        self.events.append("agree")
+        return ok
+
+
+def test_each_layer_exchange_starts_before_the_next_layer_runs_and_is_waited_for_once():
+    """The order that lets the exchange hide: layer l's gradients leave as soon as its backward ends, while layer
+    l + 1 runs; the step waits once, before any optimizer steps."""
+    net = _model("deeperforward_tinycnn")
+    trainer = ffkit.LocalTrainer(net, schedule="constant")
+    events: list[str] = []
+    trainer.gradient_sync = _Recorder(events, trainer)
+    for i, layer in enumerate(net.layers):
+        layer.register_forward_pre_hook(lambda *_, i=i: events.append(f"layer {i}"))
+    for opt in trainer.optimizers:
+        opt.register_step_pre_hook(lambda *_: events.append("step"))
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    trainer.train_step(x, y)
+    n = len(net.layers)
+    expected = [e for i in range(n) for e in (f"layer {i}", f"exchange {i}")] + ["wait", "agree"] + ["step"] * n
+    assert events == expected

@@ -2,7 +2,8 @@
 
     python -m torch.distributed.run --nproc-per-node 2 tests/helpers/data_parallel_worker.py OUT_DIR SCENARIO
 
-SCENARIO ``all`` runs, in one process group (a launch is most of a test's time), and writes ``OUT_DIR/<name>.rank<r>.pt``:
+SCENARIO ``all`` runs, in one process group (a launch is most of a test's time), and writes
+``OUT_DIR/<name>.rank<r>.pt``:
 
 * ``equiv-<model>``: five Adam steps in float64, each rank on its half of every global batch of 16 (rank 0 the first
   8 samples); the weights after them (the test compares them with LocalTrainer on the whole batches).

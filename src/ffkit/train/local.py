@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .. import defaults
+from .._validation import check_real
 from ..network import FFNetwork
 from ..objectives import PreparedBatch
 from .base import (
@@ -121,6 +122,11 @@ class LocalTrainer(Trainer):
         if not isinstance(network, FFNetwork):
             raise TypeError(f"network must be an ffkit FFNetwork, got {type(network).__name__}")
         check_trainer_args(network, lr, schedule, total_steps)
+        for name, value, positive in (("head_lr", head_lr, True), ("head_weight_decay", head_weight_decay, False)):
+            if value is not None:
+                check_real(value, name, low=0.0, low_open=positive)
+                if network.head is None:
+                    raise ValueError(f"{name} configures a classifier head, but this network has none")
         self._setup(network, lr, final_lr, device)
         self._setup_performance(channels_last, amp, compile, tta)
         if on_divergence not in DIVERGENCE_ACTIONS:
@@ -151,7 +157,7 @@ class LocalTrainer(Trainer):
                 "overlap=False"
             )
         if network.head is not None:  # the head has its own optimizer and schedule, after the layers'
-            lr_h = head_lr or self.lr
+            lr_h = self.lr if head_lr is None else head_lr
             wd_h = weight_decay if head_weight_decay is None else head_weight_decay
             opt = make_optimizer(network.head.parameters(), optimizer, lr_h, wd_h, fused=fused_optimizer)
             self.optimizers.append(opt)
