@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import platform
+import socket
 from pathlib import Path
 
 import torch
@@ -58,3 +59,10 @@ def emit(result: dict, out: str | None, print_json: bool) -> dict:
     if print_json:
         print(json.dumps(result))
     return result
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (a torchrun job's rendezvous port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

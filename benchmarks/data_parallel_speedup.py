@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,7 +39,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import emit, machine_info  # noqa: E402
+from _common import emit, free_port, machine_info  # noqa: E402
 
 import ffkit  # noqa: E402
 from ffkit.train import BackpropTrainer, LocalTrainer  # noqa: E402
@@ -176,11 +175,6 @@ def worker(args: argparse.Namespace) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def main(argv: list[str] | None = None) -> dict | None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -206,7 +200,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     with tempfile.TemporaryDirectory() as tmp:
         worker_out = Path(tmp) / "data_parallel.json"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(args.procs),
-               "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), __file__,
+               "--master-addr", "127.0.0.1", "--master-port", str(free_port()), __file__,
                "--model", args.model, "--batch-size", str(args.batch_size), "--steps", str(args.steps),
                "--warmup", str(args.warmup), "--threads", str(args.threads), "--seed", str(args.seed),
                *(["--no-bp"] if args.no_bp else []), "--worker-out", str(worker_out)]

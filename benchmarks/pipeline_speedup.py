@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import emit, machine_info  # noqa: E402
+from _common import emit, free_port, machine_info  # noqa: E402
 
 import ffkit  # noqa: E402
 from ffkit.train import LocalTrainer  # noqa: E402
@@ -110,11 +109,6 @@ def worker(args) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def main(argv: list[str] | None = None) -> dict | None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -144,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     with tempfile.TemporaryDirectory() as tmp:
         worker_out = Path(tmp) / "pipeline.json"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(args.procs),
-               "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), __file__,
+               "--master-addr", "127.0.0.1", "--master-port", str(free_port()), __file__,
                "--model", args.model, "--batch-size", str(args.batch_size), "--batches", str(args.batches),
                "--threads", str(args.threads), "--balance", args.balance, "--seed", str(args.seed),
                *(["--no-share"] if args.no_share else []),

@@ -85,8 +85,16 @@ def ring(nbytes: float, devices: int, bandwidth: float, latency: float) -> float
     return 2 * (devices - 1) / devices * nbytes / bandwidth + 2 * (devices - 1) * latency
 
 
+#: Whether an exchange can run while the device computes (GPUs: yes, NCCL has its own engines; a CPU whose cores all
+#: compute: no, the exchange needs them too). ``--no-overlap`` sets it to False.
+OVERLAP = True
+
+
 def overlapped(compute: list[float], grads: list[float], devices: int, link: tuple[float, float]) -> float:
-    """End of a step whose layer ``l``'s exchange starts when ``compute[:l + 1]`` is done, one exchange at a time."""
+    """End of a step whose layer ``l``'s exchange starts when ``compute[:l + 1]`` is done, one exchange at a time
+    (without overlap: after all of the compute)."""
+    if not OVERLAP:
+        return sum(compute) + sum(ring(g, devices, *link) for g in grads)
     done = comm_end = 0.0
     for c, g in zip(compute, grads):
         done += c
@@ -167,9 +175,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--micro-batches", type=int, default=4, help="backprop pipeline (GPipe) micro-batches per batch")
     p.add_argument("--calibrate-ff", type=float, default=None, help="one device's FF seconds per batch to scale to")
     p.add_argument("--calibrate-bp", type=float, default=None, help="one device's backprop seconds per batch")
+    p.add_argument("--no-overlap", action="store_true", help="exchanges cannot run during compute (a CPU whose cores "
+                   "all compute)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
+    global OVERLAP
+    OVERLAP = not args.no_overlap
     prof = json.loads(Path(args.profile).read_text()) if args.profile else measure(args)
     if args.save_profile:
         Path(args.save_profile).write_text(json.dumps(prof, indent=1) + "\n")
@@ -180,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
     table = predict(model, args)
     result = {"benchmark": "scale_model", "model": prof["model"], "batch_size": prof["batch_size"],
               "bandwidth": args.bandwidth, "latency": args.latency, "batches": args.batches,
-              "micro_batches": args.micro_batches, "bp_factor": model["bp_factor"],
+              "micro_batches": args.micro_batches, "bp_factor": model["bp_factor"], "overlap": OVERLAP,
               "grad_bytes": sum(prof["grad_bytes"]), "profile_machine": prof.get("machine"), **table}
     for engine in ("ff", "bp"):
         print(f"{engine}: one device {table[engine]['one_device_step_seconds']:.4f} s per batch of "

@@ -172,7 +172,7 @@ def test_three_local_steps(head):
     x, y, y_neg = _data(3)
     net.objective.negatives = TableNegatives(y_neg, K)
     trainer = ffkit.LocalTrainer(net, optimizer="adam", lr=0.01, weight_decay=0, schedule="constant",
-                                 fused_optimizer=False, head_lr=1e-4)
+                                 fused_optimizer=False, **({"head_lr": 1e-4} if head else {}))
     layers, head_w = _ref_params(net)
     opts = [torch.optim.Adam([w, b], lr=0.01) for w, b in layers]
     head_opt = torch.optim.Adam([head_w], lr=1e-4) if head else None
@@ -212,7 +212,7 @@ def test_a_three_batch_chapter_in_the_releases_order(head):
     x, y, y_neg = _data(3)
     net.objective.negatives = TableNegatives(y_neg, K)
     trainer = ChapterTrainer(net, chapter_batches=3, optimizer="adam", lr=0.01, weight_decay=0, schedule="constant",
-                             fused_optimizer=False, head_lr=1e-4)
+                             fused_optimizer=False, **({"head_lr": 1e-4} if head else {}))
     batches = [(x[s * B:(s + 1) * B], y[s * B:(s + 1) * B], torch.arange(s * B, (s + 1) * B)) for s in range(3)]
     record = trainer.train_epoch(batches)
     layers, head_w = _ref_params(_model(head))
