@@ -318,3 +318,19 @@ def test_flip_test_time_augmentation_is_recorded_and_tested_again(tmp_path, data
                  "--tta", "none"]) == 0
     plain = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert plain["tta"] is None and plain["goodness_pos"] != pytest.approx(rep["goodness_pos"], rel=1e-6)
+
+
+def test_models_prints_one_plain_sentence_per_model(capsys):
+    from ffkit.cli import one_line
+    from ffkit.models import list_models
+
+    doc = "A :class:`~ffkit.layers.DTGLinear` net (Sec. 4.4), e.g. ``lr`` 0.5 here.\n  Second line.\n\nMore."
+    assert one_line(doc) == "A DTGLinear net (Sec. 4.4), e.g. lr 0.5 here."
+    assert one_line(None) == ""
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == len(list_models())
+    for line in lines:
+        description = line.split(None, 2)[2]
+        assert description.endswith(".") and ":class:" not in description and "``" not in description, line
+        assert not description.endswith(("Sec.", "e.g.")), line  # cut inside an abbreviation

@@ -7,6 +7,7 @@ import inspect
 import json
 import math
 import os
+import re
 import sys
 import threading
 import time
@@ -795,12 +796,28 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def one_line(doc: str | None) -> str:
+    """The first sentence of a docstring's first paragraph, as plain text: Sphinx roles
+    (``:class:`~ffkit.layers.DTGLinear```) become the object's name and double backticks go, so ``ffkit models``
+    prints whole sentences without markup."""
+    paragraph = " ".join((doc or "").strip().split("\n\n")[0].split())
+    text = re.sub(r":\w+:`~?([\w.]+)`", lambda m: m.group(1).rsplit(".", 1)[-1], paragraph).replace("``", "")
+    # a sentence ends at a full stop before a space, not after an abbreviation ("Sec. 4.4", "e.g. 0.5")
+    for stop in re.finditer(r"\.(?=\s)", text):
+        word = text[: stop.start()].rsplit(" ", 1)[-1].lstrip("([\"'").lower()
+        if word not in _ABBREVIATIONS:
+            return text[: stop.end()]
+    return text
+
+
+_ABBREVIATIONS = {"sec", "secs", "fig", "eq", "e.g", "i.e", "al", "vs", "cf", "app", "alg", "no"}
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from .models import get_model_builder, list_models, model_kind
 
     for name in list_models():
-        doc = (get_model_builder(name).__doc__ or "").strip().splitlines()
-        print(f"{name:28s} {model_kind(name):9s} {doc[0] if doc else ''}")
+        print(f"{name:28s} {model_kind(name):9s} {one_line(get_model_builder(name).__doc__)}")
     return 0
 
 
