@@ -13,8 +13,8 @@ import torch
 
 from .._validation import check_real
 
-__all__ = ["PipelineError", "lost_peer", "wait_work", "default_device", "check_timeout", "check_divergence_stop",
-           "check_equal_lengths"]
+__all__ = ["PipelineError", "lost_peer", "wait_work", "run_collective", "default_device", "check_timeout",
+           "check_divergence_stop", "check_equal_lengths"]
 
 
 class PipelineError(RuntimeError):
@@ -42,6 +42,14 @@ def wait_work(work: Any, timeout: float, what: str) -> None:
         ok = work.wait(timedelta(seconds=timeout))
     if ok is False:
         raise PipelineError(f"{what}: no answer within {timeout:g} s")
+
+
+def run_collective(what: str, timeout: float, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    """Run the ``torch.distributed`` collective ``fn`` asynchronously and wait for it at most ``timeout`` seconds; a
+    lost or silent peer is a :class:`PipelineError` that says ``what`` was being done."""
+    with lost_peer(what, timeout):
+        work = fn(*args, async_op=True, **kwargs)
+    wait_work(work, timeout, what)
 
 
 def default_device() -> torch.device:

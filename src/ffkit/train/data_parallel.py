@@ -28,12 +28,11 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from ..network import FFNetwork
-from ._distributed import lost_peer, wait_work
+from ._distributed import lost_peer, run_collective, wait_work
 from .base import EpochProgress, StepResult, reject_mid_epoch
-from .replicated import REDUCE_DTYPE, ReplicatedTrainer
+from .replicated import ReplicatedTrainer, flat_buffers, unflatten_into
 
 __all__ = ["DataParallelTrainer", "GradientAverage"]
 
@@ -64,16 +63,11 @@ class GradientAverage:
 
     def launch(self, optimizer: torch.optim.Optimizer) -> None:
         """Start averaging ``optimizer``'s gradients (those not ``None``), one flat buffer per dtype and device."""
-        groups: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
-        for g in optimizer.param_groups:
-            for p in g["params"]:
-                if p.grad is not None:
-                    groups.setdefault((p.grad.dtype, p.grad.device), []).append(p.grad)
-        for (dtype, _), grads in groups.items():
-            flat = _flatten_dense_tensors(grads).to(self.comm_device, REDUCE_DTYPE.get(dtype, dtype))
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        for group, flat in flat_buffers(grads, self.comm_device):
             with lost_peer(f"{self.who} failed in a gradient all-reduce", self.timeout):
                 work = dist.all_reduce(flat, group=self.group, async_op=True)
-            self._pending.append((grads, flat, work))
+            self._pending.append((group, flat, work))
             self.launched_bytes += flat.numel() * flat.element_size()
 
     def finish(self) -> None:
@@ -87,23 +81,14 @@ class GradientAverage:
         self.exposed_seconds += time.perf_counter() - start
         with torch.no_grad():
             for grads, flat, _ in pending:
-                flat.div_(self.world)
-                for g, avg in zip(grads, _unflatten_dense_tensors(flat, grads)):
-                    g.copy_(avg)
+                unflatten_into(grads, flat.div_(self.world))
 
     def agree(self, ok: torch.Tensor) -> torch.Tensor:
         """``ok`` on every rank (a bool tensor): whether it is true on all of them."""
         flag = ok.to(self.comm_device, torch.int32).reshape(1)
-        with lost_peer(f"{self.who} failed agreeing whether a step is finite", self.timeout):
-            work = dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=self.group, async_op=True)
-        wait_work(work, self.timeout, f"{self.who} failed agreeing whether a step is finite")
+        run_collective(f"{self.who} failed agreeing whether a step is finite", self.timeout, dist.all_reduce, flag,
+                       op=dist.ReduceOp.MIN, group=self.group)
         return flag[0].bool()
-
-    def discard(self) -> None:
-        """Drop launched averages after a failed step (their collectives still complete on every rank)."""
-        for _, _, work in self._pending:
-            wait_work(work, self.timeout, f"{self.who} failed finishing a gradient all-reduce")
-        self._pending = []
 
 
 class DataParallelTrainer(ReplicatedTrainer):

@@ -28,12 +28,11 @@ from ._distributed import (
     check_equal_lengths,
     check_timeout,
     default_device,
-    lost_peer,
-    wait_work,
+    run_collective,
 )
 from .local import LocalTrainer, WrapsLocalTrainer
 
-__all__ = ["ReplicatedTrainer", "shard_loader", "REDUCE_DTYPE"]
+__all__ = ["ReplicatedTrainer", "shard_loader", "REDUCE_DTYPE", "flat_buffers", "unflatten_into"]
 
 #: Low-precision tensors are summed in float32: with bf16 the sum of a few ranks would already lose bits.
 REDUCE_DTYPE = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
@@ -87,11 +86,8 @@ class ReplicatedTrainer(WrapsLocalTrainer):
         return f"{self.role} {self.rank} of {self.world}"
 
     def _collective(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        """Run one asynchronous collective and wait for it, turning a lost or stalled peer into a PipelineError."""
-        what = f"{self.who} failed in {what}"
-        with lost_peer(what, self.timeout):
-            work = fn(*args, async_op=True, **kwargs)
-        wait_work(work, self.timeout, what)
+        """Run one collective, turning a lost or stalled peer into a PipelineError."""
+        run_collective(f"{self.who} failed in {what}", self.timeout, fn, *args, **kwargs)
 
     def _state_tensors(self, floating_only: bool) -> list[torch.Tensor]:
         tensors = [*self.network.parameters(), *self.network.buffers()]
@@ -99,16 +95,10 @@ class ReplicatedTrainer(WrapsLocalTrainer):
 
     def _apply_flat(self, tensors: list[torch.Tensor], op: Callable[[torch.Tensor], None]) -> None:
         """Run ``op`` (a collective, in place) on one flat buffer per (dtype, device) and copy the result back."""
-        groups: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
-        for t in tensors:
-            groups.setdefault((t.dtype, t.device), []).append(t)
         with torch.no_grad():
-            for (dtype, _), group in groups.items():
-                flat = _flatten_dense_tensors([t.detach() for t in group])
-                flat = flat.to(self._comm_device, REDUCE_DTYPE.get(dtype, dtype))
+            for group, flat in flat_buffers(tensors, self._comm_device):
                 op(flat)
-                for t, new in zip(group, _unflatten_dense_tensors(flat, group)):
-                    t.copy_(new)  # copy_ converts device, dtype and memory format (channels-last convs) back
+                unflatten_into(group, flat)
 
     def _broadcast_state(self) -> None:
         """Give every rank rank 0's parameters and buffers (all dtypes), so the ranks start identical."""
@@ -221,6 +211,24 @@ class ReplicatedTrainer(WrapsLocalTrainer):
         """Load the checkpoint at ``path`` on this rank: call it on every rank with the same (rank 0's) checkpoint,
         so every rank continues from the same parameters, optimizer states, schedules, progress and RNG state."""
         return super().resume(path)
+
+
+def flat_buffers(
+    tensors: list[torch.Tensor], comm_device: torch.device
+) -> list[tuple[list[torch.Tensor], torch.Tensor]]:
+    """``tensors`` grouped by dtype and device, each group with one flat copy on ``comm_device`` for a collective
+    (low-precision groups in float32)."""
+    groups: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
+    for t in tensors:
+        groups.setdefault((t.dtype, t.device), []).append(t)
+    return [(group, _flatten_dense_tensors([t.detach() for t in group]).to(comm_device, REDUCE_DTYPE.get(dtype, dtype)))
+            for (dtype, _), group in groups.items()]
+
+
+def unflatten_into(group: list[torch.Tensor], flat: torch.Tensor) -> None:
+    """Copy ``flat`` (a :func:`flat_buffers` buffer, after its collective) back into its tensors."""
+    for t, new in zip(group, _unflatten_dense_tensors(flat, group)):
+        t.copy_(new)  # copy_ converts device, dtype and memory format (channels-last convs) back
 
 
 class _EveryNth:

@@ -11,7 +11,7 @@ import torch.distributed as dist
 
 from ...layers.base import LayerOutput
 from ...objectives import PreparedBatch
-from .._distributed import lost_peer, wait_work
+from .._distributed import lost_peer, run_collective, wait_work
 from ..local import LocalTrainer
 
 __all__ = ["Share", "Stage", "sample_rows", "take_samples", "merge_samples"]
@@ -108,10 +108,8 @@ class Stage:
             dtype = grads[0].dtype if grads else torch.float32
             flat = torch.cat([*(g.reshape(-1) for g in grads), loss.view(1).to(dtype), n_right.view(1).to(dtype)])
             waited = time.perf_counter()
-            what = f"pipeline stage {self.index} lost the stage it shares layer {j} with"
-            with lost_peer(what, timeout):
-                work = dist.all_reduce(flat, group=share.group, async_op=True)
-            wait_work(work, timeout, what)
+            run_collective(f"pipeline stage {self.index} lost the stage it shares layer {j} with", timeout,
+                           dist.all_reduce, flat, group=share.group)
             self.reduce_seconds += time.perf_counter() - waited
             began = time.perf_counter()
             offset = 0
