@@ -465,16 +465,27 @@ class Trainer:
             raise ValueError(
                 f"trainer state has {len(state['optimizers'])} layers, this network has {len(self.optimizers)}"
             )
-        saved_plan = state.get("plan")
         if self.plan is not None:
-            check_plan(saved_plan, self.plan, int(state["step_count"]))
-        wanted = [targets(o, s) if o is not None else None for o, s in zip(self.optimizers, self.schedulers)]
-        self._load_optimizer_states(enumerate(state["optimizers"]), enumerate(state["schedulers"]))
-        self.resume_notes = (replan_schedules(saved_plan, self.plan, self.optimizers, self.schedulers, wanted)
-                             if self.plan is not None else [])
+            check_plan(state.get("plan"), self.plan, int(state["step_count"]))
+        self.resume_notes = self._load_optimization(state.get("plan"), enumerate(state["optimizers"]),
+                                                    enumerate(state["schedulers"]))
         self.epoch = state["epoch"]
         self.step_count = state["step_count"]
         self.history = list(state["history"])
+
+    def _load_optimization(self, saved_plan: dict[str, Any] | None, optimizers: Iterable[tuple[int, Any]],
+                           schedulers: Iterable[tuple[int, Any]]) -> list[str]:
+        """Load ``(index, state)`` pairs of optimizer and schedule states (checked by ``check_plan`` first), then give
+        those optimizers this trainer's lr, final lr, weight decay and schedule length
+        (:func:`~ffkit.train.schedules.replan_schedules`); returns its notes."""
+        optimizers = list(optimizers)
+        loaded = {int(i) for i, _ in optimizers}
+        wanted = [targets(o, s) if o is not None and i in loaded else None  # read before the states overwrite them
+                  for i, (o, s) in enumerate(zip(self.optimizers, self.schedulers))]
+        self._load_optimizer_states(optimizers, schedulers)
+        if self.plan is None:
+            return []
+        return replan_schedules(saved_plan, self.plan, self.optimizers, self.schedulers, wanted)
 
     def _load_optimizer_states(self, optimizers: Iterable[tuple[int, Any]], schedulers: Iterable[tuple[int, Any]]):
         """Load ``(index, state)`` pairs into ``self.optimizers`` / ``self.schedulers`` (``None`` entries skipped)."""

@@ -43,7 +43,7 @@ from .pipelining.partition import resolve_stages, share_mode, shareable_layers
 from .pipelining.schedule import DistributedSchedule, run_threads
 from .pipelining.stage import Share, Stage
 from .rng import capture_rng, restore_rng
-from .schedules import check_plan, replan_schedules, targets
+from .schedules import check_plan
 
 __all__ = ["PipelineTrainer", "PipelineError", "init_distributed"]
 
@@ -504,11 +504,9 @@ class PipelineTrainer(WrapsLocalTrainer):
                              f"needs a file <stem>.stage<k>-of-{self.n_stages}.pt or .prev.pt of the same epoch")
         epoch = max(common)
         payloads = {k: found[k][epoch] for k in mine}
-        plan = self.plan
-        if plan is not None:  # as Trainer.load_state_dict: refused before anything is loaded, or re-planned after
+        if self.plan is not None:  # as Trainer.load_state_dict: refused before anything is loaded
             for k in mine:
-                check_plan(payloads[k].get("plan"), plan, int(payloads[k]["steps"]))
-            wanted = [targets(o, s) if o is not None else None for o, s in zip(self.optimizers, self.schedulers)]
+                check_plan(payloads[k].get("plan"), self.plan, int(payloads[k]["steps"]))
         first = payloads[mine[0]]
         self.starts = tuple(first["starts"])
         self._share_batch = first.get("share_batch_size")
@@ -523,11 +521,8 @@ class PipelineTrainer(WrapsLocalTrainer):
                 if share is not None and share.mode == "units" and share.module is not None:
                     share.module.load_state_dict(payload["unit_shards"][share.layer][2])
                     share.module.push_units(self.network.layers[share.layer], share.lo)
-            self._load_optimizer_states(payload["optimizers"].items(), payload["schedulers"].items())
-            if plan is not None:
-                own = [w if i in payload["optimizers"] else None for i, w in enumerate(wanted)]
-                self.resume_notes += replan_schedules(payload.get("plan"), plan, self.optimizers, self.schedulers,
-                                                      own)
+            self.resume_notes += self._load_optimization(payload.get("plan"), payload["optimizers"].items(),
+                                                         payload["schedulers"].items())
             st.steps = payload["steps"]
             self.epoch = payload["epoch"]
             self.history = list(payload["history"])
