@@ -20,7 +20,7 @@ from .. import defaults
 from .._validation import check_int
 from ..network import FFNetwork
 from .base import DivergenceError, StepResult, Trainer, check_trainer_args
-from .schedules import make_optimizer, make_schedule, run_plan
+from .schedules import all_finite, make_optimizer, make_schedule, optimizer_params, run_plan
 
 __all__ = ["BackpropTrainer"]
 
@@ -159,8 +159,8 @@ class BackpropTrainer(Trainer):
 
     def _check_update(self, opt: torch.optim.Optimizer, saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Refuse the step if a gradient is not finite behind a finite loss (a square root or a division at 0)."""
-        grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
-        if grads and not bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
+        grads = [p.grad for p in optimizer_params(opt) if p.grad is not None]
+        if grads and not bool(all_finite(grads)):
             self._refuse_step(opt, saved, "a gradient became non-finite behind a finite loss")
 
     def _refuse_step(
@@ -172,8 +172,7 @@ class BackpropTrainer(Trainer):
         with torch.no_grad():
             for buf, before in saved:
                 buf.copy_(before)
-        params = [p for g in opt.param_groups for p in g["params"]]
-        if not bool(torch.isfinite(torch.stack(torch._foreach_norm(params))).all()):
+        if not bool(all_finite(optimizer_params(opt))):
             what = "the network holds non-finite weights after the previous step (whose gradients were finite)"
             detail = ""
         epoch, step = self.epoch + 1, self.step_count + 1

@@ -33,6 +33,7 @@ from ..network import FFNetwork
 from ._distributed import lost_peer, run_collective, wait_work
 from .base import EpochProgress, StepResult, reject_mid_epoch
 from .replicated import ReplicatedTrainer, flat_buffers, unflatten_into
+from .schedules import optimizer_params
 
 __all__ = ["DataParallelTrainer", "GradientAverage"]
 
@@ -63,7 +64,7 @@ class GradientAverage:
 
     def launch(self, optimizer: torch.optim.Optimizer) -> None:
         """Start averaging ``optimizer``'s gradients (those not ``None``), one flat buffer per dtype and device."""
-        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        grads = [p.grad for p in optimizer_params(optimizer) if p.grad is not None]
         for group, flat in flat_buffers(grads, self.comm_device):
             with lost_peer(f"{self.who} failed in a gradient all-reduce", self.timeout):
                 work = dist.all_reduce(flat, group=self.group, async_op=True)

@@ -19,7 +19,7 @@ from .base import (
     Trainer,
     check_trainer_args,
 )
-from .schedules import make_optimizer, make_schedule, run_plan
+from .schedules import all_finite, make_optimizer, make_schedule, optimizer_params, run_plan
 
 if TYPE_CHECKING:
     from .data_parallel import GradientAverage
@@ -365,12 +365,11 @@ class LocalTrainer(Trainer):
         index = {id(o): k for k, o in enumerate(self.optimizers) if o is not None}
         flags = []
         for opt in pending:
-            params = [p for g in opt.param_groups for p in g["params"]]
+            params = optimizer_params(opt)
             grads = [p.grad for p in params if p.grad is not None]
             for what, tensors in (("gradient", grads), ("weights", params)):
                 if tensors:
-                    finite = torch.isfinite(torch.stack(torch._foreach_norm(tensors))).all()
-                    flags.append((index[id(opt)], what, finite))
+                    flags.append((index[id(opt)], what, all_finite(tensors)))
         return flags
 
     def _raise_divergence(

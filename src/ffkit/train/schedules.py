@@ -11,10 +11,22 @@ import torch
 
 from .._validation import check_int, check_real
 
-__all__ = ["make_optimizer", "make_schedule", "SCHEDULES", "run_plan", "check_plan", "replan_schedules", "targets",
+__all__ = ["optimizer_params", "all_finite",
+           "make_optimizer", "make_schedule", "SCHEDULES", "run_plan", "check_plan", "replan_schedules", "targets",
            "Targets", "rebuild_for"]
 
 _OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+
+
+def optimizer_params(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """Every parameter ``opt`` steps, in its groups' order."""
+    return [p for g in opt.param_groups for p in g["params"]]
+
+
+def all_finite(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Whether every element of ``tensors`` is finite, as a device flag (one norm per tensor, no host
+    synchronisation; a NaN or an infinity anywhere makes its tensor's norm non-finite)."""
+    return torch.isfinite(torch.stack(torch._foreach_norm(tensors))).all()
 
 
 def make_optimizer(

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from .schedules import optimizer_params
+
 __all__ = ["StepUndo"]
 
 
@@ -48,7 +50,7 @@ class StepUndo:
             for opt in optimizers:
                 saved = self._saved.setdefault(id(opt), _Saved())
                 saved.tag = tag
-                params = [p for g in opt.param_groups for p in g["params"]]
+                params = optimizer_params(opt)
                 if len(saved.params) != len(params):
                     saved.params = [torch.empty_like(p) for p in params]
                 torch._foreach_copy_(saved.params, params)
@@ -69,7 +71,7 @@ class StepUndo:
                 saved = self._saved[id(opt)]
                 if saved.tag != latest:
                     continue
-                params = [p for g in opt.param_groups for p in g["params"]]
+                params = optimizer_params(opt)
                 torch._foreach_copy_(params, saved.params)
                 for p in params:
                     if p not in saved.state:
