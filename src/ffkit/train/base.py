@@ -370,8 +370,8 @@ class Trainer:
         # Ctrl-C and SIGTERM stop at the next step boundary with a resumable checkpoint (engines that checkpoint
         # inside an epoch, with a run directory); elsewhere they keep their usual effect.
         graceful = ckpt is not None and self.mid_epoch_checkpoints
-        self.step_undo = StepUndo() if graceful and getattr(self, "on_divergence", "stop") == "stop" else None
-        with StopRequest() if graceful else contextlib.nullcontext(StopRequest()) as stop, self._undo_scope():
+        keep_undo = graceful and getattr(self, "on_divergence", "stop") == "stop"  # what _save_last_good needs
+        with StopRequest() if graceful else contextlib.nullcontext(StopRequest()) as stop, self._undo_scope(keep_undo):
             while self.epoch < epochs:
                 e = self.epoch + 1
                 sampler = getattr(train, "sampler", None)
@@ -411,11 +411,13 @@ class Trainer:
         return self.history
 
     @contextlib.contextmanager
-    def _undo_scope(self) -> Iterator[None]:
+    def _undo_scope(self, keep: bool) -> Iterator[None]:
+        """Keep a :class:`StepUndo` (if ``keep``) for the scope only: its copies matter while fit can save them."""
+        self.step_undo = StepUndo() if keep else None
         try:
             yield
         finally:
-            self.step_undo = None  # its copies are only needed while fit can save them
+            self.step_undo = None
 
     def _save_last_good(self, err: DivergenceError, ckpt: Path, pos: EpochProgress) -> DivergenceError:
         """Save the last good state and return the error that says where: the state before the last step taken
