@@ -461,12 +461,12 @@ def _train_loaders(
     train_set = load_dataset(info.name, train_split, args.data_dir, holdout_seed=args.seed, augment=cfg["augment"],
                              normalize=norm, image_size=size)
     # federated and data-parallel ranks each train on their own shard of every epoch
-    federated = pipeline is not None and pipeline["variant"] in ("federated", "data-parallel")
+    sharded = pipeline is not None and pipeline["variant"] in ("federated", "data-parallel")
     # Samples that never change (no random augmentation) are read once and fetched a batch at a time: the same
     # batches in the same order, without a per-sample transform and collate every epoch. Indices let FixedNEG keep
     # one wrong label per sample.
     on_device = _data_on_device(args, device, pipeline)
-    in_memory = cfg["augment"] is None and not federated
+    in_memory = cfg["augment"] is None and not sharded
     holdout_set = (load_dataset(info.name, "holdout", args.data_dir, holdout_seed=args.seed, normalize=norm,
                                 image_size=size) if cfg["holdout"] else None)
     test_set = load_dataset(info.name, "test", args.data_dir, normalize=norm, image_size=size)
@@ -504,9 +504,9 @@ def _train_loaders(
         # trainer finishes its step and saves (they end with the loader, or with their parent).
         loader_kw["worker_init_fn"] = ignore_stop_signals
     batch_size = cfg["batch_size"]
-    if not federated:  # federated ranks each train on a shard, whose size depends on the world size
+    if not sharded:  # sharded ranks each train on a shard, whose size depends on the world size
         _check_batches(_size(train_set), batch_size, net, model, drop_last=pipeline is not None or cfg["drop_last"])
-    if federated:  # every rank its own shard of the data
+    if sharded:  # every rank its own shard of the data
         import torch.distributed as dist
 
         from .train import shard_loader
