@@ -112,7 +112,7 @@ class ClassifierHead(nn.Module):
     @property
     def min_batch_size(self) -> int:
         """The smallest training batch the head accepts: 2 with BatchNorm1d (it needs a batch variance), else 1."""
-        return 2 if isinstance(self.norm, nn.BatchNorm1d) else 1
+        return 2 if isinstance(self.norm, nn.modules.batchnorm._BatchNorm) else 1  # a SyncBatchNorm too
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         z = self.pooled(features)

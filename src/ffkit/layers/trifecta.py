@@ -121,7 +121,7 @@ class TrifectaLinear(FFLayer):
         x = x.flatten(1)
         if x.shape[1] != self.linear.in_features:
             raise ValueError(f"TrifectaLinear expects {self.linear.in_features} input features, got {x.shape[1]}")
-        if self.training and x.shape[0] < 2 and isinstance(self.norm, nn.BatchNorm1d):
+        if self.training and x.shape[0] < 2 and isinstance(self.norm, nn.modules.batchnorm._BatchNorm):
             # else torch's "Expected more than 1 value per channel when training"
             raise ValueError(
                 f"TrifectaLinear's BatchNorm1d needs at least 2 samples per training batch, got {x.shape[0]}: use a "

@@ -11,6 +11,7 @@ from .interrupt import TrainingInterrupted
 from .local import LocalTrainer
 from .pipeline import PipelineError, PipelineTrainer, init_distributed
 from .replicated import shard_loader
+from .sync_batchnorm import SyncBatchNorm, sync_batchnorm
 
 __all__ = [
     "Trainer",
@@ -28,6 +29,8 @@ __all__ = [
     "FederatedTrainer",
     "DataParallelTrainer",
     "shard_loader",
+    "sync_batchnorm",
+    "SyncBatchNorm",
     "ChapterTrainer",
     "build_trainer",
 ]
