@@ -511,13 +511,18 @@ class Trainer:
             "model_name": net.model_name,
             "model_kwargs": net.model_kwargs,
             "trainer_class": type(self).__name__,
-            "network": net.state_dict(),
+            "network": self._network_state(),
             "trainer": self.state_dict(),
             "metadata": getattr(self, "metadata", {}),
             "rng": capture_rng(net),
             "position": position.state_dict() if position is not None else None,
         }
         return save_checkpoint(payload, path)
+
+    def _network_state(self) -> dict[str, Any]:
+        """The network's state_dict as :meth:`save` writes it (an engine whose parameters are sharded over ranks
+        gathers them here)."""
+        return self.network.state_dict()
 
     def resume(self, path: str | Path) -> dict[str, Any]:
         """Restore everything :meth:`save` wrote; raises ``ValueError`` for a checkpoint of another model. A

@@ -55,9 +55,12 @@ class ReplicatedTrainer(WrapsLocalTrainer):
     _comm_device: torch.device
 
     def _setup_replicas(self, network: FFNetwork, device: str | torch.device | None, timeout: float,
-                        trainer_options: dict[str, Any], engine: str) -> None:
+                        trainer_options: dict[str, Any], engine: str,
+                        shard: Callable[[], None] | None = None) -> None:
         """Check the arguments and the process group, build the inner :class:`~ffkit.LocalTrainer` on this rank's
-        device and give every rank rank 0's parameters and buffers."""
+        device and give every rank rank 0's parameters and buffers. ``shard`` (if given) then shards the
+        parameters, and the inner trainer is built again so that its optimizers hold the sharded ones (sharding
+        replaces the Parameter objects)."""
         if not isinstance(network, FFNetwork):
             raise TypeError(f"network must be an ffkit FFNetwork, got {type(network).__name__}")
         check_timeout(timeout)
@@ -78,6 +81,9 @@ class ReplicatedTrainer(WrapsLocalTrainer):
             self._comm_device = torch.device("cpu")
         self._init_progress()
         self._broadcast_state()
+        if shard is not None:
+            shard()
+            self.inner = LocalTrainer(network, device=here, **trainer_options)
 
     # -- collectives --------------------------------------------------------------------------------------------
     @property

@@ -4,14 +4,15 @@ learning rate, weight decay or length than its checkpoint was trained with (:fun
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+import sys
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 import torch
 
 from .._validation import check_int, check_real
 
-__all__ = ["optimizer_params", "all_finite",
+__all__ = ["optimizer_params", "all_finite", "local_shards", "is_sharded",
            "make_optimizer", "make_schedule", "SCHEDULES", "run_plan", "check_plan", "replan_schedules", "targets",
            "Targets", "rebuild_for"]
 
@@ -25,8 +26,23 @@ def optimizer_params(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
 
 def all_finite(tensors: list[torch.Tensor]) -> torch.Tensor:
     """Whether every element of ``tensors`` is finite, as a device flag (one norm per tensor, no host
-    synchronisation; a NaN or an infinity anywhere makes its tensor's norm non-finite)."""
-    return torch.isfinite(torch.stack(torch._foreach_norm(tensors))).all()
+    synchronisation; a NaN or an infinity anywhere makes its tensor's norm non-finite). Of a sharded parameter
+    (a DTensor), this rank's shard only, without a collective: the data-parallel ranks combine their flags."""
+    return torch.isfinite(torch.stack(torch._foreach_norm(local_shards(tensors)))).all()
+
+
+def is_sharded(t: object) -> bool:
+    """Whether ``t`` is a DTensor (a parameter, gradient or state sharded by ``DataParallelTrainer(
+    shard_parameters=True)``)."""
+    # torch.distributed.tensor is loaded once anything made a DTensor; importing it here would add a third of a
+    # second to ``import ffkit``
+    dtensor = sys.modules.get("torch.distributed.tensor")
+    return dtensor is not None and isinstance(t, dtensor.DTensor)
+
+
+def local_shards(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """``tensors`` with each DTensor (:func:`is_sharded`) replaced by this rank's shard, which shares its storage."""
+    return [t.to_local() if is_sharded(t) else t for t in tensors]  # type: ignore[attr-defined]
 
 
 def make_optimizer(

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .schedules import optimizer_params
+from .schedules import local_shards, optimizer_params
 
 __all__ = ["StepUndo"]
 
@@ -51,9 +51,10 @@ class StepUndo:
                 saved = self._saved.setdefault(id(opt), _Saved())
                 saved.tag = tag
                 params = optimizer_params(opt)
+                local = local_shards(params)  # DTensor has no rule for _foreach_copy_; each rank saves its shard
                 if len(saved.params) != len(params):
-                    saved.params = [torch.empty_like(p) for p in params]
-                torch._foreach_copy_(saved.params, params)
+                    saved.params = [torch.empty_like(p) for p in local]
+                torch._foreach_copy_(saved.params, local)
                 saved.state = {p: _copy_state(opt.state[p], saved.state.get(p)) for p in params if opt.state.get(p)}
         # already copies (PendingUpdate's, which a dropped step restores); a step may commit in parts
         held_tag, held = self._buffers
@@ -72,7 +73,7 @@ class StepUndo:
                 if saved.tag != latest:
                     continue
                 params = optimizer_params(opt)
-                torch._foreach_copy_(params, saved.params)
+                torch._foreach_copy_(local_shards(params), saved.params)
                 for p in params:
                     if p not in saved.state:
                         opt.state.pop(p, None)  # created by the step being undone (Adam's first)
