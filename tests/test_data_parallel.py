@@ -155,3 +155,206 @@ def test_each_layer_exchange_starts_before_the_next_layer_runs_and_is_waited_for
     n = len(net.layers)
     expected = [e for i in range(n) for e in (f"layer {i}", f"exchange {i}")] + ["wait", "agree"] + ["step"] * n
     assert events == expected
+
+
+# -- sync_batchnorm and shard_parameters ---------------------------------------------------------------------------
+
+OPTION_MODELS = {
+    "cwcomp_cnn": {"width_multiplier": 0.25},
+    "trifecta_shallow": {"width_multiplier": 0.25, "negatives": "fixed"},
+    "dtg_vgg8": {"width_multiplier": 0.1, "dropout": 0.0, "head_dropout": 0.0, "in_channels": 3},
+    "deeperforward_tinycnn": {"width_multiplier": 0.1, "in_channels": 3, "dropout": 0.0},
+    "hinton_mlp": {"width_multiplier": 0.1, "negatives": "fixed"},
+}
+#: float64, five Adam steps: the largest differences measured were 1.9e-11 (sync_batchnorm, the Trifecta) and 4.9e-15
+#: (shard_parameters)
+TOL = 1e-10
+
+
+@pytest.fixture(scope="module")
+def options_job(tmp_path_factory):
+    """One two-process launch of the worker's ``options`` scenarios (about 20 s on two cores)."""
+    out = tmp_path_factory.mktemp("data_parallel_options")
+    proc, _ = torchrun(str(WORKER), str(out), "options", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return lambda name, rank: torch.load(out / f"{name}.rank{rank}.pt")
+
+
+def _local_run(name):
+    """LocalTrainer's five Adam steps on the whole global batches of 16 (the worker's data), float64."""
+    torch.manual_seed(0)
+    net = create_model(name, **OPTION_MODELS[name]).double()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(80, net.in_channels, 32, 32, generator=g).double()
+    y = torch.randint(0, 10, (80,), generator=g)
+    ref = ffkit.LocalTrainer(net, lr=0.01, schedule="constant")
+    for b in range(5):
+        ref.train_step(x[b * 16 : b * 16 + 16], y[b * 16 : b * 16 + 16], torch.arange(b * 16, b * 16 + 16))
+    return net.state_dict()
+
+
+def _max_difference(got, want):
+    return max((got[k].double() - v.double()).abs().max().item() for k, v in want.items() if v.is_floating_point())
+
+
+def test_cpu_sync_batchnorm_equals_batchnorm2d_on_the_whole_batch(options_job):
+    """Two ranks with three samples each: the output and the input gradient of each rank's rows, the weight and bias
+    gradients summed over the ranks, and the running statistics (unbiased variance of all six samples) are those of
+    one BatchNorm2d on all six."""
+    g = torch.Generator().manual_seed(5)
+    x = (torch.randn(6, 3, 4, 4, generator=g, dtype=torch.float64) * 3 + 1).requires_grad_(True)
+    weights = torch.randn(6, 3, 4, 4, generator=g, dtype=torch.float64)
+    bn = torch.nn.BatchNorm2d(3).double()
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([0.5, 1.5, -2.0]))
+        bn.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    out = bn(x)
+    (out * weights).sum().backward()
+    ranks = [options_job("bn", r) for r in (0, 1)]
+    assert {r["type"] for r in ranks} == {"SyncBatchNorm"}
+    close = {"rtol": 0, "atol": 1e-12}
+    torch.testing.assert_close(torch.cat([r["out"] for r in ranks]), out.detach(), **close)
+    torch.testing.assert_close(torch.cat([r["x_grad"] for r in ranks]), x.grad, **close)
+    torch.testing.assert_close(ranks[0]["weight_grad"] + ranks[1]["weight_grad"], bn.weight.grad, **close)
+    torch.testing.assert_close(ranks[0]["bias_grad"] + ranks[1]["bias_grad"], bn.bias.grad, **close)
+    for r in ranks:
+        torch.testing.assert_close(r["running_mean"], bn.running_mean, **close)
+        torch.testing.assert_close(r["running_var"], bn.running_var, **close)
+
+
+@pytest.mark.parametrize("name", ["cwcomp_cnn", "trifecta_shallow", "dtg_vgg8"])
+def test_sync_batchnorm_on_half_batches_equals_local_trainer_on_the_whole_batches(options_job, name):
+    """CwComp (BatchNorm2d after each conv), the Trifecta (BatchNorm2d on each layer's input, a learned label
+    encoder) and DTG's VGG8 (a BatchNorm1d classifier head): after five Adam steps in float64, every weight and every
+    running statistic equals LocalTrainer's on the whole batches; without the option the weights differ."""
+    want = _local_run(name)
+    for r in (0, 1):
+        result = options_job(f"syncbn-{name}", r)
+        assert "SyncBatchNorm" in result["types"] and "BatchNorm2d" not in result["types"]
+        assert result["weights"].keys() == want.keys()
+        assert _max_difference(result["weights"], want) < TOL
+        assert _max_difference(result["plain"], want) > 1e-4  # per-rank statistics: the test can fail
+    running = [k for k in want if k.endswith(("running_mean", "running_var"))]
+    assert running
+
+
+def test_sync_batchnorm_with_sharded_parameters(options_job):
+    want = _local_run("cwcomp_cnn")
+    for r in (0, 1):
+        assert _max_difference(options_job("both-cwcomp_cnn", r)["weights"], want) < TOL
+
+
+@pytest.mark.parametrize("name", ["deeperforward_tinycnn", "hinton_mlp", "dtg_vgg8"])
+def test_sharded_parameters_on_half_batches_equal_local_trainer_on_the_whole_batches(options_job, name):
+    """FSDP2 per layer: the gathered weights after five Adam steps equal LocalTrainer's on the whole batches; each
+    rank holds half of every sharded parameter (rows on dim 0, rounded up) and less than 60 % of the unsharded
+    bytes of parameters, gradients and Adam moments; DTG's scalar parameters stay whole and are averaged by the
+    trainer's own all-reduce (DTG's VGG8 also synchronises its head's BatchNorm)."""
+    want = _local_run(name)
+    for r in (0, 1):
+        result = options_job(f"shard-{name}", r)
+        assert _max_difference(result["weights"], want) < TOL
+        sizes = result["sizes"]
+        assert sizes
+        for key, (whole, local) in sizes.items():
+            rows = want[key].shape[0]
+            mine = (rows + 1) // 2 if r == 0 else rows - (rows + 1) // 2
+            assert local == whole // rows * mine, key
+        sharded, plain = result["bytes"], result["bytes_unsharded"]
+        assert sharded["total"] < 0.6 * plain["total"]
+        assert sharded["optimizer_state"] < 0.6 * plain["optimizer_state"]
+        scalars = [k for k, v in want.items() if v.dim() == 0 and v.is_floating_point() and "running" not in k]
+        assert (result["exchanged"] > 0) == any(k not in sizes for k in scalars)
+
+
+def test_a_sharded_checkpoint_loads_into_a_plain_local_trainer_and_resumes_exactly(options_job):
+    """Rank 0's checkpoint after the first epoch holds the whole weights and Adam moments (a single-process
+    LocalTrainer resumes from it), and two sharded ranks resumed from it end with the uninterrupted weights."""
+    result = options_job("shard-resume", 0)
+    net = create_model("deeperforward_tinycnn", **OPTION_MODELS["deeperforward_tinycnn"])
+    plain = ffkit.LocalTrainer(net, lr=0.01, total_steps=6)
+    plain.resume(result["checkpoint"])
+    for key, value in result["first"].items():
+        assert torch.equal(net.state_dict()[key], value), key
+    for opt in plain.optimizers:
+        for p, state in opt.state.items():
+            assert state["exp_avg"].shape == p.shape and state["exp_avg_sq"].shape == p.shape
+    for r in (0, 1):
+        result = options_job("shard-resume", r)
+        for key, value in result["whole"].items():
+            assert torch.equal(result["resumed"][key], value), (r, key)
+
+
+def test_sharded_evaluation_shared_by_the_ranks_equals_one_process(options_job):
+    for r in (0, 1):
+        result = options_job("shard-eval", r)
+        for report in (result["shared"], result["again"]):
+            assert report.keys() == result["alone"].keys()
+            for key in result["alone"]:
+                _assert_close(report[key], result["alone"][key], key)
+        assert result["resharded"]
+
+
+def test_step_undo_restores_sharded_parameters_and_moments(options_job):
+    for r in (0, 1):
+        result = options_job("shard-undo", r)
+        assert result["moved"] and result["restored"] and result["exact"]
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"overlap": True}, "shard_parameters=True conflicts with overlap=True (OLU)"),
+    ({"channels_last": True}, "shard_parameters=True conflicts with channels_last=True"),
+    ({"compile": "aot_eager"}, "shard_parameters=True conflicts with compile"),
+    ({"fused_optimizer": True}, "shard_parameters=True conflicts with fused_optimizer=True for this network"),
+])
+def test_shard_parameters_refuses_what_it_cannot_shard(options, message):
+    net = create_model("trifecta_shallow", width_multiplier=0.1)  # its learned label encoder stays whole
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ffkit.train.DataParallelTrainer(net, shard_parameters=True, **options)
+
+
+@pytest.mark.parametrize("name", ["sync_batchnorm", "shard_parameters"])
+def test_options_must_be_bools(name):
+    with pytest.raises(TypeError, match=f"{name} must be a bool"):
+        ffkit.train.DataParallelTrainer(_model("deeperforward_tinycnn"), **{name: 1})
+
+
+@pytest.mark.parametrize("name", ["cwcomp_cnn", "trifecta_shallow", "trifecta_fcn", "dtg_vgg8"])
+def test_sync_batchnorm_conversion_keeps_keys_tensors_and_counts(name):
+    """In place, on the same tensors: the state_dict's keys, the parameter count and the values do not change, a
+    converted network's checkpoint loads into an unconverted one, and the layers' small-batch checks still apply."""
+    from ffkit.train.sync_batchnorm import SyncBatchNorm, sync_batchnorm
+
+    kw = {"trifecta_fcn": {"width_multiplier": 0.05}}.get(name, OPTION_MODELS.get(name, {}))
+    net = create_model(name, **kw)
+    before = dict(net.state_dict(keep_vars=True))
+    count = sum(p.numel() for p in net.parameters())
+    assert sync_batchnorm(net) is net
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(type(m) is SyncBatchNorm for m in norms)
+    after = net.state_dict(keep_vars=True)
+    assert list(after) == list(before) and all(after[k] is v for k, v in before.items())
+    assert sum(p.numel() for p in net.parameters()) == count
+    create_model(name, **kw).load_state_dict(net.state_dict())
+    if net.head is not None:
+        assert net.head.min_batch_size == 2
+    if name == "trifecta_fcn":
+        with pytest.raises(ValueError, match="needs at least 2 samples per training batch"):
+            net.layers[0](torch.randn(1, net.layers[0].linear.in_features))
+
+
+def test_sync_batchnorm_without_a_process_group_is_batchnorm():
+    """Outside torch.distributed (and in eval mode) the converted norm computes what BatchNorm2d does."""
+    from ffkit.train.sync_batchnorm import sync_batchnorm
+
+    bn = torch.nn.BatchNorm2d(4)
+    ref = torch.nn.BatchNorm2d(4)
+    x = torch.randn(5, 4, 3, 3)
+    converted = sync_batchnorm(torch.nn.Sequential(bn))
+    torch.testing.assert_close(converted(x), ref(x))
+    converted.eval(), ref.eval()
+    torch.testing.assert_close(converted(x), ref(x))
+    with pytest.raises(TypeError, match="module must be a torch.nn.Module"):
+        sync_batchnorm("bn")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="group must be a torch.distributed.ProcessGroup"):
+        sync_batchnorm(bn, group=0)  # type: ignore[arg-type]

@@ -13,6 +13,20 @@ SCENARIO ``all`` runs, in one process group (a launch is most of a test's time),
 * ``eval``: evaluation and SIP with the batches shared by the ranks, and the same in one process on every batch.
 
 SCENARIO ``leave``: rank 1 leaves after the first step; rank 0's error and how long it took to come.
+
+SCENARIO ``options`` (``sync_batchnorm`` and ``shard_parameters``) writes:
+
+* ``bn``: ffkit's SyncBatchNorm on this rank's half of a batch: output, input gradient, weight and bias gradients,
+  running statistics (the test compares them with one ``nn.BatchNorm2d`` on the whole batch).
+* ``syncbn-<model>``: as ``equiv-<model>`` with ``sync_batchnorm=True`` (and with it off: ``plain``); weights and
+  BatchNorm statistics. ``both-cwcomp_cnn``: ``sync_batchnorm`` and ``shard_parameters`` together.
+* ``shard-<model>``: as ``equiv-<model>`` with ``shard_parameters=True`` (DTG's VGG8, whose head has a BatchNorm,
+  with ``sync_batchnorm`` too): the gathered weights, each sharded
+  parameter's whole and local sizes, the bytes held per rank with and without sharding.
+* ``shard-resume``: one epoch of ``fit`` into a run directory, then a resume into a fresh sharded trainer for the
+  second; the uninterrupted weights; the gathered weights after the first epoch (the checkpoint's).
+* ``shard-eval``: the sharded evaluation (batches shared by the ranks) and one process's on the gathered weights.
+* ``shard-undo``: a StepUndo over sharded optimizers taken before a step and restored after it.
 """
 
 import sys
@@ -110,7 +124,152 @@ def evaluation():
     save("eval", {"shared": shared, "alone": alone, "sip": (sip.start, sip.end, sip.accuracy)})
 
 
-if scenario == "all":
+def full_weights(trainer):
+    """The whole state_dict (a collective with sharded parameters)."""
+    from ffkit.train.sharding import full_network_state
+
+    return {k: v.detach().clone() for k, v in full_network_state(trainer.network).items()}
+
+
+OPTION_MODELS = {
+    "cwcomp_cnn": {"width_multiplier": 0.25},
+    "trifecta_shallow": {"width_multiplier": 0.25, "negatives": "fixed"},
+    "dtg_vgg8": {"width_multiplier": 0.1, "dropout": 0.0, "head_dropout": 0.0, "in_channels": 3},
+    "deeperforward_tinycnn": {"width_multiplier": 0.1, "in_channels": 3, "dropout": 0.0},
+    "hinton_mlp": {"width_multiplier": 0.1, "negatives": "fixed"},
+}
+
+
+def option_model(name):
+    torch.manual_seed(rank)
+    return create_model(name, **OPTION_MODELS[name])
+
+
+def steps(name, **options):
+    """Five Adam steps in float64 on this rank's half of each global batch of 16; the trainer."""
+    net = option_model(name).double()
+    x, y = data(net.in_channels)
+    x = x.double()
+    trainer = DataParallelTrainer(net, lr=0.01, schedule="constant", **options)
+    half = 16 // world
+    for b in range(5):
+        lo = b * 16 + rank * half
+        trainer.train_step(x[lo : lo + half], y[lo : lo + half], torch.arange(lo, lo + half))
+    return trainer
+
+
+def batchnorm_unit():
+    from ffkit.train.sync_batchnorm import sync_batchnorm
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(6, 3, 4, 4, generator=g, dtype=torch.float64) * 3 + 1
+    weights = torch.randn(6, 3, 4, 4, generator=g, dtype=torch.float64)  # the loss: sum(weights * out)
+    bn = torch.nn.BatchNorm2d(3).double()
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([0.5, 1.5, -2.0]))
+        bn.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    bn = sync_batchnorm(bn)
+    mine = slice(rank * 3, rank * 3 + 3)
+    xr = x[mine].clone().requires_grad_(True)
+    out = bn(xr)
+    (out * weights[mine]).sum().backward()
+    save("bn", {"out": out.detach(), "x_grad": xr.grad, "weight_grad": bn.weight.grad, "bias_grad": bn.bias.grad,
+                "running_mean": bn.running_mean, "running_var": bn.running_var, "type": type(bn).__name__})
+
+
+def sync_bn(name):
+    trainer = steps(name, sync_batchnorm=True)
+    plain = steps(name)
+    save(f"syncbn-{name}", {"weights": state(trainer.network), "plain": state(plain.network),
+                            "types": sorted({type(m).__name__ for m in trainer.network.modules()})})
+
+
+def shard(name):
+    from ffkit.train.schedules import is_sharded
+    from ffkit.train.sharding import local_bytes
+
+    synced = name == "dtg_vgg8"  # its head's BatchNorm1d: the whole batch's statistics
+    trainer = steps(name, shard_parameters=True, sync_batchnorm=synced)
+    sizes = {k: (v.numel(), v.to_local().numel()) for k, v in trainer.network.named_parameters() if is_sharded(v)}
+    unsharded = steps(name, sync_batchnorm=synced)
+    save(f"shard-{name}", {"weights": full_weights(trainer), "sizes": sizes,
+                           "bytes": local_bytes(trainer.network, trainer.optimizers),
+                           "bytes_unsharded": local_bytes(unsharded.network, unsharded.optimizers),
+                           "exchanged": trainer.gradients.launched_bytes})
+
+
+def both():
+    trainer = steps("cwcomp_cnn", sync_batchnorm=True, shard_parameters=True)
+    save("both-cwcomp_cnn", {"weights": full_weights(trainer)})
+
+
+def shard_resume():
+    name = "deeperforward_tinycnn"
+    x, y = data(3, n=48)
+    loader = shard_loader(TensorDataset(x, y), batch_size=8, seed=3)
+    plan = {"lr": 0.01, "total_steps": 6, "shard_parameters": True}
+    whole = DataParallelTrainer(option_model(name), **plan)
+    whole.fit(loader, epochs=2, log=None)
+    first = DataParallelTrainer(option_model(name), **plan)
+    first.fit(loader, epochs=1, out_dir=out / "run-shard", log=None)
+    after_first = full_weights(first)
+    torch.manual_seed(99)
+    again = DataParallelTrainer(option_model(name), **plan)
+    again.resume(out / "run-shard" / "checkpoint.pt")
+    again.fit(loader, epochs=2, log=None)
+    save("shard-resume", {"whole": full_weights(whole), "resumed": full_weights(again), "first": after_first,
+                          "checkpoint": str(out / "run-shard" / "checkpoint.pt")})
+
+
+def shard_eval():
+    net = option_model("deeperforward_tinycnn")
+    x, y = data(3, n=56)
+    loader = DataLoader(TensorDataset(x, y), batch_size=8)  # 7 batches: 4 on rank 0, 3 on rank 1
+    trainer = DataParallelTrainer(net, lr=0.01, schedule="constant", shard_parameters=True)
+    trainer.train_step(x[rank * 8 : rank * 8 + 8], y[rank * 8 : rank * 8 + 8])
+    shared = trainer.evaluate(loader).to_dict()
+    sip = trainer.select_layers(loader)
+    again = trainer.evaluate(loader).to_dict()  # resharded after the first: a second evaluation works alike
+    copy = option_model("deeperforward_tinycnn")
+    copy.load_state_dict(full_weights(trainer))
+    alone = ffkit.LocalTrainer(copy, schedule="constant").evaluate(loader).to_dict()
+    resharded = all(p.to_local().numel() < p.numel() for layer in net.layers for p in layer.parameters())
+    save("shard-eval", {"shared": shared, "alone": alone, "again": again, "sip": (sip.start, sip.end),
+                        "resharded": resharded})
+
+
+def shard_undo():
+    from ffkit.train.undo import StepUndo
+
+    trainer = steps("hinton_mlp", shard_parameters=True)
+    before = full_weights(trainer)
+    moments = [{k: v.full_tensor() for k, v in s.items() if k != "step"}
+               for o in trainer.optimizers for s in o.state.values()]
+    trainer.inner.step_undo = undo = StepUndo()
+    x, y = data(1, n=16)
+    mine = slice(rank * 8, rank * 8 + 8)
+    trainer.train_step(x[mine].double(), y[mine], torch.arange(16)[mine])
+    moved = not torch.equal(full_weights(trainer)["layers.0.linear.weight"], before["layers.0.linear.weight"])
+    restored = undo.restore(trainer.optimizers)
+    after = full_weights(trainer)
+    moments_after = [{k: v.full_tensor() for k, v in s.items() if k != "step"}
+                     for o in trainer.optimizers for s in o.state.values()]
+    exact = all(torch.equal(after[k], v) for k, v in before.items()) and all(
+        torch.equal(a[k], b[k]) for a, b in zip(moments_after, moments) for k in a)
+    save("shard-undo", {"moved": moved, "restored": restored, "exact": exact})
+
+
+if scenario == "options":
+    batchnorm_unit()
+    for name in ("cwcomp_cnn", "trifecta_shallow", "dtg_vgg8"):
+        sync_bn(name)
+    for name in ("deeperforward_tinycnn", "hinton_mlp", "dtg_vgg8"):
+        shard(name)
+    both()
+    shard_resume()
+    shard_eval()
+    shard_undo()
+elif scenario == "all":
     for name in ("deeperforward_tinycnn", "deeperforward_resnet17", "hinton_mlp"):
         equivalence(name)
     resume("hinton_mlp", negatives="random")
