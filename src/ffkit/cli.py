@@ -114,10 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--pipeline", action="store_true",
                    help="train the layers as a pipeline of stages: one per process under torchrun "
                         "(torchrun --nproc-per-node N -m ffkit train ... --pipeline), else threads in this process")
-    t.add_argument("--data-parallel", action="store_true",
+    t.add_argument("--data-parallel", nargs="?", type=_positive(int), const=0, default=None, metavar="D",
                    help="under torchrun (torchrun --nproc-per-node N -m ffkit train ... --data-parallel): every "
                         "process holds the whole network and trains on its 1/N of each --batch-size batch, each "
-                        "layer's gradients averaged across the processes behind the next layer's work")
+                        "layer's gradients averaged across the processes behind the next layer's work; with "
+                        "--pipeline, D replicas of a pipeline of N/D stages (a 2-D device mesh)")
     t.add_argument("--stages", default=None, metavar="N|per-layer|I,J,...",
                    help="pipeline stages without torchrun (default 2), or the stages' first layers, e.g. 0,3; under "
                         "torchrun a first layer may be fractional, e.g. 0,1.6 shares layer 1 (60%% of each batch on "
@@ -269,23 +270,50 @@ def _pipeline_options(args: argparse.Namespace, trainer_name: str, device: torch
 
 
 def _data_parallel_options(args: argparse.Namespace, cfg: dict[str, Any], trainer_name: str, device: torch.device):
-    """``--data-parallel``: the DataParallelTrainer's options, this process's rank and its device."""
-    if args.pipeline:
-        raise ValueError("--data-parallel with --pipeline (data x pipeline parallelism) is not available yet: use one")
+    """``--data-parallel [D]``: the DataParallelTrainer's options (with ``--pipeline``: the hybrid pipeline's), this
+    process's rank and its device."""
+    from .train.pipelining.partition import parse_stages
+
     if trainer_name == "backprop":
         raise ValueError("--data-parallel trains with the local trainer; it conflicts with --trainer backprop")
+    hybrid = args.pipeline
+    if hybrid and args.pipeline_variant != "stages":
+        raise ValueError(f"--data-parallel with --pipeline replicates a pipeline of stages; it conflicts with "
+                         f"--pipeline-variant {args.pipeline_variant}")
+    if hybrid and not args.data_parallel:
+        raise ValueError("--data-parallel with --pipeline needs the number of replicas: --data-parallel D --pipeline "
+                         "under torchrun --nproc-per-node N runs D pipelines of N/D stages")
     if "RANK" not in os.environ:
         raise ValueError("--data-parallel runs one replica per process: launch with torchrun --nproc-per-node N -m "
-                         "ffkit train ... --data-parallel")
+                         "ffkit train ... --data-parallel" + (" D --pipeline" if hybrid else ""))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    replicas = args.data_parallel or world
+    if world % replicas:
+        raise ValueError(f"--data-parallel {replicas} must divide torchrun's {world} processes (--nproc-per-node "
+                         f"x --nnodes)")
+    if not hybrid and replicas != world:
+        raise ValueError(f"--data-parallel {replicas} without --pipeline runs one replica per process: launch "
+                         f"{replicas} processes (torchrun --nproc-per-node {replicas}), or add --pipeline for "
+                         f"{replicas} pipelines of {world // replicas} stages")
+    if cfg["batch_size"] % replicas:
+        raise ValueError(f"--batch-size {cfg['batch_size']} (the global batch) must be a multiple of the {replicas} "
+                         f"data-parallel {'replicas' if hybrid else 'processes'}")
+    options: dict[str, Any] = {"backend": "distributed", "variant": "data-parallel", "timeout": args.pipeline_timeout}
+    if hybrid:
+        stages = parse_stages(args.stages)
+        if isinstance(stages, tuple):
+            options["stages"] = stages
+        elif stages not in (2, world // replicas):  # 2 is the default, which the world size overrides
+            raise ValueError(f"--stages {args.stages} conflicts with torchrun's {world} processes as {replicas} "
+                             f"replicas: each replica has {world // replicas} stages (give first layers such as 0,3, "
+                             f"or nothing)")
+        options.update(variant="stages", data_parallel=replicas, share_layers=False)
     from .train.pipeline import init_distributed
 
-    rank, world = init_distributed(timeout=args.pipeline_timeout)
-    if cfg["batch_size"] % world:
-        raise ValueError(f"--batch-size {cfg['batch_size']} (the global batch) must be a multiple of the {world} "
-                         f"data-parallel processes (torchrun --nproc-per-node)")
+    rank, _ = init_distributed(timeout=args.pipeline_timeout)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return {"backend": "distributed", "variant": "data-parallel", "timeout": args.pipeline_timeout}, rank, device
+    return options, rank, device
 
 
 #: The options of ``--pipeline`` and their defaults; the parser leaves them ``None`` so that one given without
@@ -304,7 +332,7 @@ def _check_pipeline_flags(args: argparse.Namespace) -> None:
     defaults. A variant's option under another variant is accepted, so that one command line can loop over
     variants."""
     given = [k for k in PIPELINE_DEFAULTS if getattr(args, k, None) is not None
-             and not (k == "pipeline_timeout" and args.data_parallel)]  # every multi-process engine's
+             and not (k == "pipeline_timeout" and args.data_parallel is not None)]  # every multi-process engine's
     given += ["no_share_layers"] if getattr(args, "no_share_layers", False) else []
     if given and not args.pipeline:
         flags = ", ".join(_flag(k) for k in given)
@@ -373,7 +401,7 @@ def check_train_flags(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
             check_real(cfg[key], flag, low=0.0, low_open=positive)
     if args.checkpoint_every is not None and args.pipeline:
         raise ValueError("--checkpoint-every conflicts with --pipeline: pipeline stages checkpoint at epoch ends")
-    if args.data_parallel:
+    if args.data_parallel is not None:
         for flag, given in (("--checkpoint-every", args.checkpoint_every is not None),
                             (f"--on-divergence {args.on_divergence}", args.on_divergence != "stop"),
                             ("--data-on-device", args.data_on_device)):
@@ -461,7 +489,8 @@ def _train_loaders(
     train_set = load_dataset(info.name, train_split, args.data_dir, holdout_seed=args.seed, augment=cfg["augment"],
                              normalize=norm, image_size=size)
     # federated and data-parallel ranks each train on their own shard of every epoch
-    sharded = pipeline is not None and pipeline["variant"] in ("federated", "data-parallel")
+    sharded = pipeline is not None and (pipeline["variant"] in ("federated", "data-parallel")
+                                        or pipeline.get("data_parallel", 1) > 1)
     # Samples that never change (no random augmentation) are read once and fetched a batch at a time: the same
     # batches in the same order, without a per-sample transform and collate every epoch. Indices let FixedNEG keep
     # one wrong label per sample.
@@ -511,9 +540,16 @@ def _train_loaders(
 
         from .train import shard_loader
 
-        data_parallel = pipeline is not None and pipeline["variant"] == "data-parallel"
-        share = batch_size // dist.get_world_size() if data_parallel else batch_size  # of the global batch
-        train_loader = shard_loader(train_set, share, seed=args.seed, **loader_kw)
+        assert pipeline is not None  # sharded
+        replicas = pipeline.get("data_parallel", 1)
+        if replicas > 1:  # a hybrid job: the first stage of each replica reads the replica's shard, batches of one size
+            replica = dist.get_rank() // (dist.get_world_size() // replicas)
+            train_loader = shard_loader(train_set, batch_size // replicas, seed=args.seed, num_replicas=replicas,
+                                        rank=replica, drop_last=True, **loader_kw)
+        else:
+            data_parallel = pipeline["variant"] == "data-parallel"
+            share = batch_size // dist.get_world_size() if data_parallel else batch_size  # of the global batch
+            train_loader = shard_loader(train_set, share, seed=args.seed, **loader_kw)
     else:  # a pipeline's stages post their receives ahead for batches of one size
         collate = DeviceDataset.collate if on_device else InMemory.collate if in_memory else None
         train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=torch.Generator(),
@@ -595,7 +631,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_train_flags(args, cfg)
     out = Path(args.out) if args.out else Path("runs") / f"{model}-{info.name}"
     pipeline, rank = None, 0
-    if args.data_parallel:
+    if args.data_parallel is not None:
         pipeline, rank, device = _data_parallel_options(args, cfg, trainer_name, device)
     elif args.pipeline:
         pipeline, rank, device = _pipeline_options(args, trainer_name, device)
@@ -616,6 +652,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         from .train.pipelining.partition import resolve_stages
 
         world = dist.get_world_size() if pipeline["backend"] == "distributed" else 1  # initialised by now
+        world //= pipeline.get("data_parallel", 1)  # a hybrid job's processes: replicas x stages
         resolve_stages(pipeline.get("stages", 2), net, backend=pipeline["backend"], world=world)
     ckpt = None
     if args.resume is not None:  # check the checkpoint before spending time on data

@@ -10,11 +10,12 @@ from datetime import timedelta
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from .._validation import check_real
 
 __all__ = ["PipelineError", "lost_peer", "wait_work", "run_collective", "default_device", "check_timeout",
-           "check_divergence_stop", "check_equal_lengths"]
+           "check_divergence_stop", "check_equal_lengths", "hybrid_mesh"]
 
 
 class PipelineError(RuntimeError):
@@ -98,3 +99,27 @@ def check_equal_lengths(
     lengths = [int(t) for t in every]
     if len(set(lengths)) > 1:
         raise ValueError(mismatch.format(lengths=lengths, rank=rank, n=n))
+
+
+def hybrid_mesh(replicas: int, device_type: str, timeout: float) -> Any:
+    """The 2-D ``DeviceMesh`` ``[replicas, stages]`` of a data x pipeline job over the whole world: row ``d`` (mesh
+    dimension ``"pipeline"``) is replica ``d``'s pipeline, ranks ``d * S .. d * S + S - 1``; column ``s`` (dimension
+    ``"data"``) holds stage ``s`` of every replica, which average that stage's gradients.
+
+    The groups are made here with ``timeout`` (``init_device_mesh`` would give its groups the backend's default of
+    several minutes, and a blocking collective on them would outwait a lost peer by that long)."""
+    from torch.distributed.device_mesh import DeviceMesh
+
+    world, me = dist.get_world_size(), dist.get_rank()
+    if replicas < 1 or world % replicas:
+        raise ValueError(f"data_parallel={replicas} replicas must divide the {world} processes of the job")
+    layout = torch.arange(world).view(replicas, world // replicas)
+    wait = timedelta(seconds=timeout)
+    mine: dict[str, Any] = {}
+    for name, lines in (("pipeline", layout.tolist()), ("data", layout.t().tolist())):
+        for ranks in lines:  # every rank creates every group, in the same order (new_group's rule)
+            group = dist.new_group(ranks, timeout=wait)
+            if me in ranks:
+                mine[name] = group
+    return DeviceMesh.from_group([mine["data"], mine["pipeline"]], device_type, mesh=layout,
+                                 mesh_dim_names=("data", "pipeline"))

@@ -30,11 +30,21 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.utils.data import DistributedSampler
 
 from .._validation import check_bool, check_int
 from .._version import __version__
 from ..network import FFNetwork
-from ._distributed import PipelineError, check_divergence_stop, check_timeout, default_device, lost_peer
+from ._distributed import (
+    PipelineError,
+    check_divergence_stop,
+    check_equal_lengths,
+    check_timeout,
+    default_device,
+    hybrid_mesh,
+    lost_peer,
+    run_collective,
+)
 from .base import EpochProgress, StepResult, reject_mid_epoch
 from .checkpoint import CHECKPOINT_FORMAT
 from .local import LocalTrainer, WrapsLocalTrainer
@@ -72,6 +82,15 @@ class PipelineTrainer(WrapsLocalTrainer):
         queue_size: batches that may wait between two stages (threads), or receive buffers in a stage's ring
             (distributed; at least 2 so that communication overlaps computation).
         timeout: seconds a stage waits for its peer before it stops with :class:`PipelineError`.
+        data_parallel: ``D`` replicas of the whole pipeline (``backend="distributed"``; hybrid data x pipeline
+            parallelism): the ``N`` processes form a 2-D ``DeviceMesh`` ``[D, N / D]`` (:func:`hybrid_mesh`); ranks
+            ``d * S .. d * S + S - 1`` are replica ``d``'s ``S = N / D`` stages, its first stage reads that replica's
+            loader (its shard of the data: :func:`~ffkit.train.shard_loader` with ``num_replicas=D``,
+            ``rank=trainer.replica``), and each stage's gradients are averaged over the replicas of that stage as
+            each layer's backward ends (:class:`~ffkit.train.data_parallel.GradientAverage`), so every replica takes
+            the step of one pipeline on the whole global batch. The split is chosen once (by rank 0) for every
+            replica; layers are not shared between stages. Replica 0 writes the checkpoints; only its first stage
+            evaluates.
         **trainer_options: the per-layer optimisation of :class:`~ffkit.LocalTrainer` (``lr``, ``schedule``,
             ``total_steps``, ...), which every stage uses for its layers.
 
@@ -92,6 +111,7 @@ class PipelineTrainer(WrapsLocalTrainer):
         share_layers: bool = True,
         queue_size: int = 2,
         timeout: float = 60.0,
+        data_parallel: int = 1,
         **trainer_options: Any,
     ) -> None:
         if not isinstance(network, FFNetwork):
@@ -118,8 +138,19 @@ class PipelineTrainer(WrapsLocalTrainer):
         self.timeout = float(timeout)
         self.balance = balance
         check_bool(share_layers, "share_layers")
-        self.share_layers = share_layers and backend == "distributed"
+        check_int(data_parallel, "data_parallel", minimum=1)
+        if data_parallel > 1 and backend != "distributed":
+            raise ValueError(f"data_parallel={data_parallel} replicates the pipeline over processes: it needs "
+                             f"backend='distributed' (one process per stage and replica, under torchrun)")
+        # Sharing a layer would need a pair group per replica and its exchange inside the replicas' average.
+        self.share_layers = share_layers and backend == "distributed" and data_parallel == 1
         self.rank, self.world = 0, 1
+        #: The replicas of the pipeline (hybrid data x pipeline), this process's replica, its pipeline's process group
+        #: (``None``: the whole world) and the group of this stage's replicas.
+        self.replicas, self.replica = data_parallel, 0
+        self.group: dist.ProcessGroup | None = None
+        self.mesh: Any = None
+        self._replica_sync: Any = None  # the replicas' GradientAverage
         if backend == "distributed":
             if not dist.is_available() or not dist.is_initialized():
                 raise RuntimeError("backend='distributed' needs torch.distributed initialised: launch with torchrun "
@@ -127,14 +158,24 @@ class PipelineTrainer(WrapsLocalTrainer):
             self.rank, self.world = dist.get_rank(), dist.get_world_size()
             if device is None:
                 device = default_device()
+            if data_parallel > 1:
+                self.mesh = hybrid_mesh(data_parallel, torch.device(device).type, self.timeout)
+                self.group = self.mesh.get_group("pipeline")
+                self.replica = self.mesh.get_local_rank("data")
+                self.rank, self.world = self.mesh.get_local_rank("pipeline"), self.world // data_parallel
             devices = [device] * self.world
         n_stages, self.starts = resolve_stages(stages, network, backend=backend, world=self.world)
+        if data_parallel > 1 and self.starts is not None and any(a != int(a) for a in self.starts):
+            raise ValueError(f"stages={stages!r} shares a layer between two stages; with data_parallel > 1 give "
+                             f"whole layers (integer first layers)")
         if devices is None:
             devices = [device or "cpu"] * n_stages
         if len(devices) != n_stages:
             raise ValueError(f"devices must name one device per stage ({n_stages}), got {len(devices)}")
         self.devices = [torch.device(d) for d in devices]
         self.inner = LocalTrainer(network, device=self.devices[self.rank], **trainer_options)
+        if data_parallel > 1:
+            self._start_replicas()
         self.n_stages = n_stages
         self.balance_report: dict[str, Any] | None = None
         self._stages: list[Stage] = []
@@ -146,6 +187,25 @@ class PipelineTrainer(WrapsLocalTrainer):
         self._init_progress()
 
     # -- setup ------------------------------------------------------------------------------------------------------
+    def _start_replicas(self) -> None:
+        """Hybrid: give every process rank 0's parameters and buffers (the replicas must start identical), and average
+        each stage's gradients over its replicas before its optimizers step."""
+        from .data_parallel import GradientAverage
+        from .replicated import flat_buffers, unflatten_into
+
+        data = self.mesh.get_group("data")
+        comm = self.device if dist.get_backend(data) == "nccl" else torch.device("cpu")
+        who = (f"pipeline stage {self.rank} of replica {self.replica} (rank {dist.get_rank()} of "
+               f"{dist.get_world_size()})")
+        self._replica_sync = GradientAverage(self.replicas, comm, self.timeout, who, group=data)
+        self.inner.gradient_sync = self._replica_sync
+        tensors = [*self.network.parameters(), *self.network.buffers()]
+        with torch.no_grad():
+            for group, flat in flat_buffers(tensors, comm):
+                run_collective(f"{who} failed in the initial broadcast of rank 0's parameters", self.timeout,
+                               dist.broadcast, flat, src=0)
+                unflatten_into(group, flat)
+
     def _plan(self, x: torch.Tensor | None, y: torch.Tensor | None, index: torch.Tensor | None = None) -> None:
         """Choose the split (profiling on the first batch if balancing is automatic) and place the stages."""
         from .balance import shared_layers
@@ -153,7 +213,7 @@ class PipelineTrainer(WrapsLocalTrainer):
         if self.starts is None and self.balance == "auto" and self.n_stages > 1:
             self._bytes_per_second = self._probe_bandwidth() if self.share_layers else math.inf
             report = None
-            if self.rank == 0:
+            if self.rank == 0 and self.replica == 0:  # one split for every replica
                 assert x is not None and y is not None, "rank 0 plans on the first batch"
                 report = self._profile(x, y, index)
             report = self._broadcast(report)
@@ -207,7 +267,7 @@ class PipelineTrainer(WrapsLocalTrainer):
                 opt.param_groups[0]["params"] = list(share.module.parameters())
 
     def _broadcast(self, value: Any) -> Any:
-        """Rank 0's ``value`` on every rank of a distributed pipeline."""
+        """Rank 0's ``value`` on every rank of a distributed pipeline (of every replica, in a hybrid job)."""
         if self.backend != "distributed":
             return value
         box = [value]
@@ -233,7 +293,11 @@ class PipelineTrainer(WrapsLocalTrainer):
         """Rank 0: time each layer's local step on the first batch and choose the split (:mod:`.balance`)."""
         from .balance import balance_stages, profile_layers, stage_balance, stage_times
 
-        costs = profile_layers(self.inner, x, y, index=index, warmup=2, steps=5)
+        sync, self.inner.gradient_sync = self.inner.gradient_sync, None  # rank 0 alone: its replicas are waiting
+        try:
+            costs = profile_layers(self.inner, x, y, index=index, warmup=2, steps=5)
+        finally:
+            self.inner.gradient_sync = sync
         # The first stage also prepares every batch (label encoding, negatives): charge it to layer 0.
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             began = time.perf_counter()
@@ -269,14 +333,41 @@ class PipelineTrainer(WrapsLocalTrainer):
                     on_batch: Callable[[EpochProgress], None] | None = None) -> dict[str, Any]:
         """One pass over ``loader`` with every stage working concurrently; per-layer means as ``LocalTrainer``."""
         reject_mid_epoch(self, position, on_batch)
+        if self.replicas > 1:
+            self._begin_replica_epoch(loader)
         batches = ((b[0], b[1], b[2] if len(b) > 2 else None) for b in loader)
         record = self._run(batches, concurrent=True)["record"]
         self.gather_network()  # every rank takes part; rank 0 then holds the whole trained network
-        if self.rank > 0 and self._out_dir is not None:
+        if self.rank > 0 and self._out_dir is not None and self.replica == 0:
             self.epoch += 1  # Trainer.fit counts the epoch after this returns; the stage file must say it is done
             save_stage(self.stage_state(self.rank), self._out_dir / "checkpoint.pt", self.rank, self.n_stages)
             self.epoch -= 1
         return record
+
+    def _begin_replica_epoch(self, loader: Iterable) -> None:
+        """Hybrid: seed the replicas' shards for this epoch, check that every replica takes the same number of steps
+        (their stages average gradients at every step) and give each process its own random stream for the epoch
+        (negative labels, dropout), seeded from one number that rank 0 draws, so a resume draws them again."""
+        data = self.mesh.get_group("data")
+        if self.rank == 0:  # the first stages read the data
+            sampler = getattr(loader, "sampler", None)
+            if isinstance(sampler, DistributedSampler):
+                sampler.set_epoch(self.epoch)
+            check_equal_lengths(
+                loader, self.replica, self.replicas, self._replica_sync.comm_device,
+                lambda every, mine: run_collective(f"{self._replica_sync.who} failed comparing the replicas' "
+                                                   f"batches per epoch", self.timeout, dist.all_gather, every, mine,
+                                                   group=data),
+                needs_len="loader must have a len() (batches per epoch) so the replicas can check they take the same "
+                          "number of steps",
+                mismatch="every replica must take the same number of steps per epoch, but the replicas' loaders "
+                         "have {lengths} batches (replica {rank}: {n}); shard the data with "
+                         "ffkit.train.shard_loader(..., num_replicas=data_parallel, rank=trainer.replica)",
+            )
+        seed = torch.randint(0, 2**62, (1,), dtype=torch.int64).to(self._replica_sync.comm_device)
+        run_collective(f"{self._replica_sync.who} failed sharing the epoch's random seed", self.timeout,
+                       dist.broadcast, seed, src=0)
+        torch.manual_seed(int(seed.item()) + dist.get_rank())
 
     def _run(self, batches: Iterable, concurrent: bool) -> dict[str, Any]:
         it = iter(batches) if self.rank == 0 else iter(())
@@ -306,7 +397,7 @@ class PipelineTrainer(WrapsLocalTrainer):
         else:
             if self._schedule is None:
                 self._schedule = DistributedSchedule(rank=self.rank, world=self.world, device=self.device,
-                                                     timeout=self.timeout, ring=self.queue_size)
+                                                     timeout=self.timeout, ring=self.queue_size, group=self.group)
             self._schedule.run(self._stages[self.rank], feed(), self._prepare, self._shape_spec)
             if self._schedule.batch_size is not None:
                 self._batch_size = self._schedule.batch_size
@@ -354,8 +445,10 @@ class PipelineTrainer(WrapsLocalTrainer):
             mine = [(a, ls.cpu(), cs.cpu(), n, busy) for a, ls, cs, n, busy in parts]
             with lost_peer(f"pipeline rank {self.rank} of {self.world} lost a peer while gathering the epoch's "
                             f"losses", self.timeout):
-                dist.all_gather_object(gathered, mine)
+                dist.all_gather_object(gathered, mine, group=self.group)
             parts = [p for g in gathered for p in g]
+            if self.replicas > 1:
+                parts = self._sum_replicas(parts)
         if not parts:
             raise ValueError("the training data is empty: no batch was produced")
         parts.sort(key=lambda p: p[0])
@@ -374,6 +467,15 @@ class PipelineTrainer(WrapsLocalTrainer):
             "shared_layers": self.shared_layers,
             "stage_busy_seconds": [p[4] for p in parts],
         }
+
+    def _sum_replicas(self, parts: list[tuple]) -> list[tuple]:
+        """Hybrid: every replica's epoch parts ``(first layer, loss sums, correct sums, images, busy seconds)`` added
+        up, stage by stage (the busy seconds: the slowest replica's)."""
+        every: list[Any] = [None] * self.replicas
+        with lost_peer(f"{self._replica_sync.who} lost a peer while gathering the replicas' losses", self.timeout):
+            dist.all_gather_object(every, parts, group=self.mesh.get_group("data"))
+        return [(p[0], sum(r[k][1] for r in every), sum(r[k][2] for r in every), sum(r[k][3] for r in every),
+                 max(r[k][4] for r in every)) for k, p in enumerate(parts)]
 
     @property
     def shared_layers(self) -> list[dict[str, Any]]:
@@ -396,6 +498,9 @@ class PipelineTrainer(WrapsLocalTrainer):
     def fit(self, train, *, epochs: int, holdout=None, test=None, out_dir=None, **kwargs):
         """As :meth:`Trainer.fit`. On a distributed run every rank trains its stage and writes its stage checkpoint;
         rank 0 also evaluates (after gathering the layers), logs and writes the metrics and the whole checkpoint."""
+        if self.replica > 0:  # replica 0 writes and evaluates for every replica
+            out_dir = holdout = test = None
+            kwargs["log"] = None
         self._out_dir = Path(out_dir) if out_dir is not None else None
         try:
             if self.rank == 0:
@@ -419,7 +524,7 @@ class PipelineTrainer(WrapsLocalTrainer):
         gathered: list[Any] = [None] * self.world
         with lost_peer(f"pipeline rank {self.rank} of {self.world} lost a peer while gathering the layers",
                         self.timeout):
-            dist.all_gather_object(gathered, (self._layer_states(st), self._unit_shards(st)))
+            dist.all_gather_object(gathered, (self._layer_states(st), self._unit_shards(st)), group=self.group)
         for rank, (states, shards) in enumerate(gathered):
             if rank != self.rank:
                 for i, state in states.items():
@@ -475,6 +580,8 @@ class PipelineTrainer(WrapsLocalTrainer):
         apart, and :meth:`resume` then takes the latest epoch that every stage has."""
         reject_mid_epoch(self, position, None)
         path = Path(path)
+        if self.replica > 0:  # its replicas hold the same state: replica 0 writes it
+            return path
         ks = [self.rank] if self.backend == "distributed" else range(len(self._stages))
         for k in ks:
             save_stage(self.stage_state(k), path, k, self.n_stages)
@@ -493,7 +600,7 @@ class PipelineTrainer(WrapsLocalTrainer):
         if self.backend == "distributed" and self.world > 1:
             gathered: list[Any] = [None] * self.world
             with lost_peer(f"pipeline rank {self.rank} of {self.world} lost a peer while resuming", self.timeout):
-                dist.all_gather_object(gathered, {k: sorted(f) for k, f in found.items()})
+                dist.all_gather_object(gathered, {k: sorted(f) for k, f in found.items()}, group=self.group)
             epochs = {k: set(e) for g in gathered for k, e in g.items()}
         else:
             epochs = {k: set(f) for k, f in found.items()}

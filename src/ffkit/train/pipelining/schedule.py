@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from .._distributed import PipelineError
 from .stage import Stage, merge_samples, sample_rows, take_samples
@@ -130,8 +131,12 @@ class DistributedSchedule:
     one gradient exchange per batch) or by units (the first stage's unit-shard update is finished when the next batch
     arrives, so the goodness exchange costs it no waiting)."""
 
-    def __init__(self, *, rank: int, world: int, device: torch.device, timeout: float, ring: int) -> None:
+    def __init__(self, *, rank: int, world: int, device: torch.device, timeout: float, ring: int,
+                 group: dist.ProcessGroup | None = None) -> None:
         self.rank, self.world, self.device, self.timeout, self.ring = rank, world, device, timeout, ring
+        #: This pipeline's process group: ``None`` when its stages are the whole world; in a hybrid (data x pipeline)
+        #: job, the stages of one replica, whose ranks in the world are not the stage indices.
+        self.group = group
         self.link: Link | None = None
         #: The size of the last batch this rank stepped (ranks after the first learn it from the link).
         self.batch_size: int | None = None
@@ -142,9 +147,10 @@ class DistributedSchedule:
         if self.link is None:
             prev = self.rank - 1 if self.rank > 0 else None
             nxt = self.rank + 1 if self.rank < self.world - 1 else None
-            every = exchange_shapes(self.rank, self.world, shapes, self.timeout)
+            every = exchange_shapes(self.rank, self.world, shapes, self.timeout, self.group)
+            ranks = dist.get_process_group_ranks(self.group) if self.group is not None else None
             self.link = Link(rank=self.rank, world=self.world, device=self.device, timeout=self.timeout,
-                             ring=self.ring, shapes=every, prev=prev, nxt=nxt)
+                             ring=self.ring, shapes=every, prev=prev, nxt=nxt, ranks=ranks)
         return self.link
 
     def run(self, st: Stage, batches: Iterable, prepare: Prepare, shapes: list[dict[str, Any]] | None) -> None:
@@ -191,9 +197,9 @@ class DistributedSchedule:
         except PipelineError:
             raise
         except RuntimeError as e:  # the step itself failed (a lost peer is a PipelineError already)
-            raise PipelineError(
-                f"pipeline stage {self.rank} (rank {self.rank} of {self.world}) failed: {type(e).__name__}: {e}"
-            ) from e
+            where = (self.link.me if self.link is not None
+                     else f"pipeline stage {self.rank} (rank {self.rank} of {self.world})")
+            raise PipelineError(f"{where} failed: {type(e).__name__}: {e}") from e
 
     def _finish_units(self, st: Stage) -> None:
         if self._pending_units is not None:
@@ -227,16 +233,24 @@ class DistributedSchedule:
         posted."""
         if self.link is None:
             return
+        # Every receive a stage posted ahead must be matched, or it would stay posted and swallow the first message
+        # of the next pipeline between the same two ranks (a second trainer in the same processes): STOP fills the
+        # whole ring.
         try:
+            link = self.link
             if self.rank == 0:
-                self.link.send(STOP)
-                self.link.flush()
+                for _ in range(link.ring):
+                    link.send(STOP)
+                link.flush()
             else:
-                while self.link is not None:
-                    kind, *_ = self.link.recv()
+                while True:
+                    kind, *_ = link.recv()
                     if kind == STOP:
-                        self.link.send(STOP)
-                        self.link.flush()
+                        for _ in range(link.ring - 1):
+                            link.recv()
+                        for _ in range(link.ring):
+                            link.send(STOP)
+                        link.flush()
                         break
         finally:
             self.link = None

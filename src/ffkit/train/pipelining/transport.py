@@ -25,9 +25,17 @@ class Link:
     Messages between two ranks are matched in the order they were posted, so the two parts never cross."""
 
     def __init__(self, *, rank: int, world: int, device: torch.device, timeout: float, ring: int,
-                 shapes: list[dict[str, Any]], prev: int | None, nxt: int | None) -> None:
+                 shapes: list[dict[str, Any]], prev: int | None, nxt: int | None,
+                 ranks: list[int] | None = None) -> None:
         self.rank, self.world, self.device, self.timeout = rank, world, device, timeout
         self.prev, self.nxt = prev, nxt
+        # The process of each stage: stage k is rank k, unless this pipeline is one replica of a hybrid (data x
+        # pipeline) job, whose stages are ranks of a bigger world.
+        self.ranks = list(range(world)) if ranks is None else list(ranks)
+        job = world if ranks is None else dist.get_world_size()
+        self.me = f"pipeline stage {rank} (rank {self.ranks[rank]} of {job})"
+        self.prev_rank = self.ranks[prev] if prev is not None else None
+        self.next_rank = self.ranks[nxt] if nxt is not None else None
         self.ring = max(2, ring)
         self.pending: list[tuple[list, list]] = []
         self.slots: list[dict[str, Any]] = []
@@ -57,17 +65,18 @@ class Link:
         return [slot["header"], slot["h"], slot["y"], *(slot["sc"][s] for s in sorted(slot["sc"]))]
 
     def _post(self, slot) -> None:
-        with lost_peer(f"pipeline stage {self.rank} (rank {self.rank} of {self.world}) lost the previous "
-                        f"stage (rank {self.prev}) while posting a receive", self.timeout):
-            slot["works"] = dist.batch_isend_irecv([dist.P2POp(dist.irecv, t, self.prev)
+        with lost_peer(f"{self.me} lost the previous stage (rank {self.prev_rank}) while posting a receive",
+                        self.timeout):
+            slot["works"] = dist.batch_isend_irecv([dist.P2POp(dist.irecv, t, self.prev_rank)
                                                     for t in self._tensors(slot)])
             if slot["share"] is not None:
-                slot["share_works"] = dist.batch_isend_irecv([dist.P2POp(dist.irecv, slot["share"], self.prev)])
+                slot["share_works"] = dist.batch_isend_irecv([dist.P2POp(dist.irecv, slot["share"],
+                                                                         self.prev_rank)])
 
     def _wait_recv(self, works) -> None:
         for w in works:
-            wait_work(w, self.timeout, f"pipeline stage {self.rank} (rank {self.rank} of {self.world}) lost the "
-                  f"previous stage (rank {self.prev}) while waiting for its next batch")
+            wait_work(w, self.timeout, f"{self.me} lost the previous stage (rank {self.prev_rank}) while waiting "
+                  f"for its next batch")
 
     def recv(self):
         slot = self.slots[self.received % self.ring]
@@ -122,30 +131,32 @@ class Link:
 
     def _isend(self, tensors: list[torch.Tensor]) -> None:
         # gloo may report a peer that stopped reading at the send itself, not only at the wait
-        with lost_peer(f"pipeline stage {self.rank} (rank {self.rank} of {self.world}) lost the next stage "
-                        f"(rank {self.nxt}) while sending it a batch", self.timeout):
-            works = dist.batch_isend_irecv([dist.P2POp(dist.isend, t, self.nxt) for t in tensors])
+        with lost_peer(f"{self.me} lost the next stage (rank {self.next_rank}) while sending it a batch",
+                        self.timeout):
+            works = dist.batch_isend_irecv([dist.P2POp(dist.isend, t, self.next_rank) for t in tensors])
         self.pending.append((works, tensors))
         while len(self.pending) > self.ring * self.parts:  # wait on a send only when its buffers would be reused
             self._wait_send(self.pending.pop(0))
 
     def _wait_send(self, item) -> None:
         for w in item[0]:
-            wait_work(w, self.timeout, f"pipeline stage {self.rank} (rank {self.rank} of {self.world}) lost the "
-                  f"next stage (rank {self.nxt}) while sending it a batch")
+            wait_work(w, self.timeout, f"{self.me} lost the next stage (rank {self.next_rank}) while sending it a "
+                  f"batch")
 
     def flush(self) -> None:
         while self.pending:
             self._wait_send(self.pending.pop(0))
 
 
-def exchange_shapes(rank: int, world: int, spec: list[dict[str, Any]] | None, timeout: float) -> list[dict[str, Any]]:
+def exchange_shapes(rank: int, world: int, spec: list[dict[str, Any]] | None, timeout: float,
+                    group: dist.ProcessGroup | None = None) -> list[dict[str, Any]]:
     """Every rank learns what each stage sends for one batch (``spec``, measured by rank 0 in one no-grad pass:
-    feature, label and shortcut shapes and the dtype): rank 0 broadcasts it."""
+    feature, label and shortcut shapes and the dtype): rank 0 broadcasts it (to the stages of its own pipeline
+    ``group``; ``None``: the whole world)."""
     box: list[Any] = [None]
     if rank == 0:
         assert spec is not None, "rank 0 measures the shapes before the link is built"
         box[0] = [{**d, "dtype": str(d["dtype"]).replace("torch.", "")} for d in spec]
     with lost_peer(f"pipeline rank {rank} of {world} lost rank 0 while receiving the stage shapes", timeout):
-        dist.broadcast_object_list(box, src=0)
+        dist.broadcast_object_list(box, group=group, group_src=0)
     return [{**d, "dtype": getattr(torch, d["dtype"])} for d in box[0]]
