@@ -111,8 +111,7 @@ def test_a_lost_rank_ends_the_others_with_a_clear_error(tmp_path):
 
 @pytest.mark.parametrize(("flags", "message"), [
     (["--data-parallel"], "--data-parallel runs one replica per process: launch with torchrun --nproc-per-node N"),
-    (["--data-parallel", "--pipeline"], "--data-parallel with --pipeline (data x pipeline parallelism) is not "
-                                        "available yet"),
+    (["--data-parallel", "--pipeline"], "--data-parallel with --pipeline needs the number of replicas"),
     (["--data-parallel", "--trainer", "backprop"], "--data-parallel trains with the local trainer"),
     (["--data-parallel", "--checkpoint-every", "2"], "--checkpoint-every conflicts with --data-parallel"),
 ])
