@@ -9,6 +9,9 @@
    balancing (profiled on the first batch of a short warm-up epoch; ``--no-share`` keeps whole layers per stage,
    otherwise a layer may be shared by two stages). Then the same ``--batches`` batches are timed, from
    the first batch sent to the last stage done (a barrier), so filling and draining the pipeline are counted.
+   ``--data-parallel D``: hybrid data x pipeline, ``D`` replicas of a pipeline of ``PROCS / D`` stages
+   (``PipelineTrainer(data_parallel=D)``), replica ``d`` on its ``B / D`` share of every batch, so the work is the
+   same ``--batches`` global batches of ``B``.
 
 Prints and writes (``benchmarks/results/pipeline-MODEL-pPROCS-cpu.json``) ``speedup`` = baseline time / pipeline time,
 ``efficiency`` = speedup / PROCS, and ``stage_balance`` = the slowest stage's busy time over the mean stage busy time
@@ -85,6 +88,16 @@ def worker(args) -> None:
 
         def make(batches: int, seed: int):
             return _loader(net, batches, args.batch_size, seed)
+    elif args.data_parallel > 1:
+        trainer = PipelineTrainer(net, backend="distributed", balance=args.balance, data_parallel=args.data_parallel,
+                                  schedule="constant", timeout=300)
+
+        def make(batches: int, seed: int):  # this replica's share of every global batch
+            full = _loader(net, batches, args.batch_size, seed).dataset
+            d, b = trainer.replica, args.batch_size // args.data_parallel
+            rows = torch.cat([torch.arange(i * args.batch_size + d * b, i * args.batch_size + (d + 1) * b)
+                              for i in range(batches)])
+            return DataLoader(torch.utils.data.Subset(full, rows.tolist()), batch_size=b, drop_last=True)
     else:
         trainer = PipelineTrainer(net, backend="distributed", balance=args.balance, share_layers=not args.no_share,
                                   schedule="constant", timeout=300)
@@ -121,6 +134,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     p.add_argument("--no-share", action="store_true", help="whole layers per stage (no layer shared by two stages)")
     p.add_argument("--variant", choices=["stages", "federated", "all-layers"], default="stages",
                    help="Pipeline-FF variant: stages of layers (default), federated, all-layers (chapters)")
+    p.add_argument("--data-parallel", type=int, default=1, metavar="D",
+                   help="stages: D replicas of a pipeline of PROCS / D stages (hybrid data x pipeline)")
     p.add_argument("--sync-every", type=int, default=1, help="federated: steps between parameter averages")
     p.add_argument("--chapter-batches", type=int, default=5, help="all-layers: batches per chapter")
     p.add_argument("--seed", type=int, default=0)
@@ -128,6 +143,11 @@ def main(argv: list[str] | None = None) -> dict | None:
     p.add_argument("--out", default=None)
     p.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.data_parallel < 1 or args.procs % args.data_parallel or args.batch_size % args.data_parallel:
+        p.error(f"--data-parallel {args.data_parallel} must divide --procs {args.procs} and --batch-size "
+                f"{args.batch_size}")
+    if args.data_parallel > 1 and args.variant != "stages":
+        p.error("--data-parallel replicates a pipeline of stages (--variant stages)")
     if args.batches is None:
         args.batches = 300 if "mlp" in args.model else 40
     if args.worker_out is not None:
@@ -143,6 +163,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                "--threads", str(args.threads), "--balance", args.balance, "--seed", str(args.seed),
                *(["--no-share"] if args.no_share else []),
                "--variant", args.variant, "--sync-every", str(args.sync_every),
+               "--data-parallel", str(args.data_parallel),
                "--chapter-batches", str(args.chapter_batches),
                "--worker-out", str(worker_out)]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
@@ -158,8 +179,9 @@ def main(argv: list[str] | None = None) -> dict | None:
         "batch_size": args.batch_size,
         "batches": args.batches,
         "balance": args.balance,
-        "share_layers": not args.no_share,
+        "share_layers": not args.no_share and args.data_parallel == 1,
         "variant": args.variant,
+        "data_parallel": args.data_parallel,
         "baseline_seconds": base,
         "pipeline_seconds": pipe["seconds"],
         "speedup": speedup,
@@ -175,7 +197,8 @@ def main(argv: list[str] | None = None) -> dict | None:
         "machine": machine_info(),
     }
     print(f"{args.model}: {args.batches} batches of {args.batch_size}; one process: {base:.1f} s, "
-          f"{args.procs}-process {args.variant} {pipe.get('stage_starts') or ''}: {pipe['seconds']:.1f} s")
+          f"{args.procs}-process {args.variant} {pipe.get('stage_starts') or ''}"
+          + (f" x {args.data_parallel} replicas" if args.data_parallel > 1 else "") + f": {pipe['seconds']:.1f} s")
     print(f"  speed-up {speedup:.2f}, efficiency {result['efficiency']:.2f}, "
           f"stage balance {result['stage_balance']:.3f} (busy seconds per stage {[round(b, 1) for b in busy]})")
     return emit(result, args.out, args.json)
