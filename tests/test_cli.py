@@ -284,6 +284,29 @@ def test_torchrun_data_parallel_trains_and_resumes(tmp_path, data_dir):
 
 
 @needs_fmnist
+def test_torchrun_data_parallel_with_sharded_parameters_and_synchronised_batchnorm(tmp_path, data_dir, capsys):
+    """`--data-parallel --shard-parameters --sync-batchnorm` on CwComp's CNN (a BatchNorm per layer): two processes
+    train with FSDP2-sharded layers; rank 0's checkpoint is a whole network that `ffkit test` reads in one process,
+    and a resume continues it sharded."""
+    from helpers.distributed import torchrun
+
+    def run(*extra):
+        proc, _ = torchrun("-m", "ffkit", "train", "--model", "cwcomp_cnn", "--dataset", "fashion-mnist",
+                           "--data-dir", data_dir, "--out", str(tmp_path / "run"), "--json", "--data-parallel",
+                           "--shard-parameters", "--sync-batchnorm", "--pipeline-timeout", "30", *QUICK, *extra,
+                           timeout=240)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1])
+
+    assert run()["epochs"] == 1
+    assert run("--epochs", "2", "--resume")["epochs"] == 2
+    assert main(["test", "--checkpoint", str(tmp_path / "run" / "checkpoint.pt"), "--data-dir", data_dir,
+                 "--eval-limit", "256", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0.0 < report["prediction"] <= 1.0 and len(report["per_layer"]) == 4
+
+
+@needs_fmnist
 def test_loewex_recipe_trains_and_tests_on_28x28_images(tmp_path, data_dir, capsys):
     """The recipe's network takes the stored 28x28 images (784 inputs): train and test load them at that size."""
     out = tmp_path / "lx"

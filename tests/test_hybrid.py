@@ -33,6 +33,8 @@ def job(tmp_path_factory):
 
 def _model(name, **kw):
     torch.manual_seed(0)
+    if name == "cwcomp_cnn":
+        return create_model(name, width_multiplier=0.25)
     if name == "hinton_mlp":
         return create_model(name, width_multiplier=0.1, **{"negatives": "fixed", **kw})
     return create_model(name, width_multiplier=0.1, in_channels=3, **{"dropout": 0.0, **kw})
@@ -137,6 +139,10 @@ def test_torchrun_hybrid_trains_and_resumes(tmp_path):
     (["--data-parallel", "2", "--pipeline", "--stages", "3"], "4",
      "--stages 3 conflicts with torchrun's 4 processes as 2 replicas: each replica has 2 stages"),
     (["--data-parallel", "0"], "4", "expected a positive int"),
+    (["--data-parallel", "2", "--pipeline", "--shard-parameters"], "4",
+     "--shard-parameters shards every layer over the data-parallel processes; it conflicts with --pipeline"),
+    (["--sync-batchnorm"], "4", "--sync-batchnorm only applies to --data-parallel training"),
+    (["--shard-parameters", "--pipeline"], "4", "--shard-parameters only applies to --data-parallel training"),
 ])
 def test_cli_hybrid_refusals(tmp_path, capsys, monkeypatch, flags, world, message):
     """Each wrong combination is refused before any process group or data, naming the flags."""
@@ -157,3 +163,26 @@ def test_pipeline_trainer_hybrid_refusals():
         ffkit.PipelineTrainer(net, data_parallel=2)
     with pytest.raises(ValueError, match="data_parallel must be"):
         ffkit.PipelineTrainer(net, data_parallel=0)
+    with pytest.raises(ValueError, match="sync_batchnorm shares BatchNorm statistics between the replicas of a stage: "
+                                         "it needs data_parallel > 1"):
+        ffkit.PipelineTrainer(net, sync_batchnorm=True)
+
+
+def test_synchronised_batchnorm_across_replicas_equals_local_trainer_on_the_whole_batches(job):
+    """CwComp's CNN has a BatchNorm in every layer: with ``sync_batchnorm=True`` each replica's stages normalise with
+    the whole global batch's statistics, so weights and running statistics are LocalTrainer's on the whole batches
+    (float64, within 1e-10); without it, each replica's half batch gives other statistics and other weights."""
+    net = _model("cwcomp_cnn").double()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(80, net.in_channels, 32, 32, generator=g).double()
+    y = torch.randint(0, 10, (80,), generator=g)
+    ref = ffkit.LocalTrainer(net, lr=0.01, schedule="constant")
+    for b in range(5):
+        ref.train_step(x[b * 16 : b * 16 + 16], y[b * 16 : b * 16 + 16])
+    for r in (0, 2):
+        got = job("syncbn", r)["weights"]
+        assert any("running_var" in k for k in got)
+        for key, value in net.state_dict().items():
+            torch.testing.assert_close(got[key], value, rtol=0, atol=1e-10, msg=key)
+    plain = job("plainbn", 0)["weights"]
+    assert max((plain[k].double() - v.double()).abs().max().item() for k, v in net.state_dict().items()) > 1e-3

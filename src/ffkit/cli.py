@@ -119,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "process holds the whole network and trains on its 1/N of each --batch-size batch, each "
                         "layer's gradients averaged across the processes behind the next layer's work; with "
                         "--pipeline, D replicas of a pipeline of N/D stages (a 2-D device mesh)")
+    t.add_argument("--sync-batchnorm", action="store_true",
+                   help="with --data-parallel: BatchNorm statistics of the whole global batch (every process's "
+                        "samples), as one process on the whole batch")
+    t.add_argument("--shard-parameters", action="store_true",
+                   help="with --data-parallel (without --pipeline): shard each layer's parameters, gradients and "
+                        "optimizer state over the processes (FSDP2 fully_shard per layer)")
     t.add_argument("--stages", default=None, metavar="N|per-layer|I,J,...",
                    help="pipeline stages without torchrun (default 2), or the stages' first layers, e.g. 0,3; under "
                         "torchrun a first layer may be fractional, e.g. 0,1.6 shares layer 1 (60%% of each batch on "
@@ -298,7 +304,13 @@ def _data_parallel_options(args: argparse.Namespace, cfg: dict[str, Any], traine
     if cfg["batch_size"] % replicas:
         raise ValueError(f"--batch-size {cfg['batch_size']} (the global batch) must be a multiple of the {replicas} "
                          f"data-parallel {'replicas' if hybrid else 'processes'}")
-    options: dict[str, Any] = {"backend": "distributed", "variant": "data-parallel", "timeout": args.pipeline_timeout}
+    if hybrid and args.shard_parameters:
+        raise ValueError("--shard-parameters shards every layer over the data-parallel processes; it conflicts with "
+                         "--pipeline (a stage's layers are replicated over the replicas, not sharded)")
+    options: dict[str, Any] = {"backend": "distributed", "variant": "data-parallel", "timeout": args.pipeline_timeout,
+                               "sync_batchnorm": args.sync_batchnorm}
+    if not hybrid:
+        options["shard_parameters"] = args.shard_parameters
     if hybrid:
         stages = parse_stages(args.stages)
         if isinstance(stages, tuple):
@@ -401,6 +413,9 @@ def check_train_flags(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
             check_real(cfg[key], flag, low=0.0, low_open=positive)
     if args.checkpoint_every is not None and args.pipeline:
         raise ValueError("--checkpoint-every conflicts with --pipeline: pipeline stages checkpoint at epoch ends")
+    for flag in ("--sync-batchnorm", "--shard-parameters"):
+        if getattr(args, flag[2:].replace("-", "_")) and args.data_parallel is None:
+            raise ValueError(f"{flag} only applies to --data-parallel training; add --data-parallel or drop {flag}")
     if args.data_parallel is not None:
         for flag, given in (("--checkpoint-every", args.checkpoint_every is not None),
                             (f"--on-divergence {args.on_divergence}", args.on_divergence != "stop"),

@@ -9,6 +9,9 @@ SCENARIO ``all`` runs, in one process group (a launch is most of a test's time),
 * ``equiv-<model>``: five Adam steps in float64 through the pipelines, replica ``d`` on samples ``8 d .. 8 d + 7``
   of every global batch of 16; the weights after them (the test compares them with LocalTrainer on the whole
   batches). TinyCNN's split is chosen by automatic balancing (on rank 0, for both replicas).
+* ``syncbn``: the same for CwComp's CNN (a BatchNorm in every layer) with ``sync_batchnorm=True``, automatic
+  balancing (profiled by both replicas' first stages in step, since their BatchNorms synchronise), and without
+  the option.
 * ``resume``: two epochs of ``fit`` uninterrupted, and one epoch then a resume into a fresh trainer for the second
   (random negative labels: each process's random stream must be drawn again alike); both final weights.
 
@@ -34,6 +37,8 @@ rank, world = init_distributed(timeout=30)
 
 def model(name, **kw):
     torch.manual_seed(rank)  # different on each rank: the trainer must give every replica replica 0's start
+    if name == "cwcomp_cnn":
+        return create_model(name, width_multiplier=0.25)
     if name == "hinton_mlp":
         return create_model(name, width_multiplier=0.1, **{"negatives": "fixed", **kw})
     return create_model(name, width_multiplier=0.1, in_channels=3, **{"dropout": 0.0, **kw})
@@ -53,19 +58,19 @@ def save(name, obj):
         torch.save(obj, out / f"{name}.rank{rank}.pt")
 
 
-def equivalence(name, balance):
+def equivalence(name, balance, tag=None, **options):
     net = model(name).double()  # float64: a comparison of the exchange, not of the rounding of two conv orders
     x, y = data(net.in_channels)
     x = x.double()
     trainer = PipelineTrainer(net, backend="distributed", data_parallel=2, balance=balance, lr=0.01,
-                              schedule="constant", timeout=30)
+                              schedule="constant", timeout=30, **options)
     half = 8
     rows = torch.cat([torch.arange(b * 16 + trainer.replica * half, b * 16 + (trainer.replica + 1) * half)
                       for b in range(5)])
     loader = DataLoader(TensorDataset(x[rows], y[rows], rows), batch_size=half)
     record = trainer.train_epoch(loader)
     trainer.close()
-    save(f"equiv-{name}", {"weights": state(net), "stages": trainer.stage_ranges, "record": record,
+    save(tag or f"equiv-{name}", {"weights": state(net), "stages": trainer.stage_ranges, "record": record,
                            "replica": trainer.replica, "stage": trainer.rank,
                            "exchanged": trainer._replica_sync.launched_bytes})
 
@@ -100,6 +105,8 @@ if scenario == "all":
     equivalence("deeperforward_tinycnn", "auto") if "FFKIT_SKIP1" not in __import__("os").environ else None
     equivalence("deeperforward_resnet17", "layers")
     equivalence("hinton_mlp", "layers")
+    equivalence("cwcomp_cnn", "auto", "syncbn", sync_batchnorm=True)
+    equivalence("cwcomp_cnn", "layers", "plainbn")
     resume()
 elif scenario == "leave":
     net = model("deeperforward_tinycnn")

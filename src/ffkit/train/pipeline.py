@@ -91,6 +91,8 @@ class PipelineTrainer(WrapsLocalTrainer):
             the step of one pipeline on the whole global batch. The split is chosen once (by rank 0) for every
             replica; layers are not shared between stages. Replica 0 writes the checkpoints; only its first stage
             evaluates.
+        sync_batchnorm: with ``data_parallel > 1``, every BatchNorm normalises with the statistics of the whole global
+            batch, its replicas' samples included (:func:`~ffkit.train.sync_batchnorm` over each stage's replicas).
         **trainer_options: the per-layer optimisation of :class:`~ffkit.LocalTrainer` (``lr``, ``schedule``,
             ``total_steps``, ...), which every stage uses for its layers.
 
@@ -112,6 +114,7 @@ class PipelineTrainer(WrapsLocalTrainer):
         queue_size: int = 2,
         timeout: float = 60.0,
         data_parallel: int = 1,
+        sync_batchnorm: bool = False,
         **trainer_options: Any,
     ) -> None:
         if not isinstance(network, FFNetwork):
@@ -139,6 +142,11 @@ class PipelineTrainer(WrapsLocalTrainer):
         self.balance = balance
         check_bool(share_layers, "share_layers")
         check_int(data_parallel, "data_parallel", minimum=1)
+        check_bool(sync_batchnorm, "sync_batchnorm")
+        if sync_batchnorm and data_parallel == 1:
+            raise ValueError("sync_batchnorm shares BatchNorm statistics between the replicas of a stage: it needs "
+                             "data_parallel > 1 (a pipeline's stage already sees the whole batch)")
+        self.sync_batchnorm = sync_batchnorm
         if data_parallel > 1 and backend != "distributed":
             raise ValueError(f"data_parallel={data_parallel} replicates the pipeline over processes: it needs "
                              f"backend='distributed' (one process per stage and replica, under torchrun)")
@@ -199,6 +207,10 @@ class PipelineTrainer(WrapsLocalTrainer):
                f"{dist.get_world_size()})")
         self._replica_sync = GradientAverage(self.replicas, comm, self.timeout, who, group=data)
         self.inner.gradient_sync = self._replica_sync
+        if self.sync_batchnorm:
+            from .sync_batchnorm import sync_batchnorm
+
+            sync_batchnorm(self.network, group=data)  # in place, on the same tensors: the optimizers keep them
         tensors = [*self.network.parameters(), *self.network.buffers()]
         with torch.no_grad():
             for group, flat in flat_buffers(tensors, comm):
@@ -213,7 +225,8 @@ class PipelineTrainer(WrapsLocalTrainer):
         if self.starts is None and self.balance == "auto" and self.n_stages > 1:
             self._bytes_per_second = self._probe_bandwidth() if self.share_layers else math.inf
             report = None
-            if self.rank == 0 and self.replica == 0:  # one split for every replica
+            if self.rank == 0:  # every replica's first stage, in step (their BatchNorms may synchronise); rank 0's
+                # split is every replica's
                 assert x is not None and y is not None, "rank 0 plans on the first batch"
                 report = self._profile(x, y, index)
             report = self._broadcast(report)
@@ -293,7 +306,7 @@ class PipelineTrainer(WrapsLocalTrainer):
         """Rank 0: time each layer's local step on the first batch and choose the split (:mod:`.balance`)."""
         from .balance import balance_stages, profile_layers, stage_balance, stage_times
 
-        sync, self.inner.gradient_sync = self.inner.gradient_sync, None  # rank 0 alone: its replicas are waiting
+        sync, self.inner.gradient_sync = self.inner.gradient_sync, None  # the first stages alone: the others wait
         try:
             costs = profile_layers(self.inner, x, y, index=index, warmup=2, steps=5)
         finally:
@@ -408,9 +421,14 @@ class PipelineTrainer(WrapsLocalTrainer):
 
     def _shapes(self, first) -> list[dict[str, Any]]:
         """What each stage sends for one batch: feature, label and shortcut shapes (one no-grad pass, RNG kept)."""
+        # The pass runs in training mode (the shapes of training), so it would move BatchNorm running statistics:
+        # they are put back, as the random state is.
+        saved = [(buf, buf.clone()) for buf in self.network.buffers()]
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []), torch.no_grad():
             h0, y0, b = self._prepare(*first)
             feats = {i: out.features for i, out in self.network.iter_layers(h0)}
+            for buf, before in saved:
+                buf.copy_(before)
         spec = []
         for st in self._stages:
             h, share = tuple(feats[st.end].shape), None
