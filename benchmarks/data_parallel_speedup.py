@@ -18,6 +18,10 @@ same global batch, and how much of the gradient exchange hides behind compute; t
    any exchange: FF without its gradient average, DDP under ``no_sync()``), and ``comm`` (the step's all-reduces
    alone: flat buffers of the same sizes, one after another, nothing else running).
 
+``--shard-parameters`` also times ``DataParallelTrainer(shard_parameters=True)`` (each layer an FSDP2 unit: its
+forward and backward all-gather its parameters, its gradients are reduce-scattered) as ``ff_sharded``: its step
+time, speed-up and efficiency against the same one-process FF step.
+
 Keys (``ff`` and ``bp``): ``speedup`` = one-process step time / data-parallel step time, ``efficiency`` = speedup /
 PROCS, ``comm_hidden_fraction`` = 1 - (step - no_comm) / comm, the share of the exchange that costs no time
 (clamped to [0, 1]); for FF also ``exposed_wait_seconds``, the time spent waiting for averages, measured inside the
@@ -151,6 +155,11 @@ def worker(args: argparse.Namespace) -> None:
     result["ff"] = {"step": step, "no_comm": no_comm, "comm": comm_alone(step_sizes), "exposed_wait": exposed,
                     "bytes": sum(step_sizes) * 4}
 
+    if args.shard_parameters:
+        net = _model(args)
+        sharded = DataParallelTrainer(net, schedule="constant", timeout=300, shard_parameters=True)
+        result["ff_sharded"] = {"step": slowest(_timed(sharded.train_step, batches, args.warmup, dist.barrier))}
+
     if not args.no_bp:
         net = _model(args)
         bp = BackpropTrainer(net, schedule="constant")
@@ -185,6 +194,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=1, help="threads per process, one process and data-parallel alike")
     p.add_argument("--no-bp", action="store_true", help="skip backprop (one process and DDP)")
+    p.add_argument("--shard-parameters", action="store_true",
+                   help="also time FF with each layer sharded over the processes (FSDP2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.add_argument("--out", default=None)
@@ -203,13 +214,22 @@ def main(argv: list[str] | None = None) -> dict | None:
                "--master-addr", "127.0.0.1", "--master-port", str(free_port()), __file__,
                "--model", args.model, "--batch-size", str(args.batch_size), "--steps", str(args.steps),
                "--warmup", str(args.warmup), "--threads", str(args.threads), "--seed", str(args.seed),
-               *(["--no-bp"] if args.no_bp else []), "--worker-out", str(worker_out)]
+               *(["--no-bp"] if args.no_bp else []), *(["--shard-parameters"] if args.shard_parameters else []),
+               "--worker-out", str(worker_out)]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
         subprocess.run(cmd, check=True, env=env)
         par = json.loads(worker_out.read_text())
     result: dict = {"benchmark": "data_parallel_speedup", "model": args.model, "procs": args.procs,
                     "threads_per_process": args.threads, "global_batch": args.batch_size, "steps": args.steps}
     for name, run in par.items():
+        if name == "ff_sharded":
+            speedup = one["ff"] / run["step"]
+            result[name] = {"step_seconds": run["step"], "speedup": speedup, "efficiency": speedup / args.procs,
+                            "over_unsharded_step": run["step"] / par["ff"]["step"]}
+            print(f"{args.model} ff, sharded parameters: {args.procs} processes {run['step']:.3f} s/step: speed-up "
+                  f"{speedup:.2f}, efficiency {speedup / args.procs:.2f}, "
+                  f"{result[name]['over_unsharded_step']:.2f} x the unsharded step")
+            continue
         speedup = one[name] / run["step"]
         hidden = 1.0 - (run["step"] - run["no_comm"]) / run["comm"] if run["comm"] > 0 else 1.0
         result[name] = {
