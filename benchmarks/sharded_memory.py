@@ -14,6 +14,11 @@ every rank holds the whole network; ``sharded``: ``DataParallelTrainer(shard_par
 * ``setup_rss_bytes``: the resident set once the trainer is built (before any step).
 
 The largest rank's figure is kept for each key. Writes ``--out`` only when given.
+
+The peak resident set depends on the C allocator as much as on the tensors: glibc raises its mmap threshold after
+large blocks are freed, and later blocks of that size then come from a heap whose freed pages stay resident. Run with
+``MALLOC_MMAP_THRESHOLD_=131072`` (a fixed threshold: every block above 128 KiB is unmapped when freed) to see what
+the tensors alive at once take; the JSON records the setting (``malloc_mmap_threshold``).
 """
 
 from __future__ import annotations
@@ -120,6 +125,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         print(f"{model}: per rank, parameters + gradients + Adam state {rep['total_bytes'] / 2**20:.1f} MiB "
               f"replicated, {sh['total_bytes'] / 2**20:.1f} MiB sharded over {args.procs}; peak RSS "
               f"{rep['peak_rss_bytes'] / 2**20:.0f} -> {sh['peak_rss_bytes'] / 2**20:.0f} MiB")
+    result["malloc_mmap_threshold"] = os.environ.get("MALLOC_MMAP_THRESHOLD_")
     result["machine"] = machine_info()
     return emit(result, args.out, args.json)
 
