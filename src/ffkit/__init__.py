@@ -3,7 +3,8 @@
 Goodness functions (:mod:`ffkit.goodness`), local losses (:mod:`ffkit.losses`), layers (:mod:`ffkit.layers`),
 objectives with their label encoders and negative samplers (:mod:`ffkit.objectives`), datasets (:mod:`ffkit.data`),
 evaluation read-outs (:mod:`ffkit.evaluation`), model
-builders (:mod:`ffkit.models`) and the :class:`LocalTrainer` engine.
+builders (:mod:`ffkit.models`) and the :class:`LocalTrainer` engine; :func:`load` gives back a trained network from
+its checkpoint, and :mod:`ffkit.device` holds the default device policy (CUDA when available, else the CPU).
 """
 
 from . import goodness, losses
@@ -25,6 +26,7 @@ from .layers import (
     TrifectaConv,
     TrifectaLinear,
 )
+from .loading import load
 from .models import create_model, list_models, register_model
 from .network import FFNetwork
 from .objectives import (
@@ -83,6 +85,7 @@ __all__ = [
     "TrainingInterrupted",
     "save_checkpoint",
     "load_checkpoint",
+    "load",
     "collect_scores",
     "select_layers",
     "SIPResult",

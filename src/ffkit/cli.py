@@ -27,10 +27,11 @@ __all__ = ["main", "build_parser"]
 
 
 def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA if available else CPU; anything else must be a device torch knows and can use."""
-    from ._validation import check_device
+    """``"auto"`` -> CUDA if available else CPU; anything else must be a device torch knows and can use (the
+    library's one device policy, :func:`ffkit.device.resolve_device`)."""
+    from .device import resolve_device as resolve
 
-    return check_device(name, "--device", auto=True)
+    return resolve(name, "--device")
 
 
 def _positive(kind: type):
@@ -774,26 +775,13 @@ def _image_size(net: Any) -> int:
 def cmd_test(args: argparse.Namespace) -> int:
     from .data import InMemory, dataset_info, load_dataset
     from .evaluation import collect_scores, make_report
-    from .models import create_model
+    from .loading import network_from_checkpoint
     from .train import load_checkpoint
-    from .train.checkpoint import check_finite_state
 
     device = resolve_device(args.device)
     payload = load_checkpoint(args.checkpoint, map_location="cpu")
-    name = payload.get("model_name")
-    if name is None:
-        raise ValueError(f"{args.checkpoint} does not record which model it holds; it was not written by 'ffkit train'")
-    if "network" not in payload and "stage" in payload:
-        whole = Path(args.checkpoint).name.split(".stage")[0] + ".pt"
-        raise ValueError(f"{args.checkpoint} is the file of pipeline stage {payload['stage']} (its layers only, for "
-                         f"resuming that stage); test the whole network's checkpoint the run wrote beside it: "
-                         f"{Path(args.checkpoint).with_name(whole)}")
-    net = create_model(name, **payload.get("model_kwargs", {}))
-    check_finite_state(payload["network"], args.checkpoint)
-    try:
-        net.load_state_dict(payload["network"])
-    except RuntimeError as err:
-        raise ValueError(f"{args.checkpoint} does not match model {name!r}: {err}") from None
+    net = network_from_checkpoint(payload, args.checkpoint, purpose="test")  # as ffkit.load rebuilds it
+    name = payload["model_name"]
     dataset = args.dataset or payload.get("metadata", {}).get("dataset")
     if dataset is None:
         raise ValueError("the checkpoint does not record its dataset; pass --dataset")

@@ -36,7 +36,8 @@ class BackpropTrainer(Trainer):
         optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"``.
         schedule: ``"cosine"``, ``"constant"``, ``"cooldown"`` or ``"piecewise"``.
         total_steps: number of training steps the schedule spans.
-        device: where to train.
+        device: where to train (``None``, the default: CUDA when available, else the CPU, as ``ffkit train
+            --device auto``; :mod:`ffkit.device`).
         milestones: ``((step, factor), ...)`` for ``"piecewise"``.
         schedule_every: the lr changes once per this many steps (the batches per epoch: an epoch-wise schedule).
         label_smoothing: label smoothing of a single-head model's cross-entropy.
@@ -73,7 +74,7 @@ class BackpropTrainer(Trainer):
         optimizer: str = defaults.OPTIMIZER,
         schedule: str = defaults.SCHEDULE,
         total_steps: int | None = None,
-        device: str | torch.device = "cpu",
+        device: str | torch.device | None = None,
         milestones: tuple[tuple[int, float], ...] = (),
         schedule_every: int = 1,
         label_smoothing: float = 0.0,

@@ -17,8 +17,9 @@ import torch
 from torch import nn
 from torch.utils.data import RandomSampler
 
-from .._validation import check_device, check_int, check_real
+from .._validation import check_int, check_real
 from .._version import __version__
+from ..device import resolve_device
 from ..evaluation import CollectedScores, check_tta, collect_scores, make_report, select_layers
 from .checkpoint import CHECKPOINT_FORMAT, check_finite_state, load_checkpoint, nonfinite_entries, save_checkpoint
 from .interrupt import StopRequest, TrainingInterrupted, signal_name
@@ -111,15 +112,16 @@ class Trainer:
         self,
         network: Any,
         *,
-        device: str | torch.device = "cpu",
+        device: str | torch.device | None = None,
         optimizers: Sequence[torch.optim.Optimizer | None] = (),
         schedulers: Sequence[torch.optim.lr_scheduler.LRScheduler | None] | None = None,
     ) -> None:
-        """For a new engine: place ``network`` on ``device``, hold its optimizers (one per layer, ``None`` for a
+        """For a new engine: place ``network`` on ``device`` (``None``: ffkit's default, CUDA when available, else the
+        CPU; see :mod:`ffkit.device`), hold its optimizers (one per layer, ``None`` for a
         layer without parameters, a classifier head's last) and their lr schedules (default: none), and start at
         epoch 0. The subclass implements :meth:`train_step`; ``fit`` saves and resumes the optimizers and schedules
         with the network. (ffkit's own engines set these themselves.)"""
-        self.device = check_device(device)
+        self.device = resolve_device(device)
         self.network = network.to(self.device)
         self.optimizers = list(optimizers)
         self.schedulers = list(schedulers) if schedulers is not None else [None] * len(self.optimizers)
@@ -128,9 +130,10 @@ class Trainer:
                              f"{len(self.schedulers)}")
         self._init_progress()
 
-    def _setup(self, network: Any, lr: float, final_lr: float | None, device: str | torch.device) -> None:
-        """Place the network and record the learning rates (``final_lr`` defaults to ``lr / 10``)."""
-        self.device = check_device(device)
+    def _setup(self, network: Any, lr: float, final_lr: float | None, device: str | torch.device | None) -> None:
+        """Place the network on ``device`` (``None``: :func:`ffkit.device.resolve_device`'s default) and record the
+        learning rates (``final_lr`` defaults to ``lr / 10``)."""
+        self.device = resolve_device(device)
         self.network = network.to(self.device)
         self.lr = float(lr)
         self.final_lr = self.lr / 10 if final_lr is None else check_real(final_lr, "final_lr", low=0.0)

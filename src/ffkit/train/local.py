@@ -50,7 +50,9 @@ class LocalTrainer(Trainer):
         milestones: ``((step, factor), ...)`` for ``"piecewise"``.
         schedule_every: the lr changes once per this many steps; the batches per epoch make the schedule
             epoch-wise, as DeeperForward's released code (``CosineAnnealingLR(T_max=epochs)`` stepped per epoch).
-        device: where to train.
+        device: where to train: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a :class:`torch.device`; ``None`` (the
+            default) or ``"auto"``: CUDA when available, else the CPU, as ``ffkit train --device auto``
+            (:mod:`ffkit.device`). The network is moved there.
         overlap: The Trifecta's Overlapping Local Updates (OLU). Layers train in overlapping pairs: at step ``t``
             layer ``k`` updates when ``(k even) XOR (t even)``, with an optimizer over its own and layer ``k - 1``'s
             parameters (a learned label encoder is stepped by layer 0's optimizer only); the layers that do not
@@ -104,7 +106,7 @@ class LocalTrainer(Trainer):
         optimizer: str = defaults.OPTIMIZER,
         schedule: str = defaults.SCHEDULE,
         total_steps: int | None = None,
-        device: str | torch.device = "cpu",
+        device: str | torch.device | None = None,
         milestones: tuple[tuple[int, float], ...] = (),
         schedule_every: int = 1,
         overlap: bool = False,
