@@ -128,8 +128,9 @@ def test_every_kill_point_resumes_to_the_uninterrupted_weights(tmp_path, data_di
 
 
 def _start(out: Path, data_dir: Path, extra: list[str]) -> tuple[subprocess.Popen, float]:
-    """Start an attempt (resuming if a checkpoint exists); return it once it has begun training, and that moment."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "FFKIT_DATA_DIR": str(data_dir)}
+    """Start an attempt (resuming if a checkpoint exists); return it once it has begun training, and that moment.
+    It prints ``step N`` after each of its steps."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FFKIT_DATA_DIR": str(data_dir), "REPORT_STEPS": "1"}
     env.pop("KILL_AT", None)
     args = [sys.executable, str(HARNESS), *RUN, *extra, "--out", str(out)]
     if (out / "checkpoint.pt").is_file():
@@ -153,26 +154,39 @@ def _finish(proc: subprocess.Popen) -> int:
 @pytest.mark.slow
 def test_workers_and_random_external_kills_resume_exactly(tmp_path, data_dir):
     """DataLoader workers (their seeds come from the epoch's random state) and SIGKILLs sent from outside at random
-    moments of training, then resumed until the run completes."""
+    points of training, then resumed until the run completes.
+
+    Each kill point is chosen by progress, not by the clock, so a slow or busy machine kills at the same points: a
+    random number of the attempt's steps (at least one, and at least one fewer than remain), then a random fraction
+    of its shortest step so far, so the kill may land inside the next step, its checkpoint or an epoch's
+    evaluation, but before the run ends."""
     extra = ["--workers", "2"]
     ref = tmp_path / "reference"
-    proc, began = _start(ref, data_dir, extra)
+    proc, _ = _start(ref, data_dir, extra)
     assert _finish(proc) == 0
-    training = time.perf_counter() - began
     out = tmp_path / "killed"
     rng = random.Random(0)
-    kills = 0
+    total = 12  # 2 epochs of 6 steps (RUN)
     for _ in range(3):
-        proc, began = _start(out, data_dir, extra)
-        try:
-            proc.wait(timeout=rng.uniform(0.1, 0.7) * training)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # the trainer and its DataLoader workers
-            kills += 1
-        _finish(proc)
+        done = load_checkpoint(out / "checkpoint.pt")["trainer"]["step_count"] if (out / "checkpoint.pt").is_file() \
+            else 0
+        assert total - done >= 2  # checkpoints every 2 steps: an attempt always has steps left to interrupt
+        proc, last = _start(out, data_dir, extra)
+        after = rng.randint(1, total - done - 1)
+        shortest = float("inf")
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("step "):
+                now = time.perf_counter()
+                shortest, last = min(shortest, now - last), now
+                if int(line.split()[1]) == after:
+                    break
+        time.sleep(rng.uniform(0.0, 0.9) * shortest)
+        assert proc.poll() is None, "the run ended before its kill point"
+        os.killpg(proc.pid, signal.SIGKILL)  # the trainer and its DataLoader workers
+        assert _finish(proc) == -signal.SIGKILL
     proc, _ = _start(out, data_dir, extra)
     assert _finish(proc) == 0
-    assert kills >= 2
     _same_run(_final(ref), _final(out))
 
 

@@ -10,7 +10,9 @@
 - ``load``: a dataset split is about to be read (before training).
 
 ``KILL_SIGNAL=TERM`` or ``INT`` sends SIGTERM or SIGINT (Ctrl-C) there instead of SIGKILL. Without ``KILL_AT`` the run
-is not interrupted. The remaining arguments are ``ffkit train``'s.
+is not interrupted. ``REPORT_STEPS=1`` prints ``step N`` (this process's N-th training step) on stdout after each
+step, so a test can kill the run from outside at a point of its progress rather than of the clock. The remaining
+arguments are ``ffkit train``'s.
 """
 
 from __future__ import annotations
@@ -40,9 +42,14 @@ def reach(name: str) -> None:
 local_step = LocalTrainer.train_step
 
 
+report = os.environ.get("REPORT_STEPS") == "1"
+
+
 def step(self, *args, **kwargs):
     out = local_step(self, *args, **kwargs)
     reach("step")
+    if report:
+        print(f"step {reached['step']}", flush=True)
     return out
 
 
