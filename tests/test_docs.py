@@ -172,3 +172,70 @@ def test_results_table_lists_every_recipe_from_the_recorded_runs():
 
     for name in list_recipes():
         assert f"| `{name}` |" in between
+
+
+def _results_rows() -> dict[str, tuple[float, float | None]]:
+    """docs/results.md's every-recipe table: ``{recipe: (ffkit's accuracy, wall minutes or None)}`` for the measured
+    rows."""
+    rows = {}
+    for line in (DOCS / "results.md").read_text().splitlines():
+        m = re.match(r"\| `([\w-]+)` \| [^|]* \| \*\*(\d+\.\d+)\*\* \| ([^|]*) \|", line)
+        if m:
+            wall = re.search(r"wall (\d+(?:\.\d+)?) min", m.group(3))
+            rows[m.group(1)] = (float(m.group(2)), float(wall.group(1)) if wall else None)
+    return rows
+
+
+def test_readme_figures_match_the_recorded_runs():
+    """Every accuracy and time the README gives after a recipe's name is that recipe's recorded run in
+    docs/results.md (accuracy within 0.1 points, minutes within 10 %): a re-measured recipe whose README figure was
+    not updated fails here."""
+    rows = _results_rows()
+    assert "fast-fmnist-cpu" in rows and rows["fast-fmnist-cpu"][1] is not None
+    names = sorted(rows, key=len, reverse=True)  # "fast-fmnist-cpu-long" before "fast-fmnist-cpu"
+    mention = re.compile("|".join(rf"(?<![\w-]){re.escape(n)}(?![\w-])" for n in names))
+    # a figure belongs to the recipe named last before it in the same paragraph (a code block's line is one)
+    paragraphs, prose, code = [], [], False
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if line.startswith("```"):
+            code = not code
+        if code or line.startswith("```") or not line.strip():
+            paragraphs.append(" ".join(prose))
+            prose = []
+            paragraphs.append(line)
+        else:
+            prose.append(line)
+    paragraphs.append(" ".join(prose))
+    spans = []
+    for text in paragraphs:
+        found = list(mention.finditer(text))
+        spans += [(m.group(0), text[m.end() : found[k + 1].start() if k + 1 < len(found) else len(text)])
+                  for k, m in enumerate(found)]
+    checked = 0
+    for name, span in spans:
+        accuracy, minutes = rows[name]
+        for value in re.findall(r"(\d{2}\.\d{1,2}) ?%", span):
+            assert abs(float(value) - accuracy) <= 0.1, (name, value, accuracy)
+            checked += 1
+        for value in re.findall(r"(\d+(?:\.\d+)?) minutes", span):
+            assert minutes is not None and abs(float(value) - minutes) <= 0.1 * minutes, (name, value, minutes)
+            checked += 1
+    assert checked >= 4  # the README quotes fast-fmnist-cpu twice and fast-fmnist-cpu-long once
+
+
+def test_readme_test_counts_match_the_suite(request):
+    """The README's test count and its groups' counts are those of the suite (within 5 %), checked when the whole
+    suite is collected (a run of some files or groups skips it)."""
+    items = request.session.items
+    files = {Path(str(i.fspath)).resolve() for i in items}
+    every = set((ROOT / "tests").glob("test_*.py")) | set((ROOT / "tests" / "reference").glob("test_*.py"))
+    if files != {f.resolve() for f in every} or len(items) < request.session.testscollected:
+        pytest.skip("only part of the suite is collected")
+    text = " ".join((ROOT / "README.md").read_text().split())
+    total = re.search(r"the suite \(([\d,]+) tests", text)
+    groups = re.search(r"`unit` .*?: (\d+), (\d+), (\d+) and (\d+) tests", text)
+    assert total and groups, "the README's Development section states the test count and the groups' counts"
+    assert abs(int(total.group(1).replace(",", "")) - len(items)) <= 0.05 * len(items), (total.group(1), len(items))
+    for name, stated in zip(("unit", "systems", "engines", "project"), groups.groups()):
+        actual = sum(1 for i in items if i.get_closest_marker(name) is not None)
+        assert abs(int(stated) - actual) <= 0.05 * actual, (name, stated, actual)
