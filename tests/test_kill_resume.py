@@ -72,7 +72,7 @@ def _attempts(out: Path, data_dir: Path, kills: list[str], extra: list[str]) -> 
 def _final(out: Path) -> tuple[dict, list]:
     # no temporary file; the lock file of the run directory stays (the kernel dropped its lock with the process)
     names = sorted(p.name for p in out.iterdir())
-    assert names == [".ffkit-train.lock", "checkpoint.pt", "metrics.csv", "metrics.json"]
+    assert names == [".ffkit-train.lock", "checkpoint.pt", "config.json", "metrics.csv", "metrics.json"]
     payload = load_checkpoint(out / "checkpoint.pt")
     assert payload["trainer"]["epoch"] == 2 and payload["position"] is None
     history = json.loads((out / "metrics.json").read_text())

@@ -54,8 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model (or a paper's recipe) and report per-layer test accuracy")
+    t.add_argument("--config", default=None, metavar="FILE",
+                   help="a TOML (or YAML) file of these settings by flag name (epochs = 2, batch-size = 64, "
+                        "model-kwargs = {hidden = [1000, 1000]}); precedence: flags given here > FILE > --recipe > "
+                        "defaults")
     t.add_argument("--recipe", default=None, help="a named recipe from 'ffkit recipes'; flags override its fields")
     t.add_argument("--model", default=None, help=f"a builder from 'ffkit models' (default {defaults.MODEL})")
+    t.add_argument("--model-kwargs", nargs="+", action="extend", default=None, metavar="KEY=VALUE",
+                   help="the model builder's own arguments, e.g. hidden=1000,1000,1000 negatives=fixed (Python "
+                        "literals, true/false, else strings; 'ffkit models --verbose' lists them); over the recipe's "
+                        "model_kwargs")
     t.add_argument("--dataset", default=None, help="mnist, fashion-mnist, cifar10, cifar100 or svhn")
     t.add_argument("--epochs", type=_positive(int), default=None, help="default 1")
     t.add_argument("--batch-size", type=_positive(int), default=None, help="default 128")
@@ -174,7 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--format", nargs="+", choices=["png", "pdf", "svg"], default=["png"], dest="formats",
                     help="file format(s) (default png)")
 
-    sub.add_parser("models", help="list the registered model builders")
+    m = sub.add_parser("models", help="list the registered model builders")
+    m.add_argument("names", nargs="*", metavar="MODEL", help="only these models (default: all)")
+    m.add_argument("-v", "--verbose", action="store_true",
+                   help="also each builder's keyword arguments and defaults (what 'ffkit train --model-kwargs' takes)")
     sub.add_parser("recipes", help="list the papers' named training recipes")
     return p
 
@@ -206,20 +217,251 @@ def _train_defaults() -> dict[str, Any]:
 TRAIN_DEFAULTS: dict[str, Any] = _train_defaults()
 
 
+#: Builder arguments that ``--model-kwargs`` and a config file's ``model-kwargs`` must not set, and what sets them:
+#: the dataset fixes the classes and channels, and ``--width-multiplier`` owns the width (one way to set each value,
+#: so that a run's settings never disagree about it).
+MODEL_KWARGS_OWNED: dict[str, tuple[str, str]] = {
+    "num_classes": ("--dataset", "comes from the dataset (--dataset)"),
+    "in_channels": ("--dataset", "comes from the dataset (--dataset)"),
+    "width_multiplier": ("--width-multiplier", "is set by --width-multiplier (width-multiplier = M in a config file)"),
+}
+
+
+def parse_model_kwarg_value(text: str) -> Any:
+    """One ``--model-kwargs`` value: a Python literal where it parses (``1000``, ``0.5``, ``True``, ``None``,
+    ``1000,1000`` or ``[1000, 1000]``; ``true``/``false`` too), else the text itself (``fixed``, ``relu-full-grad``).
+    Lists become tuples, as the recipes write sequences, so that equal settings compare equal on resume."""
+    import ast
+
+    text = text.strip()
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text
+    return _lists_as_tuples(value)
+
+
+def _lists_as_tuples(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return tuple(_lists_as_tuples(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _lists_as_tuples(v) for k, v in value.items()}
+    return value
+
+
+def parse_model_kwargs(items: Sequence[str]) -> dict[str, Any]:
+    """``--model-kwargs KEY=VALUE ...`` as a dict (values by :func:`parse_model_kwarg_value`); a malformed item, an
+    empty value or a key given twice raises ``ValueError``."""
+    found: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ValueError(f"--model-kwargs {item!r}: expected KEY=VALUE with KEY an argument name, e.g. "
+                             f"hidden=1000,1000,1000")
+        if not text.strip():
+            raise ValueError(f"--model-kwargs {item!r}: no value after '=' (quote a string, e.g. {key}=''"
+                             f" for an empty one)")
+        if key in found:
+            raise ValueError(f"--model-kwargs: {key} is given twice ({key}={found[key]!r} and {item!r}); give it once")
+        found[key] = parse_model_kwarg_value(text)
+    return found
+
+
+def check_model_kwargs(model: str, kwargs: dict[str, Any], origin: str = "--model-kwargs") -> None:
+    """Refuse a key that ``model``'s builder does not take, or that :data:`MODEL_KWARGS_OWNED` reserves for another
+    setting, naming the key, the model and the accepted names (``origin`` says where the keys were given)."""
+    from ._validation import suggest_names
+    from .models import get_model_builder
+
+    params = inspect.signature(get_model_builder(model)).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    accepted = [k for k, p in params.items() if k not in MODEL_KWARGS_OWNED and p.kind is not p.VAR_KEYWORD]
+    for key in kwargs:
+        if key in MODEL_KWARGS_OWNED:
+            raise ValueError(f"{origin}: {key} {MODEL_KWARGS_OWNED[key][1]}, not from model kwargs")
+        if key not in params and not takes_any:
+            close = suggest_names(key, accepted)
+            hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+            raise ValueError(f"{origin}: model {model} takes no argument {key!r}{hint}; it accepts: "
+                             f"{', '.join(accepted) or 'none'} (see 'ffkit models --verbose {model}')")
+
+
+#: ``ffkit train`` settings a config file cannot hold, and why.
+CONFIG_EXCLUDED: dict[str, str] = {
+    "config": "a config file cannot name another one",
+    "resume": "resuming is an action on a run directory, not a setting: pass --resume on the command line",
+}
+
+
+def _train_actions(parser: argparse.ArgumentParser | None = None) -> dict[str, argparse.Action]:
+    """``ffkit train``'s options by destination (``batch_size``), from ``parser`` (default: a new one)."""
+    parser = parser or build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {a.dest: a for a in sub.choices["train"]._actions if a.dest != "help"}
+
+
+def _given_on_command_line(argv: Sequence[str]) -> set[str]:
+    """The ``ffkit train`` options that ``argv`` gives explicitly (destinations), whatever their values: the
+    command line is parsed once more with a marker as every default."""
+    parser = build_parser()
+    unset = object()
+    for action in _train_actions(parser).values():
+        if action.default is not None:  # a None default stays: given, an option is never None
+            action.default = unset
+    parsed = vars(parser.parse_args(argv))
+    return {k for k, v in parsed.items() if k != "command" and v is not unset and v is not None}
+
+
+def _config_value(action: argparse.Action, value: Any, key: str, where: str) -> Any:
+    """A config file's value for ``action``'s option, converted and checked as the flag's text would be."""
+    what = f"{key!r} in {where}"
+    if action.nargs == 0:  # --flag / --[no-]flag
+        if not isinstance(value, bool):
+            raise TypeError(f"{what}: expected true or false, got {value!r}")
+        return value
+    if action.nargs == "?" and isinstance(value, bool):  # --data-parallel [D]: true means the flag alone
+        return action.const if value else None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise TypeError(f"{what}: expected {'a number' if action.type else 'a string'}, got {value!r}")
+    if action.type is not None:
+        try:
+            value = cast(Any, action.type)(str(value))
+        except (argparse.ArgumentTypeError, ValueError, TypeError) as err:
+            raise ValueError(f"{what}: {err}") from None
+    else:
+        value = str(value)
+    if action.choices is not None and value not in action.choices:
+        raise ValueError(f"{what}: expected one of {', '.join(map(str, action.choices))}, got {value!r}")
+    return value
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The settings of a ``--config`` file as a mapping, by the file's own keys: TOML (``.toml``, Python's
+    :mod:`tomllib`) or YAML (``.yaml``/``.yml``, needs PyYAML)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".toml", ".yaml", ".yml"):
+        raise ValueError(f"--config {path}: expected a .toml file (or .yaml/.yml with PyYAML), got {suffix or 'none'}")
+    if not path.is_file():
+        raise FileNotFoundError(f"--config {path}: no such file")
+    if suffix == ".toml":
+        toml = _import_one(("tomllib", "tomli"), f"--config {path}: reading TOML needs Python 3.11 or later "
+                                                  f"(tomllib), or tomli on Python 3.10 (pip install tomli)")
+        try:
+            with path.open("rb") as f:
+                data: Any = toml.load(f)
+        except toml.TOMLDecodeError as err:
+            raise ValueError(f"--config {path} is not valid TOML: {err}") from None
+    else:
+        yaml = _import_one(("yaml",), f"--config {path}: reading YAML needs PyYAML (pip install pyyaml), or write "
+                                      f"the settings as TOML")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ValueError(f"--config {path} is not valid YAML: {err}") from None
+        data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise TypeError(f"--config {path}: expected a mapping of settings (key = value), got {type(data).__name__}")
+    return data
+
+
+def _import_one(names: Sequence[str], missing: str) -> Any:
+    """The first of ``names`` that imports (optional parsers, imported by name: no dependency, no stubs needed)."""
+    import importlib
+
+    for name in names:
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    raise ImportError(missing)
+
+
+def load_train_config(path: str | Path) -> dict[str, Any]:
+    """``ffkit train --config FILE``: the file's settings by destination (``batch-size`` and ``batch_size`` both
+    name ``--batch-size``), each converted and checked as its flag's text would be; ``model_kwargs`` is a dict.
+    An unknown key, a key given twice or a bad value raises, naming the key and the file."""
+    from ._validation import suggest_names
+
+    actions = _train_actions()
+    settings: dict[str, Any] = {}
+    for key, value in read_config_file(path).items():
+        dest = str(key).replace("-", "_")
+        if dest in CONFIG_EXCLUDED:
+            raise ValueError(f"{key!r} in {path}: {CONFIG_EXCLUDED[dest]}")
+        if dest not in actions:
+            names = sorted(_flag(d)[2:] for d in actions if d not in CONFIG_EXCLUDED)
+            close = suggest_names(_flag(dest)[2:], names)
+            hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+            raise ValueError(f"unknown setting {key!r} in {path}{hint}; a config file holds ffkit train's flags by "
+                             f"name: {', '.join(names)}")
+        if dest in settings:
+            raise ValueError(f"{key!r} in {path}: {_flag(dest)} is set twice (as - and _ spellings); set it once")
+        if dest == "model_kwargs":
+            if not isinstance(value, dict):
+                raise TypeError(f"{key!r} in {path}: expected a table, e.g. model-kwargs = {{hidden = [1000, 1000]}}, "
+                                f"got {value!r}")
+            settings[dest] = {str(k): _lists_as_tuples(v) for k, v in value.items()}
+        else:
+            settings[dest] = _config_value(actions[dest], value, key, str(path))
+    return settings
+
+
+def apply_train_config(args: argparse.Namespace, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Record which ``ffkit train`` options ``argv`` gives (``args.flags_given``), and apply ``--config FILE``: its
+    settings replace the defaults of the options the command line does not give (``args.config_keys``; its
+    ``model-kwargs`` go to ``args.config_model_kwargs``). So a flag given overrides the file, and the file
+    overrides ``--recipe`` (:func:`resolve_train_config`) and the built-in defaults."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args.command_line = argv
+    args.flags_given = _given_on_command_line(argv)
+    args.config_keys = set()
+    args.config_model_kwargs = {}
+    if getattr(args, "config", None) is None:
+        return args
+    settings = load_train_config(args.config)
+    args.config_model_kwargs = settings.pop("model_kwargs", {})
+    for dest, value in settings.items():
+        if dest not in args.flags_given:
+            setattr(args, dest, value)
+            args.config_keys.add(dest)
+    return args
+
+
 def resolve_train_config(args: argparse.Namespace) -> dict[str, Any]:
-    """Flags override the recipe, which overrides :data:`TRAIN_DEFAULTS`."""
+    """Flags (and a ``--config`` file's settings, which :func:`apply_train_config` made the defaults of the flags
+    not given) override the recipe, which overrides :data:`TRAIN_DEFAULTS`. The model's keyword arguments merge key
+    by key in the same order: the recipe's ``model_kwargs``, the file's ``model-kwargs``, ``--model-kwargs``, then
+    ``--width-multiplier``. ``cfg["sources"]`` says where each setting that is not a default came from: ``"flag"``,
+    ``"config"`` or ``"recipe"`` (model arguments as ``"model_kwargs.NAME"``)."""
     from .recipes import get_recipe
 
     cfg = dict(TRAIN_DEFAULTS)
+    sources: dict[str, str] = {}
     if args.recipe is not None:
         recipe = get_recipe(args.recipe).to_dict()
         cfg.update({k: v for k, v in recipe.items() if k in cfg})
         cfg["reference"] = recipe["reference"]
+        sources.update({k: "recipe" for k in TRAIN_DEFAULTS if k != "model_kwargs" and cfg[k] != TRAIN_DEFAULTS[k]})
     for key in TRAIN_DEFAULTS:
         value = getattr(args, key, None)
-        if value is not None:
+        if value is not None and key != "model_kwargs":  # --model-kwargs: merged below
             cfg[key] = value
-    cfg["model_kwargs"] = dict(cfg["model_kwargs"])
+    cfg["model_kwargs"] = model_kwargs = dict(cfg["model_kwargs"])
+    kwargs_from = {k: "recipe" for k in model_kwargs}
+    config_kwargs = getattr(args, "config_model_kwargs", None) or {}
+    if config_kwargs:
+        check_model_kwargs(cfg["model"], config_kwargs, f"model-kwargs in {args.config}")
+        model_kwargs.update(config_kwargs)
+        kwargs_from.update(dict.fromkeys(config_kwargs, "config"))
+    if getattr(args, "model_kwargs", None):
+        from_flag = parse_model_kwargs(args.model_kwargs)
+        check_model_kwargs(cfg["model"], from_flag)
+        model_kwargs.update(from_flag)
+        kwargs_from.update(dict.fromkeys(from_flag, "flag"))
     for key in ("normalize", "tta"):
         if cfg[key] == "none":
             cfg[key] = None
@@ -228,9 +470,23 @@ def resolve_train_config(args: argparse.Namespace) -> dict[str, Any]:
 
         cfg["holdout"] = any(r.holdout for r in RECIPES.values() if r.model == cfg["model"])
     if args.width_multiplier is not None:
-        cfg["model_kwargs"]["width_multiplier"] = args.width_multiplier
+        model_kwargs["width_multiplier"] = args.width_multiplier
+        kwargs_from["width_multiplier"] = _origin(args, "width_multiplier")
     cfg["recipe"] = args.recipe
+    given: set[str] | None = getattr(args, "flags_given", None)
+    if given is None:  # not through main(): every option set is taken as given
+        given = {k for k in TRAIN_DEFAULTS if getattr(args, k, None) is not None}
+    for key in sorted(set(given) | getattr(args, "config_keys", set())):
+        if key not in ("config", "model_kwargs"):
+            sources[key] = _origin(args, key)
+    sources.update({f"model_kwargs.{k}": v for k, v in kwargs_from.items()})
+    cfg["sources"] = sources
     return cfg
+
+
+def _origin(args: argparse.Namespace, key: str) -> str:
+    """Where option ``key``'s value came from: the command line (``"flag"``) or the ``--config`` file."""
+    return "config" if key in getattr(args, "config_keys", ()) else "flag"
 
 
 def _full_recipe_hint(model: str, dataset: str) -> str:
@@ -597,6 +853,7 @@ RESUME_FIXED: dict[str, tuple[str, str]] = {
     "milestones": ("the recipe's milestones", "the piecewise schedule's steps are part of its state"),
     "overlap": ("--overlap", "overlapping updates change which optimizer steps which layer"),
     "layer_epochs": ("the recipe's layer_epochs", "each layer's training window is part of the run's plan"),
+    "model_kwargs": ("--model-kwargs", "they build the network whose weights the checkpoint holds"),
 }
 
 
@@ -605,6 +862,9 @@ def check_resume_flags(saved: dict[str, Any], cfg: dict[str, Any], ckpt: Path) -
     value (checkpoints that do not record a value are not checked for it)."""
     for key, (flag, why) in RESUME_FIXED.items():
         if key not in saved or key not in cfg:
+            continue
+        if key == "model_kwargs":
+            _check_resume_model_kwargs(saved, cfg, ckpt, why)
             continue
         old, new = saved[key], cfg[key]
         if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
@@ -615,6 +875,49 @@ def check_resume_flags(saved: dict[str, Any], cfg: dict[str, Any], ckpt: Path) -
                 f"checkpoint {ckpt} was trained with {was}, this run asks for {_flag_form(flag, cfg[key])}; a resumed "
                 f"run cannot change it ({why}): resume with {was}, or start a new run in another --out"
             )
+
+
+def _check_resume_model_kwargs(saved: dict[str, Any], cfg: dict[str, Any], ckpt: Path, why: str) -> None:
+    """The model arguments of a resumed run against the checkpoint's (same model only: another model is
+    ``check_same_model``'s to refuse), each with its builder's default where not given, so that stating a default
+    changes nothing."""
+    model = cfg.get("model")
+    if saved.get("model") != model or model is None:
+        return
+    from .models import get_model_builder
+
+    params = inspect.signature(get_model_builder(model)).parameters
+    builder = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+    old = _as_tuples_in({**builder, **saved["model_kwargs"]})
+    new = _as_tuples_in({**builder, **cfg["model_kwargs"]})
+    changed = [k for k in {**old, **new} if old.get(k) != new.get(k)]
+    if not changed:
+        return
+    was = ", ".join(f"{k}={old.get(k)!r}" for k in changed)
+    asks = ", ".join(f"{k}={new.get(k)!r}" for k in changed)
+    remedy = [f"--width-multiplier {old[k]}" for k in changed if k == "width_multiplier"]
+    kwargs = [_kwarg_form(k, old.get(k)) for k in changed if k != "width_multiplier"]
+    remedy += [f"--model-kwargs {' '.join(kwargs)}"] if kwargs else []
+    raise ValueError(f"checkpoint {ckpt} was trained with {model}({was}), this run asks for {model}({asks}); a "
+                     f"resumed run cannot change the model's arguments ({why}): resume with {' '.join(remedy)}, or "
+                     f"start a new run in another --out")
+
+
+def _kwarg_form(key: str, value: Any) -> str:
+    """``hidden=1000,1000`` as ``--model-kwargs`` takes it: sequences of numbers comma-joined, strings bare where
+    they read back as themselves, anything else as a Python literal."""
+    if isinstance(value, tuple) and value and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                  for v in value):
+        text = ",".join(map(str, value)) + ("," if len(value) == 1 else "")
+    elif isinstance(value, str) and " " not in value and value and parse_model_kwarg_value(value) == value:
+        text = value
+    else:
+        text = repr(value)
+    return f"{key}={text}"
+
+
+def _as_tuples_in(kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {k: _as_tuples(v) for k, v in kwargs.items()}
 
 
 def _as_tuples(value: Any) -> Any:
@@ -659,6 +962,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.run_checkpoint = out / "checkpoint.pt"  # what an interruption can point to
 
         run_lock = claim_run_dir(out)  # noqa: F841 - held (by this reference) until cmd_train returns
+    print(describe_train_config(cfg, args, device, out), flush=True)
     torch.manual_seed(args.seed)
     net = build_model(recipe, num_classes=info.num_classes, in_channels=info.in_channels)
     _check_model_flags(args, cfg, net)
@@ -676,13 +980,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         with warnings.catch_warnings():  # a version warning is shown once, when the trainer loads it below
             warnings.simplefilter("ignore", CheckpointVersionWarning)
             payload = load_checkpoint(ckpt)
+        if payload.get("model_name") in (None, net.model_name):  # the same model: a changed setting, by its flag
+            check_resume_flags(payload.get("metadata", {}), {**cfg, "seed": args.seed, "limit": args.limit}, ckpt)
         check_same_model(payload, net, ckpt)
         trained_with = payload.get("metadata", {}).get("trainer")
         if trained_with is not None and trained_with != trainer_name:
             raise ValueError(f"checkpoint {ckpt} was trained with the {trained_with} trainer; resuming it with "
                              f"--trainer {trainer_name} would not match its optimizer states (pass --trainer "
                              f"{trained_with})")
-        check_resume_flags(payload.get("metadata", {}), {**cfg, "seed": args.seed, "limit": args.limit}, ckpt)
 
     train_loader, holdout_loader, test_loader = _train_loaders(args, cfg, info, net, device, pipeline)
 
@@ -692,7 +997,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                             compile=args.compile, **options)
     metadata = {
         "dataset": info.name, "seed": args.seed, "limit": args.limit, "trainer": trainer_name,
-        **{k: v for k, v in cfg.items() if k not in ("dataset", "trainer")},
+        **{k: v for k, v in cfg.items() if k not in ("dataset", "trainer", "sources")},
     }
     if ckpt is not None:
         payload = trainer.resume(ckpt)
@@ -714,6 +1019,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         + (f" (recipe {cfg['recipe']})" if cfg["recipe"] else "") + f"; run directory {out}",
         flush=True,
     )
+    if rank == 0:
+        write_run_config(out, cfg, args, device)
     history = trainer.fit(
         train_loader, epochs=epochs, holdout=holdout_loader, test=test_loader, out_dir=out, seed=args.seed,
         progress=not args.no_progress and rank == 0, log=lambda s: print(s, flush=True), metadata=metadata,
@@ -752,6 +1059,66 @@ def cmd_train(args: argparse.Namespace) -> int:
         }
         print(json.dumps(summary))
     return 0
+
+
+#: The settings :func:`describe_train_config` prints, by line: (key in the resolved configuration, label).
+_SUMMARY = (
+    (("dataset", "dataset"), ("epochs", "epochs"), ("batch_size", "batch size"), ("lr", "lr"),
+     ("optimizer", "optimizer"), ("schedule", "schedule"), ("trainer", "trainer")),
+    (("device", "device"), ("out", "out")),
+)
+
+
+def describe_train_config(cfg: dict[str, Any], args: argparse.Namespace, device: torch.device, out: Path) -> str:
+    """A few lines that ``ffkit train`` prints first: the model and its arguments, the main settings, the device and
+    the run directory, each value that is not a default tagged with where it came from (``[flag]``, ``[config]``,
+    ``[recipe]``)."""
+    sources = cfg.get("sources", {})
+    values = {**cfg, "device": f"{device}" + (" (auto)" if args.device == "auto" else ""), "out": str(out)}
+
+    def item(key: str, label: str) -> str:
+        tag = f" [{sources[key]}]" if key in sources else ""
+        return f"{label} {values[key]}{tag}"
+
+    kwargs = [_kwarg_form(k, v) + (f" [{sources[f'model_kwargs.{k}']}]" if f"model_kwargs.{k}" in sources else "")
+              for k, v in cfg["model_kwargs"].items()]
+    head = "settings (flag > config file > recipe > default; [source] where not a default)"
+    if getattr(args, "config", None):
+        head += f": --config {args.config}"
+    if cfg.get("recipe"):
+        head += f", --recipe {cfg['recipe']}"
+    lines = [head, "  " + item("model", "model") + (f" with {', '.join(kwargs)}" if kwargs else "")]
+    lines += ["  " + ", ".join(item(key, label) for key, label in line) for line in _SUMMARY]
+    return "\n".join(lines)
+
+
+#: The run directory's record of the settings a run was started with (``ffkit train`` writes it before training).
+RUN_CONFIG = "config.json"
+
+
+def write_run_config(out: Path, cfg: dict[str, Any], args: argparse.Namespace, device: torch.device) -> Path:
+    """``OUT/config.json``: the command line, the ``--config`` file, every resolved setting and where each that is not
+    a default came from (``sources``). A resumed run rewrites it with its own command line."""
+    import shlex
+
+    internal = {"command", "command_line", "flags_given", "config", "config_keys", "config_model_kwargs",
+                "run_checkpoint"}
+    settings = {k: v for k, v in sorted(vars(args).items()) if k not in internal}
+    settings.update({k: v for k, v in cfg.items() if k != "sources"})
+    settings["device"] = str(device)
+    settings["out"] = str(out)
+    record = {
+        "ffkit": __version__,
+        "command_line": shlex.join(["ffkit", *args.command_line]) if hasattr(args, "command_line") else None,
+        "config_file": getattr(args, "config", None),
+        "settings": settings,
+        "sources": cfg.get("sources", {}),
+    }
+    path = out / RUN_CONFIG
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    tmp.replace(path)
+    return path
 
 
 def _data_on_device(args: argparse.Namespace, device: torch.device, pipeline: dict | None) -> bool:
@@ -856,9 +1223,35 @@ _ABBREVIATIONS = {"sec", "secs", "fig", "eq", "e.g", "i.e", "al", "vs", "cf", "a
 def cmd_models(args: argparse.Namespace) -> int:
     from .models import get_model_builder, list_models, model_kind
 
-    for name in list_models():
-        print(f"{name:28s} {model_kind(name):9s} {one_line(get_model_builder(name).__doc__)}")
+    for name in getattr(args, "names", None) or list_models():
+        builder = get_model_builder(name)
+        print(f"{name:28s} {model_kind(name):9s} {one_line(builder.__doc__)}")
+        if getattr(args, "verbose", False):
+            for line in builder_arguments(name):
+                print(f"    {line}")
     return 0
+
+
+def builder_arguments(model: str) -> list[str]:
+    """``ffkit models --verbose``: one line per keyword argument of ``model``'s builder that ``--model-kwargs``
+    takes (``hidden: Sequence[int] = (2000, 2000, 2000, 2000)``), then the ones other flags set."""
+    from .models import get_model_builder
+
+    params = inspect.signature(get_model_builder(model)).parameters
+    lines: list[str] = []
+    owned: dict[str, list[str]] = {}
+    for name, p in params.items():
+        if name in MODEL_KWARGS_OWNED:
+            owned.setdefault(MODEL_KWARGS_OWNED[name][0], []).append(name)
+            continue
+        note = f": {p.annotation}" if p.annotation is not inspect.Parameter.empty else ""
+        default = f" = {p.default!r}" if p.default is not inspect.Parameter.empty else " (required)"
+        lines.append(f"{'**' if p.kind is p.VAR_KEYWORD else ''}{name}{note}{default}")
+    if not lines:
+        lines.append("(no --model-kwargs)")
+    if owned:
+        lines.append("set by other flags: " + "; ".join(f"{', '.join(v)} ({k})" for k, v in owned.items()))
+    return lines
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
@@ -886,6 +1279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     in_main = threading.current_thread() is threading.main_thread()  # where Python can install handlers
     previous = signal.signal(signal.SIGTERM, terminated) if in_main else None
     try:
+        if args.command == "train":
+            args = apply_train_config(args, argv)
         return handler(args)
     except (ValueError, TypeError, FileNotFoundError, ImportError, FloatingPointError) as err:
         if os.environ.get("FFKIT_DEBUG"):
