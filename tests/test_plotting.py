@@ -236,6 +236,28 @@ def test_plot_run_writes_every_format(tmp_path):
     assert len(paths) == 12 and all(p.stat().st_size > 0 for p in paths)
 
 
+def test_plots_read_the_metrics_files_trainers_write(tmp_path):
+    """``metrics.json`` as ``Trainer.fit`` writes it (numbers rounded, 1-based ``sip_layers`` beside the 0-based
+    ``sip_range``) draws the same plots as the history itself, with the layers the console names."""
+    from matplotlib.figure import Figure
+
+    from ffkit.train.base import write_metrics
+
+    history = _history(n_layers=4)
+    for rec in history:
+        rec["train_loss"] = [0.40459999442100525] * 4
+        rec["test"]["sip_range"] = [2, 3]
+    write_metrics(history, tmp_path)
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written[-1]["test"]["sip_layers"] == [3, 4] and written[-1]["train_loss"][0] == 0.4046
+    for hist in (history, written):
+        ax = plotting.plot_layer_accuracy(hist, ax=Figure().add_subplot())
+        assert "SIP range (last: layers 3..4)" in ax.get_legend_handles_labels()[1]
+        ax = plotting.plot_sip_grid(hist, ax=Figure().add_subplot())
+        assert "SIP's choice (held-out): layers 3..4" in ax.get_legend_handles_labels()[1]
+    assert len(plotting.plot_run(tmp_path, formats=("svg",))) == 4
+
+
 @needs_fmnist
 def test_ffkit_plot_after_a_short_real_run(tmp_path, capsys):
     run = tmp_path / "run"
@@ -248,6 +270,7 @@ def test_ffkit_plot_after_a_short_real_run(tmp_path, capsys):
     assert len(test["goodness_pos"]) == n and len(test["dead_ratio"]) == n and len(test["sip_grid"]) == n
     s, e = test["sip_range"]
     assert test["sip"] == test["sip_grid"][s][e]
+    assert test["sip_layers"] == [s + 1, e + 1]  # as the console prints the range
     capsys.readouterr()
 
     assert main(["plot", str(run)]) == 0

@@ -27,7 +27,7 @@ def load(checkpoint: str | os.PathLike[str], *, device: str | torch.device | Non
     with, given the saved weights and buffers (its SIP inference range among them), moved to ``device`` and put in
     eval mode: ``net(x)`` maps images ``x: [B, C, H, W]`` to class scores ``[B, K]``, and
     :func:`~ffkit.collect_scores` evaluates it. A ``bp_*`` baseline comes back as its
-    :class:`~ffkit.models.SingleHeadNetwork`, which answers the same calls.
+    :class:`~ffkit.models.baselines.SingleHeadNetwork`, which answers the same calls.
 
     Example::
 

@@ -4,9 +4,11 @@ Needs matplotlib, an optional extra: ``pip install "ffkit[plot]"``. It is import
 ``import ffkit`` and ``import ffkit.plotting`` work without it.
 
 Every function reads a run's *history*: the list of epoch records that :meth:`ffkit.train.Trainer.fit` returns and
-``ffkit train`` writes to ``RUN_DIR/metrics.json``. Each record's ``"test"`` entry is an
-:class:`~ffkit.evaluation.EvalReport` as a dict; the plots use its ``per_layer``, ``all_layers`` and ``sip``
-accuracies, ``goodness_pos`` / ``goodness_neg``, ``dead_ratio`` and ``sip_grid``.
+``ffkit train`` writes to ``RUN_DIR/metrics.json`` (there with numbers rounded to 7 significant digits and 1-based
+layer ranges such as ``sip_layers`` beside the 0-based ``sip_range``; either form plots alike). Each record's
+``"test"`` entry is an :class:`~ffkit.evaluation.EvalReport` as a dict; the plots use its ``per_layer``,
+``all_layers`` and ``sip`` accuracies, ``sip_range``, ``goodness_pos`` / ``goodness_neg``, ``dead_ratio`` and
+``sip_grid``, and name layers 1-based, as the console does.
 
 * :func:`plot_layer_accuracy` -- each layer's test accuracy over the epochs (DeeperForward Fig. 5d, The Trifecta
   Fig. 1), with the one-pass accuracy of all layers and of the SIP range.

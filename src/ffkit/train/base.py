@@ -10,6 +10,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -347,6 +348,12 @@ class Trainer:
 
         After each epoch: SIP on ``holdout`` (if given), evaluation on ``test`` (if given), the per-layer table is
         logged, and ``out_dir`` receives ``metrics.json``, ``metrics.csv`` and ``checkpoint.pt`` (atomically).
+        Each epoch's record (the list returned holds one per epoch) has the per-layer ``train_loss`` and
+        ``train_acc``, ``train_images``, ``train_seconds``, ``train_images_per_s``, ``holdout_sip`` and ``test``
+        (when given), ``lr`` (the learning rate at the epoch's end, :meth:`logged_lr`) and ``time`` (when the epoch
+        ended, UTC ISO 8601). ``metrics.json`` holds the same records with numbers rounded to 7 significant digits
+        and 1-based layer ranges beside the 0-based ones (:func:`metrics_record`: ``test.sip_layers`` ``[4, 4]`` for
+        ``test.sip_range`` ``[3, 3]``, "SIP layers 4..4" on the console).
         With ``checkpoint_every=N`` the checkpoint is also written after every ``N``-th batch of an epoch, with the
         epoch's position; a run killed at any point resumes from its last checkpoint and, on CPU with the same seed
         and data, ends with exactly the weights of an uninterrupted run.
@@ -399,6 +406,10 @@ class Trainer:
                 if test is not None:
                     start, end = (int(v) for v in self.network.inference_range)
                     record["test"] = self.evaluate(test, (start, end) if holdout is not None else None).to_dict()
+                lr = self.logged_lr()
+                if lr is not None:
+                    record["lr"] = lr
+                record["time"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
                 self.epoch = e
                 self.history.append(record)
                 if log is not None:
@@ -412,6 +423,15 @@ class Trainer:
         if out is not None and self.history and not trained:
             write_metrics(self.history, out)  # a run may have stopped between its last checkpoint and its metrics
         return self.history
+
+    def logged_lr(self) -> float | None:
+        """The learning rate an epoch record gives (``"lr"``): the first layer optimizer's at the end of the epoch
+        (after its last step's schedule update: the lr the next step takes; every layer follows the same schedule),
+        or ``None`` for an engine without optimizers."""
+        for opt in self.optimizers:
+            if opt is not None and opt.param_groups:
+                return float(opt.param_groups[0]["lr"])
+        return None
 
     @contextlib.contextmanager
     def _undo_scope(self, keep: bool) -> Iterator[None]:
@@ -674,18 +694,70 @@ def format_epoch(record: dict[str, Any], epochs: int) -> str:
     return "\n".join(rows)
 
 
+#: Significant digits of the numbers in ``metrics.json`` (and of ``lr`` in ``metrics.csv``): enough that every value
+#: is within a relative 5e-7 of the exact one (an accuracy of k out of 128 images, k / 128, is kept exactly), few
+#: enough that a float32 accuracy such as 0.40459999442100525 reads 0.4046.
+METRICS_DIGITS = 7
+
+
+def round_metric(value: Any) -> Any:
+    """``value`` as the metrics files write it: floats rounded to :data:`METRICS_DIGITS` significant digits (NaN and
+    infinities kept), lists, tuples and dicts rounded element by element, anything else as it is. The same value
+    always rounds to the same number, so identical runs write identical files."""
+    if isinstance(value, float):
+        return float(f"{value:.{METRICS_DIGITS}g}") if math.isfinite(value) else value
+    if isinstance(value, dict):
+        return {k: round_metric(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [round_metric(v) for v in value]
+    return value
+
+
+def _layers(span: Any) -> list[int] | None:
+    """A 0-based ``(start, end)`` layer range as the 1-based ``[first, last]`` layers that the console prints."""
+    return None if span is None else [int(span[0]) + 1, int(span[1]) + 1]
+
+
+def metrics_record(record: dict[str, Any]) -> dict[str, Any]:
+    """An epoch record as ``metrics.json`` holds it: numbers rounded (:func:`round_metric`), and next to each 0-based
+    layer range the 1-based layers the console prints: ``test.sip_layers`` beside ``test.sip_range``,
+    ``test.prediction_layers`` beside ``test.prediction_range``, ``holdout_sip.layers`` beside its ``start`` and
+    ``end`` (``[4, 4]`` for the "SIP layers 4..4" of ``sip_range [3, 3]``)."""
+    out = round_metric(record)
+    test = out.get("test")
+    if isinstance(test, dict):
+        for key, named in (("sip_range", "sip_layers"), ("prediction_range", "prediction_layers")):
+            if key in test:
+                test[named] = _layers(test[key])
+    sip = out.get("holdout_sip")
+    if isinstance(sip, dict) and "start" in sip and "end" in sip:
+        sip["layers"] = _layers((sip["start"], sip["end"]))
+    return out
+
+
+#: The columns of ``metrics.csv``: one row per epoch and layer (``layer`` 1-based); ``test_acc`` is the layer's own
+#: test accuracy, ``test_accuracy`` the network's prediction (the headline, ``test.prediction``), ``lr`` the
+#: learning rate at the end of the epoch and ``time`` when the epoch ended (UTC, ISO 8601).
+METRICS_CSV_COLUMNS = ("epoch", "layer", "train_loss", "train_acc", "test_acc", "test_accuracy", "lr", "time")
+
+
 def write_metrics(history: list[dict[str, Any]], out: Path) -> None:
-    """Write the run's history as ``metrics.json`` (everything) and ``metrics.csv`` (one row per epoch and layer)."""
+    """Write the run's history as ``metrics.json`` (every record, as :func:`metrics_record` gives it) and
+    ``metrics.csv`` (one row per epoch and layer, :data:`METRICS_CSV_COLUMNS`); each atomically."""
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "metrics.json.tmp"
-    tmp.write_text(json.dumps(history, indent=1))
+    tmp.write_text(json.dumps([metrics_record(r) for r in history], indent=1))
     tmp.replace(out / "metrics.json")
     with open(out / "metrics.csv.tmp", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["epoch", "layer", "train_loss", "train_acc", "test_acc"])
+        w.writerow(METRICS_CSV_COLUMNS)
         for rec in history:
             test = rec.get("test") or {}
             per_layer = test.get("per_layer", [math.nan] * len(rec["train_acc"]))
+            overall = test.get("prediction")
+            lr = rec.get("lr")
+            epoch_cells = [f"{overall:.6f}" if overall is not None else "nan",
+                           repr(round_metric(float(lr))) if lr is not None else "nan", rec.get("time", "")]
             for i, (lo, ac, te) in enumerate(zip(rec["train_loss"], rec["train_acc"], per_layer)):
-                w.writerow([rec["epoch"], i + 1, f"{lo:.6f}", f"{ac:.6f}", f"{te:.6f}"])
+                w.writerow([rec["epoch"], i + 1, f"{lo:.6f}", f"{ac:.6f}", f"{te:.6f}", *epoch_cells])
     (out / "metrics.csv.tmp").replace(out / "metrics.csv")
