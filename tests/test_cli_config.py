@@ -137,7 +137,7 @@ def test_model_kwargs_build_the_network_and_the_checkpoint_rebuilds_it(tmp_path,
             "--no-progress", "--lr", "0.01", "--out", str(out), "--data-dir", str(tmp_path / "d")]
     assert main([*base, "--model-kwargs", "hidden=40,40", "negatives=fixed"]) == 0
     text = capsys.readouterr().out
-    assert "model hinton_mlp [flag] with hidden=40,40 [flag], negatives=fixed [flag]" in text
+    assert "model hinton_mlp [flag] with hidden=40,40, negatives=fixed [flag]\n" in text
     payload = torch.load(out / "checkpoint.pt", weights_only=False)
     assert payload["model_kwargs"]["hidden"] == (40, 40) and payload["model_kwargs"]["negatives"] == "fixed"
     assert payload["metadata"]["model_kwargs"] == {"hidden": (40, 40), "negatives": "fixed"}
@@ -248,25 +248,33 @@ def test_the_example_config_trains_and_the_run_records_its_settings(tmp_path, ca
             "--no-progress", "--out", str(out), "--data-dir", str(tmp_path / "d")]
     assert main(argv) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[:4] == [
-        f"settings (flag > config file > recipe > default; [source] where not a default): --config {EXAMPLE}",
-        "  model hinton_mlp [config] with hidden=1000,1000,1000 [config]",
-        "  dataset fashion-mnist [config], epochs 1 [flag], batch size 128 [config], lr 0.01 [config], "
-        "optimizer adam [config], schedule cosine [config], trainer local",
+    assert lines[:7] == [
+        f"settings (flag > config file > recipe > default; [source] where not a default): --config {EXAMPLE}, "
+        "--recipe hinton-mlp-fmnist-loewex",
+        "  model hinton_mlp [config] with hidden=1000,1000,1000 [config], goodness=sum, threshold=1000.0, "
+        "label_position=first,",
+        "      image_size=28, norm=rms, eps=1e-08, activation=relu-full-grad, init=normal, peer_normalization=0.03,",
+        "      peer_momentum=0.9, head=True, head_input_norm=rms, head_zero_init=True, head_pre_update=True [recipe]",
+        "  dataset fashion-mnist [config], epochs 1 [flag], batch size 100 [config], lr 0.001 [recipe], "
+        "optimizer sgd [recipe],",
+        "      schedule linear-cooldown [recipe], trainer local [recipe]",
         "  device cpu (auto), out " + str(out) + " [flag]",
     ]
-    assert lines[4].startswith("ffkit ") and "training hinton_mlp (3 layers" in lines[4]
+    assert all(len(line) <= 118 for line in lines[1:7])
+    assert lines[7].startswith("ffkit ") and "training hinton_mlp (3 layers" in lines[7]
     assert sorted(p.name for p in out.iterdir()) == [".ffkit-train.lock", "checkpoint.pt", "config.json",
                                                      "metrics.csv", "metrics.json"]
     record = json.loads((out / "config.json").read_text())
     assert record["config_file"] == str(EXAMPLE) and record["command_line"].startswith("ffkit train --config ")
     settings = record["settings"]
     assert (settings["model"], settings["epochs"], settings["lr"], settings["limit"], settings["device"]) == (
-        "hinton_mlp", 1, 0.01, 256, "cpu")
-    assert settings["model_kwargs"] == {"hidden": [1000, 1000, 1000]}
-    assert {k: record["sources"][k] for k in ("model", "epochs", "limit", "model_kwargs.hidden")} == {
-        "model": "config", "epochs": "flag", "limit": "flag", "model_kwargs.hidden": "config"}
-    assert "optimizer" in record["sources"] and "weight_decay" not in record["sources"]  # defaults carry no source
+        "hinton_mlp", 1, 1e-3, 256, "cpu")
+    assert settings["model_kwargs"]["hidden"] == [1000, 1000, 1000] and settings["model_kwargs"]["goodness"] == "sum"
+    assert {k: record["sources"][k] for k in ("model", "epochs", "limit", "lr", "model_kwargs.hidden",
+                                              "model_kwargs.goodness")} == {
+        "model": "config", "epochs": "flag", "limit": "flag", "lr": "recipe", "model_kwargs.hidden": "config",
+        "model_kwargs.goodness": "recipe"}
+    assert "seed" not in record["sources"] and "tta" not in record["sources"]  # defaults carry no source
     payload = torch.load(out / "checkpoint.pt", weights_only=False)
     assert payload["model_kwargs"]["hidden"] == (1000, 1000, 1000)
 

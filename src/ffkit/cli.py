@@ -1072,7 +1072,7 @@ _SUMMARY = (
 def describe_train_config(cfg: dict[str, Any], args: argparse.Namespace, device: torch.device, out: Path) -> str:
     """A few lines that ``ffkit train`` prints first: the model and its arguments, the main settings, the device and
     the run directory, each value that is not a default tagged with where it came from (``[flag]``, ``[config]``,
-    ``[recipe]``)."""
+    ``[recipe]``; model arguments of one source share one tag)."""
     sources = cfg.get("sources", {})
     values = {**cfg, "device": f"{device}" + (" (auto)" if args.device == "auto" else ""), "out": str(out)}
 
@@ -1080,16 +1080,33 @@ def describe_train_config(cfg: dict[str, Any], args: argparse.Namespace, device:
         tag = f" [{sources[key]}]" if key in sources else ""
         return f"{label} {values[key]}{tag}"
 
-    kwargs = [_kwarg_form(k, v) + (f" [{sources[f'model_kwargs.{k}']}]" if f"model_kwargs.{k}" in sources else "")
-              for k, v in cfg["model_kwargs"].items()]
+    kwargs = list(cfg["model_kwargs"].items())
+    model = [item("model", "model") + (" with" if kwargs else "")]
+    for i, (key, value) in enumerate(kwargs):
+        source = sources.get(f"model_kwargs.{key}")
+        last = i + 1 == len(kwargs) or sources.get(f"model_kwargs.{kwargs[i + 1][0]}") != source
+        model.append(_kwarg_form(key, value) + (f" [{source}]" if last and source else ""))
     head = "settings (flag > config file > recipe > default; [source] where not a default)"
     if getattr(args, "config", None):
         head += f": --config {args.config}"
     if cfg.get("recipe"):
         head += f", --recipe {cfg['recipe']}"
-    lines = [head, "  " + item("model", "model") + (f" with {', '.join(kwargs)}" if kwargs else "")]
-    lines += ["  " + ", ".join(item(key, label) for key, label in line) for line in _SUMMARY]
-    return "\n".join(lines)
+    lines = [_pack(model, " ", ", ")] + [_pack([item(k, label) for k, label in line], ", ", ", ") for line in _SUMMARY]
+    return "\n".join([head, *lines])
+
+
+def _pack(items: list[str], first: str, sep: str, width: int = 118) -> str:
+    """``items`` joined (``first`` after the first, ``sep`` after the others) into lines of at most ``width``
+    characters where they fit, never splitting an item; indented by 2, continuations by 6."""
+    lines, line = [], "  " + items[0]
+    for k, text in enumerate(items[1:]):
+        joint = first if k == 0 else sep
+        if len(line) + len(joint) + len(text) > width:
+            lines.append(line + joint.rstrip())
+            line = "      " + text
+        else:
+            line += joint + text
+    return "\n".join([*lines, line])
 
 
 #: The run directory's record of the settings a run was started with (``ffkit train`` writes it before training).
