@@ -17,13 +17,13 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "ffkit"
 #: Lowest first. A module may import from its own package and from packages on lower levels only.
 LEVELS: list[set[str]] = [
     {"_validation", "_version", "defaults"},
-    {"goodness", "losses", "profiling", "data"},
+    {"goodness", "losses", "profiling", "data", "device"},
     {"layers"},
     {"objectives"},
     {"network"},
     {"evaluation", "models", "plotting"},
     {"train"},
-    {"recipes"},
+    {"recipes", "loading"},
     {"cli"},
     {"__main__", "ffkit"},
 ]
