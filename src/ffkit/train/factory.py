@@ -25,7 +25,7 @@ SCHEDULE_INTERVALS = ("step", "epoch")
 
 
 def build_trainer(
-    recipe: Recipe, network: Any, *, steps_per_epoch: int, device: Any = "cpu", pipeline: dict | None = None,
+    recipe: Recipe, network: Any, *, steps_per_epoch: int, device: Any = None, pipeline: dict | None = None,
     **performance: Any,
 ):
     """The recipe's trainer for ``network``: a LocalTrainer, or a BackpropTrainer for ``trainer="backprop"`` (and for

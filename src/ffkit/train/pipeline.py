@@ -34,6 +34,7 @@ from torch.utils.data import DistributedSampler
 
 from .._validation import check_bool, check_int
 from .._version import __version__
+from ..device import resolve_device
 from ..network import FFNetwork
 from ._distributed import (
     PipelineError,
@@ -70,8 +71,9 @@ class PipelineTrainer(WrapsLocalTrainer):
             ``j + f``: layer ``j`` is then shared, the stage before the cut runs the first fraction ``f`` of each
             batch's samples through it and the stage after it the rest (:mod:`ffkit.train.balance`).
         backend: ``"threads"`` (one process) or ``"distributed"`` (one process per stage, ``torch.distributed``).
-        devices: one device per stage for ``"threads"`` (default: ``device`` for every stage); for
-            ``"distributed"``, ``device`` is this rank's device (default CUDA ``LOCAL_RANK`` if available, else CPU).
+        devices: one device per stage for ``"threads"`` (default: ``device`` for every stage, itself by default
+            CUDA when available, else the CPU); for ``"distributed"``, ``device`` is this rank's device (default CUDA
+            ``LOCAL_RANK`` if available, else CPU).
         balance: ``"auto"``: profile each layer's local step on the first batch and cut where the slowest stage is
             fastest (:mod:`ffkit.train.balance`); ``"layers"``: equal layer counts. Ignored when ``stages`` gives the
             split.
@@ -177,7 +179,7 @@ class PipelineTrainer(WrapsLocalTrainer):
             raise ValueError(f"stages={stages!r} shares a layer between two stages; with data_parallel > 1 give "
                              f"whole layers (integer first layers)")
         if devices is None:
-            devices = [device or "cpu"] * n_stages
+            devices = [resolve_device(device)] * n_stages  # one policy: ffkit.device (CUDA if available, else CPU)
         if len(devices) != n_stages:
             raise ValueError(f"devices must name one device per stage ({n_stages}), got {len(devices)}")
         self.devices = [torch.device(d) for d in devices]
