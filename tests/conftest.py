@@ -23,6 +23,37 @@ GROUPS: dict[str, set[str]] = {
 }
 _GROUP_OF = {name: group for group, names in GROUPS.items() for name in names}
 
+#: The ``slow`` tests (``python -m pytest -m "not slow"`` is the fast inner loop; the default run and CI run every
+#: test): whole files of multi-process engines and end-to-end runs, and single tests that launch processes, train on
+#: real data or build packages. Chosen from a run's ``--durations=0`` (every test of at least about 7 s under load,
+#: with the tests that share its module-scoped fixture), not by a timing taken while the suite runs.
+SLOW: dict[str, set[str] | None] = {
+    "test_examples": None, "test_notebooks": None, "test_release": None, "test_kill_resume": None,
+    "test_hybrid": None, "test_data_parallel": None, "test_chapters": None, "test_federated": None,
+    "test_cli": {"test_torchrun_pipeline_variants", "test_short_run_learns_fashion_mnist",
+                 "test_console_script_and_module_entry_point",
+                 "test_torchrun_data_parallel_with_sharded_parameters_and_synchronised_batchnorm",
+                 "test_torchrun_data_parallel_trains_and_resumes",
+                 "test_data_on_device_trains_exactly_as_the_dataloader_path",
+                 "test_train_test_and_resume_on_real_fashion_mnist",
+                 "test_flip_test_time_augmentation_is_recorded_and_tested_again",
+                 "test_only_deeperforward_holds_out_a_split_for_sip", "test_train_with_a_threads_pipeline",
+                 "test_loewex_recipe_trains_and_tests_on_28x28_images"},
+    "test_pipeline": {"test_a_failed_rank_ends_the_job_and_the_stage_checkpoints_resume",
+                      "test_distributed_shared_layer_equals_local_trainer",
+                      "test_distributed_resume_with_a_shared_layer",
+                      "test_distributed_pipeline_equals_local_trainer", "test_distributed_stage_checkpoints_resume"},
+    "test_benchmarks": {"test_fingerprint_hashes_a_run_and_checks_it",
+                        "test_eval_cost_measures_both_and_writes_only_with_out",
+                        "test_step_throughput_writes_only_with_out",
+                        "test_hostile_cases_replays_a_case_and_says_it_was_handled"},
+    "test_docs": {"test_page_python_blocks_run", "test_mkdocs_build_strict"},
+    "test_ref_deeperforward": {"test_three_local_steps_match_release", "test_full_width_structure_is_the_release",
+                               "test_forward_matches_release"},
+    "test_recipes": {"test_cli_backprop_deepsup_on_an_ff_model", "test_every_recipe_runs_training_steps"},
+    "test_divergence": {"test_checkpoints_inside_an_epoch_resume_to_the_uninterrupted_weights"},
+}
+
 
 def pytest_configure(config: pytest.Config) -> None:
     for group in GROUPS:
@@ -38,6 +69,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             missing.add(stem)
         else:
             item.add_marker(group)
+        slow = SLOW.get(stem, set())
+        if slow is None or getattr(item, "originalname", item.name) in slow:
+            item.add_marker(pytest.mark.slow)
     if missing:
         raise pytest.UsageError(f"test files without a group: {sorted(missing)}; add them to GROUPS in "
                                 "tests/conftest.py")

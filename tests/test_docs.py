@@ -227,6 +227,8 @@ def test_readme_test_counts_match_the_suite(request):
     """The README's test count and its groups' counts are those of the suite (within 5 %), checked when the whole
     suite is collected (a run of some files or groups skips it)."""
     items = request.session.items
+    if request.config.option.markexpr or request.config.option.keyword:
+        pytest.skip("a run selected by -m or -k")
     files = {Path(str(i.fspath)).resolve() for i in items}
     every = set((ROOT / "tests").glob("test_*.py")) | set((ROOT / "tests" / "reference").glob("test_*.py"))
     if files != {f.resolve() for f in every} or len(items) < request.session.testscollected:
@@ -239,3 +241,19 @@ def test_readme_test_counts_match_the_suite(request):
     for name, stated in zip(("unit", "systems", "engines", "project"), groups.groups()):
         actual = sum(1 for i in items if i.get_closest_marker(name) is not None)
         assert abs(int(stated) - actual) <= 0.05 * actual, (name, stated, actual)
+
+
+def test_slow_list_names_existing_tests():
+    """tests/conftest.py's SLOW names files and tests that exist, so the fast inner loop cannot keep a slow test by a
+    typo or a rename."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_suite_conftest", ROOT / "tests" / "conftest.py")
+    assert spec is not None and spec.loader is not None
+    conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conftest)
+    for stem, names in conftest.SLOW.items():
+        found = list((ROOT / "tests").rglob(f"{stem}.py"))
+        assert len(found) == 1, stem
+        defined = set(re.findall(r"^def (test_\w+)", found[0].read_text(), flags=re.M))
+        assert names is None or names <= defined, (stem, names - defined)
