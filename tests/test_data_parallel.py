@@ -14,6 +14,7 @@ import ffkit
 from ffkit.cli import main
 from ffkit.models import create_model
 from helpers.distributed import torchrun
+from helpers.replicas import SMALL, largest_difference, local_reference, small_model
 
 WORKER = Path(__file__).parent / "helpers" / "data_parallel_worker.py"
 MODELS = ("deeperforward_tinycnn", "deeperforward_resnet17", "hinton_mlp")
@@ -29,23 +30,14 @@ def job(tmp_path_factory):
 
 
 def _model(name):
-    torch.manual_seed(0)
-    if name == "hinton_mlp":
-        return create_model(name, width_multiplier=0.1, negatives="fixed")
-    return create_model(name, width_multiplier=0.1, in_channels=3, dropout=0.0)
+    return small_model(name)
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_two_ranks_on_half_batches_equal_local_trainer_on_the_whole_batches(job, name):
     """Five Adam steps in float64 (ResNet17: shortcuts; Hinton's MLP: positive and negative passes with FixedNEG
     labels, the same for a sample on any rank): the same weights within 1e-10, on both ranks."""
-    net = _model(name).double()
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(80, net.in_channels, 32, 32, generator=g).double()
-    y = torch.randint(0, 10, (80,), generator=g)
-    ref = ffkit.LocalTrainer(net, lr=0.01, schedule="constant")
-    for b in range(5):
-        ref.train_step(x[b * 16 : b * 16 + 16], y[b * 16 : b * 16 + 16], torch.arange(b * 16, b * 16 + 16))
+    net = local_reference(name)
     ranks = [job(f"equiv-{name}", r) for r in (0, 1)]
     for key, value in net.state_dict().items():
         for got in ranks:
@@ -158,13 +150,6 @@ def test_each_layer_exchange_starts_before_the_next_layer_runs_and_is_waited_for
 
 # -- sync_batchnorm and shard_parameters ---------------------------------------------------------------------------
 
-OPTION_MODELS = {
-    "cwcomp_cnn": {"width_multiplier": 0.25},
-    "trifecta_shallow": {"width_multiplier": 0.25, "negatives": "fixed"},
-    "dtg_vgg8": {"width_multiplier": 0.1, "dropout": 0.0, "head_dropout": 0.0, "in_channels": 3},
-    "deeperforward_tinycnn": {"width_multiplier": 0.1, "in_channels": 3, "dropout": 0.0},
-    "hinton_mlp": {"width_multiplier": 0.1, "negatives": "fixed"},
-}
 #: float64, five Adam steps: the largest differences measured were 1.9e-11 (sync_batchnorm, the Trifecta) and 4.9e-15
 #: (shard_parameters)
 TOL = 1e-10
@@ -180,20 +165,8 @@ def options_job(tmp_path_factory):
 
 
 def _local_run(name):
-    """LocalTrainer's five Adam steps on the whole global batches of 16 (the worker's data), float64."""
-    torch.manual_seed(0)
-    net = create_model(name, **OPTION_MODELS[name]).double()
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(80, net.in_channels, 32, 32, generator=g).double()
-    y = torch.randint(0, 10, (80,), generator=g)
-    ref = ffkit.LocalTrainer(net, lr=0.01, schedule="constant")
-    for b in range(5):
-        ref.train_step(x[b * 16 : b * 16 + 16], y[b * 16 : b * 16 + 16], torch.arange(b * 16, b * 16 + 16))
-    return net.state_dict()
-
-
-def _max_difference(got, want):
-    return max((got[k].double() - v.double()).abs().max().item() for k, v in want.items() if v.is_floating_point())
+    """LocalTrainer's five Adam steps on the whole global batches (the worker's data), float64."""
+    return local_reference(name).state_dict()
 
 
 def test_cpu_sync_batchnorm_equals_batchnorm2d_on_the_whole_batch(options_job):
@@ -231,8 +204,8 @@ def test_sync_batchnorm_on_half_batches_equals_local_trainer_on_the_whole_batche
         result = options_job(f"syncbn-{name}", r)
         assert "SyncBatchNorm" in result["types"] and "BatchNorm2d" not in result["types"]
         assert result["weights"].keys() == want.keys()
-        assert _max_difference(result["weights"], want) < TOL
-        assert _max_difference(result["plain"], want) > 1e-4  # per-rank statistics: the test can fail
+        assert largest_difference(result["weights"], want) < TOL
+        assert largest_difference(result["plain"], want) > 1e-4  # per-rank statistics: the test can fail
     running = [k for k in want if k.endswith(("running_mean", "running_var"))]
     assert running
 
@@ -240,7 +213,7 @@ def test_sync_batchnorm_on_half_batches_equals_local_trainer_on_the_whole_batche
 def test_sync_batchnorm_with_sharded_parameters(options_job):
     want = _local_run("cwcomp_cnn")
     for r in (0, 1):
-        assert _max_difference(options_job("both-cwcomp_cnn", r)["weights"], want) < TOL
+        assert largest_difference(options_job("both-cwcomp_cnn", r)["weights"], want) < TOL
 
 
 @pytest.mark.parametrize("name", ["deeperforward_tinycnn", "hinton_mlp", "dtg_vgg8"])
@@ -252,7 +225,7 @@ def test_sharded_parameters_on_half_batches_equal_local_trainer_on_the_whole_bat
     want = _local_run(name)
     for r in (0, 1):
         result = options_job(f"shard-{name}", r)
-        assert _max_difference(result["weights"], want) < TOL
+        assert largest_difference(result["weights"], want) < TOL
         sizes = result["sizes"]
         assert sizes
         for key, (whole, local) in sizes.items():
@@ -270,7 +243,7 @@ def test_a_sharded_checkpoint_loads_into_a_plain_local_trainer_and_resumes_exact
     """Rank 0's checkpoint after the first epoch holds the whole weights and Adam moments (a single-process
     LocalTrainer resumes from it), and two sharded ranks resumed from it end with the uninterrupted weights."""
     result = options_job("shard-resume", 0)
-    net = create_model("deeperforward_tinycnn", **OPTION_MODELS["deeperforward_tinycnn"])
+    net = small_model("deeperforward_tinycnn")
     plain = ffkit.LocalTrainer(net, lr=0.01, total_steps=6)
     plain.resume(result["checkpoint"])
     for key, value in result["first"].items():
@@ -324,7 +297,7 @@ def test_sync_batchnorm_conversion_keeps_keys_tensors_and_counts(name):
     converted network's checkpoint loads into an unconverted one, and the layers' small-batch checks still apply."""
     from ffkit.train.sync_batchnorm import SyncBatchNorm, sync_batchnorm
 
-    kw = {"trifecta_fcn": {"width_multiplier": 0.05}}.get(name, OPTION_MODELS.get(name, {}))
+    kw = {"trifecta_fcn": {"width_multiplier": 0.05}}.get(name, SMALL.get(name, {}))
     net = create_model(name, **kw)
     before = dict(net.state_dict(keep_vars=True))
     count = sum(p.numel() for p in net.parameters())

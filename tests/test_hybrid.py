@@ -15,8 +15,8 @@ import torch
 import ffkit
 from ffkit.cli import main
 from ffkit.data import DEBIAN_FASHION_MNIST_DIR
-from ffkit.models import create_model
 from helpers.distributed import torchrun
+from helpers.replicas import global_batches, largest_difference, local_reference, small_model
 
 WORKER = Path(__file__).parent / "helpers" / "hybrid_worker.py"
 MODELS = ("deeperforward_tinycnn", "deeperforward_resnet17", "hinton_mlp")
@@ -32,12 +32,7 @@ def job(tmp_path_factory):
 
 
 def _model(name, **kw):
-    torch.manual_seed(0)
-    if name == "cwcomp_cnn":
-        return create_model(name, width_multiplier=0.25)
-    if name == "hinton_mlp":
-        return create_model(name, width_multiplier=0.1, **{"negatives": "fixed", **kw})
-    return create_model(name, width_multiplier=0.1, in_channels=3, **{"dropout": 0.0, **kw})
+    return small_model(name, **kw)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -46,13 +41,7 @@ def test_two_replicas_of_a_two_stage_pipeline_equal_local_trainer_on_the_whole_b
     16: the weights of LocalTrainer on the whole batches within 1e-10, in both replicas. TinyCNN's split comes from
     automatic balancing on rank 0 (one split for both replicas); ResNet17 has shortcuts across the cut; Hinton's MLP
     positive and negative passes with FixedNEG labels."""
-    net = _model(name).double()
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(80, net.in_channels, 32, 32, generator=g).double()
-    y = torch.randint(0, 10, (80,), generator=g)
-    ref = ffkit.LocalTrainer(net, lr=0.01, schedule="constant")
-    for b in range(5):
-        ref.train_step(x[b * 16 : b * 16 + 16], y[b * 16 : b * 16 + 16], torch.arange(b * 16, b * 16 + 16))
+    net = local_reference(name)
     replicas = [job(f"equiv-{name}", r) for r in (0, 2)]
     assert [r["replica"] for r in replicas] == [0, 1] and [r["stage"] for r in replicas] == [0, 0]
     assert replicas[0]["stages"] == replicas[1]["stages"] and len(replicas[0]["stages"]) == 2
@@ -66,14 +55,11 @@ def test_two_replicas_of_a_two_stage_pipeline_equal_local_trainer_on_the_whole_b
 def test_without_the_replicas_average_the_weights_differ(job):
     """The comparison above can fail: LocalTrainer on one replica's half batches ends elsewhere."""
     net = _model("deeperforward_tinycnn").double()
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(80, 3, 32, 32, generator=g).double()
-    y = torch.randint(0, 10, (80,), generator=g)
-    ref = ffkit.LocalTrainer(net, lr=0.01, schedule="constant")
+    x, y = global_batches(3)
+    ref = ffkit.LocalTrainer(net, lr=0.01, schedule="constant", device="cpu")
     for b in range(5):
-        ref.train_step(x[b * 16 : b * 16 + 8], y[b * 16 : b * 16 + 8])
-    got = job("equiv-deeperforward_tinycnn", 0)["weights"]
-    assert max((got[k] - v).abs().max().item() for k, v in net.state_dict().items()) > 1e-4
+        ref.train_step(x[b * 16 : b * 16 + 8].double(), y[b * 16 : b * 16 + 8])
+    assert largest_difference(job("equiv-deeperforward_tinycnn", 0)["weights"], net.state_dict()) > 1e-4
 
 
 def test_hybrid_resume_gives_the_uninterrupted_weights(job):
@@ -172,17 +158,10 @@ def test_synchronised_batchnorm_across_replicas_equals_local_trainer_on_the_whol
     """CwComp's CNN has a BatchNorm in every layer: with ``sync_batchnorm=True`` each replica's stages normalise with
     the whole global batch's statistics, so weights and running statistics are LocalTrainer's on the whole batches
     (float64, within 1e-10); without it, each replica's half batch gives other statistics and other weights."""
-    net = _model("cwcomp_cnn").double()
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(80, net.in_channels, 32, 32, generator=g).double()
-    y = torch.randint(0, 10, (80,), generator=g)
-    ref = ffkit.LocalTrainer(net, lr=0.01, schedule="constant")
-    for b in range(5):
-        ref.train_step(x[b * 16 : b * 16 + 16], y[b * 16 : b * 16 + 16])
+    net = local_reference("cwcomp_cnn")
     for r in (0, 2):
         got = job("syncbn", r)["weights"]
         assert any("running_var" in k for k in got)
         for key, value in net.state_dict().items():
             torch.testing.assert_close(got[key], value, rtol=0, atol=1e-10, msg=key)
-    plain = job("plainbn", 0)["weights"]
-    assert max((plain[k].double() - v.double()).abs().max().item() for k, v in net.state_dict().items()) > 1e-3
+    assert largest_difference(job("plainbn", 0)["weights"], net.state_dict()) > 1e-3

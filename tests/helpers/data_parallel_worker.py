@@ -34,10 +34,10 @@ import time
 from pathlib import Path
 
 import torch
+from replicas import global_batches, small_model  # this script's folder, tests/helpers, is on sys.path
 from torch.utils.data import DataLoader, TensorDataset
 
 import ffkit
-from ffkit.models import create_model
 from ffkit.train import DataParallelTrainer, PipelineError, init_distributed, shard_loader
 
 torch.set_num_threads(1)
@@ -46,15 +46,11 @@ rank, world = init_distributed(timeout=30)
 
 
 def model(name, **kw):
-    torch.manual_seed(rank)  # different on each rank: the trainer must broadcast rank 0's start
-    if name == "hinton_mlp":
-        return create_model(name, width_multiplier=0.1, **{"negatives": "fixed", **kw})
-    return create_model(name, width_multiplier=0.1, in_channels=3, **{"dropout": 0.0, **kw})
+    return small_model(name, seed=rank, **kw)  # another start on each rank: the trainer must broadcast rank 0's
 
 
 def data(c, n=80, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, c, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g)
+    return global_batches(c, n, seed)
 
 
 def state(net):
@@ -131,18 +127,8 @@ def full_weights(trainer):
     return {k: v.detach().clone() for k, v in full_network_state(trainer.network).items()}
 
 
-OPTION_MODELS = {
-    "cwcomp_cnn": {"width_multiplier": 0.25},
-    "trifecta_shallow": {"width_multiplier": 0.25, "negatives": "fixed"},
-    "dtg_vgg8": {"width_multiplier": 0.1, "dropout": 0.0, "head_dropout": 0.0, "in_channels": 3},
-    "deeperforward_tinycnn": {"width_multiplier": 0.1, "in_channels": 3, "dropout": 0.0},
-    "hinton_mlp": {"width_multiplier": 0.1, "negatives": "fixed"},
-}
-
-
 def option_model(name):
-    torch.manual_seed(rank)
-    return create_model(name, **OPTION_MODELS[name])
+    return model(name)
 
 
 def steps(name, **options):

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from replicas import global_batches, small_model  # this script's folder, tests/helpers, is on sys.path
 from torch.utils.data import DataLoader, TensorDataset
 
-from ffkit.models import create_model
 from ffkit.train import PipelineError, PipelineTrainer, init_distributed, shard_loader
 
 torch.set_num_threads(1)
@@ -36,17 +36,11 @@ rank, world = init_distributed(timeout=30)
 
 
 def model(name, **kw):
-    torch.manual_seed(rank)  # different on each rank: the trainer must give every replica replica 0's start
-    if name == "cwcomp_cnn":
-        return create_model(name, width_multiplier=0.25)
-    if name == "hinton_mlp":
-        return create_model(name, width_multiplier=0.1, **{"negatives": "fixed", **kw})
-    return create_model(name, width_multiplier=0.1, in_channels=3, **{"dropout": 0.0, **kw})
+    return small_model(name, seed=rank, **kw)  # another start on each rank: the trainer gives every one rank 0's
 
 
 def data(c, n=80, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, c, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g)
+    return global_batches(c, n, seed)
 
 
 def state(net):
