@@ -243,3 +243,22 @@ def test_recipe_performance_fields_reach_the_trainer_and_flags_override_them():
     assert (trainer.channels_last, trainer.amp) == (True, True)
     trainer = build_trainer(recipe, net, steps_per_epoch=1, amp=False)  # what --no-amp passes
     assert (trainer.channels_last, trainer.amp) == (True, False)
+
+
+def test_no_recipe_quotes_another_datasets_figure():
+    """A recipe's published figure is for its own dataset: a reference that gives a figure names no other dataset
+    (the DTG-FF F-MNIST and CIFAR-100 rows used to quote the CIFAR-10 logit-sum figure). A reference without a
+    figure ("no published Fashion-MNIST figure ...") may name others for context."""
+    import re
+
+    from ffkit.recipes import get_recipe, list_recipes
+
+    names = {"cifar100": r"CIFAR-?100", "cifar10": r"CIFAR-?10(?!0)", "fashion-mnist": r"F(ashion)?-?MNIST",
+             "mnist": r"(?<![F-])(?<!Fashion-)\bMNIST", "svhn": r"SVHN"}
+    for name in list_recipes():
+        recipe = get_recipe(name)
+        if not re.match(r"\s*\d", recipe.reference or ""):
+            continue
+        for dataset, pattern in names.items():
+            if dataset != recipe.dataset and re.search(pattern, recipe.reference or "", flags=re.I):
+                raise AssertionError(f"{name} ({recipe.dataset}) quotes {dataset}: {recipe.reference}")

@@ -207,7 +207,8 @@ for _ds, _acc in (("cifar10", "91.33"), ("cifar100", "67.28"), ("fashion-mnist",
     register_recipe(Recipe(
         name=f"dtg-vgg8-{_DS_SHORT[_ds]}", model="dtg_vgg8", dataset=_ds, epochs=400, lr=1e-3, final_lr=0.0,
         optimizer="adamw", weight_decay=5e-4, augment="dtg", head_lr=1e-3,
-        reference=f"{_acc} (DTG-FF concat head, VGG8, {_ds}); logit-sum 91.79 on CIFAR-10",
+        # the paper's logit-sum read-out was reported on CIFAR-10 only
+        reference=f"{_acc} (DTG-FF concat head, VGG8, {_ds})" + ("; logit-sum 91.79" if _ds == "cifar10" else ""),
     ))
 register_recipe(Recipe(name="dtg-vgg11-cifar10", model="dtg_vgg11", dataset="cifar10", epochs=400, lr=1e-3,
                        final_lr=0.0, optimizer="adamw", augment="dtg", head_lr=1e-3,
