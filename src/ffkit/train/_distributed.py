@@ -14,8 +14,8 @@ import torch.distributed as dist
 
 from .._validation import check_real
 
-__all__ = ["PipelineError", "lost_peer", "wait_work", "run_collective", "default_device", "check_timeout",
-           "check_divergence_stop", "check_equal_lengths", "hybrid_mesh"]
+__all__ = ["PipelineError", "lost_peer", "wait_work", "run_collective", "default_device", "comm_device",
+           "seed_from_rank0", "check_timeout", "check_divergence_stop", "check_equal_lengths", "hybrid_mesh"]
 
 
 class PipelineError(RuntimeError):
@@ -58,6 +58,26 @@ def default_device() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")
+
+
+def comm_device(device: torch.device, group: Any = None) -> torch.device:
+    """Where the buffers of ``group``'s collectives live for a process training on ``device``: that device under
+    NCCL, which reduces CUDA tensors only; the CPU under gloo, simplest and safest on host tensors."""
+    if dist.get_backend(group) == "nccl":
+        if device.type != "cuda":
+            raise ValueError(f"the NCCL backend needs a CUDA device, got device={device}")
+        return device
+    return torch.device("cpu")
+
+
+def seed_from_rank0(device: torch.device, timeout: float, what: str) -> None:
+    """Seed this process's torch generator with ``s + rank`` (its rank in the world), ``s`` drawn by rank 0 and
+    broadcast (``device``: where the broadcast's buffer lives; ``what`` names it in a lost peer's error): distinct
+    streams per process that a resumed run, whose processes all restore rank 0's random state, draws again."""
+    seed = torch.randint(0, 2**62, (1,), dtype=torch.int64).to(device)
+    if dist.get_world_size() > 1:
+        run_collective(what, timeout, dist.broadcast, seed, src=0)
+    torch.manual_seed(int(seed.item()) + dist.get_rank())
 
 
 #: The longest wait ffkit accepts (a year): torch.distributed keeps timeouts in milliseconds and Python's timedelta

@@ -42,7 +42,7 @@ import torch
 import torch.distributed as dist
 
 from ..network import FFNetwork
-from ._distributed import lost_peer, run_collective, wait_work
+from ._distributed import lost_peer, run_collective, seed_from_rank0, wait_work
 from .base import EpochProgress, StepResult, reject_mid_epoch
 from .replicated import ReplicatedTrainer, flat_buffers, unflatten_into
 from .schedules import is_sharded, optimizer_params
@@ -279,12 +279,8 @@ class DataParallelTrainer(ReplicatedTrainer):
         return record
 
     def _seed_ranks(self) -> None:
-        """Give rank ``r`` the generator seed ``s + r``, ``s`` drawn by rank 0: distinct streams per rank that a resumed
-        run (whose ranks all restore rank 0's state) draws again."""
-        seed = torch.randint(0, 2**62, (1,), dtype=torch.int64).to(self._comm_device)
-        if self.world > 1:
-            self._collective("sharing the epoch's random seed", dist.broadcast, seed, src=0)
-        torch.manual_seed(int(seed.item()) + self.rank)
+        """Give rank ``r`` the generator seed ``s + r``, ``s`` drawn by rank 0 (:func:`seed_from_rank0`)."""
+        seed_from_rank0(self._comm_device, self.timeout, f"{self.who} failed in sharing the epoch's random seed")
 
 
 def _check_shardable(network: FFNetwork, options: dict[str, Any]) -> None:

@@ -41,10 +41,12 @@ from ._distributed import (
     check_divergence_stop,
     check_equal_lengths,
     check_timeout,
+    comm_device,
     default_device,
     hybrid_mesh,
     lost_peer,
     run_collective,
+    seed_from_rank0,
 )
 from .base import EpochProgress, StepResult, reject_mid_epoch
 from .checkpoint import CHECKPOINT_FORMAT
@@ -201,10 +203,10 @@ class PipelineTrainer(WrapsLocalTrainer):
         """Hybrid: give every process rank 0's parameters and buffers (the replicas must start identical), and average
         each stage's gradients over its replicas before its optimizers step."""
         from .data_parallel import GradientAverage
-        from .replicated import flat_buffers, unflatten_into
+        from .replicated import broadcast_state
 
         data = self.mesh.get_group("data")
-        comm = self.device if dist.get_backend(data) == "nccl" else torch.device("cpu")
+        comm = comm_device(self.device, data)
         who = (f"pipeline stage {self.rank} of replica {self.replica} (rank {dist.get_rank()} of "
                f"{dist.get_world_size()})")
         self._replica_sync = GradientAverage(self.replicas, comm, self.timeout, who, group=data)
@@ -213,12 +215,7 @@ class PipelineTrainer(WrapsLocalTrainer):
             from .sync_batchnorm import sync_batchnorm
 
             sync_batchnorm(self.network, group=data)  # in place, on the same tensors: the optimizers keep them
-        tensors = [*self.network.parameters(), *self.network.buffers()]
-        with torch.no_grad():
-            for group, flat in flat_buffers(tensors, comm):
-                run_collective(f"{who} failed in the initial broadcast of rank 0's parameters", self.timeout,
-                               dist.broadcast, flat, src=0)
-                unflatten_into(group, flat)
+        broadcast_state(self.network, comm, self.timeout, who)
 
     def _plan(self, x: torch.Tensor | None, y: torch.Tensor | None, index: torch.Tensor | None = None) -> None:
         """Choose the split (profiling on the first batch if balancing is automatic) and place the stages."""
@@ -379,10 +376,8 @@ class PipelineTrainer(WrapsLocalTrainer):
                          "have {lengths} batches (replica {rank}: {n}); shard the data with "
                          "ffkit.train.shard_loader(..., num_replicas=data_parallel, rank=trainer.replica)",
             )
-        seed = torch.randint(0, 2**62, (1,), dtype=torch.int64).to(self._replica_sync.comm_device)
-        run_collective(f"{self._replica_sync.who} failed sharing the epoch's random seed", self.timeout,
-                       dist.broadcast, seed, src=0)
-        torch.manual_seed(int(seed.item()) + dist.get_rank())
+        seed_from_rank0(self._replica_sync.comm_device, self.timeout,
+                        f"{self._replica_sync.who} failed sharing the epoch's random seed")
 
     def _run(self, batches: Iterable, concurrent: bool) -> dict[str, Any]:
         it = iter(batches) if self.rank == 0 else iter(())

@@ -27,12 +27,14 @@ from ._distributed import (
     check_divergence_stop,
     check_equal_lengths,
     check_timeout,
+    comm_device,
     default_device,
     run_collective,
 )
 from .local import LocalTrainer, WrapsLocalTrainer
 
-__all__ = ["ReplicatedTrainer", "shard_loader", "REDUCE_DTYPE", "flat_buffers", "unflatten_into"]
+__all__ = ["ReplicatedTrainer", "shard_loader", "REDUCE_DTYPE", "flat_buffers", "unflatten_into", "apply_flat",
+           "broadcast_state"]
 
 #: Low-precision tensors are summed in float32: with bf16 the sum of a few ranks would already lose bits.
 REDUCE_DTYPE = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
@@ -72,13 +74,7 @@ class ReplicatedTrainer(WrapsLocalTrainer):
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         here = torch.device(device) if device is not None else default_device()
         self.inner = LocalTrainer(network, device=here, **trainer_options)
-        # NCCL reduces CUDA tensors only; gloo is simplest and safest on host tensors.
-        if dist.get_backend() == "nccl":
-            if self.device.type != "cuda":
-                raise ValueError(f"the NCCL backend needs a CUDA device, got device={self.device}")
-            self._comm_device = self.device
-        else:
-            self._comm_device = torch.device("cpu")
+        self._comm_device = comm_device(self.device)
         self._init_progress()
         self._broadcast_state()
         if shard is not None:
@@ -101,18 +97,13 @@ class ReplicatedTrainer(WrapsLocalTrainer):
 
     def _apply_flat(self, tensors: list[torch.Tensor], op: Callable[[torch.Tensor], None]) -> None:
         """Run ``op`` (a collective, in place) on one flat buffer per (dtype, device) and copy the result back."""
-        with torch.no_grad():
-            for group, flat in flat_buffers(tensors, self._comm_device):
-                op(flat)
-                unflatten_into(group, flat)
+        apply_flat(tensors, self._comm_device, op)
 
     def _broadcast_state(self) -> None:
         """Give every rank rank 0's parameters and buffers (all dtypes), so the ranks start identical."""
         if self.world == 1:
             return
-        self._apply_flat(self._state_tensors(floating_only=False),
-                         lambda flat: self._collective("the initial broadcast of rank 0's parameters",
-                                                       dist.broadcast, flat, src=0))
+        broadcast_state(self.network, self._comm_device, self.timeout, self.who)
 
     # -- epochs ---------------------------------------------------------------------------------------------------
     def _begin_epoch(self, loader: Iterable) -> None:
@@ -235,6 +226,23 @@ def unflatten_into(group: list[torch.Tensor], flat: torch.Tensor) -> None:
     """Copy ``flat`` (a :func:`flat_buffers` buffer, after its collective) back into its tensors."""
     for t, new in zip(group, _unflatten_dense_tensors(flat, group)):
         t.copy_(new)  # copy_ converts device, dtype and memory format (channels-last convs) back
+
+
+def apply_flat(tensors: list[torch.Tensor], comm_device: torch.device, op: Callable[[torch.Tensor], None]) -> None:
+    """Run ``op`` (a collective, in place) on one flat buffer per (dtype, device) of ``tensors`` on ``comm_device``
+    and copy the result back into them."""
+    with torch.no_grad():
+        for group, flat in flat_buffers(tensors, comm_device):
+            op(flat)
+            unflatten_into(group, flat)
+
+
+def broadcast_state(network: torch.nn.Module, comm_device: torch.device, timeout: float, who: str) -> None:
+    """Give every process rank 0's parameters and buffers of ``network`` (all dtypes), so replicas start identical
+    (a collective of the whole world; ``who`` starts a lost peer's error)."""
+    apply_flat([*network.parameters(), *network.buffers()], comm_device,
+               lambda flat: run_collective(f"{who} failed in the initial broadcast of rank 0's parameters", timeout,
+                                           dist.broadcast, flat, src=0))
 
 
 class _EveryNth:
