@@ -240,15 +240,7 @@ def parse_model_kwarg_value(text: str) -> Any:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         return text
-    return _lists_as_tuples(value)
-
-
-def _lists_as_tuples(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
-        return tuple(_lists_as_tuples(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _lists_as_tuples(v) for k, v in value.items()}
-    return value
+    return _as_tuples(value)
 
 
 def parse_model_kwargs(items: Sequence[str]) -> dict[str, Any]:
@@ -404,7 +396,7 @@ def load_train_config(path: str | Path) -> dict[str, Any]:
             if not isinstance(value, dict):
                 raise TypeError(f"{key!r} in {path}: expected a table, e.g. model-kwargs = {{hidden = [1000, 1000]}}, "
                                 f"got {value!r}")
-            settings[dest] = {str(k): _lists_as_tuples(v) for k, v in value.items()}
+            settings[dest] = {str(k): _as_tuples(v) for k, v in value.items()}
         else:
             settings[dest] = _config_value(actions[dest], value, key, str(path))
     return settings
@@ -888,8 +880,8 @@ def _check_resume_model_kwargs(saved: dict[str, Any], cfg: dict[str, Any], ckpt:
 
     params = inspect.signature(get_model_builder(model)).parameters
     builder = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
-    old = _as_tuples_in({**builder, **saved["model_kwargs"]})
-    new = _as_tuples_in({**builder, **cfg["model_kwargs"]})
+    old = _as_tuples({**builder, **saved["model_kwargs"]})
+    new = _as_tuples({**builder, **cfg["model_kwargs"]})
     changed = [k for k in {**old, **new} if old.get(k) != new.get(k)]
     if not changed:
         return
@@ -916,12 +908,14 @@ def _kwarg_form(key: str, value: Any) -> str:
     return f"{key}={text}"
 
 
-def _as_tuples_in(kwargs: dict[str, Any]) -> dict[str, Any]:
-    return {k: _as_tuples(v) for k, v in kwargs.items()}
-
-
 def _as_tuples(value: Any) -> Any:
-    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+    """``value`` with every list (at any depth, in dicts too) as a tuple, as the recipes write sequences, so that
+    equal settings compare equal."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_as_tuples(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _as_tuples(v) for k, v in value.items()}
+    return value
 
 
 def _flag_form(flag: str, value: Any) -> str:
