@@ -1,5 +1,5 @@
-"""What the benchmark scripts share: arguments, the machine description, a random batch, and emit (which writes
-the result only where asked)."""
+"""What the benchmark scripts share: arguments, the machine description, a random batch, emit (which writes the
+result only where asked), and launching a script's workers under torchrun."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ import json
 import os
 import platform
 import socket
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -66,3 +69,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def torchrun_prefix(procs: int) -> list[str]:
+    """``python -m torch.distributed.run`` for ``procs`` processes on this machine (gloo's rendezvous on a free port
+    of 127.0.0.1); the script or ``-m module`` and its arguments follow."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs), "--master-addr",
+            "127.0.0.1", "--master-port", str(free_port())]
+
+
+def run_workers(script: str, procs: int, args: list[str], threads: int = 1) -> dict:
+    """Run ``script`` in worker mode: ``procs`` processes of ``threads`` threads each under torchrun, with ``args``
+    and ``--worker-out FILE``; returns the JSON the workers wrote to ``FILE``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        worker_out = Path(tmp) / "worker.json"
+        subprocess.run([*torchrun_prefix(procs), script, *args, "--worker-out", str(worker_out)], check=True,
+                       env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+        return json.loads(worker_out.read_text())

@@ -32,18 +32,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import emit, free_port, machine_info  # noqa: E402
+from _common import emit, machine_info, run_workers  # noqa: E402
 
 import ffkit  # noqa: E402
 from ffkit.train import BackpropTrainer, LocalTrainer  # noqa: E402
@@ -208,17 +205,11 @@ def main(argv: list[str] | None = None) -> dict | None:
         return None
 
     one = single(args)
-    with tempfile.TemporaryDirectory() as tmp:
-        worker_out = Path(tmp) / "data_parallel.json"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(args.procs),
-               "--master-addr", "127.0.0.1", "--master-port", str(free_port()), __file__,
-               "--model", args.model, "--batch-size", str(args.batch_size), "--steps", str(args.steps),
-               "--warmup", str(args.warmup), "--threads", str(args.threads), "--seed", str(args.seed),
-               *(["--no-bp"] if args.no_bp else []), *(["--shard-parameters"] if args.shard_parameters else []),
-               "--worker-out", str(worker_out)]
-        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-        subprocess.run(cmd, check=True, env=env)
-        par = json.loads(worker_out.read_text())
+    par = run_workers(__file__, args.procs, [
+        "--model", args.model, "--batch-size", str(args.batch_size), "--steps", str(args.steps),
+        "--warmup", str(args.warmup), "--threads", str(args.threads), "--seed", str(args.seed),
+        *(["--no-bp"] if args.no_bp else []), *(["--shard-parameters"] if args.shard_parameters else [])],
+        threads=args.threads)
     result: dict = {"benchmark": "data_parallel_speedup", "model": args.model, "procs": args.procs,
                     "threads_per_process": args.threads, "global_batch": args.batch_size, "steps": args.steps}
     for name, run in par.items():

@@ -23,7 +23,6 @@ import argparse
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine_info  # noqa: E402
+from _common import machine_info, torchrun_prefix  # noqa: E402
 
 from ffkit.models import list_models, model_kind  # noqa: E402
 from ffkit.recipes import list_recipes  # noqa: E402
@@ -65,20 +64,13 @@ def state_hash(path: Path) -> str:
     return h.hexdigest()
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_one(flags: list[str], limit: int, data_dir: str | None, timeout: float, torchrun: bool = False) -> dict:
     """One ``ffkit train`` run: ``{"hash": ...}``, or ``{"refused": exit status, "message": first line}``."""
     with tempfile.TemporaryDirectory() as tmp:
         args = ["train", *flags, *QUICK, "--limit", str(limit), "--out", tmp,
                 *(["--data-dir", data_dir] if data_dir else [])]
         if torchrun:
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr",
-                   "127.0.0.1", "--master-port", str(_port()), "-m", "ffkit", *args]
+            cmd = [*torchrun_prefix(2), "-m", "ffkit", *args]
         else:
             cmd = [sys.executable, "-m", "ffkit", *args]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -22,10 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import emit, free_port, machine_info  # noqa: E402
+from _common import emit, machine_info, run_workers  # noqa: E402
 
 import ffkit  # noqa: E402
 from ffkit.train import LocalTrainer  # noqa: E402
@@ -155,20 +152,13 @@ def main(argv: list[str] | None = None) -> dict | None:
         return None
 
     base = baseline(args)
-    with tempfile.TemporaryDirectory() as tmp:
-        worker_out = Path(tmp) / "pipeline.json"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(args.procs),
-               "--master-addr", "127.0.0.1", "--master-port", str(free_port()), __file__,
-               "--model", args.model, "--batch-size", str(args.batch_size), "--batches", str(args.batches),
-               "--threads", str(args.threads), "--balance", args.balance, "--seed", str(args.seed),
-               *(["--no-share"] if args.no_share else []),
-               "--variant", args.variant, "--sync-every", str(args.sync_every),
-               "--data-parallel", str(args.data_parallel),
-               "--chapter-batches", str(args.chapter_batches),
-               "--worker-out", str(worker_out)]
-        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-        subprocess.run(cmd, check=True, env=env)
-        pipe = json.loads(worker_out.read_text())
+    pipe = run_workers(__file__, args.procs, [
+        "--model", args.model, "--batch-size", str(args.batch_size), "--batches", str(args.batches),
+        "--threads", str(args.threads), "--balance", args.balance, "--seed", str(args.seed),
+        *(["--no-share"] if args.no_share else []),
+        "--variant", args.variant, "--sync-every", str(args.sync_every),
+        "--data-parallel", str(args.data_parallel),
+        "--chapter-batches", str(args.chapter_batches)], threads=args.threads)
     busy = pipe["stage_busy_seconds"]
     speedup = base / pipe["seconds"]
     result = {

@@ -27,15 +27,13 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import emit, free_port, machine_info  # noqa: E402
+from _common import emit, machine_info, run_workers  # noqa: E402
 
 import ffkit  # noqa: E402
 
@@ -109,15 +107,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     for model in args.models:
         runs = {}
         for setting in ("replicated", "sharded"):
-            with tempfile.TemporaryDirectory() as tmp:
-                worker_out = Path(tmp) / "memory.json"
-                cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(args.procs),
-                       "--master-addr", "127.0.0.1", "--master-port", str(free_port()), __file__,
-                       "--model", model, "--batch-size", str(args.batch_size), "--steps", str(args.steps),
-                       "--seed", str(args.seed), "--worker-out", str(worker_out),
-                       *(["--sharded"] if setting == "sharded" else [])]
-                subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-                runs[setting] = json.loads(worker_out.read_text())
+            runs[setting] = run_workers(__file__, args.procs, [
+                "--model", model, "--batch-size", str(args.batch_size), "--steps", str(args.steps),
+                "--seed", str(args.seed), *(["--sharded"] if setting == "sharded" else [])])
         rep, sh = runs["replicated"]["largest"], runs["sharded"]["largest"]
         runs["sharded_over_replicated"] = {k: sh[k] / rep[k] for k in ("total_bytes", "peak_rss_bytes")
                                            if rep[k] > 0}
