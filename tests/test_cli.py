@@ -1,6 +1,7 @@
 """The ``ffkit`` command end to end on real Fashion-MNIST (from the Debian package), with small widths and slices."""
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -33,7 +34,12 @@ def test_train_test_and_resume_on_real_fashion_mnist(tmp_path, data_dir, capsys)
     assert summary["epochs"] == 1 and summary["dataset"] == "fashion-mnist"
     assert len(summary["test_accuracy_per_layer"]) == 4
     assert 0.0 < summary["test_accuracy"] <= 1.0 and summary["images_per_s"] > 0
-    assert "train acc" in text and "Full paper recipe: ffkit train" in text
+    assert "train acc" in text and "Next steps:" in text
+    steps = text[text.index("Next steps:"):].splitlines()
+    assert f"  ffkit plot {out}" in steps and f"  ffkit test --checkpoint {out / 'checkpoint.pt'} --tta flip" in steps
+    assert "  ffkit train --recipe deeperforward-tinycnn-fmnist" in steps  # the paper's recipe for this model
+    assert any("time not estimated" in line for line in steps)  # --limit: the paper's epoch is longer than this one
+    resume = next(line.strip() for line in steps if line.strip().endswith("--resume"))
     assert {"checkpoint.pt", "metrics.json", "metrics.csv"} <= {p.name for p in out.iterdir()}
 
     assert main(["test", "--checkpoint", str(out / "checkpoint.pt"), "--data-dir", data_dir, "--eval-limit", "256",
@@ -45,7 +51,11 @@ def test_train_test_and_resume_on_real_fashion_mnist(tmp_path, data_dir, capsys)
     # the same checkpoint and test slice give the same per-layer accuracy as the training run reported
     assert rep["per_layer"] == pytest.approx(summary["test_accuracy_per_layer"])
 
-    assert main([*args, "--epochs", "2", "--resume"]) == 0
+    # the resume command it suggests (to 5 epochs) works as printed, here to 2 epochs
+    suggested = shlex.split(resume)
+    assert suggested[0] == "ffkit" and suggested[suggested.index("--epochs") + 1] == "5"
+    suggested[suggested.index("--epochs") + 1] = "2"
+    assert main(suggested[1:]) == 0
     resumed = capsys.readouterr().out
     assert "resumed from" in resumed and "after epoch 1" in resumed
     assert json.loads(resumed.strip().splitlines()[-1])["epochs"] == 2

@@ -23,6 +23,7 @@ from .._version import __version__
 from ..device import resolve_device
 from ..evaluation import CollectedScores, check_tta, collect_scores, make_report, select_layers
 from .checkpoint import CHECKPOINT_FORMAT, check_finite_state, load_checkpoint, nonfinite_entries, save_checkpoint
+from .estimate import RunEstimate
 from .interrupt import StopRequest, TrainingInterrupted, signal_name
 from .rng import capture_rng, restore_rng
 from .schedules import SCHEDULES, check_plan, make_optimizer, rebuild_for, replan_schedules, targets
@@ -185,6 +186,8 @@ class Trainer:
         self.step_count = 0  # steps completed
         self.history: list[dict[str, Any]] = []
         self.metadata: dict[str, Any] = {}
+        #: set by :meth:`fit` while it runs with a ``log``: says early how long the training will take
+        self.estimate: RunEstimate | None = None
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None) -> StepResult:
         raise NotImplementedError  # pragma: no cover
@@ -273,6 +276,8 @@ class Trainer:
             res = self.train_step(batch[0], batch[1], index)
             pos.add(res)
             pos.seconds = time.perf_counter() - began
+            if self.estimate is not None:
+                self.estimate.batch_done(pos.batches, total, res.batch_size)
             if progress and pos.batches % 10 == 1:
                 last_acc = res.correct[-1].item() / res.batch_size
                 bar.set_postfix(loss=f"{res.losses[-1].item():.3f}", acc=f"{last_acc:.3f}")
@@ -300,12 +305,12 @@ class Trainer:
             record["skipped_batches"] = pos.skipped
         return record
 
-    def evaluate(self, loader: Iterable, sip_range: tuple[int, int] | None = None):
+    def evaluate(self, loader: Iterable, sip_range: tuple[int, int] | None = None, *, progress: bool = False):
         """Per-layer, all-layer, last-3, the network's own prediction (its inference range, or its head) and (if
         given) SIP-range accuracy on ``loader``: an ``EvalReport``, which also holds each layer's goodness of positive
         and negative data, its deactivated-unit ratio (measured in the same pass) and SIP's accuracy grid over every
-        layer range."""
-        collected = self._collect(loader, track_activity=True)
+        layer range. ``progress`` shows a progress bar over the batches."""
+        collected = self._collect(loader, track_activity=True, **_bar(progress, "test"))
         net = self.network
         head_predicts = bool(getattr(net, "head_predicts", False)) and collected.head is not None
         rng = getattr(net, "inference_range", None)
@@ -320,9 +325,10 @@ class Trainer:
         and test-time augmentation of training; engines with several ranks split the work."""
         return collect_scores(self.network, loader, self.device, **options, **self._eval_options())
 
-    def select_layers(self, loader: Iterable):
-        """SIP on a held-out loader: choose the best layer range and prune the network's inference to it."""
-        collected = self._collect(loader, with_head=False)
+    def select_layers(self, loader: Iterable, *, progress: bool = False):
+        """SIP on a held-out loader: choose the best layer range and prune the network's inference to it
+        (``progress``: a progress bar over the batches)."""
+        collected = self._collect(loader, with_head=False, **_bar(progress, "held-out (SIP)"))
         result = select_layers(collected.layers, collected.labels)
         self.network.set_inference_range(result.start, result.end)
         return result
@@ -377,6 +383,7 @@ class Trainer:
         self.metadata = dict(metadata or {})
         ckpt = out / "checkpoint.pt" if out is not None else None
         trained = self.epoch < epochs
+        self.estimate = RunEstimate(log, epochs - self.epoch) if log is not None and trained else None
         # Ctrl-C and SIGTERM stop at the next step boundary with a resumable checkpoint (engines that checkpoint
         # inside an epoch, with a run directory); elsewhere they keep their usual effect.
         graceful = ckpt is not None and self.mid_epoch_checkpoints
@@ -400,12 +407,14 @@ class Trainer:
                     if ckpt is None or self._epoch_progress is None or not self.mid_epoch_checkpoints:
                         raise
                     raise self._save_last_good(err, ckpt, self._epoch_progress) from None
+                evaluating = time.perf_counter()
                 if holdout is not None:
-                    sip = self.select_layers(holdout)
+                    sip = self.select_layers(holdout, progress=progress)
                     record["holdout_sip"] = {"start": sip.start, "end": sip.end, "accuracy": sip.accuracy}
                 if test is not None:
                     start, end = (int(v) for v in self.network.inference_range)
-                    record["test"] = self.evaluate(test, (start, end) if holdout is not None else None).to_dict()
+                    record["test"] = self.evaluate(test, (start, end) if holdout is not None else None,
+                                                   progress=progress).to_dict()
                 lr = self.logged_lr()
                 if lr is not None:
                     record["lr"] = lr
@@ -414,12 +423,15 @@ class Trainer:
                 self.history.append(record)
                 if log is not None:
                     log(format_epoch(record, epochs))
+                if self.estimate is not None:
+                    self.estimate.epoch_done(record["train_seconds"], time.perf_counter() - evaluating, epochs - e)
                 if ckpt is not None and out is not None:
                     self.save(ckpt)
                     write_metrics(self.history, out)
                 if stop.signum is not None:  # a signal during evaluation or the epoch's last step: the epoch is saved
                     raise TrainingInterrupted(f"{signal_name(stop.signum)}: stopped after epoch {e}; its checkpoint is "
                                               f"{ckpt}", signum=stop.signum, checkpoint=ckpt)
+        self.estimate = None
         if out is not None and self.history and not trained:
             write_metrics(self.history, out)  # a run may have stopped between its last checkpoint and its metrics
         return self.history
@@ -657,6 +669,11 @@ def check_same_model(payload: dict[str, Any], network: nn.Module, path: str | Pa
         raise ValueError(
             f"checkpoint {path} does not match this network's architecture (parameter names or shapes differ)"
         )
+
+
+def _bar(enabled: bool, desc: str) -> dict[str, Any]:
+    """The options that give an evaluation pass a progress bar labelled ``desc`` (none when not ``enabled``)."""
+    return {"progress": True, "desc": desc} if enabled else {}
 
 
 def _progress(loader: Iterable, enabled: bool, desc: str, initial: int = 0, total: int | None = None):
