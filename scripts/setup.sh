@@ -1,21 +1,42 @@
 #!/usr/bin/env bash
-# Installs everything ffkit needs into ./.venv: PyTorch (CPU/CUDA wheel from pip), ffkit itself (editable, with the
-# given extras) and the Debian package with Fashion-MNIST. Safe to run again: finished steps are skipped.
+# Installs everything ffkit needs into ./.venv: PyTorch, ffkit itself (editable, with the given extras) and the
+# Debian package with Fashion-MNIST. Safe to run again: finished steps are skipped.
 # Usage: bash scripts/setup.sh [EXTRAS]      e.g. bash scripts/setup.sh test
+# PyTorch's default Linux wheel (PyPI) brings NVIDIA's CUDA libraries: about 2.9 GB to download and a 6.0 GB .venv
+# (measured with torch 2.14.1). FFKIT_TORCH=cpu installs PyTorch's CPU-only build from its own package index instead
+# (FFKIT_TORCH_INDEX, default https://download.pytorch.org/whl/cpu): about 0.2 GB to download and 0.8 GB installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-}"
 PY="${PYTHON:-python3}"
 TORCH_PIN="torch==2.14.1 torchvision==0.29.1"
+variant="${FFKIT_TORCH:-default}"
+cpu_index="${FFKIT_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}"
+case "$variant" in
+  default|cpu) ;;
+  *) echo "[ffkit setup] error: FFKIT_TORCH must be 'default' or 'cpu', got '$variant'" >&2; exit 2 ;;
+esac
 
 if [ ! -x .venv/bin/python ]; then
   echo "[ffkit setup] creating .venv"
   "$PY" -m venv .venv
 fi
 if ! .venv/bin/python -c "import torch, torchvision" >/dev/null 2>&1; then
-  echo "[ffkit setup] installing $TORCH_PIN"
-  # Pinned first, so that installing ffkit does not pull a different (multi-GB) torch build.
-  .venv/bin/pip install --quiet $TORCH_PIN
+  # Pinned first, so that installing ffkit does not pull a different (multi-GB) torch build. Not quiet: a download
+  # of gigabytes shows its progress.
+  if [ "$variant" = cpu ]; then
+    echo "[ffkit setup] installing $TORCH_PIN, CPU-only build, from $cpu_index (about 0.2 GB to download)"
+    if ! .venv/bin/pip install --progress-bar on --index-url "$cpu_index" $TORCH_PIN; then
+      echo "[ffkit setup] $cpu_index did not provide $TORCH_PIN for this Python and platform (pip's message is" \
+           "above); installing PyPI's default build instead" >&2
+      variant=default
+    fi
+  fi
+  if [ "$variant" = default ]; then
+    echo "[ffkit setup] installing $TORCH_PIN: about 2.9 GB to download and 6.0 GB installed, most of it NVIDIA's" \
+         "CUDA libraries, which only a GPU uses (a CPU-only machine can take 0.2 GB instead: FFKIT_TORCH=cpu)"
+    .venv/bin/pip install --progress-bar on $TORCH_PIN
+  fi
 fi
 spec="."
 [ -n "$extras" ] && spec=".[${extras}]"

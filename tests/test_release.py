@@ -131,3 +131,45 @@ def test_wheel_and_sdist_build_and_the_wheel_installs_and_trains_in_a_fresh_venv
     payload = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
     assert payload["trainer"]["step_count"] == 2 and payload["ffkit_version"] == version
     print(f"build {build_seconds:.1f} s, total {time.perf_counter() - start:.1f} s")
+
+
+def _setup_with_stub_pip(tmp_path: Path, index_works: bool, variant: str) -> tuple[subprocess.CompletedProcess, list]:
+    """Run ``scripts/setup.sh`` in a copy of ``scripts/`` whose ``.venv`` holds a stub ``python`` (torch is never
+    importable, so PyTorch must be installed) and a stub ``pip`` that records its arguments and fails any install
+    from an ``--index-url`` when ``index_works`` is false (as an unreachable index does)."""
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    (repo / "scripts" / "setup.sh").write_text((ROOT / "scripts" / "setup.sh").read_text())
+    bin_dir = repo / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    log = tmp_path / "pip.log"
+    (bin_dir / "python").write_text("#!/bin/sh\nexit 1\n")
+    fail = "" if index_works else 'case "$*" in *--index-url*) echo "No matching distribution" >&2; exit 1;; esac\n'
+    (bin_dir / "pip").write_text(f'#!/bin/sh\necho "$*" >> {log}\n{fail}exit 0\n')
+    for stub in ("python", "pip"):
+        (bin_dir / stub).chmod(0o755)
+    env = {**os.environ, "FFKIT_TORCH": variant, "FFKIT_TORCH_INDEX": "https://example.invalid/whl/cpu"}
+    res = subprocess.run(["bash", str(repo / "scripts" / "setup.sh")], cwd=repo, env=env, capture_output=True,
+                         text=True, timeout=60)
+    return res, log.read_text().splitlines() if log.exists() else []
+
+
+@pytest.mark.skipif(not DEBIAN_FASHION_MNIST_DIR.is_dir(), reason="setup.sh would install the dataset package")
+@pytest.mark.parametrize(("variant", "index_works"), [("cpu", True), ("cpu", False), ("default", True)])
+def test_setup_installs_the_cpu_only_torch_build_when_asked_and_falls_back_when_its_index_fails(
+        tmp_path, variant, index_works):
+    res, calls = _setup_with_stub_pip(tmp_path, index_works, variant)
+    assert res.returncode == 0, res.stderr
+    pin = "torch==2.14.1 torchvision==0.29.1"
+    cpu = f"install --progress-bar on --index-url https://example.invalid/whl/cpu {pin}"
+    default = f"install --progress-bar on {pin}"
+    expected = {("cpu", True): [cpu], ("cpu", False): [cpu, default], ("default", True): [default]}
+    assert calls == [*expected[variant, index_works], "install --quiet -e ."]
+    assert ("installing PyPI's default build instead" in res.stderr) == (variant == "cpu" and not index_works)
+    assert ("about 2.9 GB to download" in res.stdout) == (default in calls)
+
+
+def test_setup_rejects_an_unknown_torch_variant(tmp_path):
+    res, calls = _setup_with_stub_pip(tmp_path, True, "gpu")
+    assert res.returncode == 2 and calls == []
+    assert "FFKIT_TORCH must be 'default' or 'cpu', got 'gpu'" in res.stderr
