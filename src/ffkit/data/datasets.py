@@ -507,7 +507,7 @@ def _require_scipy(root: Path) -> None:
     except ImportError as err:
         raise ImportError(
             "SVHN needs scipy to read its .mat files: `pip install scipy` "
-            "(or `pip install ffkit[svhn]`)."
+            "(in an ffkit checkout: `pip install -e \".[svhn]\"`)."
         ) from err
 
 
