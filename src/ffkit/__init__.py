@@ -11,9 +11,14 @@ ffkit import LocalTrainer``), and torch with it.
 """
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
+
+# A library leaves logging's configuration to the application: without a handler of its own, ffkit's records (the
+# trainers' per-epoch tables under "ffkit.train", at INFO) would reach logging's last-resort handler.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:  # the real imports, for type checkers and IDEs; at run time __getattr__ imports on first use
     from . import goodness, losses

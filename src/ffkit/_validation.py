@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "check_tensor", "check_groups", "check_labels", "check_bool", "check_int", "check_real",
-    "check_image_input", "check_device", "suggest_names", "callable_name",
+    "check_image_input", "check_device", "suggest_names", "callable_name", "unknown_model",
 ]
 
 
@@ -213,3 +213,12 @@ def suggest_names(name: object, names: list[str]) -> list[str]:
     found += [n for n in difflib.get_close_matches(key, names, n=3) if n not in found]
     return found[:3]
 
+
+def unknown_model(name: object, known: list[str]) -> ValueError:
+    """The error for a model name that is not registered (``known``: the registered names, sorted), with the names
+    it may have meant."""
+    close = suggest_names(name, known)
+    hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+    return ValueError(
+        f"unknown model {name!r}{hint}; available models (described by `ffkit models`): {', '.join(known)}"
+    )
