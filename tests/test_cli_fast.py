@@ -97,7 +97,8 @@ def test_import_ffkit_is_torch_free_until_a_name_needs_it():
 
 def test_every_public_name_resolves_and_dir_lists_them():
     assert set(ffkit.__all__) <= set(dir(ffkit))
-    assert {"train", "models", "data"} <= set(dir(ffkit))  # the submodules, as attributes
+    assert {"train", "models", "data", "__version__"} <= set(dir(ffkit))  # the submodules, as attributes
+    assert not {"importlib", "logging", "TYPE_CHECKING"} & set(dir(ffkit))  # helpers of __init__.py only
     for name in ffkit.__all__:
         assert getattr(ffkit, name) is not None, name
     from ffkit import FFNetwork, LocalTrainer

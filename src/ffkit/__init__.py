@@ -152,4 +152,6 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__, *_SUBMODULES})
+    # the package's own attributes (__version__, __all__, ...), its public names and submodules; not the helpers
+    # this file imports for itself (importlib, logging, typing's names)
+    return sorted({*(name for name in globals() if name.startswith("__")), *__all__, *_SUBMODULES})
