@@ -168,9 +168,9 @@ def test_the_catalogue_wraps_long_summaries_without_changing_them():
     from ffkit.models._catalogue import _wrapped
 
     text = "word " * 60 + "end.  Two  spaces kept"
-    lines = _wrapped("summary", text)
+    lines = _wrapped("doc", text)
     assert len(lines) > 3 and all(len(line) <= 120 for line in lines)
-    assert ast.literal_eval("{" + "\n".join(lines) + "}") == {"summary": text}
+    assert ast.literal_eval("{" + "\n".join(lines) + "}") == {"doc": text}
 
 
 def test_models_lists_a_model_registered_in_this_process(monkeypatch, capsys):

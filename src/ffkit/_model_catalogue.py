@@ -1,7 +1,7 @@
 """The built-in model builders as data, so that ``ffkit models`` lists them without importing torch.
 
 Generated from the registry (ffkit.models) by ``python -m ffkit.models._catalogue``: do not edit by hand. Each entry
-is a builder's kind, its docstring's first sentence and its keyword arguments (``annotation`` and ``default`` as
+is a builder's kind, the first paragraph of its docstring and its keyword arguments (``annotation`` and ``default`` as
 text, ``default`` ``None`` when the argument is required).
 """
 
@@ -12,8 +12,9 @@ from typing import Any
 MODELS: dict[str, dict[str, Any]] = {
     "bp_resnet18": {
         "kind": "backprop",
-        "summary": (
-            "torchvision's ResNet18 adapted to 32x32 inputs (3x3 stride-1 stem, no max-pool), trained end to end."
+        "doc": (
+            "torchvision's ResNet18 adapted to 32x32 inputs (3x3 stride-1 stem, no max-pool), trained end to "
+            "end. DeeperForward's BP row: CIFAR-10 94.03 (with augmentation), MNIST 99.58, F-MNIST 93.78."
         ),
         "parameters": [
             {"name": "num_classes", "annotation": "int", "default": "10", "var_keyword": False},
@@ -22,9 +23,10 @@ MODELS: dict[str, dict[str, Any]] = {
     },
     "bp_vgg8": {
         "kind": "backprop",
-        "summary": (
+        "doc": (
             "VGG8 with the DTG-FF layout (7 convs 128-256-256-512-512-512-512, 2x average pooling after layers "
-            "1, 3, 4, 5), BatchNorm and ReLU after each conv, global average pooling and one linear classifier."
+            "1, 3, 4, 5), BatchNorm and ReLU after each conv, global average pooling and one linear classifier. "
+            "DTG-FF's BP row: CIFAR-10 94.80."
         ),
         "parameters": [
             {"name": "num_classes", "annotation": "int", "default": "10", "var_keyword": False},
@@ -34,9 +36,9 @@ MODELS: dict[str, dict[str, Any]] = {
     },
     "cwcomp_cnn": {
         "kind": "ff",
-        "summary": (
+        "doc": (
             "CwComp's CFSE CNN: 20 - 80 (grouped, max-pool) - 240 - 480 (grouped, max-pool); 280,560 parameters "
-            "for in_channels=1."
+            "for ``in_channels=1``. Paper (20 epochs): test error MNIST 0.58, F-MNIST 7.69, CIFAR-10 21.89."
         ),
         "parameters": [
             {"name": "num_classes", "annotation": "int", "default": "10", "var_keyword": False},
@@ -52,10 +54,11 @@ MODELS: dict[str, dict[str, Any]] = {
     },
     "deeperforward_cnn14": {
         "kind": "ff",
-        "summary": (
-            "DeeperForward's VGG-like CNN (the authors' vgg.py) with 14 3x3 CW-Conv layers (padding 1) in five "
-            "blocks: [70, 70], [140 x3], [280 x3], [560 x3], [560 x3], with 2x average pooling before the first "
-            "conv of blocks 2-5."
+        "doc": (
+            "DeeperForward's VGG-like CNN (the authors' ``vgg.py``) with 14 3x3 CW-Conv layers (padding 1) in "
+            "five blocks: [70, 70], [140 x3], [280 x3], [560 x3], [560 x3], with 2x average pooling before the "
+            "first conv of blocks 2-5. Paper: CIFAR-10 81.76, MNIST 99.65, F-MNIST 92.44 (Sun et al., ICLR 2025, "
+            "Table 1)."
         ),
         "parameters": [
             {"name": "num_classes", "annotation": "int", "default": "10", "var_keyword": False},
@@ -66,10 +69,11 @@ MODELS: dict[str, dict[str, Any]] = {
     },
     "deeperforward_resnet100": {
         "kind": "ff",
-        "summary": (
-            "DeeperForward ResNet100 (bottleneck; the paper's depth-scaling network; the authors' resnet101.py): "
-            "a 3x3 stem to 70 channels and ResNet101's [3, 4, 23, 3] bottleneck blocks with inner widths 70 / "
-            "140 / 280 / 560 and outputs four times the inner width: 1 + 3 x 33 = 100 CW-Conv layers."
+        "doc": (
+            "DeeperForward ResNet100 (bottleneck; the paper's depth-scaling network; the authors' "
+            "``resnet101.py``): a 3x3 stem to 70 channels and ResNet101's ``[3, 4, 23, 3]`` bottleneck blocks "
+            "with inner widths 70 / 140 / 280 / 560 and outputs four times the inner width: 1 + 3 x 33 = 100 "
+            "CW-Conv layers. Paper: CIFAR-10 83.06 (Sun et al., ICLR 2025, depth scaling)."
         ),
         "parameters": [
             {"name": "num_classes", "annotation": "int", "default": "10", "var_keyword": False},
@@ -80,9 +84,10 @@ MODELS: dict[str, dict[str, Any]] = {
     },
     "deeperforward_resnet17": {
         "kind": "ff",
-        "summary": (
+        "doc": (
             "DeeperForward ResNet17 (ResNet18-like): a 3x3 stem to 100 channels (layer 0) and four stages of "
-            "four 3x3 CW-Conv layers at 100 / 200 / 400 / 800 channels (the authors' resnet.py)."
+            "four 3x3 CW-Conv layers at 100 / 200 / 400 / 800 channels (the authors' ``resnet.py``). Paper: "
+            "CIFAR-10 86.22, MNIST 99.63, F-MNIST 93.13 (Sun et al., ICLR 2025, Table 1)."
         ),
         "parameters": [
             {"name": "num_classes", "annotation": "int", "default": "10", "var_keyword": False},
@@ -93,10 +98,11 @@ MODELS: dict[str, dict[str, Any]] = {
     },
     "deeperforward_resnet33": {
         "kind": "ff",
-        "summary": (
-            "DeeperForward ResNet33 (the paper's depth-scaling network; the authors' resnet34.py): a 3x3 stem to "
-            "100 channels and ResNet34's [3, 4, 6, 3] basic blocks of two 3x3 CW-Conv layers at 100 / 200 / 400 "
-            "/ 800 channels: 1 + 2 x 16 = 33 layers."
+        "doc": (
+            "DeeperForward ResNet33 (the paper's depth-scaling network; the authors' ``resnet34.py``): a 3x3 "
+            "stem to 100 channels and ResNet34's ``[3, 4, 6, 3]`` basic blocks of two 3x3 CW-Conv layers at 100 "
+            "/ 200 / 400 / 800 channels: 1 + 2 x 16 = 33 layers. Paper: CIFAR-10 85.43 (Sun et al., ICLR 2025, "
+            "depth scaling)."
         ),
         "parameters": [
             {"name": "num_classes", "annotation": "int", "default": "10", "var_keyword": False},
@@ -107,10 +113,11 @@ MODELS: dict[str, dict[str, Any]] = {
     },
     "deeperforward_tinycnn": {
         "kind": "ff",
-        "summary": (
-            "DeeperForward TinyCNN (the authors' tinycnn.py): 4 CW-Conv layers, 100 (5x5, padding 2) - 200 (5x5, "
-            "padding 2) - 400 (3x3, padding 1) - 400 (3x3, padding 1), with 2x average pooling before the 2nd "
-            "and 3rd layers."
+        "doc": (
+            "DeeperForward TinyCNN (the authors' ``tinycnn.py``): 4 CW-Conv layers, 100 (5x5, padding 2) - 200 "
+            "(5x5, padding 2) - 400 (3x3, padding 1) - 400 (3x3, padding 1), with 2x average pooling before the "
+            "2nd and 3rd layers. Paper: CIFAR-10 79.49, MNIST 99.50, F-MNIST 91.83 (Sun et al., ICLR 2025, Table "
+            "1)."
         ),
         "parameters": [
             {"name": "num_classes", "annotation": "int", "default": "10", "var_keyword": False},
@@ -121,9 +128,9 @@ MODELS: dict[str, dict[str, Any]] = {
     },
     "dtg_mlp": {
         "kind": "ff",
-        "summary": (
-            "A DTG MLP: DTGLinear layers trained on positive/negative data, with the released DTG MLP's hybrid "
-            "classifier."
+        "doc": (
+            "A DTG MLP: :class:`~ffkit.layers.DTGLinear` layers trained on positive/negative data, with the "
+            "released DTG MLP's hybrid classifier."
         ),
         "parameters": [
             {"name": "num_classes", "annotation": "int", "default": "10", "var_keyword": False},
@@ -144,9 +151,10 @@ MODELS: dict[str, dict[str, Any]] = {
     },
     "dtg_vgg11": {
         "kind": "ff",
-        "summary": (
+        "doc": (
             "DTG-FF VGG11: the 8 conv layers of VGG11 (config A) 64-128-256-256-512-512-512-512 as DTGConv "
-            "layers, 2x average pooling after layers 1, 2, 4, 6, 8 (1-based)."
+            "layers, 2x average pooling after layers 1, 2, 4, 6, 8 (1-based). Chen (2026, ablation), CIFAR-10: "
+            "84.36."
         ),
         "parameters": [
             {"name": "num_classes", "annotation": "int", "default": "10", "var_keyword": False},
@@ -164,9 +172,10 @@ MODELS: dict[str, dict[str, Any]] = {
     },
     "dtg_vgg8": {
         "kind": "ff",
-        "summary": (
+        "doc": (
             "DTG-FF VGG8: 7 DTGConv layers 128-256-256-512-512-512-512, 2x average pooling after layers 1, 3, 4, "
-            "5 (1-based)."
+            "5 (1-based). Chen (2026), CIFAR-10: concat head 91.33, logit-sum 91.79; CIFAR-100 67.28; F-MNIST "
+            "94.67."
         ),
         "parameters": [
             {"name": "num_classes", "annotation": "int", "default": "10", "var_keyword": False},
@@ -184,8 +193,9 @@ MODELS: dict[str, dict[str, Any]] = {
     },
     "hinton_mlp": {
         "kind": "ff",
-        "summary": (
-            "Hinton's FF MLP as Pipeline-FF trains it (784-2000-2000-2000-2000; here in_channels * 1024 inputs)."
+        "doc": (
+            "Hinton's FF MLP as Pipeline-FF trains it (784-2000-2000-2000-2000; here ``in_channels * 1024`` "
+            "inputs)."
         ),
         "parameters": [
             {"name": "num_classes", "annotation": "int", "default": "10", "var_keyword": False},
@@ -217,10 +227,11 @@ MODELS: dict[str, dict[str, Any]] = {
     },
     "pon_mlp": {
         "kind": "ff",
-        "summary": (
+        "doc": (
             "Pipeline-FF's Performance-Optimized Network (PON, Sec. 4.4): an MLP whose every layer is trained by "
-            "its own softmax head, with no negative data (PONLinear, local cross-entropy via "
-            "ClassScoreObjective)."
+            "its own softmax head, with no negative data (:class:`~ffkit.layers.PONLinear`, local cross-entropy "
+            "via :class:`~ffkit.objectives.ClassScoreObjective`). Pipeline-FF Table 4: MNIST 98.38 \"using all "
+            "layers\" (98.30 with the last layer only); Table 5: CIFAR-10 53.50."
         ),
         "parameters": [
             {"name": "num_classes", "annotation": "int", "default": "10", "var_keyword": False},
@@ -237,9 +248,9 @@ MODELS: dict[str, dict[str, Any]] = {
     },
     "trifecta_deep": {
         "kind": "ff",
-        "summary": (
-            "The Trifecta's deep CNN (the release's large): 12 conv blocks, 64 - 128 (mp) - 128 x3 - 256 (mp) - "
-            "256 x3 - 512 (mp) - 512 x2; 8.5M parameters."
+        "doc": (
+            "The Trifecta's deep CNN (the release's ``large``): 12 conv blocks, 64 - 128 (mp) - 128 x3 - 256 "
+            "(mp) - 256 x3 - 512 (mp) - 512 x2; 8.5M parameters."
         ),
         "parameters": [
             {"name": "num_classes", "annotation": "int", "default": "10", "var_keyword": False},
@@ -256,9 +267,10 @@ MODELS: dict[str, dict[str, Any]] = {
     },
     "trifecta_fcn": {
         "kind": "ff",
-        "summary": (
-            "The Trifecta's fully-connected network \"6 x 2048\": six TrifectaLinear layers of 2048 units on the "
-            "flattened (in_channels + 1) x S x S input (image plus label channel; S = image_size)."
+        "doc": (
+            "The Trifecta's fully-connected network \"6 x 2048\": six :class:`~ffkit.layers.TrifectaLinear` layers "
+            "of 2048 units on the flattened ``(in_channels + 1) x S x S`` input (image plus label channel; ``S = "
+            "image_size``)."
         ),
         "parameters": [
             {"name": "num_classes", "annotation": "int", "default": "10", "var_keyword": False},
@@ -275,9 +287,9 @@ MODELS: dict[str, dict[str, Any]] = {
     },
     "trifecta_shallow": {
         "kind": "ff",
-        "summary": (
-            "The Trifecta's shallow CNN (the release's small): 6 conv blocks, 128 (mp) - 128 - 256 (mp) - 256 - "
-            "256 - 512 (mp); 2.8M parameters."
+        "doc": (
+            "The Trifecta's shallow CNN (the release's ``small``): 6 conv blocks, 128 (mp) - 128 - 256 (mp) - "
+            "256 - 256 - 512 (mp); 2.8M parameters."
         ),
         "parameters": [
             {"name": "num_classes", "annotation": "int", "default": "10", "var_keyword": False},

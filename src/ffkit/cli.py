@@ -1332,7 +1332,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     catalogue = model_catalogue()
     for name in getattr(args, "names", None) or sorted(catalogue):
         entry = _catalogue_entry(catalogue, name)
-        print(f"{name:28s} {entry['kind']:9s} {entry['summary']}")
+        print(f"{name:28s} {entry['kind']:9s} {one_line(entry['doc'])}")
         if getattr(args, "verbose", False):
             for line in argument_lines(entry["parameters"]):
                 print(f"    {line}")

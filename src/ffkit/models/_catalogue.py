@@ -29,7 +29,7 @@ CATALOGUE_PATH = Path(__file__).resolve().parent.parent / "_model_catalogue.py"
 _HEADER = '''"""The built-in model builders as data, so that ``ffkit models`` lists them without importing torch.
 
 Generated from the registry (ffkit.models) by ``python -m ffkit.models._catalogue``: do not edit by hand. Each entry
-is a builder's kind, its docstring's first sentence and its keyword arguments (``annotation`` and ``default`` as
+is a builder's kind, the first paragraph of its docstring and its keyword arguments (``annotation`` and ``default`` as
 text, ``default`` ``None`` when the argument is required).
 """
 
@@ -41,11 +41,10 @@ from typing import Any
 
 
 def describe_model(name: str) -> dict[str, Any]:
-    """What ``ffkit models`` shows of the builder registered as ``name``: its ``kind``, its docstring's first sentence
-    (``summary``) and its keyword arguments (``parameters``: each one's ``name``, ``annotation`` and ``default`` as
-    text, ``None`` where it has none, and ``var_keyword`` for ``**kwargs``)."""
-    from ..cli import one_line  # the CLI's plain-text rendering of a docstring (a torch-free module)
-
+    """What ``ffkit models`` shows of the builder registered as ``name``: its ``kind``, its docstring's first
+    paragraph on one line (``doc``; the command prints its first sentence) and its keyword arguments
+    (``parameters``: each one's ``name``, ``annotation`` and ``default`` as text, ``None`` where it has none, and
+    ``var_keyword`` for ``**kwargs``)."""
     builder = get_model_builder(name)
     parameters = [
         {
@@ -56,7 +55,8 @@ def describe_model(name: str) -> dict[str, Any]:
         }
         for p in inspect.signature(builder).parameters.values()
     ]
-    return {"kind": model_kind(name), "summary": one_line(builder.__doc__), "parameters": parameters}
+    doc = " ".join((builder.__doc__ or "").strip().split("\n\n")[0].split())
+    return {"kind": model_kind(name), "doc": doc, "parameters": parameters}
 
 
 def _annotation(annotation: Any) -> str | None:
@@ -81,7 +81,7 @@ def catalogue_source() -> str:
     lines = [f"{_HEADER}MODELS: dict[str, dict[str, Any]] = {{"]
     for name, entry in describe_models(builtin=True).items():
         lines += [f"    {_literal(name)}: {{", f"        \"kind\": {_literal(entry['kind'])},"]
-        lines += _wrapped("summary", entry["summary"])
+        lines += _wrapped("doc", entry["doc"])
         lines.append('        "parameters": [')
         for p in entry["parameters"]:
             fields = [f"{_literal(k)}: {_literal(v)}" for k, v in p.items()]
