@@ -27,6 +27,7 @@ the PLOTS_DIR argument wins).
 # We first look at each part on toy tensors, then build and train two networks on Fashion-MNIST.
 
 # %%
+import logging
 import os
 from pathlib import Path
 
@@ -38,6 +39,8 @@ import ffkit
 from ffkit import goodness, losses, plotting
 from ffkit.data import dataset_tensors
 from ffkit.layers import CWConv, FFLinear, ParamFreeResidual
+
+logging.basicConfig(level=logging.INFO, format="%(message)s")  # show the trainers' per-epoch tables (ffkit.train)
 
 LIMIT = int(os.environ.get("FFKIT_EXAMPLE_LIMIT", "10000"))  # training images (the test suite uses a few hundred)
 EVAL_LIMIT = min(LIMIT, 2000)  # held-out and test images

@@ -29,6 +29,7 @@ plots/ff_vs_backprop; the PLOTS_DIR argument wins).
 
 # %%
 import copy
+import logging
 import os
 from pathlib import Path
 
@@ -39,6 +40,8 @@ from torch.utils.data import DataLoader, TensorDataset
 import ffkit
 from ffkit import plotting
 from ffkit.data import dataset_tensors
+
+logging.basicConfig(level=logging.INFO, format="%(message)s")  # show the trainers' per-epoch tables (ffkit.train)
 
 LIMIT = int(os.environ.get("FFKIT_EXAMPLE_LIMIT", "5000"))  # training images (the test suite uses a few hundred)
 EVAL_LIMIT = min(LIMIT, 2000)  # test images

@@ -26,6 +26,7 @@ PLOTS_DIR argument wins). For one process per stage (and several machines) use t
 # `backend="distributed"` runs one process per stage under `torchrun`, on one machine or several.
 
 # %%
+import logging
 import os
 import time
 from pathlib import Path
@@ -38,6 +39,8 @@ import ffkit
 from ffkit import plotting
 from ffkit.data import dataset_tensors
 from ffkit.train import LocalTrainer, PipelineTrainer
+
+logging.basicConfig(level=logging.INFO, format="%(message)s")  # show the trainers' per-epoch tables (ffkit.train)
 
 LIMIT = int(os.environ.get("FFKIT_EXAMPLE_LIMIT", "10000"))  # training images (the test suite uses a few hundred)
 EVAL_LIMIT = min(LIMIT, 2000)  # held-out and test images

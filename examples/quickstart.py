@@ -32,6 +32,7 @@ dataset-fashion-mnist or from $FFKIT_DATA_DIR; nothing is downloaded.
 # accuracy of every layer, of all layers together and of the SIP range, and draws the four standard plots.
 
 # %%
+import logging
 import os
 import time
 from pathlib import Path
@@ -44,6 +45,8 @@ import ffkit
 from ffkit import plotting
 from ffkit.data import dataset_tensors
 from ffkit.evaluation import collect_scores, layer_accuracies, range_accuracy, select_layers
+
+logging.basicConfig(level=logging.INFO, format="%(message)s")  # show the trainers' per-epoch tables (ffkit.train)
 
 LIMIT = int(os.environ.get("FFKIT_EXAMPLE_LIMIT", "10000"))  # training images (the test suite uses a few hundred)
 EVAL_LIMIT = min(LIMIT, 2000)  # held-out and test images
@@ -102,9 +105,10 @@ print(f"{sum(p.numel() for p in net.parameters()):,} parameters in {len(net)} la
 # in order: layer `l` gets the detached features of layer `l - 1`, computes its loss, steps its own optimizer and
 # frees its graph before layer `l + 1` runs.
 #
-# `trainer.fit` trains; after every epoch it runs SIP on the held-out loader, evaluates on the test loader, prints
-# the per-layer table and writes `metrics.json`, `metrics.csv` and `checkpoint.pt` to `out_dir`. It returns the
-# history: one record per epoch, the same records `metrics.json` holds.
+# `trainer.fit` trains; after every epoch it runs SIP on the held-out loader, evaluates on the test loader, logs
+# the per-layer table (on the `ffkit.train` logger, which the `logging.basicConfig` call above shows) and writes
+# `metrics.json`, `metrics.csv` and `checkpoint.pt` to `out_dir`. It returns the history: one record per epoch, the
+# same records `metrics.json` holds.
 
 # %%
 train_loader = DataLoader(TensorDataset(x_train, y_train), batch_size=64, shuffle=True, generator=torch.Generator())

@@ -19,8 +19,9 @@ GROUPS: dict[str, set[str]] = {
                 "test_kill_resume", "test_divergence", "test_scaling", "test_data_parallel", "test_hybrid",
                 "test_estimate"},
     # what a user touches: CLI, data, docs, examples, notebooks, packaging, benchmarks
-    "project": {"test_cli", "test_cli_config", "test_datasets", "test_docs", "test_examples", "test_notebooks",
-                "test_release", "test_benchmarks", "test_api", "test_bad_input", "test_plotting", "test_load"},
+    "project": {"test_cli", "test_cli_config", "test_cli_fast", "test_datasets", "test_docs", "test_examples",
+                "test_notebooks", "test_release", "test_benchmarks", "test_api", "test_bad_input", "test_plotting",
+                "test_load"},
 }
 _GROUP_OF = {name: group for group, names in GROUPS.items() for name in names}
 

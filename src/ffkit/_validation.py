@@ -5,17 +5,23 @@ from __future__ import annotations
 import difflib
 import math
 import numbers
+from typing import TYPE_CHECKING
 
-import torch
+# The tensor checks import torch when called, so that the torch-free commands of the CLI (ffkit models, ffkit recipes,
+# --help) can use the name and number checks here.
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "check_tensor", "check_groups", "check_labels", "check_bool", "check_int", "check_real",
-    "check_image_input", "check_device", "suggest_names", "callable_name",
+    "check_image_input", "check_device", "suggest_names", "callable_name", "unknown_model",
 ]
 
 
 def check_tensor(value: object, name: str, *, min_dim: int = 1, floating: bool = True) -> torch.Tensor:
     """Return ``value`` if it is a tensor of at least ``min_dim`` dims (floating if asked), else raise."""
+    import torch
+
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     if value.dim() < min_dim:
@@ -42,6 +48,8 @@ def check_groups(h: torch.Tensor, groups: int, name: str = "h") -> None:
 
 def check_labels(y: object, num_classes: int, name: str = "labels", batch_size: int | None = None) -> torch.Tensor:
     """Check class labels: an integer tensor ``[B]`` with values in ``[0, num_classes)``."""
+    import torch
+
     if not isinstance(y, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of class indices, got {type(y).__name__}")
     if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
@@ -130,6 +138,8 @@ def check_image_input(
     ``dtype``: the model's parameter dtype, which the input must share (torch would otherwise fail deep inside the
     first conv or matmul). Labels must be ``int64``: the losses' ``cross_entropy`` accepts no other integer type.
     """
+    import torch
+
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
     if x.device.type == "meta":
@@ -164,6 +174,8 @@ def check_image_input(
 def check_device(value: object, name: str = "device", *, auto: bool = False) -> torch.device:
     """A device this machine can train on: ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` with ``N`` an existing GPU (a
     ``torch.device`` or its string). ``auto=True`` also accepts ``"auto"``: CUDA if available, else the CPU."""
+    import torch
+
     expected = "'auto', 'cpu', 'cuda' or 'cuda:N'" if auto else "'cpu', 'cuda' or 'cuda:N'"
     if auto and value == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -200,3 +212,13 @@ def suggest_names(name: object, names: list[str]) -> list[str]:
     found = [n for n in names if key in n.lower()]
     found += [n for n in difflib.get_close_matches(key, names, n=3) if n not in found]
     return found[:3]
+
+
+def unknown_model(name: object, known: list[str]) -> ValueError:
+    """The error for a model name that is not registered (``known``: the registered names, sorted), with the names
+    it may have meant."""
+    close = suggest_names(name, known)
+    hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+    return ValueError(
+        f"unknown model {name!r}{hint}; available models (described by `ffkit models`): {', '.join(known)}"
+    )

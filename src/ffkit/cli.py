@@ -1,10 +1,17 @@
-"""The ``ffkit`` command: ``ffkit train``, ``ffkit test``, ``ffkit plot``, ``ffkit models``, ``ffkit recipes``."""
+"""The ``ffkit`` command: ``ffkit train``, ``ffkit test``, ``ffkit plot``, ``ffkit models``, ``ffkit recipes``.
+
+The parser, ``--help``, ``--version``, ``ffkit models`` and ``ffkit recipes`` never import torch (the models are
+listed from a generated catalogue, :mod:`ffkit._model_catalogue`), so they answer at once; torch is imported by the
+commands that train, test or plot, inside them.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
+import logging
 import math
 import os
 import re
@@ -12,18 +19,25 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Sequence, Sized
+from collections.abc import Iterator, Sequence, Sized
 from pathlib import Path
-from typing import Any, cast
-
-import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from typing import TYPE_CHECKING, Any, cast
 
 from . import defaults
 from ._validation import check_real
 from ._version import __version__
 
+if TYPE_CHECKING:
+    import torch
+    from torch.utils.data import DataLoader, Dataset
+
 __all__ = ["main", "build_parser"]
+
+#: The CLI's own messages (the settings, the results, hints); the trainers log under ``ffkit.train``.
+logger = logging.getLogger(__name__)
+
+#: ``--log-level``'s choices.
+LOG_LEVELS: dict[str, int] = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -163,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--compile", action="store_true", help="torch.compile each layer's forward and backward")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--json", action="store_true", help="print a machine-readable summary as the last line")
+    _add_log_options(t)
 
     e = sub.add_parser("test", help="evaluate a checkpoint: per-layer, all-layer and SIP test accuracy")
     e.add_argument("--checkpoint", required=True)
@@ -174,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--tta", choices=["flip", "none"], default=None,
                    help="test-time augmentation (flip: each image's scores averaged with its mirror image's); "
                         "default: what the run was trained with")
-    e.add_argument("--json", action="store_true")
+    e.add_argument("--json", action="store_true", help="print the report as one JSON line after the table")
+    _add_log_options(e)
 
     pl = sub.add_parser("plot", help="draw a run's plots (per-layer accuracy, goodness, dead neurons, SIP grid)")
     pl.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'ffkit train --out RUN_DIR'")
@@ -190,12 +206,63 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _add_log_options(parser: argparse.ArgumentParser) -> None:
+    """``-q`` and ``--log-level``: how much of the ``ffkit`` loggers' output a command shows
+    (:func:`console_logging`)."""
+    parser.add_argument("-q", "--quiet", action="store_const", const="warning", dest="log_level",
+                        help="report nothing but warnings and errors, as --log-level warning (--json's line stays)")
+    parser.add_argument("--log-level", choices=list(LOG_LEVELS), default=None,
+                        help="the least severe messages shown (default info: the settings, the per-epoch tables and "
+                             "the results)")
+
+
+class _ConsoleHandler(logging.Handler):
+    """Each record's message on a line of the console: up to INFO on ``sys.stdout``, warnings and errors on
+    ``sys.stderr``. The streams are looked up at each record, not once, so that a stream replaced during the
+    command (a test's capture, a non-zero rank's ``os.devnull``) receives the messages as it would ``print``'s.
+    A message during a progress bar (the run-time estimate) clears the bar, is written on its own line, and the bar
+    is drawn again below it, as ``tqdm.write`` does."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
+            bars = sys.modules.get("tqdm.std")  # loaded only once a bar exists
+            with bars.tqdm.external_write_mode(file=stream) if bars is not None else contextlib.nullcontext():
+                stream.write(self.format(record) + "\n")
+                stream.flush()  # each line as it happens, before a long epoch or a progress bar
+        except Exception:  # noqa: BLE001 - logging's own policy: report and go on
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def console_logging(level: str = "info") -> Iterator[None]:
+    """For the duration of the block, the ``ffkit`` loggers' records at ``level`` (``"debug"``, ``"info"`` or
+    ``"warning"``) and above on the console, as bare messages: what ``ffkit train`` and ``ffkit test`` show (the
+    trainers' per-epoch tables under ``ffkit.train``, the CLI's own lines under ``ffkit.cli``). The ``ffkit``
+    logger's level and handlers are as before afterwards."""
+    if level not in LOG_LEVELS:
+        raise ValueError(f"level must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
+    root = logging.getLogger("ffkit")
+    handler = _ConsoleHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    previous = root.level
+    root.setLevel(LOG_LEVELS[level])
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous)
+
+
 def _size(dataset: Dataset) -> int:
     """``len(dataset)``: ffkit's datasets are map-style with a length, which torch's ``Dataset`` type leaves out."""
     return len(cast(Sized, dataset))
 
 
 def _first(dataset: Dataset, n: int | None) -> Dataset:
+    from torch.utils.data import Subset
+
     return Subset(dataset, range(min(n, _size(dataset)))) if n is not None else dataset
 
 
@@ -570,6 +637,8 @@ def _pipeline_options(args: argparse.Namespace, trainer_name: str, device: torch
 
         rank, _ = init_distributed(timeout=args.pipeline_timeout)
         if device.type == "cuda" and device.index is None:
+            import torch
+
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         options = {"backend": "distributed", "variant": args.pipeline_variant, "timeout": args.pipeline_timeout}
         if args.pipeline_variant == "stages":
@@ -641,6 +710,8 @@ def _data_parallel_options(args: argparse.Namespace, cfg: dict[str, Any], traine
 
     rank, _ = init_distributed(timeout=args.pipeline_timeout)
     if device.type == "cuda" and device.index is None:
+        import torch
+
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return options, rank, device
 
@@ -803,7 +874,7 @@ def _check_eval_split(data: Any, split: str, info: Any) -> None:
     if lo < 0 or hi >= info.num_classes:
         raise ValueError(f"the {split} set of {info.name} has labels in [{lo}, {hi}], outside [0, {info.num_classes}): "
                          f"its files are damaged or belong to another dataset")
-    if images.is_floating_point() and not bool(torch.isfinite(images).all()):
+    if images.is_floating_point() and not bool(images.isfinite().all()):
         raise ValueError(f"the {split} set of {info.name} holds non-finite pixel values (NaN or infinity): its files "
                          f"are damaged")
 
@@ -812,6 +883,9 @@ def _train_loaders(
     args: argparse.Namespace, cfg: dict[str, Any], info: Any, net: Any, device: torch.device, pipeline: dict | None
 ) -> tuple[DataLoader, DataLoader | None, DataLoader]:
     """``ffkit train``'s training, held-out and test loaders, as the flags and the recipe ask."""
+    import torch
+    from torch.utils.data import DataLoader
+
     from .data import DeviceDataset, InMemory, WithIndex, load_dataset
 
     model = cfg["model"]
@@ -996,6 +1070,8 @@ def _flag_form(flag: str, value: Any) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
     from .data import dataset_info
     from .models import model_kind
     from .recipes import Recipe, build_model, build_trainer
@@ -1024,7 +1100,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.run_checkpoint = out / "checkpoint.pt"  # what an interruption can point to
 
         run_lock = claim_run_dir(out)  # noqa: F841 - held (by this reference) until cmd_train returns
-    print(describe_train_config(cfg, args, device, out), flush=True)
+    logger.info(describe_train_config(cfg, args, device, out))
     torch.manual_seed(args.seed)
     net = build_model(recipe, num_classes=info.num_classes, in_channels=info.in_channels)
     _check_model_flags(args, cfg, net)
@@ -1068,26 +1144,24 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ValueError(f"checkpoint {ckpt} was trained on {trained_on!r}, not {info.name!r}")
         position = payload.get("position")
         where = f"batch {position['batches']} of epoch {position['epoch']}" if position else f"epoch {trainer.epoch}"
-        print(f"resumed from {ckpt} after {where}", flush=True)
+        logger.info(f"resumed from {ckpt} after {where}")
         for note in trainer.resume_notes:
-            print(f"  re-planned from the checkpoint's: {note}", flush=True)
+            logger.info(f"  re-planned from the checkpoint's: {note}")
     n_params = sum(p.numel() for p in net.parameters())
-    print(
+    logger.info(
         f"ffkit {__version__}: training {model} ({len(net)} layers, {n_params / 1e6:.2f}M parameters) on "
         f"{info.name} ({_size(train_loader.dataset)} training images, "
         + (f"{_size(holdout_loader.dataset)} held-out for SIP, " if holdout_loader is not None else "")
         + f"{_size(test_loader.dataset)} test) "
         f"for {epochs} epoch(s) on {device} with the {trainer_name} trainer"
-        + (f" (recipe {cfg['recipe']})" if cfg["recipe"] else "") + f"; run directory {out}",
-        flush=True,
+        + (f" (recipe {cfg['recipe']})" if cfg["recipe"] else "") + f"; run directory {out}"
     )
     if rank == 0:
         write_run_config(out, cfg, args, device)
     first_epoch, fit_start = trainer.epoch, time.perf_counter()
     history = trainer.fit(
         train_loader, epochs=epochs, holdout=holdout_loader, test=test_loader, out_dir=out, seed=args.seed,
-        progress=not args.no_progress and rank == 0, log=lambda s: print(s, flush=True), metadata=metadata,
-        checkpoint_every=args.checkpoint_every,
+        progress=not args.no_progress and rank == 0, metadata=metadata, checkpoint_every=args.checkpoint_every,
     )
     if pipeline is not None and pipeline["backend"] == "distributed":
         import torch.distributed as dist
@@ -1104,14 +1178,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     if test_rep.get("head") is not None:
         line += f"; classifier head {100 * test_rep['head']:.2f}%"
-    print(line)
-    print(f"Checkpoint: {out / 'checkpoint.pt'}   metrics: {out / 'metrics.json'}")
+    logger.info(line)
+    logger.info(f"Checkpoint: {out / 'checkpoint.pt'}   metrics: {out / 'metrics.json'}")
     if cfg["recipe"] is not None and cfg.get("reference"):
-        print(f"Published figure for this recipe: {cfg['reference']}")
+        logger.info(f"Published figure for this recipe: {cfg['reference']}")
     if trainer.epoch > first_epoch:
-        print(next_steps(args, cfg, model=model, dataset=info.name, out=out, epochs=trainer.epoch,
-                         epoch_seconds=(time.perf_counter() - fit_start) / (trainer.epoch - first_epoch),
-                         device=device))
+        logger.info(next_steps(args, cfg, model=model, dataset=info.name, out=out, epochs=trainer.epoch,
+                               epoch_seconds=(time.perf_counter() - fit_start) / (trainer.epoch - first_epoch),
+                               device=device))
     if args.json:
         summary = {
             "model": model, "dataset": info.name, "recipe": cfg["recipe"], "trainer": trainer_name,
@@ -1222,6 +1296,8 @@ def _image_size(net: Any) -> int:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
+    from torch.utils.data import DataLoader
+
     from .data import InMemory, dataset_info, load_dataset
     from .evaluation import collect_scores, make_report
     from .loading import network_from_checkpoint
@@ -1251,16 +1327,19 @@ def cmd_test(args: argparse.Namespace) -> int:
     rep = make_report(collected.layers, collected.labels, sip, head_scores=collected.head,
                       dead_ratio=collected.dead_ratio, prediction_range=(start, end), head_predicts=head_predicts)
     epoch = payload.get("trainer", {}).get("epoch")
-    print(f"{name} on {info.name} test ({rep.num_samples} images), checkpoint after epoch {epoch}"
-          + (f", test-time augmentation {tta}" if tta else ""))
-    print("  layer      " + " ".join(f"{i + 1:>6d}" for i in range(len(rep.per_layer))))
-    print("  test acc   " + " ".join(f"{100 * v:6.2f}" for v in rep.per_layer))
-    print(f"  one-pass, all layers: {100 * rep.all_layers:.2f}%")
     assert rep.prediction is not None  # make_report was given the inference range
-    print(f"  prediction ({describe_prediction(rep.to_dict())}): {100 * rep.prediction:.2f}%")
-    print(f"  last 3 layers: {100 * rep.last3:.2f}%")
+    lines = [
+        f"{name} on {info.name} test ({rep.num_samples} images), checkpoint after epoch {epoch}"
+        + (f", test-time augmentation {tta}" if tta else ""),
+        "  layer      " + " ".join(f"{i + 1:>6d}" for i in range(len(rep.per_layer))),
+        "  test acc   " + " ".join(f"{100 * v:6.2f}" for v in rep.per_layer),
+        f"  one-pass, all layers: {100 * rep.all_layers:.2f}%",
+        f"  prediction ({describe_prediction(rep.to_dict())}): {100 * rep.prediction:.2f}%",
+        f"  last 3 layers: {100 * rep.last3:.2f}%",
+    ]
     if rep.head is not None:
-        print(f"  classifier head: {100 * rep.head:.2f}%")
+        lines.append(f"  classifier head: {100 * rep.head:.2f}%")
+    logger.info("\n".join(lines))
     if args.json:
         print(json.dumps({"model": name, "dataset": info.name, "tta": tta, **rep.to_dict()}))
     return 0
@@ -1302,14 +1381,35 @@ def one_line(doc: str | None) -> str:
 _ABBREVIATIONS = {"sec", "secs", "fig", "eq", "e.g", "i.e", "al", "vs", "cf", "app", "alg", "no"}
 
 
-def cmd_models(args: argparse.Namespace) -> int:
-    from .models import get_model_builder, list_models, model_kind
+def model_catalogue() -> dict[str, dict[str, Any]]:
+    """The model builders ``ffkit models`` lists, by name, each as
+    :func:`ffkit.models._catalogue.describe_model` gives it: from the live registry when this process has imported
+    :mod:`ffkit.models` (then with the models registered at run time by :func:`~ffkit.register_model`), else from the
+    catalogue of the built-in builders generated from it (:mod:`ffkit._model_catalogue`), read without torch."""
+    if "ffkit.models" in sys.modules:
+        from .models._catalogue import describe_models
 
-    for name in getattr(args, "names", None) or list_models():
-        builder = get_model_builder(name)
-        print(f"{name:28s} {model_kind(name):9s} {one_line(builder.__doc__)}")
+        return describe_models()
+    from ._model_catalogue import MODELS
+
+    return MODELS
+
+
+def _catalogue_entry(catalogue: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
+    from ._validation import unknown_model
+
+    if name not in catalogue:
+        raise unknown_model(name, sorted(catalogue))
+    return catalogue[name]
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    catalogue = model_catalogue()
+    for name in getattr(args, "names", None) or sorted(catalogue):
+        entry = _catalogue_entry(catalogue, name)
+        print(f"{name:28s} {entry['kind']:9s} {one_line(entry['doc'])}")
         if getattr(args, "verbose", False):
-            for line in builder_arguments(name):
+            for line in argument_lines(entry["parameters"]):
                 print(f"    {line}")
     return 0
 
@@ -1317,18 +1417,21 @@ def cmd_models(args: argparse.Namespace) -> int:
 def builder_arguments(model: str) -> list[str]:
     """``ffkit models --verbose``: one line per keyword argument of ``model``'s builder that ``--model-kwargs``
     takes (``hidden: Sequence[int] = (2000, 2000, 2000, 2000)``), then the ones other flags set."""
-    from .models import get_model_builder
+    return argument_lines(_catalogue_entry(model_catalogue(), model)["parameters"])
 
-    params = inspect.signature(get_model_builder(model)).parameters
+
+def argument_lines(parameters: list[dict[str, Any]]) -> list[str]:
+    """:func:`builder_arguments`' lines for a builder's ``parameters`` as the model catalogue holds them."""
     lines: list[str] = []
     owned: dict[str, list[str]] = {}
-    for name, p in params.items():
+    for p in parameters:
+        name = p["name"]
         if name in MODEL_KWARGS_OWNED:
             owned.setdefault(MODEL_KWARGS_OWNED[name][0], []).append(name)
             continue
-        note = f": {p.annotation}" if p.annotation is not inspect.Parameter.empty else ""
-        default = f" = {p.default!r}" if p.default is not inspect.Parameter.empty else " (required)"
-        lines.append(f"{'**' if p.kind is p.VAR_KEYWORD else ''}{name}{note}{default}")
+        note = f": {p['annotation']}" if p["annotation"] is not None else ""
+        default = f" = {p['default']}" if p["default"] is not None else " (required)"
+        lines.append(f"{'**' if p['var_keyword'] else ''}{name}{note}{default}")
     if not lines:
         lines.append("(no --model-kwargs)")
     if owned:
@@ -1346,31 +1449,29 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``ffkit`` command line ``argv`` (default ``sys.argv[1:]``) and return its exit status: 0, 2 for bad
+    input (the message on stderr), 128 + the signal's number when interrupted."""
     args = build_parser().parse_args(argv)
     handler = {"train": cmd_train, "test": cmd_test, "plot": cmd_plot, "models": cmd_models,
                "recipes": cmd_recipes}[args.command]
     import signal
 
-    from .train.interrupt import TrainingInterrupted, signal_name
-
-    def terminated(signum: int, frame: object) -> None:
-        raise TrainingInterrupted(signal_name(signum), signum=signum, checkpoint=None)
-
-    # SIGTERM (batch schedulers, kill) ends the command with a message instead of silently; inside training the
-    # trainer takes it over and stops at a step boundary with a checkpoint (ffkit.train.interrupt).
     in_main = threading.current_thread() is threading.main_thread()  # where Python can install handlers
-    previous = signal.signal(signal.SIGTERM, terminated) if in_main else None
+    previous = signal.signal(signal.SIGTERM, _terminated) if in_main else None
     try:
         if args.command == "train":
             args = apply_train_config(args, argv)
-        return handler(args)
+        if args.command in ("models", "recipes"):  # their listing is their output, printed
+            return handler(args)
+        with console_logging(getattr(args, "log_level", None) or "info"):
+            return handler(args)
     except (ValueError, TypeError, FileNotFoundError, ImportError, FloatingPointError) as err:
         if os.environ.get("FFKIT_DEBUG"):
             raise
         print(f"ffkit {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:
-        signum = err.signum if isinstance(err, TrainingInterrupted) else signal.SIGINT
+        signum = getattr(err, "signum", None) or signal.SIGINT  # a TrainingInterrupted names its signal
         print(f"\nffkit {args.command}: {_interrupted(args, err)}", file=sys.stderr)
         return 128 + signum
     finally:
@@ -1378,13 +1479,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
-def _interrupted(args: argparse.Namespace, err: KeyboardInterrupt) -> str:
-    """What an interruption saved, and how to go on."""
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM (batch schedulers, kill) ends a command with a message instead of silently; inside training the
+    trainer takes it over and stops at a step boundary with a checkpoint (:mod:`ffkit.train.interrupt`)."""
     from .train.interrupt import TrainingInterrupted, signal_name
 
-    if isinstance(err, TrainingInterrupted) and err.checkpoint is not None:
-        return f"{err}; resume with the same command and --resume"
-    what = signal_name(err.signum) if isinstance(err, TrainingInterrupted) else "interrupted (Ctrl-C)"
+    raise TrainingInterrupted(signal_name(signum), signum=signum, checkpoint=None)
+
+
+def _interrupted(args: argparse.Namespace, err: KeyboardInterrupt) -> str:
+    """What an interruption saved, and how to go on."""
+    what = "interrupted (Ctrl-C)"
+    signum = getattr(err, "signum", None)  # a TrainingInterrupted's; a plain Ctrl-C has none
+    if signum is not None:
+        from .train.interrupt import signal_name
+
+        if getattr(err, "checkpoint", None) is not None:
+            return f"{err}; resume with the same command and --resume"
+        what = signal_name(signum)
     ckpt = getattr(args, "run_checkpoint", None)
     if ckpt is not None and Path(ckpt).is_file():
         return (f"{what}: nothing was saved by this interruption; the last checkpoint, {ckpt}, resumes with the same "

@@ -9,11 +9,13 @@ release).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import defaults
 from ._validation import suggest_names
-from .train.factory import build_trainer
+
+if TYPE_CHECKING:
+    from .train.factory import build_trainer
 
 __all__ = ["Recipe", "register_recipe", "get_recipe", "list_recipes", "RECIPES", "build_model", "build_trainer"]
 
@@ -335,3 +337,16 @@ def build_model(recipe: Recipe, *, num_classes: int, in_channels: int, **overrid
         raise TypeError(f"{e}; recipe {recipe.name!r} passes model_kwargs {recipe.model_kwargs} to {recipe.model}, "
                         "which must accept them") from None
 
+
+def __getattr__(name: str) -> Any:
+    # build_trainer is re-exported from ffkit.train.factory, which imports torch: loaded on first use, so that the
+    # recipes themselves (ffkit recipes, ffkit train --help) are readable without torch.
+    if name == "build_trainer":
+        from .train.factory import build_trainer
+
+        return build_trainer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

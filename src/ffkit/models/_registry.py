@@ -7,7 +7,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from .._validation import suggest_names
+from .._validation import unknown_model
 
 __all__ = ["register_model", "list_models", "create_model", "get_model_builder", "model_kind"]
 
@@ -71,11 +71,7 @@ def get_model_builder(name: str) -> Callable[..., Any]:
     try:
         return _MODELS[name]
     except (KeyError, TypeError):
-        close = suggest_names(name, list_models())
-        hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
-        raise ValueError(
-            f"unknown model {name!r}{hint}; available models (described by `ffkit models`): {', '.join(list_models())}"
-        ) from None
+        raise unknown_model(name, list_models()) from None
 
 
 def create_model(name: str, **kwargs: Any):

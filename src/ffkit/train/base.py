@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import logging
 import math
 import time
 import warnings
@@ -33,6 +34,14 @@ __all__ = ["Trainer", "StepResult", "EpochProgress", "DivergenceError", "make_op
 
 
 DIVERGENCE_ACTIONS = ("stop", "skip")
+
+#: Where the trainers log each epoch's table (at INFO); ``logging.basicConfig(level=logging.INFO)`` shows it.
+logger = logging.getLogger("ffkit.train")
+
+
+def log_info(message: str) -> None:
+    """:meth:`Trainer.fit`'s default ``log``: ``message`` at INFO on the ``ffkit.train`` logger."""
+    logger.info(message)
 
 
 class DivergenceError(FloatingPointError):
@@ -346,7 +355,7 @@ class Trainer:
         out_dir: str | Path | None = None,
         seed: int = 0,
         progress: bool = False,
-        log: Callable[[str], None] | None = print,
+        log: Callable[[str], None] | None = log_info,
         metadata: dict[str, Any] | None = None,
         checkpoint_every: int | None = None,
     ) -> list[dict[str, Any]]:
@@ -370,6 +379,9 @@ class Trainer:
 
         The shuffling order of epoch ``e`` is seeded by ``seed + e`` when ``train`` shuffles with its own generator,
         so a resumed run sees the same data order as an uninterrupted one.
+
+        Each epoch's table goes to ``log``: by default the ``ffkit.train`` logger at INFO, which ``ffkit train``
+        shows and a script shows with ``logging.basicConfig(level=logging.INFO)``; ``None``: no table.
         """
         check_int(epochs, "epochs", minimum=1)
         out = Path(out_dir) if out_dir is not None else None

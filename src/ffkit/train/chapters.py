@@ -62,7 +62,7 @@ from ._distributed import (
     default_device,
     lost_peer,
 )
-from .base import EpochProgress, StepResult, reject_mid_epoch
+from .base import EpochProgress, StepResult, log_info, reject_mid_epoch
 from .local import LocalTrainer, WrapsLocalTrainer
 from .pipelining.courier import StateCourier
 
@@ -425,7 +425,7 @@ class ChapterTrainer(WrapsLocalTrainer):
 
     # -- fit and state --------------------------------------------------------------------------------------------
     def fit(self, train: Iterable, *, epochs: int, holdout: Iterable | None = None, test: Iterable | None = None,
-            out_dir: str | Path | None = None, log: Callable[[str], None] | None = print,
+            out_dir: str | Path | None = None, log: Callable[[str], None] | None = log_info,
             **kwargs: Any) -> list[dict[str, Any]]:
         """As :meth:`Trainer.fit`, on every rank with the same arguments; rank 0 alone logs and writes ``out_dir``.
 

@@ -43,7 +43,7 @@ import torch.distributed as dist
 
 from ..network import FFNetwork
 from ._distributed import lost_peer, run_collective, seed_from_rank0, wait_work
-from .base import EpochProgress, StepResult, reject_mid_epoch
+from .base import EpochProgress, StepResult, log_info, reject_mid_epoch
 from .replicated import ReplicatedTrainer, flat_buffers, unflatten_into
 from .schedules import is_sharded, optimizer_params
 from .sync_batchnorm import sync_batchnorm as convert_batchnorms
@@ -235,7 +235,7 @@ class DataParallelTrainer(ReplicatedTrainer):
             self._gathered = None
 
     def fit(self, train: Iterable, *, epochs: int, holdout: Iterable | None = None, test: Iterable | None = None,
-            out_dir: str | Path | None = None, log: Callable[[str], None] | None = print,
+            out_dir: str | Path | None = None, log: Callable[[str], None] | None = log_info,
             **kwargs: Any) -> list[dict[str, Any]]:
         """As :meth:`ReplicatedTrainer.fit`. With sharded parameters and a run directory on rank 0, every rank gathers
         the whole state at the end of each epoch for rank 0's checkpoint."""

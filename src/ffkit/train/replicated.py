@@ -31,6 +31,7 @@ from ._distributed import (
     default_device,
     run_collective,
 )
+from .base import log_info
 from .local import LocalTrainer, WrapsLocalTrainer
 
 __all__ = ["ReplicatedTrainer", "shard_loader", "REDUCE_DTYPE", "flat_buffers", "unflatten_into", "apply_flat",
@@ -187,7 +188,7 @@ class ReplicatedTrainer(WrapsLocalTrainer):
         return flat.to(t.device, t.dtype)
 
     def fit(self, train: Iterable, *, epochs: int, holdout: Iterable | None = None, test: Iterable | None = None,
-            out_dir: str | Path | None = None, log: Callable[[str], None] | None = print,
+            out_dir: str | Path | None = None, log: Callable[[str], None] | None = log_info,
             **kwargs: Any) -> list[dict[str, Any]]:
         """As :meth:`Trainer.fit`, on every rank with the same arguments: each rank trains on its shard; rank 0 alone
         logs and writes ``out_dir`` (metrics and the whole checkpoint; the others ignore ``out_dir`` and ``log``).
