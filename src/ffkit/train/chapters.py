@@ -435,6 +435,7 @@ class ChapterTrainer(WrapsLocalTrainer):
         """
         if self.rank != 0:
             out_dir, log = None, None
+            kwargs["tensorboard"] = False  # rank 0 writes the event files
         return super().fit(train, epochs=epochs, holdout=holdout, test=test, out_dir=out_dir, log=log, **kwargs)
 
     def save(self, path: str | Path, *, position: EpochProgress | None = None) -> Path:

@@ -515,13 +515,13 @@ class PipelineTrainer(WrapsLocalTrainer):
         rank 0 also evaluates (after gathering the layers), logs and writes the metrics and the whole checkpoint."""
         if self.replica > 0:  # replica 0 writes and evaluates for every replica
             out_dir = holdout = test = None
-            kwargs["log"] = None
+            kwargs["log"], kwargs["tensorboard"] = None, False
         self._out_dir = Path(out_dir) if out_dir is not None else None
         try:
             if self.rank == 0:
                 history = super().fit(train, epochs=epochs, holdout=holdout, test=test, out_dir=out_dir, **kwargs)
             else:
-                kwargs["log"] = None
+                kwargs["log"], kwargs["tensorboard"] = None, False
                 history = super().fit(train, epochs=epochs, **kwargs)
         except BaseException:
             if self._schedule is not None:

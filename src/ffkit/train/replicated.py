@@ -197,6 +197,7 @@ class ReplicatedTrainer(WrapsLocalTrainer):
         """
         if self.rank != 0:
             out_dir, log = None, None
+            kwargs["tensorboard"] = False  # rank 0 writes the event files
         return super().fit(train, epochs=epochs, holdout=holdout, test=test, out_dir=out_dir, log=log, **kwargs)
 
     # -- state ----------------------------------------------------------------------------------------------------
