@@ -280,3 +280,26 @@ def test_log_interval_flag_and_config_values(tmp_path, capsys):
     cfg.write_text("log-interval = -3\n")
     with pytest.raises(ValueError, match="log-interval"):
         load_train_config(cfg)
+
+
+def test_a_checkpoint_after_an_epochs_last_batch_resumes_without_a_repeated_record(tmp_path):
+    """5 batches per epoch, a checkpoint every 5: the checkpoint of batch 5 is written after the epoch's last step
+    record (which covers batch 5); a run that dies in the evaluation after it resumes at the epoch's end and must not
+    record batch 5 again."""
+    kw = {"log": None, "log_every": 2, "seed": 3, "checkpoint_every": 5, "test": _loader()}
+    loader = _loader(batch_size=2, shuffle=True)
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    _local().fit(loader, epochs=2, out_dir=straight, **kw)
+    dying = _local()
+
+    def evaluate(*args, **kwargs):
+        raise RuntimeError("killed")
+
+    dying.evaluate = evaluate  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="killed"):
+        dying.fit(loader, epochs=2, out_dir=killed, **kw)
+    assert [r["step"] for r in read_records(killed / "metrics.jsonl")] == [2, 4, 5]
+    again = _local(seed=9)
+    again.resume(killed / "checkpoint.pt")
+    again.fit(loader, epochs=2, out_dir=killed, **kw)
+    assert _strip(read_records(killed / "metrics.jsonl")) == _strip(read_records(straight / "metrics.jsonl"))

@@ -302,7 +302,9 @@ class Trainer:
             pos.seconds = time.perf_counter() - began
             if pos.interval is not None:
                 pos.interval.add(res)  # device additions only: the host waits once per record, in step_record
-                if log_every is not None and pos.batches % log_every == 0:
+                # the epoch's last batch ends its interval here, before on_batch: a checkpoint written after it
+                # then holds no steps that a record already covers
+                if log_every is not None and (pos.batches % log_every == 0 or pos.batches == total):
                     record = self.step_record(pos, total, clock)
                     if on_record is not None:
                         on_record(record)
@@ -314,7 +316,7 @@ class Trainer:
         self._epoch_progress = None
         if pos.batches == 0:
             raise ValueError("the training data is empty: no batch was produced")
-        if pos.interval is not None and pos.interval.batches > 0:  # the epoch's last, shorter interval
+        if pos.interval is not None and pos.interval.batches > 0:  # the last interval of a loader without a length
             record = self.step_record(pos, pos.batches, clock)
             if on_record is not None:
                 on_record(record)
