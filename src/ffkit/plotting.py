@@ -586,7 +586,7 @@ def _load_history(run_dir: Path) -> tuple[list[Mapping[str, Any]], str]:
 
 def _load_records(run_dir: Path) -> list[Mapping[str, Any]]:
     """The records of ``RUN_DIR/metrics.jsonl`` (empty when there is none)."""
-    from .train.runlog import METRICS_JSONL, read_records
+    from ._records import METRICS_JSONL, read_records
 
     path = run_dir / METRICS_JSONL
     return list(read_records(path)) if path.is_file() else []

@@ -15,12 +15,11 @@ import json
 from pathlib import Path
 from typing import IO, Any
 
+from .._records import METRICS_JSONL, read_records
 from .base import metrics_record, round_metric
 
 __all__ = ["METRICS_JSONL", "TENSORBOARD_DIR", "RunLog", "check_tensorboard", "read_records", "truncate_records"]
 
-#: The file name of the step and epoch records in a run directory.
-METRICS_JSONL = "metrics.jsonl"
 #: The folder of the TensorBoard event files in a run directory (``fit(tensorboard=True)``, ``--tensorboard``).
 TENSORBOARD_DIR = "tensorboard"
 
@@ -34,27 +33,6 @@ def check_tensorboard() -> None:
         import torch.utils.tensorboard  # noqa: F401 - imports the tensorboard package
     except ImportError as err:  # torch raises one that does not name ffkit's extra
         raise ImportError(_TENSORBOARD_INSTALL) from err
-
-
-def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a ``metrics.jsonl``, in order. A last line cut short (a run killed while writing it) is
-    skipped; any other line that is not a JSON object raises ``ValueError`` naming the line."""
-    path = Path(path)
-    lines = path.read_text().splitlines()
-    records = []
-    for k, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            if k == len(lines) - 1:
-                continue
-            raise ValueError(f"{path}, line {k + 1}: not a JSON object") from None
-        if not isinstance(rec, dict):
-            raise ValueError(f"{path}, line {k + 1}: not a JSON object")
-        records.append(rec)
-    return records
 
 
 def truncate_records(path: str | Path, step: int, epoch: int) -> None:
