@@ -303,3 +303,14 @@ def test_a_checkpoint_after_an_epochs_last_batch_resumes_without_a_repeated_reco
     again.resume(killed / "checkpoint.pt")
     again.fit(loader, epochs=2, out_dir=killed, **kw)
     assert _strip(read_records(killed / "metrics.jsonl")) == _strip(read_records(straight / "metrics.jsonl"))
+
+
+def test_skipped_batches_count_in_a_record_but_not_in_its_means():
+    skipped = SCRIPT[1]._replace(skipped=True)  # on_divergence="skip" dropped batch 2's update
+    trainer = ScriptedTrainer([SCRIPT[0], skipped, SCRIPT[2]])
+    trainer.on_divergence = "skip"  # type: ignore[attr-defined]
+    trainer.fit(_loader(), epochs=1, log=None, log_every=2)
+    first, last = trainer.step_history
+    assert (first["batches"], first["skipped_batches"], first["train_images"]) == (2, 1, 4)
+    assert first["train_loss"] == [1.0, 2.0] and first["train_goodness_pos"] == [0.5, 1.0]  # batch 1 alone
+    assert last["skipped_batches"] == 0 and last["train_loss"] == [5.0, 6.0]
