@@ -314,3 +314,30 @@ def test_skipped_batches_count_in_a_record_but_not_in_its_means():
     assert (first["batches"], first["skipped_batches"], first["train_images"]) == (2, 1, 4)
     assert first["train_loss"] == [1.0, 2.0] and first["train_goodness_pos"] == [0.5, 1.0]  # batch 1 alone
     assert last["skipped_batches"] == 0 and last["train_loss"] == [5.0, 6.0]
+
+
+def test_a_resumed_run_hides_the_tensorboard_scalars_logged_after_its_checkpoint(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    kw = {"log": None, "log_every": 1, "seed": 3, "checkpoint_every": 3, "tensorboard": True}
+    loader = _loader(batch_size=2, shuffle=True)  # 5 batches per epoch
+    dying = _local()
+    step = dying.train_step
+
+    def die_at_step_5(x, y, index=None):
+        if dying.step_count == 4:
+            raise RuntimeError("killed")
+        return step(x, y, index)
+
+    dying.train_step = die_at_step_5  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="killed"):
+        dying.fit(loader, epochs=1, out_dir=tmp_path, **kw)  # logged steps 1-4; the checkpoint is after step 3
+    again = _local(seed=9)
+    again.resume(tmp_path / "checkpoint.pt")
+    again.fit(loader, epochs=1, out_dir=tmp_path, **kw)
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    loss = acc.Scalars("train/loss/layer_1")
+    assert [e.step for e in loss] == [1, 2, 3, 4, 5]  # step 4 once: the resumed run's
+    assert loss[3].value == pytest.approx(again.step_history[0]["train_loss"][0])
