@@ -446,7 +446,7 @@ class Trainer:
         ``out_dir/metrics.jsonl`` with the epoch records (:mod:`ffkit.train.runlog`; a resumed run first drops the
         lines written after its checkpoint). ``tensorboard=True`` also writes them as TensorBoard scalars to
         ``out_dir/tensorboard/`` (needs ``out_dir`` and the ``tensorboard`` package). :class:`LocalTrainer`,
-        :class:`BackpropTrainer` (without goodness: its layers are not trained on goodness),
+        :class:`BackpropTrainer` (without the goodness fields),
         :class:`DataParallelTrainer` (rank 0's share of each batch) and :class:`FederatedTrainer` (rank 0's batches)
         make step records; :class:`ChapterTrainer` and :class:`PipelineTrainer` make epoch records only.
         """
