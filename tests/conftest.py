@@ -17,7 +17,7 @@ GROUPS: dict[str, set[str]] = {
     # training engines: steps, resume, divergence, pipelines and other processes
     "engines": {"test_trainer", "test_backprop", "test_chapters", "test_federated", "test_pipeline", "test_balance",
                 "test_kill_resume", "test_divergence", "test_scaling", "test_data_parallel", "test_hybrid",
-                "test_estimate"},
+                "test_estimate", "test_step_metrics"},
     # what a user touches: CLI, data, docs, examples, notebooks, packaging, benchmarks
     "project": {"test_cli", "test_cli_config", "test_cli_fast", "test_datasets", "test_docs", "test_examples",
                 "test_notebooks", "test_release", "test_benchmarks", "test_api", "test_bad_input", "test_plotting",

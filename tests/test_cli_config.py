@@ -263,7 +263,7 @@ def test_the_example_config_trains_and_the_run_records_its_settings(tmp_path, ca
     assert all(len(line) <= 118 for line in lines[1:7])
     assert lines[7].startswith("ffkit ") and "training hinton_mlp (3 layers" in lines[7]
     assert sorted(p.name for p in out.iterdir()) == [".ffkit-train.lock", "checkpoint.pt", "config.json",
-                                                     "metrics.csv", "metrics.json"]
+                                                     "metrics.csv", "metrics.json", "metrics.jsonl"]
     record = json.loads((out / "config.json").read_text())
     assert record["config_file"] == str(EXAMPLE) and record["command_line"].startswith("ffkit train --config ")
     settings = record["settings"]

@@ -3,6 +3,7 @@ across two processes launched by torchrun over gloo on 127.0.0.1."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -61,7 +62,12 @@ def test_ranks_end_with_identical_parameters(runs):
     for h0, h1 in zip(r0["history"], r1["history"]):
         assert h0["train_images"] == 48 and h0["ranks"] == 2
         assert h0["train_loss"] == pytest.approx(h1["train_loss"]) and h0["train_acc"] == h1["train_acc"]
-    assert sorted(p.name for p in (runs.out / "fit").iterdir()) == ["checkpoint.pt", "metrics.csv", "metrics.json"]
+    assert sorted(p.name for p in (runs.out / "fit").iterdir()) == ["checkpoint.pt", "metrics.csv", "metrics.json",
+                                                                    "metrics.jsonl"]
+    records = [json.loads(line) for line in (runs.out / "fit" / "metrics.jsonl").read_text().splitlines()]
+    # rank 0's step records (its 3 batches of 8 per epoch), then the epoch records over both ranks
+    assert [(r["kind"], r["step"], r.get("train_images")) for r in records] == [
+        ("step", 3, 24), ("epoch", 3, 48), ("step", 6, 24), ("epoch", 6, 48)]
     for r in (r0, r1):
         _assert_equal_states(r["resumed"], r0["state"])
         assert r["resumed_epoch"] == 2 and r["resumed_step_count"] == 6

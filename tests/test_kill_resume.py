@@ -25,11 +25,12 @@ pytestmark = pytest.mark.skipif(
 )
 
 HARNESS = Path(__file__).parent / "helpers" / "kill_run.py"
-# 96 images in batches of 16: 6 steps per epoch, 2 epochs; a checkpoint after every 2nd batch and at each epoch end.
+# 96 images in batches of 16: 6 steps per epoch, 2 epochs; a checkpoint after every 2nd batch and at each epoch end,
+# a step record after batches 4 and 6 of each epoch (so a checkpoint after batch 2 holds an interval in flight).
 # Random augmentation and dropout make every random stream matter.
 RUN = ["--model", "deeperforward_tinycnn", "--dataset", "fashion-mnist", "--width-multiplier", "0.15",
        "--limit", "96", "--eval-limit", "48", "--batch-size", "16", "--epochs", "2", "--augment", "crop-rotate",
-       "--checkpoint-every", "2", "--no-progress", "--seed", "3"]
+       "--checkpoint-every", "2", "--no-progress", "--seed", "3", "--log-interval", "4"]
 
 # Each case: the kill points of successive attempts (every attempt but the last is killed), as KILL_AT values.
 CASES = {
@@ -69,18 +70,22 @@ def _attempts(out: Path, data_dir: Path, kills: list[str], extra: list[str]) -> 
     return log
 
 
-def _final(out: Path) -> tuple[dict, list]:
+def _final(out: Path) -> tuple[dict, list, list]:
     # no temporary file; the lock file of the run directory stays (the kernel dropped its lock with the process)
     names = sorted(p.name for p in out.iterdir())
-    assert names == [".ffkit-train.lock", "checkpoint.pt", "config.json", "metrics.csv", "metrics.json"]
+    assert names == [".ffkit-train.lock", "checkpoint.pt", "config.json", "metrics.csv", "metrics.json",
+                     "metrics.jsonl"]
     payload = load_checkpoint(out / "checkpoint.pt")
     assert payload["trainer"]["epoch"] == 2 and payload["position"] is None
     history = json.loads((out / "metrics.json").read_text())
-    return payload, history
+    volatile = ("time", "train_seconds", "train_images_per_s")  # wall-clock fields
+    records = [{k: v for k, v in json.loads(line).items() if k not in volatile}
+               for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return payload, history, records
 
 
-def _same_run(a: tuple[dict, list], b: tuple[dict, list]) -> None:
-    (pa, ha), (pb, hb) = a, b
+def _same_run(a: tuple[dict, list, list], b: tuple[dict, list, list]) -> None:
+    (pa, ha, ra), (pb, hb, rb) = a, b
     assert pa["network"].keys() == pb["network"].keys()
     for k in pa["network"]:
         assert torch.equal(pa["network"][k], pb["network"][k]), k
@@ -90,6 +95,12 @@ def _same_run(a: tuple[dict, list], b: tuple[dict, list]) -> None:
     assert pa["trainer"]["step_count"] == pb["trainer"]["step_count"] == 12
     keys = ("train_loss", "train_acc", "train_images", "test", "holdout_sip")
     assert [{k: r[k] for k in keys} for r in ha] == [{k: r[k] for k in keys} for r in hb]
+    # metrics.jsonl: the step records of an uninterrupted run, none repeated or lost, then each epoch's record
+    assert [(r["kind"], r["step"], r.get("batches")) for r in ra] == [
+        ("step", 4, 4), ("step", 6, 2), ("epoch", 6, None), ("step", 10, 4), ("step", 12, 2), ("epoch", 12, None)]
+    assert [r for r in ra if r["kind"] == "step"] == [r for r in rb if r["kind"] == "step"]
+    assert [{k: r[k] for k in keys} for r in ra if r["kind"] == "epoch"] == [
+        {k: r[k] for k in keys} for r in rb if r["kind"] == "epoch"]
 
 
 @pytest.fixture(scope="module")

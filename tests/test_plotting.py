@@ -258,12 +258,93 @@ def test_plots_read_the_metrics_files_trainers_write(tmp_path):
     assert len(plotting.plot_run(tmp_path, formats=("svg",))) == 4
 
 
+def _step_records(n_layers: int = 3, per_epoch: int = 4, epochs: int = 1, goodness: bool = True) -> list[dict]:
+    """metrics.jsonl's records of a synthetic run: ``per_epoch`` step records per epoch, then its epoch record."""
+    out: list[dict] = []
+    for e in range(1, epochs + 1):
+        for k in range(1, per_epoch + 1):
+            t = (e - 1) + k / per_epoch
+            rec = {"kind": "step", "step": round(t * 10), "epoch": t, "batches": 2,
+                   "train_loss": [2.0 - 0.3 * t * (i + 1) / n_layers for i in range(n_layers)],
+                   "train_acc": [0.2 + 0.3 * t * (i + 1) / n_layers for i in range(n_layers)],
+                   "train_images": 256, "train_images_per_s": 1000.0 + k, "lr": 0.01 / (1 + t), "time": "t"}
+            if goodness:
+                rec["train_goodness_pos"] = [1.0 + t * i for i in range(n_layers)]
+                rec["train_goodness_neg"] = [1.0 - 0.1 * t * i for i in range(n_layers)]
+            out.append(rec)
+        out.append({"kind": "epoch", "step": 10 * e, **_history(n_layers, epochs=e)[-1]})
+    return out
+
+
+def _integer_ticks(ax) -> list[float]:
+    lo, hi = ax.get_xlim()
+    ticks = [t for t in ax.get_xticks() if lo - 1e-9 <= t <= hi + 1e-9]
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    return ticks
+
+
+def test_one_epoch_run_draws_step_curves_with_integer_epoch_ticks(tmp_path):
+    """A one-epoch run directory (metrics.json and metrics.jsonl) gets the four epoch plots and the four curves; the
+    curves run from 0 to 1 epoch with integer ticks only, one line per layer through every step record, and the
+    one-epoch layer accuracy is drawn as bars by layer."""
+    from matplotlib.figure import Figure
+
+    records = _step_records(n_layers=3)
+    (tmp_path / "metrics.json").write_text(json.dumps(_history(epochs=1)))
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    paths = plotting.plot_run(tmp_path)
+    assert [p.name for p in paths] == [f"{n}.png" for n in (*plotting.PLOT_FILES, *plotting.CURVE_FILES)]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
+
+    ax = plotting.plot_train_curves(records, ax=Figure().add_subplot())
+    assert _integer_ticks(ax) == [0.0, 1.0]
+    lines = ax.get_lines()
+    assert len(lines) == 3
+    assert [float(x) for x in lines[0].get_xdata()] == [0.25, 0.5, 0.75, 1.0]
+    assert [float(v) for v in lines[2].get_ydata()] == pytest.approx([r["train_loss"][2] for r in records[:4]])
+    ax = plotting.plot_train_curves(records, ax=Figure().add_subplot(), metric="accuracy")
+    _integer_ticks(ax)
+    markers = [ln for ln in ax.get_lines() if ln.get_marker() == "D"]  # each layer's test accuracy at epoch 1
+    assert [float(m.get_xdata()[0]) for m in markers] == [1.0] * 3
+    test_acc = [100 * v for v in records[-1]["test"]["per_layer"]]
+    assert [float(m.get_ydata()[0]) for m in markers] == pytest.approx(test_acc)
+    assert "test accuracy (epoch end)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    ax = plotting.plot_goodness_curves(records, ax=Figure().add_subplot())
+    _integer_ticks(ax)
+    assert [ln.get_linestyle() for ln in ax.get_lines()] == ["-", "--"] * 3  # positive, negative per layer
+    ax = plotting.plot_lr_throughput(records, ax=Figure().add_subplot())
+    _integer_ticks(ax)
+
+    ax = plotting.plot_layer_accuracy(_history(epochs=1), ax=Figure().add_subplot())
+    assert len(ax.patches) == 3 and ax.get_xlabel() == "layer" and "epoch 1" in ax.get_title()
+    with pytest.raises(ValueError, match="metric"):
+        plotting.plot_train_curves(records, metric="lr")
+
+
+def test_curves_of_longer_runs_and_runs_without_goodness_or_metrics_json(tmp_path):
+    from matplotlib.figure import Figure
+
+    records = _step_records(n_layers=15, per_epoch=30, epochs=3, goodness=False)
+    ax = plotting.plot_train_curves(records, ax=Figure().add_subplot())
+    assert _integer_ticks(ax)[-1] == 3.0 and len(ax.get_lines()) == 15
+    ax = plotting.plot_goodness_curves(records, ax=Figure().add_subplot())
+    assert "not recorded" in ax.texts[0].get_text()
+    # a run still in its first epoch: step records, no metrics.json yet -> the curves only
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[:5]))
+    assert [p.stem for p in plotting.plot_run(tmp_path)] == list(plotting.CURVE_FILES)
+    # records in memory (trainer.step_history, no "kind") plot alike
+    bare = [{k: v for k, v in r.items() if k != "kind"} for r in records[:5]]
+    assert len(plotting.plot_train_curves(bare, ax=Figure().add_subplot()).get_lines()) == 15
+    with pytest.raises(ValueError, match="no step records"):
+        plotting.plot_train_curves([r for r in records if r["kind"] == "epoch"])
+
+
 @needs_fmnist
 def test_ffkit_plot_after_a_short_real_run(tmp_path, capsys):
     run = tmp_path / "run"
     args = ["train", "--dataset", "fashion-mnist", "--data-dir", str(tmp_path / "data"), "--out", str(run),
             "--width-multiplier", "0.2", "--limit", "512", "--eval-limit", "256", "--no-progress", "--lr", "0.01",
-            "--epochs", "2"]
+            "--epochs", "2", "--log-interval", "2"]
     assert main(args) == 0
     test = json.loads((run / "metrics.json").read_text())[-1]["test"]
     n = len(test["per_layer"])
@@ -275,11 +356,16 @@ def test_ffkit_plot_after_a_short_real_run(tmp_path, capsys):
 
     assert main(["plot", str(run)]) == 0
     printed = capsys.readouterr().out.split()
-    names = ["layer_accuracy.png", "goodness.png", "dead_neurons.png", "sip_grid.png"]
+    names = ["layer_accuracy.png", "goodness.png", "dead_neurons.png", "sip_grid.png", "train_loss.png",
+             "train_accuracy.png", "train_goodness.png", "lr_throughput.png"]
     assert printed == [str(run / name) for name in names]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    # 512 images in batches of 128: 4 batches per epoch, a step record after batches 2 and 4
+    assert [(r["kind"], r["epoch"]) for r in records] == [("step", 0.5), ("step", 1.0), ("epoch", 1),
+                                                          ("step", 1.5), ("step", 2.0), ("epoch", 2)]
     for name in names:
         data = (run / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
 
     assert main(["plot", str(run), "--out", str(tmp_path / "figs"), "--format", "svg", "pdf"]) == 0
-    assert len(capsys.readouterr().out.split()) == 8 and (tmp_path / "figs" / "sip_grid.pdf").stat().st_size > 0
+    assert len(capsys.readouterr().out.split()) == 16 and (tmp_path / "figs" / "sip_grid.pdf").stat().st_size > 0

@@ -246,7 +246,8 @@ def test_overlay_mlp_with_adaptive_negatives_and_threshold_loss():
 def test_fit_writes_run_directory(tmp_path):
     trainer = ffkit.LocalTrainer(small_cw_net(), lr=0.01, total_steps=3)
     trainer.fit(_loader(_data()), epochs=1, test=DataLoader(_data(), 16), out_dir=tmp_path, log=None)
-    assert {p.name for p in Path(tmp_path).iterdir()} == {"checkpoint.pt", "metrics.json", "metrics.csv"}
+    written = {p.name for p in Path(tmp_path).iterdir()}
+    assert written == {"checkpoint.pt", "metrics.json", "metrics.csv", "metrics.jsonl"}
 
 
 def _trifecta_stack(n_layers: int = 5) -> ffkit.FFNetwork:

@@ -48,15 +48,18 @@ def resolve_device(name: str) -> torch.device:
     return resolve(name, "--device")
 
 
-def _positive(kind: type):
+def _positive(kind: type, zero: bool = False):
+    """An argparse type: a positive ``kind`` (with ``zero``: or 0)."""
+    what = "non-negative" if zero else "positive"
+
     def parse(text: str):
         try:
             v = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}") from None
-        if not math.isfinite(v) or v <= 0:
+            raise argparse.ArgumentTypeError(f"expected a {what} {kind.__name__}, got {text!r}") from None
+        if not math.isfinite(v) or v < 0 or (v == 0 and not zero):
             finite = "finite " if kind is float else ""
-            raise argparse.ArgumentTypeError(f"expected a {finite}positive {kind.__name__}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected a {finite}{what} {kind.__name__}, got {text!r}")
         return v
 
     return parse
@@ -130,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-every", type=_positive(int), default=None, metavar="N",
                    help="also write OUT/checkpoint.pt after every N-th batch of an epoch, so a killed run loses at "
                         "most N batches (default: at the end of each epoch only)")
+    t.add_argument("--log-interval", type=_positive(int, zero=True), default=None, metavar="N",
+                   help="every N batches, a step record of each layer's train loss, accuracy and goodness, the lr and "
+                        "images/s in OUT/metrics.jsonl, which 'ffkit plot' draws (default 50; 0: epoch records only)")
+    t.add_argument("--tensorboard", action="store_true",
+                   help="also write the step and epoch records as TensorBoard scalars to OUT/tensorboard/ (needs "
+                        "the tensorboard package: pip install tensorboard)")
     # the choices are train.base.DIVERGENCE_ACTIONS, not imported here so that --help stays fast
     t.add_argument("--on-divergence", choices=["stop", "skip"], default="stop",
                    help="a NaN/inf loss or goodness: stop (saving the last good state as the checkpoint) or skip the "
@@ -823,6 +832,10 @@ def check_train_flags(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
     if args.data_on_device and args.workers:
         raise ValueError(f"--data-on-device makes every batch on the device in the training process; it conflicts "
                          f"with --workers {args.workers} (drop --workers)")
+    if getattr(args, "tensorboard", False):  # a missing package is named now, not after the data is loaded
+        from .train.runlog import check_tensorboard
+
+        check_tensorboard()
     _check_pipeline_flags(args)
 
 
@@ -1076,6 +1089,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .models import model_kind
     from .recipes import Recipe, build_model, build_trainer
     from .train import check_same_model, load_checkpoint
+    from .train.base import DEFAULT_LOG_EVERY
     from .train.checkpoint import CheckpointVersionWarning
 
     wall_start = time.perf_counter()
@@ -1162,6 +1176,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     history = trainer.fit(
         train_loader, epochs=epochs, holdout=holdout_loader, test=test_loader, out_dir=out, seed=args.seed,
         progress=not args.no_progress and rank == 0, metadata=metadata, checkpoint_every=args.checkpoint_every,
+        tensorboard=args.tensorboard,
+        log_every=DEFAULT_LOG_EVERY if args.log_interval is None else args.log_interval or None,
     )
     if pipeline is not None and pipeline["backend"] == "distributed":
         import torch.distributed as dist

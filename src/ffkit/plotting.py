@@ -16,7 +16,17 @@ layer ranges such as ``sip_layers`` beside the 0-based ``sip_range``; either for
   data (the mean score of the wrong labels).
 * :func:`plot_dead_neurons` -- each layer's share of deactivated units (DeeperForward, Appendix I).
 * :func:`plot_sip_grid` -- the test accuracy of every layer range ``start..end`` (SIP's grid, DeeperForward Eq. 12).
-* :func:`plot_run` -- all four from a run directory, one file each (what ``ffkit plot RUN_DIR`` runs).
+
+The training curves read the *records* of ``RUN_DIR/metrics.jsonl`` (:mod:`ffkit.train.runlog`): step records every
+``log_every`` batches (``ffkit train --log-interval N``) and epoch records, drawn against the epoch (fractional,
+integer ticks), so that a one-epoch run shows how each layer learned:
+
+* :func:`plot_train_curves` -- each layer's train loss or train accuracy (with its test accuracy at each epoch's end
+  as markers).
+* :func:`plot_goodness_curves` -- each layer's mean goodness of positive and of negative training data.
+* :func:`plot_lr_throughput` -- the learning rate and the training images/s.
+
+:func:`plot_run` draws all of them from a run directory, one file each (what ``ffkit plot RUN_DIR`` runs).
 """
 
 from __future__ import annotations
@@ -39,13 +49,19 @@ __all__ = [
     "plot_goodness",
     "plot_dead_neurons",
     "plot_sip_grid",
+    "plot_train_curves",
+    "plot_goodness_curves",
+    "plot_lr_throughput",
     "plot_run",
     "PLOT_FILES",
+    "CURVE_FILES",
     "FORMATS",
 ]
 
-#: The files :func:`plot_run` writes (without their extension), in order.
+#: The files :func:`plot_run` writes (without their extension) from the epoch records of ``metrics.json``, in order.
 PLOT_FILES: tuple[str, ...] = ("layer_accuracy", "goodness", "dead_neurons", "sip_grid")
+#: The files :func:`plot_run` also writes when ``metrics.jsonl`` holds step records, in order.
+CURVE_FILES: tuple[str, ...] = ("train_loss", "train_accuracy", "train_goodness", "lr_throughput")
 #: The file formats :func:`plot_run` can write.
 FORMATS: tuple[str, ...] = ("png", "pdf", "svg")
 
@@ -159,7 +175,9 @@ def plot_layer_accuracy(history: Sequence[Mapping[str, Any]], ax: Axes | None = 
     """Each layer's test accuracy over the epochs, with the one-pass accuracy of all layers and of the SIP range.
 
     DeeperForward Fig. 5d and The Trifecta Fig. 1 show the same curves: deeper layers of a well-trained local network
-    should end up at least as accurate as shallow ones.
+    should end up at least as accurate as shallow ones. A history of one epoch has no curve to draw: its layers' test
+    accuracies are bars by layer instead, with the read-outs as horizontal lines (:func:`plot_train_curves` shows how
+    the layers learned within the epoch).
 
     Args:
         history: the run's epoch records (``Trainer.fit``'s return value, or ``metrics.json`` loaded).
@@ -170,6 +188,8 @@ def plot_layer_accuracy(history: Sequence[Mapping[str, Any]], ax: Axes | None = 
     """
     records = _check_history(history, ["layer_accuracy"], "history")
     ax = _axes(ax, (7.0, 4.5))
+    if len(records) == 1:
+        return _layer_accuracy_bars(records[0], int(records[0].get("epoch", 1)), ax)
     epochs = [int(r.get("epoch", i + 1)) for i, r in enumerate(records)]
     per_layer = [[100 * v for v in r["test"]["per_layer"]] for r in records]
     n_layers = len(per_layer[-1])
@@ -202,6 +222,32 @@ def plot_layer_accuracy(history: Sequence[Mapping[str, Any]], ax: Axes | None = 
         ax.figure.colorbar(mappable, ax=ax, label="layer")
         handles, labels = handles[n_layers:], labels[n_layers:]
     ax.legend(handles, labels, fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    return ax
+
+
+def _layer_accuracy_bars(record: Mapping[str, Any], epoch: int, ax: Axes) -> Axes:
+    """One epoch's per-layer test accuracy as bars, the all-layer and SIP accuracies as horizontal lines."""
+    test = record["test"]
+    values = [100 * v for v in test["per_layer"]]
+    xs = list(range(len(values)))
+    bars = ax.bar(xs, values, 0.6, color=_layer_colors(len(values)))
+    if len(values) <= _ANNOTATE_MAX_LAYERS:
+        for bar, v in zip(bars, values):
+            ax.annotate(f"{v:.1f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), xytext=(0, 2),
+                        textcoords="offset points", ha="center", va="bottom", fontsize="small")
+    ax.axhline(100 * test["all_layers"], color="black", linestyle="--", linewidth=1.6, label="all layers (one pass)")
+    if test.get("sip") is not None:
+        rng = test.get("sip_range")
+        label = f"SIP range (layers {rng[0] + 1}..{rng[1] + 1})" if rng else "SIP range"
+        ax.axhline(100 * test["sip"], color="tab:red", linestyle=":", linewidth=2.0, label=label)
+    top = max([*values, 100 * test["all_layers"], 100 * (test.get("sip") or 0.0)])
+    ax.set_ylim(0, min(100.0, top) * 1.15 or 1.0)
+    _layer_ticks(ax, len(values))
+    ax.set_xlabel("layer")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"Per-layer test accuracy, epoch {epoch}")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize="small", loc="lower right", framealpha=0.9)
     return ax
 
 
@@ -345,6 +391,183 @@ def plot_sip_grid(history: Sequence[Mapping[str, Any]], ax: Axes | None = None, 
     return ax
 
 
+# -- training curves (metrics.jsonl) ----------------------------------------------------------------------------------
+def _split_records(records: Any, source: str = "records") -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
+    """``(step records, epoch records)`` of ``records``, by their ``"kind"`` (a record without one, as
+    ``Trainer.step_history`` holds them, is a step record if it has ``"batches"``). Step records without a fractional
+    epoch (a loader without a length) are left out."""
+    if not isinstance(records, Sequence) or isinstance(records, (str, bytes)):
+        raise ValueError(f"{source} must be a list of step and epoch records, got {type(records).__name__}")
+    steps, epochs = [], []
+    for i, rec in enumerate(records):
+        if not isinstance(rec, Mapping):
+            raise ValueError(f"{source}: record {i} is a {type(rec).__name__}, not a dict")
+        kind = rec.get("kind", "step" if "batches" in rec else "epoch")
+        if kind == "step" and rec.get("epoch") is not None and rec.get("train_loss") is not None:
+            steps.append(rec)
+        elif kind == "epoch":
+            epochs.append(rec)
+    if not steps:
+        raise ValueError(f"{source} holds no step records: train with step records on (Trainer.fit(log_every=N), "
+                         f"ffkit train --log-interval N with N > 0)")
+    return steps, epochs
+
+
+def _epoch_axis(ax: Axes, steps: Sequence[Mapping[str, Any]]) -> None:
+    """The x axis in epochs from 0 to the last record's, with integer major ticks (a fractional epoch is no epoch
+    number) and unlabelled minor ticks between them."""
+    from matplotlib.ticker import AutoMinorLocator, MaxNLocator
+
+    top = max(1.0, math.ceil(max(float(r["epoch"]) for r in steps) - 1e-9))
+    ax.set_xlim(0.0, 1.02 * top)  # room for the markers at the last epoch's end
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_minor_locator(AutoMinorLocator())
+    ax.set_xlabel("epoch")
+    ax.grid(alpha=0.3)
+
+
+def _layer_legend(ax: Axes, colors: list[Any], extra: Sequence[Any] = ()) -> None:
+    """A legend entry per layer (a colour bar beyond :data:`_LEGEND_MAX_LAYERS` layers), then ``extra`` handles."""
+    from matplotlib.lines import Line2D
+
+    n_layers = len(colors)
+    handles = list(extra)
+    if n_layers > _LEGEND_MAX_LAYERS:
+        from matplotlib.cm import ScalarMappable
+        from matplotlib.colors import ListedColormap, Normalize
+
+        mappable = ScalarMappable(norm=Normalize(1, n_layers), cmap=ListedColormap(colors))
+        ax.figure.colorbar(mappable, ax=ax, label="layer")
+    else:
+        layers = [Line2D([], [], color=c, linewidth=1.6, label=f"layer {i + 1}") for i, c in enumerate(colors)]
+        handles = layers + handles
+    if handles:
+        ax.legend(handles=handles, fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+
+
+def plot_train_curves(records: Sequence[Mapping[str, Any]], ax: Axes | None = None, metric: str = "loss") -> Axes:
+    """Each layer's train loss or train accuracy over the epochs, one point per step record.
+
+    Each point is the mean over the batches since the previous record (``log_every`` batches), so a one-epoch run
+    still draws a curve per layer. With ``metric="accuracy"``, each layer's test accuracy at the end of each epoch
+    (the epoch records' ``test.per_layer``) is marked with a diamond of the layer's colour.
+
+    Args:
+        records: step and epoch records: ``RUN_DIR/metrics.jsonl`` loaded
+            (:func:`ffkit.train.runlog.read_records`), or ``trainer.step_history + trainer.history``.
+        ax: the axes to draw on; a new figure when ``None``.
+        metric: ``"loss"`` (``train_loss``) or ``"accuracy"`` (``train_acc``, in %).
+
+    Returns:
+        The axes drawn on.
+    """
+    if metric not in ("loss", "accuracy"):
+        raise ValueError(f"metric must be 'loss' or 'accuracy', got {metric!r}")
+    steps, epochs = _split_records(records)
+    ax = _axes(ax, (7.5, 4.5))
+    key, scale = ("train_loss", 1.0) if metric == "loss" else ("train_acc", 100.0)
+    xs = [float(r["epoch"]) for r in steps]
+    n_layers = max(len(r[key]) for r in steps)
+    colors = _layer_colors(n_layers)
+    marker = "o" if len(xs) <= 40 else None  # a few points: show where the records are
+    for layer in range(n_layers):
+        ys = [scale * r[key][layer] if layer < len(r[key]) and r[key][layer] is not None else math.nan
+              for r in steps]
+        ax.plot(xs, ys, color=colors[layer], marker=marker, markersize=2.5, linewidth=1.4)
+    extra = []
+    if metric == "accuracy":
+        tested = [r for r in epochs if isinstance(r.get("test"), Mapping) and r["test"].get("per_layer")]
+        for rec in tested:
+            for layer, v in enumerate(rec["test"]["per_layer"][:n_layers]):
+                ax.plot([float(rec["epoch"])], [100 * v], linestyle="none", marker="D", markersize=6,
+                        markerfacecolor=colors[layer], markeredgecolor="black", markeredgewidth=0.6)
+        if tested:
+            from matplotlib.lines import Line2D
+
+            extra.append(Line2D([], [], linestyle="none", marker="D", markerfacecolor="white",
+                                markeredgecolor="black", label="test accuracy (epoch end)"))
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title("Per-layer train accuracy")
+    else:
+        ax.set_ylabel("train loss")
+        ax.set_title("Per-layer train loss")
+    _epoch_axis(ax, steps)
+    _layer_legend(ax, colors, extra)
+    return ax
+
+
+def plot_goodness_curves(records: Sequence[Mapping[str, Any]], ax: Axes | None = None) -> Axes:
+    """Each layer's mean goodness of positive (solid) and negative (dashed) training data over the epochs.
+
+    From the step records' ``train_goodness_pos`` and ``train_goodness_neg``
+    (:meth:`~ffkit.objectives.Objective.batch_goodness`): for label-input networks the goodness of the positive
+    samples and of the negative samples as trained on; for channel-wise networks the true class's score against the
+    mean of the other classes'. Training pushes them apart. Engines that record none (the backprop baselines) get a
+    note instead.
+
+    Args:
+        records: step and epoch records (see :func:`plot_train_curves`).
+        ax: the axes to draw on; a new figure when ``None``.
+
+    Returns:
+        The axes drawn on.
+    """
+    steps, _ = _split_records(records)
+    ax = _axes(ax, (7.5, 4.5))
+    ax.set_title("Goodness of positive and negative training data")
+    ax.set_ylabel("mean goodness")
+    _epoch_axis(ax, steps)
+    with_goodness = [r for r in steps if r.get("train_goodness_pos") is not None]
+    if not with_goodness:
+        ax.text(0.5, 0.5, "not recorded for this trainer", ha="center", va="center", transform=ax.transAxes)
+        return ax
+    xs = [float(r["epoch"]) for r in with_goodness]
+    n_layers = max(len(r["train_goodness_pos"]) for r in with_goodness)
+    colors = _layer_colors(n_layers)
+    for layer in range(n_layers):
+        for key, style in (("train_goodness_pos", "-"), ("train_goodness_neg", "--")):
+            ys = [r[key][layer] if r.get(key) is not None and layer < len(r[key]) and r[key][layer] is not None
+                  else math.nan for r in with_goodness]
+            ax.plot(xs, ys, color=colors[layer], linestyle=style, linewidth=1.4)
+    from matplotlib.lines import Line2D
+
+    styles = [Line2D([], [], color="gray", linestyle="-", label="positive data"),
+              Line2D([], [], color="gray", linestyle="--", label="negative data")]
+    _layer_legend(ax, colors, styles)
+    return ax
+
+
+def plot_lr_throughput(records: Sequence[Mapping[str, Any]], ax: Axes | None = None) -> Axes:
+    """The learning rate (left axis) and the training throughput in images/s (right axis) over the epochs.
+
+    Args:
+        records: step and epoch records (see :func:`plot_train_curves`).
+        ax: the axes to draw on; a new figure when ``None``.
+
+    Returns:
+        The axes drawn on (the images/s axis is its twin).
+    """
+    steps, _ = _split_records(records)
+    ax = _axes(ax, (7.5, 4.5))
+    xs = [float(r["epoch"]) for r in steps]
+    lr = [r["lr"] if r.get("lr") is not None else math.nan for r in steps]
+    (lr_line,) = ax.plot(xs, lr, color="tab:blue", linewidth=1.6, label="learning rate")
+    ax.set_ylabel("learning rate", color="tab:blue")
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    twin = ax.twinx()
+    speed = [r["train_images_per_s"] if r.get("train_images_per_s") is not None
+             and math.isfinite(r["train_images_per_s"]) else math.nan for r in steps]
+    (speed_line,) = twin.plot(xs, speed, color="tab:orange", linewidth=1.2, marker="." if len(xs) <= 40 else None,
+                              label="images/s")
+    twin.set_ylabel("training images/s", color="tab:orange")
+    finite = [v for v in speed if math.isfinite(v)]
+    twin.set_ylim(0, max(finite) * 1.15 if finite else 1.0)
+    _epoch_axis(ax, steps)
+    ax.set_title("Learning rate and throughput")
+    ax.legend(handles=[lr_line, speed_line], fontsize="small", loc="lower left", framealpha=0.9)
+    return ax
+
+
 # -- a run directory --------------------------------------------------------------------------------------------------
 def _load_history(run_dir: Path) -> tuple[list[Mapping[str, Any]], str]:
     path = run_dir / "metrics.json"
@@ -361,14 +584,28 @@ def _load_history(run_dir: Path) -> tuple[list[Mapping[str, Any]], str]:
     return _check_history(history, PLOT_FILES, str(path)), str(path)
 
 
+def _load_records(run_dir: Path) -> list[Mapping[str, Any]]:
+    """The records of ``RUN_DIR/metrics.jsonl`` (empty when there is none)."""
+    from ._records import METRICS_JSONL, read_records
+
+    path = run_dir / METRICS_JSONL
+    return list(read_records(path)) if path.is_file() else []
+
+
 def plot_run(
     run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None = None, formats: Sequence[str] = ("png",)
 ) -> list[Path]:
-    """Draw a run's four plots from ``RUN_DIR/metrics.json``, one file each (``ffkit plot RUN_DIR``).
+    """Draw a run's plots from ``RUN_DIR/metrics.json`` and ``RUN_DIR/metrics.jsonl``, one file each
+    (``ffkit plot RUN_DIR``).
 
-    Writes ``layer_accuracy``, ``goodness``, ``dead_neurons`` and ``sip_grid`` (:data:`PLOT_FILES`), each in every
-    format of ``formats``; the epoch-wise plots show the last epoch. Figures are drawn without pyplot, so this works
-    on machines without a display and leaves no figures open.
+    From ``metrics.json`` (the epoch records): ``layer_accuracy``, ``goodness``, ``dead_neurons`` and ``sip_grid``
+    (:data:`PLOT_FILES`); the epoch-wise plots show the last epoch, and ``layer_accuracy`` of a one-epoch run shows
+    bars by layer. From the step records of ``metrics.jsonl``, when it has some (``ffkit train --log-interval N``,
+    on by default): ``train_loss``, ``train_accuracy`` (with each layer's test accuracy at each epoch's end),
+    ``train_goodness`` and ``lr_throughput`` (:data:`CURVE_FILES`), against the epoch with integer ticks. A run
+    directory of an older ffkit (``metrics.json`` only) gets the first four; a run still in its first epoch (step
+    records, no ``metrics.json`` yet) the curves only. Each plot is written in every format of ``formats``.
+    Figures are drawn without pyplot, so this works on machines without a display and leaves no figures open.
 
     Args:
         run_dir: a run directory written by ``ffkit train --out RUN_DIR`` (or :meth:`Trainer.fit` with ``out_dir``).
@@ -376,11 +613,12 @@ def plot_run(
         formats: file formats, any of ``"png"``, ``"pdf"``, ``"svg"``.
 
     Returns:
-        The paths written, plot by plot and, within a plot, in the order of ``formats``.
+        The paths written, plot by plot (:data:`PLOT_FILES`, then :data:`CURVE_FILES`) and, within a plot, in the
+        order of ``formats``.
 
     Raises:
-        ValueError: ``metrics.json`` is missing or is not JSON, lacks the fields the plots need (written by an older
-            ffkit), or a format is unknown.
+        ValueError: ``metrics.json`` is missing (and ``metrics.jsonl`` has no step records) or is not JSON, lacks the
+            fields the plots need (written by an older ffkit), or a format is unknown.
         ImportError: matplotlib is not installed.
     """
     if isinstance(formats, str):
@@ -389,23 +627,30 @@ def plot_run(
     if bad or not formats:
         raise ValueError(f"formats must be a non-empty selection of {list(FORMATS)}, got {list(formats)}")
     run = Path(run_dir)
-    history, _ = _load_history(run)
+    records = _load_records(run)
+    has_steps = any(r.get("kind") == "step" and r.get("epoch") is not None for r in records)
+    history = _load_history(run)[0] if (run / "metrics.json").is_file() or not has_steps else None
     out = Path(out_dir) if out_dir is not None else run
     _matplotlib()
     from matplotlib.figure import Figure
 
-    draw = {
-        "layer_accuracy": (plot_layer_accuracy, (7.5, 4.5)),
-        "goodness": (plot_goodness, (7.0, 4.5)),
-        "dead_neurons": (plot_dead_neurons, (7.0, 4.5)),
-        "sip_grid": (plot_sip_grid, (6.5, 5.5)),
+    draw: dict[str, tuple[Any, Any, tuple[float, float]]] = {
+        "layer_accuracy": (plot_layer_accuracy, history, (7.5, 4.5)),
+        "goodness": (plot_goodness, history, (7.0, 4.5)),
+        "dead_neurons": (plot_dead_neurons, history, (7.0, 4.5)),
+        "sip_grid": (plot_sip_grid, history, (6.5, 5.5)),
+        "train_loss": (plot_train_curves, records, (7.5, 4.5)),
+        "train_accuracy": (lambda r, ax: plot_train_curves(r, ax=ax, metric="accuracy"), records, (7.5, 4.5)),
+        "train_goodness": (plot_goodness_curves, records, (7.5, 4.5)),
+        "lr_throughput": (plot_lr_throughput, records, (7.5, 4.5)),
     }
+    names = (PLOT_FILES if history is not None else ()) + (CURVE_FILES if has_steps else ())
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    for name in PLOT_FILES:
-        fn, size = draw[name]
+    for name in names:
+        fn, data, size = draw[name]
         fig = Figure(figsize=size, layout="constrained")
-        fn(history, ax=fig.add_subplot())
+        fn(data, ax=fig.add_subplot())
         for fmt in dict.fromkeys(formats):
             path = out / f"{name}.{fmt}"
             fig.savefig(path, dpi=150, format=fmt)

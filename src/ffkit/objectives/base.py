@@ -58,6 +58,11 @@ class Objective(nn.Module):
         """Return ``(loss, correct)``: the layer's scalar loss and how many samples it got right (a tensor)."""
         raise NotImplementedError  # pragma: no cover
 
+    def batch_goodness(self, out: LayerOutput, batch: PreparedBatch) -> torch.Tensor | None:
+        """The layer's mean goodness of the batch's positive and negative data, ``[2]`` (float32, detached), for the
+        training curves (``Trainer.fit(log_every=N)``); ``None`` (this default) for an objective without them."""
+        return None
+
     def layer_scores(
         self, network: FFNetwork, x: torch.Tensor, end: int | None = None, sink: dict | None = None
     ) -> torch.Tensor:

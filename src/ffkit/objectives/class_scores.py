@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -52,6 +53,18 @@ class ClassScoreObjective(Objective):
             loss = self.loss(out.scores, batch.target)
         correct = (out.scores.detach().argmax(dim=1) == batch.target).sum()
         return loss, correct
+
+    def batch_goodness(self, out, batch):
+        """``[g_pos, g_neg]`` from the layer's class scores ``[B, K]``: the mean score of the true class (the goodness
+        of its channel group) and the mean over samples of the mean score of the ``K - 1`` other classes, as
+        :func:`~ffkit.evaluation.mean_goodness` defines them for evaluation."""
+        if out.scores is None:
+            return None
+        s = out.scores.detach().float()
+        pos = s.gather(1, batch.target.view(-1, 1)).squeeze(1)  # [B]
+        k = s.shape[1]
+        neg = (s.sum(dim=1) - pos) / (k - 1) if k > 1 else torch.full_like(pos, math.nan)
+        return torch.stack([pos.mean(), neg.mean()])
 
     def layer_scores(self, network, x, end=None, sink=None):
         scores = []

@@ -84,6 +84,14 @@ class PosNegObjective(Objective):
             loss = losses.ff_threshold(g_pos, g_neg, threshold=self.threshold, reduction=self.threshold_reduction)
         return loss, (g_pos.detach() > g_neg.detach()).sum()
 
+    def batch_goodness(self, out, batch):
+        """``[g_pos, g_neg]``: the layer's mean goodness of the positive samples (true label in the input) and of the
+        negative samples (the wrong label the negative sampler drew for each image, a hard one with adaptive
+        negatives), as trained on; evaluation's ``goodness_neg`` averages over every wrong label instead."""
+        if out.goodness is None:
+            return None
+        return out.goodness.detach().float().reshape(2, -1).mean(dim=1)  # rows: the [B] positives, the [B] negatives
+
     def layer_scores(self, network, x, end=None, sink=None):
         per_label = []
         for k in range(network.num_classes):

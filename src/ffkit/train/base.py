@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import inspect
 import json
 import logging
 import math
@@ -30,10 +31,13 @@ from .rng import capture_rng, restore_rng
 from .schedules import SCHEDULES, check_plan, make_optimizer, rebuild_for, replan_schedules, targets
 from .undo import StepUndo
 
-__all__ = ["Trainer", "StepResult", "EpochProgress", "DivergenceError", "make_optimizer", "check_same_model"]
+__all__ = ["Trainer", "StepResult", "StepSums", "EpochProgress", "DivergenceError", "DEFAULT_LOG_EVERY",
+           "make_optimizer", "check_same_model"]
 
 
 DIVERGENCE_ACTIONS = ("stop", "skip")
+#: :meth:`Trainer.fit`'s default ``log_every``: a step record every 50 batches (timm's ``--log-interval``).
+DEFAULT_LOG_EVERY = 50
 
 #: Where the trainers log each epoch's table (at INFO); ``logging.basicConfig(level=logging.INFO)`` shows it.
 logger = logging.getLogger("ffkit.train")
@@ -71,6 +75,9 @@ class StepResult(NamedTuple):
         batch_size: ``B``.
         head: ``(loss, correct)`` of the network's classifier head, if it has one.
         skipped: the update was dropped because a value was not finite (``on_divergence="skip"``).
+        goodness_pos: ``[L]`` each layer's mean goodness of the batch's positive data, ``goodness_neg`` ``[L]`` of its
+            negative data (:meth:`~ffkit.objectives.Objective.batch_goodness`); ``None`` for an engine or objective
+            without them (the backprop baselines).
     """
 
     losses: torch.Tensor
@@ -78,6 +85,8 @@ class StepResult(NamedTuple):
     batch_size: int
     head: tuple[torch.Tensor, torch.Tensor] | None = None
     skipped: bool = False
+    goodness_pos: torch.Tensor | None = None
+    goodness_neg: torch.Tensor | None = None
 
 
 def check_trainer_args(network: nn.Module, lr: float, schedule: str, total_steps: int | None) -> None:
@@ -194,6 +203,9 @@ class Trainer:
         self.epoch = 0  # epochs completed
         self.step_count = 0  # steps completed
         self.history: list[dict[str, Any]] = []
+        #: The step records this trainer made (:meth:`step_record`, ``fit(log_every=N)``), unrounded; not saved in
+        #: checkpoints (``metrics.jsonl`` holds a whole run's, resumes included).
+        self.step_history: list[dict[str, Any]] = []
         self.metadata: dict[str, Any] = {}
         #: set by :meth:`fit` while it runs with a ``log``: says early how long the training will take
         self.estimate: RunEstimate | None = None
@@ -244,6 +256,8 @@ class Trainer:
         desc: str = "train",
         position: EpochProgress | None = None,
         on_batch: Callable[[EpochProgress], None] | None = None,
+        log_every: int | None = None,
+        on_record: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
         """Train one pass over ``loader`` (batches ``(x, y)`` or ``(x, y, index)``); return per-layer means.
 
@@ -256,6 +270,11 @@ class Trainer:
                 loader's iterator is created, so it draws the same order (and worker seeds); the batches already
                 trained are read and dropped, then the random state saved with the checkpoint is restored.
             on_batch: called with the epoch's progress after every batch (``fit`` writes checkpoints from it).
+            log_every: make a step record (:meth:`step_record`) after every ``log_every``-th batch of the epoch and
+                after its last batch (covering the batches since the previous record), and pass it to
+                ``on_record``; ``None``: no step records.
+            on_record: receives each step record (before ``on_batch`` sees the batch, so a checkpoint written there
+                comes after the record).
         """
         if position is not None and position.batches > 0:
             step_rng = capture_rng(self.network)  # the checkpoint's random state, put back by resume()
@@ -274,8 +293,16 @@ class Trainer:
             it = iter(loader)
         self._epoch_progress = pos
         total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
+        if log_every is not None and pos.interval is None:
+            pos.interval = StepSums()
+        elif log_every is None:
+            pos.interval = None
         bar = _progress(it, progress, desc, initial=pos.batches, total=total)
         began = time.perf_counter() - pos.seconds
+
+        def clock() -> float:  # the epoch's training time so far (continued from a checkpoint's)
+            return time.perf_counter() - began
+
         for batch in bar:
             if not isinstance(batch, (tuple, list)) or not 2 <= len(batch) <= 3:
                 got = f"a {type(batch).__name__}" + (f" of {len(batch)}" if isinstance(batch, (tuple, list)) else "")
@@ -287,6 +314,14 @@ class Trainer:
             pos.seconds = time.perf_counter() - began
             if self.estimate is not None:
                 self.estimate.batch_done(pos.batches, total, res.batch_size)
+            if pos.interval is not None:
+                pos.interval.add(res)  # device additions only: the host waits once per record, in step_record
+                # the epoch's last batch ends its interval here, before on_batch: a checkpoint written after it
+                # then holds no steps that a record already covers
+                if log_every is not None and (pos.batches % log_every == 0 or pos.batches == total):
+                    record = self.step_record(pos, total, clock)
+                    if on_record is not None:
+                        on_record(record)
             if progress and pos.batches % 10 == 1:
                 last_acc = res.correct[-1].item() / res.batch_size
                 bar.set_postfix(loss=f"{res.losses[-1].item():.3f}", acc=f"{last_acc:.3f}")
@@ -295,23 +330,58 @@ class Trainer:
         self._epoch_progress = None
         if pos.batches == 0:
             raise ValueError("the training data is empty: no batch was produced")
+        if pos.interval is not None and pos.interval.batches > 0:  # the last interval of a loader without a length
+            record = self.step_record(pos, pos.batches, clock)
+            if on_record is not None:
+                on_record(record)
+        pos.interval = None
         if pos.seen == 0:
             raise DivergenceError(
                 f"every one of the {pos.batches} batches of epoch {pos.epoch} had a non-finite loss or goodness and "
                 f"was skipped: lower the learning rate or check the input data", epoch=pos.epoch,
             )
-        assert pos.loss_sum is not None and pos.correct_sum is not None  # set by the first applied batch
-        record: dict[str, Any] = {
-            "train_loss": (pos.loss_sum / pos.seen).tolist(),
-            "train_acc": (pos.correct_sum.double() / pos.seen).tolist(),
+        record = {
+            **pos.means(),
             "train_images": pos.seen,
             "train_seconds": pos.seconds,
             "train_images_per_s": pos.seen / pos.seconds if pos.seconds > 0 else math.inf,
         }
-        if pos.head_sum is not None:
-            record["train_head_loss"], record["train_head_acc"] = (pos.head_sum.double() / pos.seen).tolist()
         if getattr(self, "on_divergence", "stop") == "skip":
             record["skipped_batches"] = pos.skipped
+        return record
+
+    def step_record(self, pos: EpochProgress, batches_per_epoch: int | None, clock: Callable[[], float]
+                    ) -> dict[str, Any]:
+        """The step record of the steps in ``pos.interval`` (then reset), in the order ``metrics.jsonl`` gives them.
+
+        Fields: ``step`` (the training steps completed, over the whole run), ``epoch`` (fractional: the epochs
+        completed before this one plus the share of this epoch's batches trained, ``(e - 1) + b / n``, so a record
+        after batch 32 of 100 in epoch 1 has 0.32 and one at an epoch's end has ``e``; ``None`` mid-epoch when the
+        loader has no length), ``batches`` (the batches the record covers), the per-layer means over their samples
+        (:meth:`StepSums.means`: ``train_loss``, ``train_acc``, ``train_goodness_pos``, ``train_goodness_neg``, and a
+        head's), ``train_images``, ``train_images_per_s`` (over the training time since the previous record, read from
+        ``clock``, the epoch's seconds so far, after the wait for the interval's steps), ``lr``
+        (:meth:`logged_lr`), ``skipped_batches`` (``on_divergence="skip"``) and ``time`` (UTC, ISO 8601)."""
+        interval = pos.interval
+        assert interval is not None
+        n = batches_per_epoch
+        record: dict[str, Any] = {
+            "step": self.step_count,
+            "epoch": (pos.epoch - 1) + pos.batches / n if n else None,
+            "batches": interval.batches,
+            **interval.means(),  # waits for the interval's steps to finish
+        }
+        now = clock()
+        seconds, pos.interval_began = now - pos.interval_began, now
+        record["train_images"] = interval.seen
+        record["train_images_per_s"] = interval.seen / seconds if seconds > 0 else math.inf
+        lr = self.logged_lr()
+        if lr is not None:
+            record["lr"] = lr
+        if getattr(self, "on_divergence", "stop") == "skip":
+            record["skipped_batches"] = interval.skipped
+        record["time"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        pos.interval = StepSums()
         return record
 
     def evaluate(self, loader: Iterable, sip_range: tuple[int, int] | None = None, *, progress: bool = False):
@@ -358,6 +428,8 @@ class Trainer:
         log: Callable[[str], None] | None = log_info,
         metadata: dict[str, Any] | None = None,
         checkpoint_every: int | None = None,
+        log_every: int | None = DEFAULT_LOG_EVERY,
+        tensorboard: bool = False,
     ) -> list[dict[str, Any]]:
         """Train until ``epochs`` epochs are complete (continuing after a :meth:`resume`).
 
@@ -380,10 +452,26 @@ class Trainer:
         The shuffling order of epoch ``e`` is seeded by ``seed + e`` when ``train`` shuffles with its own generator,
         so a resumed run sees the same data order as an uninterrupted one.
 
+        Training curves: with ``log_every=N`` (default :data:`DEFAULT_LOG_EVERY`; ``None`` turns them off) a *step
+        record* is made after every ``N``-th batch of an epoch and after its last batch (that one covers the batches
+        since the previous record, fewer than ``N`` when ``N`` does not divide the epoch): the per-layer means of
+        ``train_loss``, ``train_acc`` and the goodness of positive and negative data over those batches, with the
+        step, the fractional epoch, images/s, lr and time (:meth:`step_record`). The sums stay on the device and the
+        host waits for them once per record. They are appended to :attr:`step_history` and, with ``out_dir``, to
+        ``out_dir/metrics.jsonl`` with the epoch records (:mod:`ffkit.train.runlog`; a resumed run first drops the
+        lines written after its checkpoint). ``tensorboard=True`` also writes them as TensorBoard scalars to
+        ``out_dir/tensorboard/`` (needs ``out_dir`` and the ``tensorboard`` package). :class:`LocalTrainer`,
+        :class:`BackpropTrainer` (without the goodness fields),
+        :class:`DataParallelTrainer` (rank 0's share of each batch) and :class:`FederatedTrainer` (rank 0's batches)
+        make step records; :class:`ChapterTrainer` and :class:`PipelineTrainer` make epoch records only.
         Each epoch's table goes to ``log``: by default the ``ffkit.train`` logger at INFO, which ``ffkit train``
         shows and a script shows with ``logging.basicConfig(level=logging.INFO)``; ``None``: no table.
         """
         check_int(epochs, "epochs", minimum=1)
+        if log_every is not None:
+            check_int(log_every, "log_every", minimum=1, what="batches between step records; None turns them off")
+        if tensorboard and out_dir is None:
+            raise ValueError("tensorboard=True writes event files into the run directory: give out_dir")
         out = Path(out_dir) if out_dir is not None else None
         if checkpoint_every is not None:
             check_int(checkpoint_every, "checkpoint_every", minimum=1, what="batches")
@@ -394,13 +482,29 @@ class Trainer:
                 )
         self.metadata = dict(metadata or {})
         ckpt = out / "checkpoint.pt" if out is not None else None
+        steps = "log_every" in inspect.signature(self.train_epoch).parameters  # engines whose loop makes step records
+        run_log = None
+        if out is not None:
+            from .runlog import RunLog
+
+            run_log = RunLog(out, step=self.step_count, epoch=self.epoch, tensorboard=tensorboard)
+
+        def on_record(record: dict[str, Any]) -> None:
+            self.step_history.append(record)
+            if run_log is not None:
+                run_log.step(record)
+
         trained = self.epoch < epochs
         self.estimate = RunEstimate(log, epochs - self.epoch) if log is not None and trained else None
         # Ctrl-C and SIGTERM stop at the next step boundary with a resumable checkpoint (engines that checkpoint
         # inside an epoch, with a run directory); elsewhere they keep their usual effect.
         graceful = ckpt is not None and self.mid_epoch_checkpoints
         keep_undo = graceful and getattr(self, "on_divergence", "stop") == "stop"  # what _save_last_good needs
-        with StopRequest() if graceful else contextlib.nullcontext(StopRequest()) as stop, self._undo_scope(keep_undo):
+        with contextlib.ExitStack() as scope:
+            if run_log is not None:
+                scope.callback(run_log.close)
+            stop = scope.enter_context(StopRequest() if graceful else contextlib.nullcontext(StopRequest()))
+            scope.enter_context(self._undo_scope(keep_undo))
             while self.epoch < epochs:
                 e = self.epoch + 1
                 sampler = getattr(train, "sampler", None)
@@ -413,6 +517,8 @@ class Trainer:
                     extra["position"] = position if position is not None and position.epoch == e else None
                     if ckpt is not None:
                         extra["on_batch"] = _on_batch(self, ckpt, checkpoint_every, stop)
+                if steps and log_every is not None:
+                    extra.update(log_every=log_every, on_record=on_record)
                 try:
                     record.update(self.train_epoch(train, progress=progress, desc=f"epoch {e}/{epochs}", **extra))
                 except DivergenceError as err:
@@ -433,6 +539,8 @@ class Trainer:
                 record["time"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
                 self.epoch = e
                 self.history.append(record)
+                if run_log is not None:
+                    run_log.epoch(record, self.step_count)
                 if log is not None:
                     log(format_epoch(record, epochs))
                 if self.estimate is not None:
@@ -617,30 +725,27 @@ def _on_batch(trainer: Trainer, path: Path, every: int | None, stop: StopRequest
     return on_batch
 
 
-@dataclass
-class EpochProgress:
-    """The progress of an epoch in flight: what a checkpoint written inside an epoch needs to continue it.
+@dataclass(kw_only=True)
+class StepSums:
+    """Training steps' results summed on the training device (no host synchronisation until :meth:`means`).
 
     Attributes:
-        epoch: the epoch (1-based).
-        rng: the random state at the epoch's start, before its data iterator was created.
-        batches: batches trained so far (skipped ones included).
+        batches: batches counted (skipped ones included).
         seen: samples of the applied batches.
         skipped: batches whose update was dropped as non-finite.
-        seconds: training time so far.
-        loss_sum: ``[L]`` per-layer losses weighted by batch size, summed; ``correct_sum`` ``[L]``; ``head_sum``
-            ``[2]`` the head's weighted loss and correct count.
+        loss_sum: ``[L]`` per-layer losses weighted by batch size, summed; ``correct_sum`` ``[L]`` correct samples;
+            ``head_sum`` ``[2]`` the head's weighted loss and correct count; ``goodness_sum`` ``[2, L]`` the layers'
+            mean goodness of positive (row 0) and negative (row 1) data, weighted by batch size (``None`` when the
+            steps gave none).
     """
 
-    epoch: int
-    rng: dict[str, Any]
     batches: int = 0
     seen: int = 0
     skipped: int = 0
-    seconds: float = 0.0
     loss_sum: torch.Tensor | None = None
     correct_sum: torch.Tensor | None = None
     head_sum: torch.Tensor | None = None
+    goodness_sum: torch.Tensor | None = None
 
     def add(self, res: StepResult) -> None:
         """Count one step's result (a skipped step only as a batch)."""
@@ -654,15 +759,74 @@ class EpochProgress:
         if res.head is not None:
             h = torch.stack([res.head[0] * res.batch_size, res.head[1].to(res.head[0].dtype)])
             self.head_sum = h if self.head_sum is None else self.head_sum + h
+        if res.goodness_pos is not None and res.goodness_neg is not None:  # an engine gives them at every step or never
+            g = torch.stack([res.goodness_pos, res.goodness_neg]) * res.batch_size
+            self.goodness_sum = g if self.goodness_sum is None else self.goodness_sum + g
         self.seen += res.batch_size
+
+    def means(self) -> dict[str, Any]:
+        """The per-layer means of the steps counted, as a record's fields: ``train_loss`` and ``train_acc`` (lists of
+        ``L`` floats), ``train_goodness_pos`` and ``train_goodness_neg`` (when the steps gave goodness), and
+        ``train_head_loss`` / ``train_head_acc`` (a classifier head). One host synchronisation; empty when no step
+        was applied."""
+        if self.seen == 0 or self.loss_sum is None or self.correct_sum is None:
+            return {}
+        # float32 loss means, as the epoch records have always had them; everything else in float64
+        parts = [(self.loss_sum / self.seen).double(), self.correct_sum.double() / self.seen]
+        if self.goodness_sum is not None:
+            parts += [self.goodness_sum[0].double() / self.seen, self.goodness_sum[1].double() / self.seen]
+        if self.head_sum is not None:
+            parts.append(self.head_sum.double() / self.seen)
+        values = torch.cat([p.flatten() for p in parts]).tolist()  # the one synchronisation
+        n = len(self.loss_sum)
+        rows = [values[k * n:(k + 1) * n] for k in range(len(parts) - (self.head_sum is not None))]
+        out: dict[str, Any] = {"train_loss": rows[0], "train_acc": rows[1]}
+        if self.goodness_sum is not None:
+            out["train_goodness_pos"], out["train_goodness_neg"] = rows[2], rows[3]
+        if self.head_sum is not None:
+            out["train_head_loss"], out["train_head_acc"] = values[-2:]
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
-    def from_state(cls, state: dict[str, Any], device: torch.device) -> EpochProgress:
+    def from_state(cls, state: dict[str, Any], device: torch.device) -> StepSums:
         moved: dict[str, Any] = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in state.items()}
         return cls(**moved)
+
+
+@dataclass(kw_only=True)
+class EpochProgress(StepSums):
+    """The progress of an epoch in flight: what a checkpoint written inside an epoch needs to continue it (the
+    epoch's sums, :class:`StepSums`, and these).
+
+    Attributes:
+        epoch: the epoch (1-based).
+        rng: the random state at the epoch's start, before its data iterator was created.
+        seconds: training time so far.
+        interval: the sums of the steps since the last step record (``Trainer.fit(log_every=N)``), so that a resumed
+            epoch's next step record covers the same batches as an uninterrupted run's; ``None`` without step
+            records; ``interval_began``: the epoch's ``seconds`` when it began.
+    """
+
+    epoch: int
+    rng: dict[str, Any]
+    seconds: float = 0.0
+    interval: StepSums | None = None
+    interval_began: float = 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["interval"] = self.interval.state_dict() if self.interval is not None else None
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], device: torch.device) -> EpochProgress:
+        state = dict(state)
+        interval = state.pop("interval", None)
+        moved: dict[str, Any] = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+        return cls(**moved, interval=StepSums.from_state(interval, device) if interval is not None else None)
 
 
 def check_same_model(payload: dict[str, Any], network: nn.Module, path: str | Path) -> None:

@@ -185,7 +185,8 @@ class ChapterTrainer(WrapsLocalTrainer):
 
     def train_epoch(self, loader: Iterable, *, progress: bool = False, desc: str = "train",
                     position: EpochProgress | None = None,
-                    on_batch: Callable[[EpochProgress], None] | None = None) -> dict[str, Any]:
+                    on_batch: Callable[[EpochProgress], None] | None = None, log_every: int | None = None,
+                    on_record: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """One pass over ``loader`` (batches ``(x, y)`` or ``(x, y, index)``) cut into chapters; this rank trains its
         own. Collective on distributed runs: every rank must call it with the same loader (with ``local_data``: its
         own loader, of the same length on every rank).
@@ -195,6 +196,9 @@ class ChapterTrainer(WrapsLocalTrainer):
         ``rank_busy_seconds`` (each rank's time preparing and training, the balance of the wavefront).
         """
         reject_mid_epoch(self, position, on_batch)
+        # No step records (epoch records only): a rank trains a share of the layers on a share of the batches, in
+        # chapters, so no rank holds an interval's per-layer means without a collective.
+        del log_every, on_record
         del progress, desc  # no progress bar: a rank skips most batches, so its bar would mislead
         start = time.perf_counter()
         sums = _Sums(len(self.network))
@@ -435,6 +439,7 @@ class ChapterTrainer(WrapsLocalTrainer):
         """
         if self.rank != 0:
             out_dir, log = None, None
+            kwargs["tensorboard"] = False  # rank 0 writes the event files
         return super().fit(train, epochs=epochs, holdout=holdout, test=test, out_dir=out_dir, log=log, **kwargs)
 
     def save(self, path: str | Path, *, position: EpochProgress | None = None) -> Path:

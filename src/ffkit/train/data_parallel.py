@@ -263,13 +263,16 @@ class DataParallelTrainer(ReplicatedTrainer):
 
     def train_epoch(self, loader: Iterable, *, progress: bool = False, desc: str = "train",
                     position: EpochProgress | None = None,
-                    on_batch: Callable[[EpochProgress], None] | None = None) -> dict[str, Any]:
+                    on_batch: Callable[[EpochProgress], None] | None = None, log_every: int | None = None,
+                    on_record: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """One pass over this rank's ``loader``; the record covers every rank's images (``train_loss`` and
         ``train_acc`` over all of them, ``train_seconds`` the slowest rank's)."""
         reject_mid_epoch(self, position, on_batch)
         self._begin_epoch(loader)
         self._seed_ranks()
-        record = super().train_epoch(loader, progress=progress and self.rank == 0, desc=desc)
+        # step records (log_every) cover this rank's batches only: gathering them would add a collective
+        record = super().train_epoch(loader, progress=progress and self.rank == 0, desc=desc, log_every=log_every,
+                                     on_record=on_record)
         record = self._gather_record(record)
         if self._gather_each_epoch:
             # Rank 0's checkpoint at the end of fit's epoch needs the whole state; the other ranks never call save

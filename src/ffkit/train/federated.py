@@ -112,7 +112,8 @@ class FederatedTrainer(ReplicatedTrainer):
 
     def train_epoch(self, loader: Iterable, *, progress: bool = False, desc: str = "train",
                     position: EpochProgress | None = None,
-                    on_batch: Callable[[EpochProgress], None] | None = None) -> dict[str, Any]:
+                    on_batch: Callable[[EpochProgress], None] | None = None, log_every: int | None = None,
+                    on_record: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """One pass over this rank's ``loader``, then a final average; the record covers every rank's images.
 
         ``train_loss``/``train_acc`` are means over all ranks' samples, ``train_images`` their total, and
@@ -120,7 +121,9 @@ class FederatedTrainer(ReplicatedTrainer):
         """
         reject_mid_epoch(self, position, on_batch)
         self._begin_epoch(loader)
-        record = super().train_epoch(loader, progress=progress and self.rank == 0, desc=desc)
+        # step records (log_every) cover this rank's batches only: gathering them would add a collective
+        record = super().train_epoch(loader, progress=progress and self.rank == 0, desc=desc, log_every=log_every,
+                                     on_record=on_record)
         if not self.in_sync:
             self.synchronize()
         return self._gather_record(record)

@@ -174,7 +174,8 @@ class LocalTrainer(Trainer):
         x, y = self.batch_to_device(x, y)
         update = self.begin_update(range(len(net)), head=True)  # before prepare: adaptive negatives change BN stats
         batch = net.objective.prepare(net, x, y, index)
-        losses, correct, head_feats, _ = self.train_layers(batch, batch.inputs, update=update)
+        goodness: list[torch.Tensor | None] = []
+        losses, correct, head_feats, _ = self.train_layers(batch, batch.inputs, update=update, goodness=goodness)
         head_result = None
         # a hybrid head's loss adds to the layers' held gradients, so it runs before their optimizers step, as does a
         # head that reads the layers before this step's update
@@ -190,7 +191,11 @@ class LocalTrainer(Trainer):
             head_result = self.head_step(batch, {}, head_update)
             applied = self.commit_update(head_update, losses[:0], head_result, first_layer=len(net))
         self._finish_step(range(len(self.schedulers)))
-        return StepResult(losses, correct, batch.batch_size, head_result, skipped=not applied)
+        g_pos = g_neg = None
+        if goodness and all(g is not None for g in goodness):
+            g_pos, g_neg = torch.stack(goodness).unbind(1)  # type: ignore[arg-type]  # [L, 2] -> two [L]
+        return StepResult(losses, correct, batch.batch_size, head_result, skipped=not applied, goodness_pos=g_pos,
+                          goodness_neg=g_neg)
 
     def train_layers(
         self,
@@ -204,6 +209,7 @@ class LocalTrainer(Trainer):
         loss_scale: float = 1.0,
         before_step: Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
         update: PendingUpdate | None = None,
+        goodness: list[torch.Tensor | None] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, dict[int, torch.Tensor], dict[int, torch.Tensor]]:
         """Update layers ``start..end`` in order on one batch: the core of :meth:`train_step` and of a pipeline stage.
 
@@ -223,6 +229,8 @@ class LocalTrainer(Trainer):
             update: collect the range's optimizer steps and finiteness checks into this update (from
                 :meth:`begin_update`), for the caller's :meth:`commit_update`; ``None`` (default): check and step
                 before returning.
+            goodness: if given, each layer run appends its batch goodness here (``[2]``, positive and negative data,
+                :meth:`~ffkit.objectives.Objective.batch_goodness`; ``None`` when the objective has none).
 
         Returns:
             ``(losses [n], correct [n], head_features, kept)``: per-layer losses and correct counts of the ``n`` layers
@@ -259,10 +267,14 @@ class LocalTrainer(Trainer):
                     # training window (layer_steps): it only passes its features on
                     with torch.no_grad():
                         loss, n_right = net.layer_loss(i, out, batch)
+                    if goodness is not None:
+                        goodness.append(net.objective.batch_goodness(out, batch))
                     losses.append(loss.float())
                     correct.append(n_right)
                     continue
                 loss, n_right = net.layer_loss(i, out, batch)
+                if goodness is not None:
+                    goodness.append(net.objective.batch_goodness(out, batch))
             update.check(i, out)
             opt = self.optimizers[i]
             if loss_scale != 1.0:

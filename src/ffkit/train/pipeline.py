@@ -342,9 +342,13 @@ class PipelineTrainer(WrapsLocalTrainer):
 
     def train_epoch(self, loader: Iterable, *, progress: bool = False, desc: str = "train",
                     position: EpochProgress | None = None,
-                    on_batch: Callable[[EpochProgress], None] | None = None) -> dict[str, Any]:
+                    on_batch: Callable[[EpochProgress], None] | None = None, log_every: int | None = None,
+                    on_record: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """One pass over ``loader`` with every stage working concurrently; per-layer means as ``LocalTrainer``."""
         reject_mid_epoch(self, position, on_batch)
+        # No step records (epoch records only): the stages' steps run concurrently, each on its own layers, so no
+        # process holds an interval's per-layer means without gathering them.
+        del log_every, on_record
         if self.replicas > 1:
             self._begin_replica_epoch(loader)
         batches = ((b[0], b[1], b[2] if len(b) > 2 else None) for b in loader)
@@ -515,13 +519,13 @@ class PipelineTrainer(WrapsLocalTrainer):
         rank 0 also evaluates (after gathering the layers), logs and writes the metrics and the whole checkpoint."""
         if self.replica > 0:  # replica 0 writes and evaluates for every replica
             out_dir = holdout = test = None
-            kwargs["log"] = None
+            kwargs["log"], kwargs["tensorboard"] = None, False
         self._out_dir = Path(out_dir) if out_dir is not None else None
         try:
             if self.rank == 0:
                 history = super().fit(train, epochs=epochs, holdout=holdout, test=test, out_dir=out_dir, **kwargs)
             else:
-                kwargs["log"] = None
+                kwargs["log"], kwargs["tensorboard"] = None, False
                 history = super().fit(train, epochs=epochs, **kwargs)
         except BaseException:
             if self._schedule is not None:

@@ -125,17 +125,21 @@ class ReplicatedTrainer(WrapsLocalTrainer):
         )
 
     def _gather_record(self, record: dict[str, Any]) -> dict[str, Any]:
-        """Combine the ranks' epoch records: sample-weighted means, total images, the slowest rank's time."""
+        """Combine the ranks' epoch records: sample-weighted means (losses, accuracies, goodness), total images, the
+        slowest rank's time."""
         seen = record["train_images"]
         n = len(record["train_loss"])
         head = "train_head_loss" in record
+        goodness = "train_goodness_pos" in record  # every rank runs the same engine: all have it or none
         row = [*(v * seen for v in record["train_loss"]), *(v * seen for v in record["train_acc"]), seen,
                record["train_seconds"], record.get("train_head_loss", 0.0) * seen,
                record.get("train_head_acc", 0.0) * seen]
+        if goodness:
+            row += [v * seen for key in ("train_goodness_pos", "train_goodness_neg") for v in record[key]]
         mine = torch.tensor(row, dtype=torch.float64, device=self._comm_device)
         every = [torch.zeros_like(mine) for _ in range(self.world)]
         self._collective("gathering the epoch's training metrics", dist.all_gather, every, mine)
-        table = torch.stack(every).cpu()  # [world, 2 L + 4]
+        table = torch.stack(every).cpu()  # [world, 2 L + 4 (+ 2 L goodness)]
         sums = table.sum(dim=0)
         total = sums[2 * n].item()
         seconds = table[:, 2 * n + 1].max().item()
@@ -149,6 +153,9 @@ class ReplicatedTrainer(WrapsLocalTrainer):
         if head:
             out["train_head_loss"] = sums[2 * n + 2].item() / total
             out["train_head_acc"] = sums[2 * n + 3].round().item() / total
+        if goodness:
+            out["train_goodness_pos"] = (sums[2 * n + 4 : 3 * n + 4] / total).tolist()
+            out["train_goodness_neg"] = (sums[3 * n + 4 : 4 * n + 4] / total).tolist()
         return out
 
     # -- evaluation -----------------------------------------------------------------------------------------------
@@ -198,6 +205,7 @@ class ReplicatedTrainer(WrapsLocalTrainer):
         """
         if self.rank != 0:
             out_dir, log = None, None
+            kwargs["tensorboard"] = False  # rank 0 writes the event files
         return super().fit(train, epochs=epochs, holdout=holdout, test=test, out_dir=out_dir, log=log, **kwargs)
 
     # -- state ----------------------------------------------------------------------------------------------------
