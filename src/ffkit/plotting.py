@@ -1,6 +1,7 @@
 """Plots of a training run: per-layer accuracy, goodness, deactivated neurons and SIP's accuracy grid.
 
-Needs matplotlib, an optional extra: ``pip install "ffkit[plot]"``. It is imported only when a plot is drawn, so
+Needs matplotlib, an optional extra: ``pip install -e ".[plot]"`` in an ffkit checkout (``pip install matplotlib``
+does the same). It is imported only when a plot is drawn, so
 ``import ffkit`` and ``import ffkit.plotting`` work without it.
 
 Every function reads a run's *history*: the list of epoch records that :meth:`ffkit.train.Trainer.fit` returns and
@@ -65,7 +66,7 @@ CURVE_FILES: tuple[str, ...] = ("train_loss", "train_accuracy", "train_goodness"
 #: The file formats :func:`plot_run` can write.
 FORMATS: tuple[str, ...] = ("png", "pdf", "svg")
 
-_INSTALL = 'pip install "ffkit[plot]"'
+_INSTALL = 'pip install matplotlib (in an ffkit checkout: pip install -e ".[plot]")'
 #: test-record fields each plot needs (``None`` is accepted for ``dead_ratio``: "not measured")
 _NEEDS: dict[str, tuple[str, ...]] = {
     "layer_accuracy": ("per_layer", "all_layers"),
