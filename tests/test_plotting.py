@@ -198,7 +198,9 @@ def test_plot_functions_draw_on_given_and_new_axes():
 
 def test_plots_need_matplotlib(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
-    with pytest.raises(ImportError, match=r'pip install "ffkit\[plot\]"'):
+    # the hint must work from a checkout (ffkit is not on a package index)
+    hint = r'pip install matplotlib \(in an ffkit checkout: pip install -e "\.\[plot\]"\)'
+    with pytest.raises(ImportError, match=hint):
         plotting.plot_goodness(_history())
 
 
