@@ -257,3 +257,17 @@ def test_slow_list_names_existing_tests():
         assert len(found) == 1, stem
         defined = set(re.findall(r"^def (test_\w+)", found[0].read_text(), flags=re.M))
         assert names is None or names <= defined, (stem, names - defined)
+
+
+def test_the_fast_recipe_figure_ffkit_train_suggests_is_its_recorded_run():
+    """``ffkit train``'s closing suggestions quote fast-fmnist-cpu's accuracy and time: they must be its recorded run
+    in docs/results.md (accuracy within 0.1 points, minutes within 10 %)."""
+    from ffkit.cli import FAST_CPU_RECIPE
+
+    name, text = FAST_CPU_RECIPE
+    accuracy, minutes = _results_rows()[name]
+    quoted_accuracy = re.search(r"(\d{2}\.\d{1,2})%", text)
+    quoted_minutes = re.search(r"(\d+(?:\.\d+)?) minutes", text)
+    assert quoted_accuracy and quoted_minutes, text
+    assert abs(float(quoted_accuracy.group(1)) - accuracy) <= 0.1
+    assert minutes is not None and abs(float(quoted_minutes.group(1)) - minutes) <= 0.1 * minutes
