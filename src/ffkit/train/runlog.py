@@ -66,10 +66,11 @@ class RunLog:
     """
 
     def __init__(self, out: Path, *, step: int, epoch: int, tensorboard: bool = False) -> None:
-        out.mkdir(parents=True, exist_ok=True)
         self.path = out / METRICS_JSONL
         truncate_records(self.path, step, epoch)
-        self._file: IO[str] | None = open(self.path, "a")  # noqa: SIM115 - held open while the run goes on
+        # opened at the first record: a run stopped before it leaves no file (nor a run directory) behind
+        self._file: IO[str] | None = None
+        self._closed = False
         self._tb: Any = None
         if tensorboard:
             check_tensorboard()
@@ -80,9 +81,13 @@ class RunLog:
             self._tb = SummaryWriter(str(out / TENSORBOARD_DIR), purge_step=step + 1 if step > 0 else None)
 
     def _write(self, record: dict[str, Any]) -> None:
-        if self._file is not None:
-            self._file.write(json.dumps(record) + "\n")
-            self._file.flush()
+        if self._closed:
+            return
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a")  # noqa: SIM115 - held open while the run goes on
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
 
     def step(self, record: dict[str, Any]) -> None:
         """Write one step record (:meth:`~ffkit.train.Trainer.step_record`)."""
@@ -117,6 +122,7 @@ class RunLog:
 
     def close(self) -> None:
         """Close the file and the TensorBoard writer (idempotent)."""
+        self._closed = True
         if self._file is not None:
             self._file.close()
             self._file = None
