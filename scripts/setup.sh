@@ -2,9 +2,10 @@
 # Installs everything ffkit needs into ./.venv: PyTorch, ffkit itself (editable, with the given extras) and the
 # Debian package with Fashion-MNIST. Safe to run again: finished steps are skipped.
 # Usage: bash scripts/setup.sh [EXTRAS]      e.g. bash scripts/setup.sh test
-# PyTorch's default Linux wheel (PyPI) brings NVIDIA's CUDA libraries: about 2.9 GB to download and a 6.0 GB .venv
-# (measured with torch 2.14.1). FFKIT_TORCH=cpu installs PyTorch's CPU-only build from its own package index instead
-# (FFKIT_TORCH_INDEX, default https://download.pytorch.org/whl/cpu): about 0.2 GB to download and 0.8 GB installed.
+# PyTorch's default Linux wheel (PyPI) brings NVIDIA's CUDA libraries: about 2.9 GB to download and a 5.6 GB .venv
+# (torch 2.14.1; 6.0 GB with the test extras). FFKIT_TORCH=cpu installs PyTorch's CPU-only build from its own package
+# index instead (FFKIT_TORCH_INDEX, default https://download.pytorch.org/whl/cpu): about 0.2 GB to download and
+# 0.8 GB installed (measured with the 2.13.0+cpu wheel).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-}"
@@ -33,7 +34,7 @@ if ! .venv/bin/python -c "import torch, torchvision" >/dev/null 2>&1; then
     fi
   fi
   if [ "$variant" = default ]; then
-    echo "[ffkit setup] installing $TORCH_PIN: about 2.9 GB to download and 6.0 GB installed, most of it NVIDIA's" \
+    echo "[ffkit setup] installing $TORCH_PIN: about 2.9 GB to download and 5.6 GB installed, most of it NVIDIA's" \
          "CUDA libraries, which only a GPU uses (a CPU-only machine can take 0.2 GB instead: FFKIT_TORCH=cpu)"
     .venv/bin/pip install --progress-bar on $TORCH_PIN
   fi
