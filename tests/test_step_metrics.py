@@ -183,6 +183,19 @@ def _local(seed=0):
     return ffkit.LocalTrainer(small_cw_net(), lr=0.01, total_steps=10, device="cpu")
 
 
+def _dies_after(trainer, steps: int):
+    """``trainer``, whose step after its ``steps``-th raises ``RuntimeError("killed")`` (a process killed there)."""
+    real = trainer.train_step
+
+    def train_step(x, y, index=None):
+        if trainer.step_count == steps:
+            raise RuntimeError("killed")
+        return real(x, y, index)
+
+    trainer.train_step = train_step
+    return trainer
+
+
 def test_resumed_runs_write_the_records_of_an_uninterrupted_run(tmp_path):
     """2 epochs straight, 1 + resume 1, and a run that dies inside epoch 2 after the records of batches past its
     last mid-epoch checkpoint were written: after resuming, every metrics.jsonl holds the same records (wall-clock
@@ -207,15 +220,7 @@ def test_resumed_runs_write_the_records_of_an_uninterrupted_run(tmp_path):
     straight5, killed = tmp_path / "straight5", tmp_path / "killed"
     _local().fit(loader, epochs=2, out_dir=straight5, **kw5)
     expected5 = _strip(read_records(straight5 / "metrics.jsonl"))
-    dying = _local()
-    step = dying.train_step
-
-    def die_at_step_10(x, y, index=None):
-        if dying.step_count == 9:
-            raise RuntimeError("killed")
-        return step(x, y, index)
-
-    dying.train_step = die_at_step_10  # type: ignore[method-assign]
+    dying = _dies_after(_local(), 9)
     with pytest.raises(RuntimeError, match="killed"):
         dying.fit(loader, epochs=2, out_dir=killed, **kw5)
     written = read_records(killed / "metrics.jsonl")
@@ -322,15 +327,7 @@ def test_a_resumed_run_hides_the_tensorboard_scalars_logged_after_its_checkpoint
 
     kw = {"log": None, "log_every": 1, "seed": 3, "checkpoint_every": 3, "tensorboard": True}
     loader = _loader(batch_size=2, shuffle=True)  # 5 batches per epoch
-    dying = _local()
-    step = dying.train_step
-
-    def die_at_step_5(x, y, index=None):
-        if dying.step_count == 4:
-            raise RuntimeError("killed")
-        return step(x, y, index)
-
-    dying.train_step = die_at_step_5  # type: ignore[method-assign]
+    dying = _dies_after(_local(), 4)
     with pytest.raises(RuntimeError, match="killed"):
         dying.fit(loader, epochs=1, out_dir=tmp_path, **kw)  # logged steps 1-4; the checkpoint is after step 3
     again = _local(seed=9)
