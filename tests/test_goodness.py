@@ -301,3 +301,23 @@ def test_get_goodness_unknown(name):
 def test_get_goodness_neither_name_nor_callable(name):
     with pytest.raises(TypeError, match="goodness must be a name"):
         get_goodness(name)
+
+
+def test_class_goodness_hand_example():
+    """Scores [L=2, N=2, K=3], labels [0, 1]:
+    layer 0: sample 0 [1, 2, 3] (y=0): pos 1, neg (2+3)/2 = 2.5; sample 1 [0, 4, 2] (y=1): pos 4, neg (0+2)/2 = 1
+             -> pos (1+4)/2 = 2.5, neg (2.5+1)/2 = 1.75
+    layer 1: sample 0 [3, 0, 0]: pos 3, neg 0; sample 1 [1, 3, 2]: pos 3, neg 1.5 -> pos 3.0, neg 0.75"""
+    scores = torch.tensor([[[1.0, 2.0, 3.0], [0.0, 4.0, 2.0]], [[3.0, 0.0, 0.0], [1.0, 3.0, 2.0]]])
+    labels = torch.tensor([0, 1])
+    got = goodness.class_goodness(scores, labels)
+    assert got.shape == (2, 2)
+    assert torch.equal(got, torch.tensor([[2.5, 3.0], [1.75, 0.75]]))
+    # one layer's [N, K] gives [2]; the dtype is kept (no host round trip, no cast)
+    one = goodness.class_goodness(scores[1].double(), labels)
+    assert one.dtype == torch.float64 and torch.equal(one, torch.tensor([3.0, 0.75], dtype=torch.float64))
+
+
+def test_class_goodness_of_a_single_class_has_no_negative_data():
+    got = goodness.class_goodness(torch.tensor([[2.0], [4.0]]), torch.tensor([0, 0]))
+    assert got[0].item() == 3.0 and math.isnan(got[1].item())

@@ -24,7 +24,7 @@ from torch import nn
 
 from ._validation import callable_name, check_groups, check_real, check_tensor
 
-__all__ = ["mean", "squared", "mean_squared", "DTGTemperature", "get_goodness", "goodness_name"]
+__all__ = ["mean", "squared", "mean_squared", "class_goodness", "DTGTemperature", "get_goodness", "goodness_name"]
 
 
 def _grouped(h: torch.Tensor, groups: int | None) -> torch.Tensor:
@@ -88,6 +88,31 @@ def mean_squared(h: torch.Tensor, groups: int | None = None) -> torch.Tensor:
         tensor([[ 5., 10.]])
     """
     return squared(h, groups=groups, reduction="mean")
+
+
+def class_goodness(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean goodness of positive and of negative data, from class scores (goodness per class).
+
+    Positive: the true class's score, ``mean_n scores[..., n, y_n]``. Negative: the mean score of the ``K - 1``
+    other classes, ``mean_n mean_{k != y_n} scores[..., n, k]``. One formula for the evaluation's read-out
+    (:func:`ffkit.evaluation.mean_goodness`) and the training curves (``ClassScoreObjective.batch_goodness``); it
+    stays on the scores' device, in their dtype, with no host synchronisation.
+
+    Args:
+        scores: class scores ``[..., N, K]`` (e.g. ``[L, N, K]`` per layer, or one layer's ``[N, K]``).
+        labels: the true labels ``[N]``.
+
+    Returns:
+        ``[2, ...]``: row 0 the positive, row 1 the negative means (NaN when ``K == 1``).
+
+    Example:
+        >>> class_goodness(torch.tensor([[1.0, 2.0, 3.0], [0.0, 4.0, 2.0]]), torch.tensor([0, 1]))
+        tensor([2.5000, 1.7500])
+    """
+    k = scores.shape[-1]
+    pos = scores.gather(-1, labels.view(-1, 1).expand(*scores.shape[:-1], 1)).squeeze(-1)  # [..., N]
+    neg = (scores.sum(dim=-1) - pos) / (k - 1) if k > 1 else torch.full_like(pos, float("nan"))
+    return torch.stack([pos.mean(dim=-1), neg.mean(dim=-1)])
 
 
 class DTGTemperature(nn.Module):

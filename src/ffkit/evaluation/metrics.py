@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..goodness import class_goodness
+
 __all__ = ["correct", "layer_accuracies", "range_accuracy", "range_accuracy_grid", "last_k_accuracy", "mean_goodness"]
 
 
@@ -83,11 +85,8 @@ def mean_goodness(scores: torch.Tensor, labels: torch.Tensor) -> tuple[list[floa
         ``(positive, negative)``: two lists of ``L`` floats (negative is NaN when ``K == 1``).
     """
     _check(scores, labels)
-    s64 = scores.double()
-    n_layers, _, k = s64.shape
-    pos = s64.gather(2, labels.view(1, -1, 1).expand(n_layers, -1, 1)).squeeze(2)  # [L, N]
-    neg = (s64.sum(dim=2) - pos) / (k - 1) if k > 1 else torch.full_like(pos, float("nan"))
-    return pos.mean(dim=1).tolist(), neg.mean(dim=1).tolist()
+    pos, neg = class_goodness(scores.double(), labels).tolist()
+    return pos, neg
 
 
 def last_k_accuracy(scores: torch.Tensor, labels: torch.Tensor, k: int) -> float:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 
 from .. import losses
 from .._validation import callable_name
+from ..goodness import class_goodness
 from .base import Objective, PreparedBatch
 
 __all__ = ["ClassScoreObjective"]
@@ -57,14 +57,10 @@ class ClassScoreObjective(Objective):
     def batch_goodness(self, out, batch):
         """``[g_pos, g_neg]`` from the layer's class scores ``[B, K]``: the mean score of the true class (the goodness
         of its channel group) and the mean over samples of the mean score of the ``K - 1`` other classes, as
-        :func:`~ffkit.evaluation.mean_goodness` defines them for evaluation."""
+        :func:`~ffkit.evaluation.mean_goodness` defines them for evaluation (:func:`ffkit.goodness.class_goodness`)."""
         if out.scores is None:
             return None
-        s = out.scores.detach().float()
-        pos = s.gather(1, batch.target.view(-1, 1)).squeeze(1)  # [B]
-        k = s.shape[1]
-        neg = (s.sum(dim=1) - pos) / (k - 1) if k > 1 else torch.full_like(pos, math.nan)
-        return torch.stack([pos.mean(), neg.mean()])
+        return class_goodness(out.scores.detach().float(), batch.target)
 
     def layer_scores(self, network, x, end=None, sink=None):
         scores = []

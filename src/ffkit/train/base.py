@@ -482,7 +482,9 @@ class Trainer:
                 )
         self.metadata = dict(metadata or {})
         ckpt = out / "checkpoint.pt" if out is not None else None
-        steps = "log_every" in inspect.signature(self.train_epoch).parameters  # engines whose loop makes step records
+        # Every engine here takes log_every (those that cannot make step records ignore it); an engine written
+        # against the older train_epoch, without it, is called as before and makes epoch records only.
+        steps = "log_every" in inspect.signature(self.train_epoch).parameters
         run_log = None
         if out is not None:
             from .runlog import RunLog
