@@ -446,6 +446,17 @@ def _layer_legend(ax: Axes, colors: list[Any], extra: Sequence[Any] = ()) -> Non
         ax.legend(handles=handles, fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
 
 
+def _layer_series(records: Sequence[Mapping[str, Any]], key: str, layer: int, scale: float = 1.0) -> list[float]:
+    """Layer ``layer``'s value of the per-layer field ``key`` in each record, times ``scale``; NaN where a record has
+    none (a gap in the line)."""
+    series = []
+    for r in records:
+        values = r.get(key)
+        v = values[layer] if values is not None and layer < len(values) else None
+        series.append(scale * v if v is not None else math.nan)
+    return series
+
+
 def plot_train_curves(records: Sequence[Mapping[str, Any]], ax: Axes | None = None, metric: str = "loss") -> Axes:
     """Each layer's train loss or train accuracy over the epochs, one point per step record.
 
@@ -472,9 +483,8 @@ def plot_train_curves(records: Sequence[Mapping[str, Any]], ax: Axes | None = No
     colors = _layer_colors(n_layers)
     marker = "o" if len(xs) <= 40 else None  # a few points: show where the records are
     for layer in range(n_layers):
-        ys = [scale * r[key][layer] if layer < len(r[key]) and r[key][layer] is not None else math.nan
-              for r in steps]
-        ax.plot(xs, ys, color=colors[layer], marker=marker, markersize=2.5, linewidth=1.4)
+        ax.plot(xs, _layer_series(steps, key, layer, scale), color=colors[layer], marker=marker, markersize=2.5,
+                linewidth=1.4)
     extra = []
     if metric == "accuracy":
         tested = [r for r in epochs if isinstance(r.get("test"), Mapping) and r["test"].get("per_layer")]
@@ -527,9 +537,8 @@ def plot_goodness_curves(records: Sequence[Mapping[str, Any]], ax: Axes | None =
     colors = _layer_colors(n_layers)
     for layer in range(n_layers):
         for key, style in (("train_goodness_pos", "-"), ("train_goodness_neg", "--")):
-            ys = [r[key][layer] if r.get(key) is not None and layer < len(r[key]) and r[key][layer] is not None
-                  else math.nan for r in with_goodness]
-            ax.plot(xs, ys, color=colors[layer], linestyle=style, linewidth=1.4)
+            ax.plot(xs, _layer_series(with_goodness, key, layer), color=colors[layer], linestyle=style,
+                    linewidth=1.4)
     from matplotlib.lines import Line2D
 
     styles = [Line2D([], [], color="gray", linestyle="-", label="positive data"),
