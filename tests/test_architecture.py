@@ -16,7 +16,7 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "ffkit"
 
 #: Lowest first. A module may import from its own package and from packages on lower levels only.
 LEVELS: list[set[str]] = [
-    {"_validation", "_version", "defaults", "_model_catalogue", "_records"},
+    {"_validation", "_version", "defaults", "_model_catalogue", "_records", "_files"},
     {"goodness", "losses", "profiling", "data", "device"},
     {"layers"},
     {"objectives"},

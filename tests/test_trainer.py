@@ -393,3 +393,23 @@ def test_a_replanned_run_resumes_again_exactly(tmp_path):
     assert _lrs(again) == _lrs(straight)
     for a, b in zip(straight.network.parameters(), again.network.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_write_text_atomic_replaces_the_file_whole_and_keeps_the_text_as_given(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from ffkit._files import write_text_atomic
+
+    path = tmp_path / "metrics.csv"
+    path.write_text("old\n")
+    assert write_text_atomic(path, "a,b\r\n1,2\r\n") == path
+    assert path.read_bytes() == b"a,b\r\n1,2\r\n"  # csv's line ends, untranslated
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv"]  # no temporary file left
+
+    def fail(self, target):  # the process dies before the rename: the old file must be whole
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "replace", fail)
+    with pytest.raises(KeyboardInterrupt):
+        write_text_atomic(path, "new text")
+    assert path.read_bytes() == b"a,b\r\n1,2\r\n"

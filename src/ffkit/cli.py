@@ -1286,11 +1286,9 @@ def write_run_config(out: Path, cfg: dict[str, Any], args: argparse.Namespace, d
         "settings": settings,
         "sources": cfg.get("sources", {}),
     }
-    path = out / RUN_CONFIG
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    tmp.replace(path)
-    return path
+    from ._files import write_text_atomic
+
+    return write_text_atomic(out / RUN_CONFIG, json.dumps(record, indent=2, default=str) + "\n")
 
 
 def _data_on_device(args: argparse.Namespace, device: torch.device, pipeline: dict | None) -> bool:

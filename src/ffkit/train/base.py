@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import inspect
+import io
 import json
 import logging
 import math
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import RandomSampler
 
+from .._files import write_text_atomic
 from .._validation import check_int, check_real
 from .._version import __version__
 from ..device import resolve_device
@@ -940,19 +942,17 @@ def write_metrics(history: list[dict[str, Any]], out: Path) -> None:
     """Write the run's history as ``metrics.json`` (every record, as :func:`metrics_record` gives it) and
     ``metrics.csv`` (one row per epoch and layer, :data:`METRICS_CSV_COLUMNS`); each atomically."""
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "metrics.json.tmp"
-    tmp.write_text(json.dumps([metrics_record(r) for r in history], indent=1))
-    tmp.replace(out / "metrics.json")
-    with open(out / "metrics.csv.tmp", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(METRICS_CSV_COLUMNS)
-        for rec in history:
-            test = rec.get("test") or {}
-            per_layer = test.get("per_layer", [math.nan] * len(rec["train_acc"]))
-            overall = test.get("prediction")
-            lr = rec.get("lr")
-            epoch_cells = [f"{overall:.6f}" if overall is not None else "nan",
-                           repr(round_metric(float(lr))) if lr is not None else "nan", rec.get("time", "")]
-            for i, (lo, ac, te) in enumerate(zip(rec["train_loss"], rec["train_acc"], per_layer)):
-                w.writerow([rec["epoch"], i + 1, f"{lo:.6f}", f"{ac:.6f}", f"{te:.6f}", *epoch_cells])
-    (out / "metrics.csv.tmp").replace(out / "metrics.csv")
+    write_text_atomic(out / "metrics.json", json.dumps([metrics_record(r) for r in history], indent=1))
+    table = io.StringIO()
+    w = csv.writer(table)
+    w.writerow(METRICS_CSV_COLUMNS)
+    for rec in history:
+        test = rec.get("test") or {}
+        per_layer = test.get("per_layer", [math.nan] * len(rec["train_acc"]))
+        overall = test.get("prediction")
+        lr = rec.get("lr")
+        epoch_cells = [f"{overall:.6f}" if overall is not None else "nan",
+                       repr(round_metric(float(lr))) if lr is not None else "nan", rec.get("time", "")]
+        for i, (lo, ac, te) in enumerate(zip(rec["train_loss"], rec["train_acc"], per_layer)):
+            w.writerow([rec["epoch"], i + 1, f"{lo:.6f}", f"{ac:.6f}", f"{te:.6f}", *epoch_cells])
+    write_text_atomic(out / "metrics.csv", table.getvalue())

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import IO, Any
 
+from .._files import write_text_atomic
 from .._records import METRICS_JSONL, read_records
 from .base import metrics_record, round_metric
 
@@ -45,9 +46,7 @@ def truncate_records(path: str | Path, step: int, epoch: int) -> None:
     kept = [r for r in read_records(path)
             if (r.get("kind") == "epoch" and r.get("epoch", 0) <= epoch)
             or (r.get("kind") == "step" and r.get("step", 0) <= step)]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    tmp.replace(path)
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 class RunLog:
