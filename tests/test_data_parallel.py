@@ -330,3 +330,34 @@ def test_sync_batchnorm_without_a_process_group_is_batchnorm():
         sync_batchnorm("bn")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="group must be a torch.distributed.ProcessGroup"):
         sync_batchnorm(bn, group=0)  # type: ignore[arg-type]
+
+
+_EXIT_SCRIPT = """
+import atexit, os, sys
+import torch.distributed as dist
+atexit.register(lambda: print("initialised at exit:", dist.is_initialized(), flush=True))  # runs after ffkit's
+from ffkit.train import DataParallelTrainer, init_distributed
+from ffkit.models import create_model
+init_distributed(timeout=10)
+once = atexit._ncallbacks()
+init_distributed(timeout=10)
+DataParallelTrainer(create_model("deeperforward_tinycnn"), schedule="constant")
+print("hooks added again:", atexit._ncallbacks() - once, flush=True)
+"""
+
+
+def test_a_script_that_never_destroys_its_process_group_exits_cleanly(tmp_path):
+    """gloo's threads drop finished work under the GIL; ffkit's exit hook (registered once, however many times
+    ``init_distributed`` runs) frees the GIL for them and destroys the group before the interpreter finalizes, which
+    otherwise ended about one two-process run in eight with SIGABRT after the script's last line."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers.distributed import free_port
+
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0", "WORLD_SIZE": "1"}
+    proc = subprocess.run([sys.executable, "-c", _EXIT_SCRIPT], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "hooks added again: 0" in proc.stdout
+    assert "initialised at exit: False" in proc.stdout

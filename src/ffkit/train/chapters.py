@@ -61,6 +61,7 @@ from ._distributed import (
     check_timeout,
     default_device,
     lost_peer,
+    release_at_exit,
 )
 from .base import EpochProgress, StepResult, log_info, reject_mid_epoch
 from .local import LocalTrainer, WrapsLocalTrainer
@@ -157,6 +158,7 @@ class ChapterTrainer(WrapsLocalTrainer):
         self.local_data = local_data
         self.timeout = float(timeout)
         if dist.is_available() and dist.is_initialized():
+            release_at_exit()
             self.rank, self.world = dist.get_rank(), dist.get_world_size()
         else:
             self.rank, self.world = 0, 1

@@ -45,6 +45,7 @@ from ._distributed import (
     default_device,
     hybrid_mesh,
     lost_peer,
+    release_at_exit,
     run_collective,
     seed_from_rank0,
 )
@@ -167,6 +168,7 @@ class PipelineTrainer(WrapsLocalTrainer):
             if not dist.is_available() or not dist.is_initialized():
                 raise RuntimeError("backend='distributed' needs torch.distributed initialised: launch with torchrun "
                                    "and call ffkit.train.pipeline.init_distributed() (the CLI does)")
+            release_at_exit()
             self.rank, self.world = dist.get_rank(), dist.get_world_size()
             if device is None:
                 device = default_device()
@@ -669,6 +671,7 @@ def init_distributed(timeout: float = 60.0, backend: str | None = None) -> tuple
     if not dist.is_initialized():
         backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
+    release_at_exit()
     return dist.get_rank(), dist.get_world_size()
 
 

@@ -29,6 +29,7 @@ from ._distributed import (
     check_timeout,
     comm_device,
     default_device,
+    release_at_exit,
     run_collective,
 )
 from .base import log_info
@@ -71,6 +72,7 @@ class ReplicatedTrainer(WrapsLocalTrainer):
         if not dist.is_available() or not dist.is_initialized():
             raise RuntimeError(f"{engine} needs torch.distributed initialised: launch one process per rank with "
                                f"torchrun and call ffkit.train.pipeline.init_distributed() first")
+        release_at_exit()
         self.timeout = float(timeout)
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         here = torch.device(device) if device is not None else default_device()
