@@ -333,7 +333,7 @@ def test_sync_batchnorm_without_a_process_group_is_batchnorm():
 
 
 _EXIT_SCRIPT = """
-import atexit, os, sys
+import atexit
 import torch.distributed as dist
 atexit.register(lambda: print("initialised at exit:", dist.is_initialized(), flush=True))  # runs after ffkit's
 from ffkit.train import DataParallelTrainer, init_distributed
