@@ -413,3 +413,4 @@ def test_write_text_atomic_replaces_the_file_whole_and_keeps_the_text_as_given(t
     with pytest.raises(KeyboardInterrupt):
         write_text_atomic(path, "new text")
     assert path.read_bytes() == b"a,b\r\n1,2\r\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv"]  # nor after a failed one

@@ -44,10 +44,9 @@ def _drain_and_destroy() -> None:
 def release_at_exit() -> None:
     """At the interpreter's exit, give ``torch.distributed``'s backend threads ``EXIT_GRACE`` seconds with the GIL
     free to let go of their finished work, then destroy the process group (if the program has not): registered once
-    with :mod:`atexit`. Called by
-    :func:`ffkit.train.init_distributed` and by every multi-process engine, so a script that ends without
-    ``destroy_process_group()`` exits with status 0 instead of an occasional ``terminate called without an active
-    exception``."""
+    with :mod:`atexit`. Called by :func:`ffkit.train.init_distributed` and by every multi-process engine, so a script
+    that ends without ``destroy_process_group()`` exits with status 0 instead of an occasional ``terminate called
+    without an active exception``."""
     global _exit_hook_registered
     if not _exit_hook_registered:
         atexit.register(_drain_and_destroy)
